@@ -1,0 +1,70 @@
+"""Interleaved image-text samples (as written by `shards.py`) -> Documents for pretraining.
+
+A sample is webdataset's dict: `json` (the document: id + segments) and one member per image.
+Text is trained on; image spans (`<|begin_of_image|>` + N x `<|image|>` + `<|end_of_image|>`)
+are not, and the document ends with `<|endoftext|>`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from .document import Document, DocumentBuilder, Visual
+from .processor import BadSample, VisionProcessor, image_token_ids
+from .tokenizer import SpecialTokens
+
+
+class MalformedSample(BadSample):
+    reason = "malformed_sample"
+
+
+class MissingImage(BadSample):
+    reason = "missing_image"
+
+
+class InterleavedDocuments:
+    """Callable turning one webdataset sample into a Document; raises `BadSample` to skip it."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, processor: VisionProcessor):
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.special = SpecialTokens.from_tokenizer(tokenizer)
+
+    def __call__(self, sample: dict[str, Any]) -> Document:
+        try:
+            meta = json.loads(sample["json"])
+            segments = meta["segments"]
+            if not isinstance(segments, list) or not segments:
+                raise ValueError("no segments")
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise MalformedSample(f"{sample.get('__key__')}: bad document JSON ({exc})") from exc
+        doc = DocumentBuilder(str(meta.get("id", sample["__key__"])))
+        for segment in segments:
+            if not isinstance(segment, dict):
+                raise MalformedSample(f"{doc.key}: segment is not an object")
+            if "text" in segment:
+                text = segment["text"]
+                if not isinstance(text, str):
+                    raise MalformedSample(f"{doc.key}: text segment is not a string")
+                doc.add_tokens(self.tokenizer.encode(text, add_special_tokens=False), train=True)
+            elif "image" in segment:
+                image = self.processor.process_image(_member(sample, str(segment["image"]), doc.key))
+                n = int(image.grid_thw.prod()) // self.processor.cfg.merge_size**2
+                ids = image_token_ids(n, self.special)
+                types = [0] + [1] * n + [0]
+                doc.add_visual(ids, types, Visual(image.pixel_values, image.grid_thw), "image")
+            else:
+                raise MalformedSample(f"{doc.key}: segment has neither text nor image")
+        doc.add_tokens([self.special.eos], train=True)
+        return doc.build()
+
+
+def _member(sample: dict[str, Any], name: str, key: str) -> bytes:
+    """Bytes of an image member named `img000.jpg` or `KEY.img000.jpg` (webdataset drops the key)."""
+    for candidate in (name.lower(), name.split(".", 1)[-1].lower()):
+        if candidate in sample and isinstance(sample[candidate], bytes):
+            return sample[candidate]
+    raise MissingImage(f"{key}: image member {name} missing")
