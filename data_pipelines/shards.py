@@ -21,6 +21,8 @@ from typing import Any, Iterator
 import webdataset as wds
 from PIL import Image
 
+from .processor import image_size
+
 SCHEMA_VERSION = 1
 INDEX_NAME = "index.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
@@ -96,8 +98,9 @@ def _load_image(image_root: Path, rel: str) -> tuple[bytes, int, int, str]:
     data = path.read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as img:
-            fmt, (width, height) = img.format, img.size
+            fmt = img.format
             img.verify()  # header/structure check only: the reader decodes and catches the rest
+        width, height = image_size(data)  # after EXIF rotation, as the processor will see it
     except Exception as exc:  # PIL raises OSError, SyntaxError, DecompressionBombError, ...
         raise SkipDocument("bad_image", f"{rel}: {exc}") from exc
     if width <= 0 or height <= 0:

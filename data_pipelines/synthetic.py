@@ -369,3 +369,25 @@ def make_vqa_records(out_dir: str | Path, n: int, seed: int) -> Path:
                       "domain": domain}
             f.write(json.dumps(record) + "\n")
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m data_pipelines.synthetic interleaved|vqa --out DIR [--num N] [--seed S]`"""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m data_pipelines.synthetic")
+    parser.add_argument("kind", choices=["interleaved", "vqa"])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--num", type=int, default=400, help="documents or records")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.kind == "interleaved":
+        path = make_interleaved_corpus(args.out, args.num, args.seed)
+    else:
+        path = make_vqa_records(args.out, args.num, args.seed)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""What every entry point does before its stage runs: validate, join the group, pick the run dir."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+# `torchrun launch/x.py` puts launch/ on sys.path, not the repo root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hydra.core.config_store import ConfigStore  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from trainer.engine import DistInfo, init_distributed  # noqa: E402
+from trainer.logging import setup_log_lines  # noqa: E402
+from trainer.run import shared_run_dir  # noqa: E402
+
+
+# DeepSpeed still calls torch.distributed's renamed collectives; one warning per call drowns the log.
+warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+
+
+def register(name: str, schema: type) -> None:
+    ConfigStore.instance().store(name=name, node=schema)
+
+
+def start(raw: DictConfig) -> tuple[Any, Path, DistInfo]:
+    """Typed config (bad values stop here, before any work), process group, shared run dir."""
+    try:
+        cfg = OmegaConf.to_object(raw)  # runs the dataclasses' validation
+    except (ValueError, TypeError) as exc:
+        sys.exit(f"ponder: bad recipe value: {exc}")
+    info = init_distributed()
+    setup_log_lines(info.is_main)
+    run_dir = shared_run_dir(HydraConfig.get().runtime.output_dir, info)
+    if info.is_main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(raw, resolve=True))
+    return cfg, run_dir, info

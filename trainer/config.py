@@ -1,0 +1,70 @@
+"""Dataclass configs of the shared engine; Hydra recipes fill them, code never reads raw dicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
+WANDB_MODES = ("offline", "online", "disabled")
+RESUME_MODES = ("auto", "never")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"trainer.optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
+            raise ValueError("trainer.optim: need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0")
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    grad_accum: int = 1  # micro-batches per optimizer step on each rank
+    clip_grad_norm: float = 1.0  # 0 disables clipping
+    zero_stage: int = 3
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    activation_checkpointing: bool = False
+    freeze_vision: bool = False
+    freeze_language: bool = False
+    save_every: int = 1000
+    keep_last: int = 3  # completed checkpoints kept; older ones are deleted
+    log_every: int = 1
+    seed: int = 0
+    max_consecutive_nonfinite: int = 5  # then save and stop
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.grad_accum < 1 or self.save_every < 1 or self.log_every < 1:
+            raise ValueError("trainer: max_steps, grad_accum, save_every, log_every must be >= 1")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"trainer.zero_stage must be 0..3, got {self.zero_stage}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"trainer.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.keep_last < 1:
+            raise ValueError("trainer.keep_last must be >= 1")
+        if self.freeze_vision and self.freeze_language:
+            raise ValueError("trainer: freezing both the vision tower and the language model leaves nothing to train")
+
+
+@dataclass
+class LoggingConfig:
+    wandb_mode: str = "offline"  # a real offline run dir under <run_dir>/wandb; `wandb sync` it later
+    wandb_project: str = "ponder"
+    wandb_name: str | None = None
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.wandb_mode not in WANDB_MODES:
+            raise ValueError(f"logging.wandb_mode must be one of {WANDB_MODES}, got {self.wandb_mode!r}")

@@ -1,0 +1,56 @@
+"""The training forward: Glm4v with the vision tower run exactly once per call.
+
+ZeRO-3 gathers each submodule's parameters with collectives as the module runs, so every rank
+must run the same modules in the same order. A batch without images would skip the vision tower
+on one rank and hang the others; so a call without visuals runs the tower on a 2x2-patch dummy
+whose output is multiplied by 0 (same graph, no effect on the loss). Images and video frames go
+through the tower in one call, which also sidesteps transformers' Glm4v placing video features
+with the image token id (it cannot mix images and videos in one forward; `mm_token_type_ids`
+can: 1 image, 2 video).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from data_pipelines.batch import Batch
+
+PATCH_DIM = 3 * 2 * 14 * 14
+
+
+class UniformVisionForward(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model  # the Glm4vForConditionalGeneration (its state dict keys gain "model.")
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        inner = self.model.model
+        embeds = inner.get_input_embeddings()(batch.input_ids)
+        pixels, grids = _visual_inputs(batch, embeds.device)
+        features = torch.cat(inner.get_image_features(pixels, grids).pooler_output).to(embeds.dtype)
+        if batch.pixel_values is None and batch.pixel_values_videos is None:
+            embeds = embeds + 0.0 * features.sum()
+        else:
+            n_image = int((batch.mm_token_type_ids == 1).sum())
+            embeds = embeds.clone()
+            embeds[batch.mm_token_type_ids == 1] = features[:n_image]
+            embeds[batch.mm_token_type_ids == 2] = features[n_image:]
+        out = self.model(inputs_embeds=embeds, position_ids=batch.position_ids, use_cache=False)
+        return out.logits
+
+
+def _visual_inputs(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image patches then video-frame patches, with per-image / per-frame (1, h, w) grids."""
+    pixels, grids = [], []
+    if batch.pixel_values is not None:
+        pixels.append(batch.pixel_values)
+        grids.append(batch.image_grid_thw)
+    if batch.pixel_values_videos is not None:
+        pixels.append(batch.pixel_values_videos)
+        thw = batch.video_grid_thw
+        frames = torch.repeat_interleave(thw[:, 1:], thw[:, 0], dim=0)
+        grids.append(torch.cat([torch.ones_like(frames[:, :1]), frames], dim=1))
+    if not pixels:
+        return torch.zeros(4, PATCH_DIM, device=device), torch.tensor([[1, 2, 2]], device=device)
+    return torch.cat(pixels), torch.cat(grids)
