@@ -51,7 +51,7 @@ class BadVideoError(BadSample):
     reason = "bad_video"
 
 
-@dataclass(frozen=True)
+@dataclass
 class ProcessorConfig:
     """GLM-4.1V-9B-Thinking's released processor settings (preprocessor_config.json and
     video_preprocessor_config.json) plus the video sampling of `Glm4vVideoProcessor`."""

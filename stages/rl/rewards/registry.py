@@ -1,0 +1,82 @@
+"""Verifier registry: a dataset's `domain` names its verifier; recipes add their own by import path.
+
+A verifier is a callable `verifier(answer: str, ground_truth, config: RewardConfig, **info)` returning a
+`Verdict` or a float in [0, 1]. `answer` is the boxed text for verifiable domains and the whole
+`<answer>` text otherwise. Classes are registered by instantiating them once with no arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from typing import Any, Callable
+
+from .config import RewardConfig
+from .types import RewardConfigError, UnknownVerifierError
+
+Verifier = Callable[..., Any]
+_REGISTRY: dict[str, Verifier] = {}
+
+
+def _instantiate(obj: Any, origin: str) -> Verifier:
+    verifier = obj() if isinstance(obj, type) else obj
+    if not callable(verifier):
+        raise RewardConfigError(f"verifier {origin!r} is not callable: {type(verifier).__name__}")
+    return verifier
+
+
+def _identity(verifier: Verifier) -> tuple[str, str]:
+    return getattr(verifier, "__module__", ""), getattr(verifier, "__qualname__", type(verifier).__qualname__)
+
+
+def register_verifier(name: str, *, overwrite: bool = False) -> Callable[[Any], Any]:
+    """Decorator: `@register_verifier("my_domain")` on a function or a class; returns it unchanged."""
+
+    def decorate(obj: Any) -> Any:
+        verifier = _instantiate(obj, name)
+        current = _REGISTRY.get(name)
+        # Re-importing the defining module registers the same definition again; that is not a clash.
+        if current is not None and _identity(current) != _identity(verifier) and not overwrite:
+            raise RewardConfigError(f"a verifier named {name!r} is already registered; pass overwrite=True")
+        _REGISTRY[name] = verifier
+        return obj
+
+    return decorate
+
+
+def get_verifier(name: str) -> Verifier:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownVerifierError(f"no verifier named {name!r}; registered: {sorted(_REGISTRY)}") from None
+
+
+def registered_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def load_object(path: str) -> Any:
+    """Import "package.module:attr" (attr may be dotted) with importlib; no eval."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise RewardConfigError(f"expected 'package.module:attr', got {path!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise RewardConfigError(f"cannot load {path!r}: {err}") from err
+    return obj
+
+
+@lru_cache(maxsize=256)
+def load_verifier(path: str) -> Verifier:
+    """The verifier at import path "package.module:attr" (a class is instantiated once, with no arguments)."""
+    return _instantiate(load_object(path), path)
+
+
+def resolve_verifier(domain: str, config: RewardConfig) -> Verifier:
+    """The verifier for a dataset domain: config.domain_verifiers may remap it to a registered name or an
+    import path; otherwise the domain is the registered name."""
+    target = config.domain_verifiers.get(domain, domain)
+    return load_verifier(target) if ":" in target else get_verifier(target)

@@ -1,0 +1,103 @@
+"""score(): length cap -> format gate -> verifier under a time limit -> penalties."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from .config import RewardConfig
+from .gate import FormatError, Parsed, answer_outside_box, parse_response
+from .penalties import has_repetition, is_mixed_language
+from .registry import Verifier, resolve_verifier
+from .timelimit import ScoreTimeout, call_with_time_limit
+from .types import GroundTruthError, RewardConfigError, RewardResult, Verdict
+
+DEFAULT_CONFIG = RewardConfig()
+
+
+def score(domain: str, response: str, ground_truth: Any, *, config: RewardConfig | None = None,
+          **info: Any) -> RewardResult:
+    """Reward one response. `info` is passed to the verifier (e.g. `options=` for multiple choice).
+
+    A recipe error (unknown domain, judge not configured) raises RewardConfigError; anything wrong
+    with the response or the item gives min_reward with a reason. The verifier runs under
+    config.time_limit_s when called from the main thread; see `RewardPool` for a hard limit.
+    """
+    config = config or DEFAULT_CONFIG
+    return score_with(resolve_verifier(domain, config), domain, response, ground_truth, config, info)
+
+
+def score_with(verifier: Verifier, domain: str, response: str, ground_truth: Any, config: RewardConfig,
+               info: Mapping[str, Any]) -> RewardResult:
+    """`score` with the verifier already resolved (what the batch workers run)."""
+    if not isinstance(response, str):
+        return _fail(config, f"bad_response_type:{type(response).__name__}")
+    if len(response) > config.max_response_chars:
+        return _fail(config, "response_too_long")
+    try:
+        parsed = parse_response(response)
+    except FormatError as err:
+        return _fail(config, f"format:{err.detail}")
+    if domain in config.nonverifiable_domains:
+        if parsed.box_count:
+            return RewardResult(config.box_reward_nonverifiable, False, parsed.answer, "box_in_nonverifiable")
+        graded = parsed.answer
+    else:
+        if parsed.box_count != 1:
+            return _fail(config, "format:no_box" if parsed.box_count == 0 else "format:multiple_boxes")
+        graded = parsed.box.strip()
+        if not graded:
+            return _fail(config, "format:empty_box")
+        if len(graded) > config.max_answer_chars:
+            return RewardResult(config.min_reward, True, graded[:200], "answer_too_long")
+    verdict = _run_verifier(verifier, graded, ground_truth, config, info)
+    if isinstance(verdict, RewardResult):
+        return verdict
+    reward, penalties = _apply_penalties(verdict.reward, parsed, config)
+    return RewardResult(reward, True, graded, verdict.reason, penalties)
+
+
+def _fail(config: RewardConfig, reason: str) -> RewardResult:
+    return RewardResult(config.min_reward, False, None, reason)
+
+
+def _run_verifier(verifier: Verifier, graded: str, ground_truth: Any, config: RewardConfig,
+                  info: Mapping[str, Any]) -> Verdict | RewardResult:
+    try:
+        out = call_with_time_limit(lambda: verifier(graded, ground_truth, config, **info), config.time_limit_s)
+    except ScoreTimeout:
+        return RewardResult(config.min_reward, True, graded, "timeout")
+    except RewardConfigError:
+        raise
+    except GroundTruthError as err:
+        return RewardResult(config.min_reward, True, graded, f"bad_ground_truth:{err}")
+    except Exception as err:  # a verifier bug must cost one item, not the run
+        return RewardResult(config.min_reward, True, graded, f"verifier_error:{type(err).__name__}")
+    return _as_verdict(out, graded, config)
+
+
+def _as_verdict(out: Any, graded: str, config: RewardConfig) -> Verdict | RewardResult:
+    if isinstance(out, Verdict):
+        reward, reason = out.reward, out.reason
+    elif isinstance(out, (int, float)):
+        reward = float(out)
+        reason = "correct" if reward >= 1.0 else "wrong" if reward <= 0.0 else "partial"
+    else:
+        return RewardResult(config.min_reward, True, graded, f"verifier_error:returned_{type(out).__name__}")
+    if math.isnan(reward):
+        return RewardResult(config.min_reward, True, graded, "verifier_error:nan")
+    return Verdict(min(1.0, max(0.0, float(reward))), reason)
+
+
+def _apply_penalties(reward: float, parsed: Parsed, config: RewardConfig) -> tuple[float, tuple[str, ...]]:
+    penalties = []
+    if has_repetition(parsed.think + "\n" + parsed.answer, config):
+        penalties.append("repetition")
+        reward *= 1.0 - config.repetition_penalty
+    prose = answer_outside_box(parsed)
+    if config.mixed_language_scope == "response":
+        prose = parsed.think + "\n" + prose
+    if is_mixed_language(prose, config):
+        penalties.append("mixed_language")
+        reward *= 1.0 - config.mixed_language_penalty
+    return reward, tuple(penalties)

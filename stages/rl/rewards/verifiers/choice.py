@@ -1,0 +1,95 @@
+"""Multiple choice: the boxed letter ("B", "(B)", "B.", "Option B", "B. <option text>") or the exact
+text of one option (needs `options=` in info).
+
+Ground truth: a letter ("B"), several letters for multi-select (["A", "C"] or "A,C"), or, with
+options given, the text of the correct option. Options: a list (A, B, C, ... in order) or a dict
+letter -> text. Anything naming more letters than the gold, a letter plus another option's text,
+or letter + free text when the options are unknown, scores 0. Only ASCII letters count, so a
+Cyrillic 'А' is not 'A'.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Any, Mapping, Sequence
+
+from ..config import RewardConfig
+from ..registry import register_verifier
+from ..text import strip_wrappers
+from ..types import GroundTruthError, Verdict
+
+_LETTER_ANSWER = re.compile(
+    r"(?:(?:option|choice|answer)\s*(?:[:：]\s*)?)?[(\[]?([A-Z])[)\]]?(?:\s*[.:：)]\s*|\s+)?(.*)", re.S | re.I,
+)
+# Each run of spaces has one way to match (no nested optional \s*), so failing inputs stay linear.
+_LETTER_LIST = re.compile(r"[(\[]?[A-Z][)\]]?(?:\s*(?:(?:,|，|;|&|and|or)\s*)?[(\[]?[A-Z][)\]]?)+")
+_GOLD_LIST = re.compile(r"[A-Z](?:\s*(?:[,;&]\s*)?[A-Z])*")
+
+
+def _norm(text: str) -> str:
+    return " ".join(strip_wrappers(text).casefold().split())
+
+
+def _options(info: Mapping[str, Any]) -> dict[str, str]:
+    options = info.get("options")
+    if options is None:
+        return {}
+    if isinstance(options, Mapping):
+        return {str(k).strip().upper(): str(v) for k, v in options.items()}
+    if isinstance(options, Sequence) and not isinstance(options, str):
+        return {string.ascii_uppercase[i]: str(v) for i, v in enumerate(options)}
+    raise GroundTruthError(f"options must be a list or a dict, got {type(options).__name__}")
+
+
+def _gold_letters(ground_truth: Any, options: dict[str, str]) -> frozenset[str]:
+    if isinstance(ground_truth, (list, tuple, set, frozenset)):
+        letters = frozenset(str(x).strip().strip("()").upper() for x in ground_truth)
+    elif isinstance(ground_truth, str):
+        gold = ground_truth.strip().strip("()")
+        by_text = [k for k, v in options.items() if _norm(v) == _norm(gold)]
+        if len(by_text) == 1 and not (len(gold) == 1 and gold.upper() in options):
+            return frozenset(by_text)
+        if not _GOLD_LIST.fullmatch(gold.upper()):
+            raise GroundTruthError(f"multiple-choice gold {ground_truth!r} is not a letter or an option text")
+        letters = frozenset(re.findall(r"[A-Z]", gold.upper()))
+    else:
+        raise GroundTruthError(f"multiple-choice gold must be a letter or letters, got {type(ground_truth).__name__}")
+    if not letters or any(len(x) != 1 or x not in string.ascii_uppercase for x in letters):
+        raise GroundTruthError(f"bad multiple-choice gold {ground_truth!r}")
+    if options and not letters <= options.keys():
+        raise GroundTruthError(f"gold {sorted(letters)} not among options {sorted(options)}")
+    return letters
+
+
+def _predicted_letters(text: str, options: dict[str, str]) -> frozenset[str] | str:
+    """The letters the answer names, or a reason string why it names none unambiguously."""
+    by_text = [k for k, v in options.items() if _norm(v) == _norm(text)]
+    if len(by_text) == 1:
+        return frozenset(by_text)
+    if _LETTER_LIST.fullmatch(text):
+        return frozenset(re.findall(r"[A-Z]", text))
+    match = _LETTER_ANSWER.fullmatch(text)
+    if match is None:
+        return "no_choice"
+    letter, rest = match.group(1), match.group(2).strip()
+    if letter.islower() and rest:
+        return "no_choice"  # 'a cat' is an article, not option a
+    letter = letter.upper()
+    if options and letter not in options:
+        return "letter_out_of_range"
+    if rest and (not options or _norm(rest) != _norm(options[letter])):
+        return "text_contradicts_letter" if options else "unverifiable_text"
+    return frozenset({letter})
+
+
+@register_verifier("multiple_choice")
+def verify_choice(answer: str, ground_truth: Any, config: RewardConfig, **info: Any) -> Verdict:  # noqa: ARG001
+    options = _options(info)
+    gold = _gold_letters(ground_truth, options)
+    predicted = _predicted_letters(strip_wrappers(answer), options)
+    if isinstance(predicted, str):
+        return Verdict(0.0, f"wrong:{predicted}")
+    if len(predicted) > len(gold):
+        return Verdict(0.0, "wrong:multiple_answers")
+    return Verdict(1.0, "correct") if predicted == gold else Verdict(0.0, "wrong")

@@ -1,0 +1,61 @@
+"""OCR: reward = 1 - levenshtein(pred, gold) / max(len(pred), len(gold)), after collapsing whitespace.
+
+Levenshtein uses the bit-parallel algorithm of Myers (1999) as formulated by Hyyrö (2001), on Python
+integers as bit vectors: O(len(a) * len(b) / 64) word operations, so page-long texts cost milliseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import RewardConfig
+from ..registry import register_verifier
+from ..types import GroundTruthError, Verdict
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insert, delete, substitute; unit costs)."""
+    if len(a) < len(b):
+        a, b = b, a  # the shorter string is the bit-vector pattern
+    m = len(b)
+    if m == 0:
+        return len(a)
+    peq: dict[str, int] = {}
+    for i, ch in enumerate(b):
+        peq[ch] = peq.get(ch, 0) | (1 << i)
+    mask = (1 << m) - 1
+    top = 1 << (m - 1)
+    pv, mv, dist = mask, 0, m
+    for ch in a:
+        eq = peq.get(ch, 0)
+        xv = eq | mv
+        xh = ((((eq & pv) + pv) & mask) ^ pv) | eq
+        ph = (mv | ~(xh | pv)) & mask
+        mh = pv & xh
+        if ph & top:
+            dist += 1
+        elif mh & top:
+            dist -= 1
+        ph = ((ph << 1) | 1) & mask
+        mh = (mh << 1) & mask
+        pv = (mh | ~(xv | ph)) & mask
+        mv = ph & xv
+    return dist
+
+
+def _normalize(text: str, case_sensitive: bool) -> str:
+    text = " ".join(text.split())
+    return text if case_sensitive else text.casefold()
+
+
+@register_verifier("ocr")
+def verify_ocr(answer: str, ground_truth: Any, config: RewardConfig, **info: Any) -> Verdict:  # noqa: ARG001
+    if not isinstance(ground_truth, str):
+        raise GroundTruthError(f"OCR gold must be a string, got {type(ground_truth).__name__}")
+    pred = _normalize(answer, config.ocr_case_sensitive)
+    gold = _normalize(ground_truth, config.ocr_case_sensitive)
+    longest = max(len(pred), len(gold))
+    if longest == 0:
+        return Verdict(1.0, "correct")
+    reward = 1.0 - levenshtein(pred, gold) / longest
+    return Verdict(reward, "correct" if reward == 1.0 else "partial" if reward > 0 else "wrong")

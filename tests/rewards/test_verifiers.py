@@ -1,0 +1,328 @@
+"""Per-domain verifiers on realistic model outputs, and adversarial outputs that must score 0."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from stages.rl.rewards import RewardConfig, score
+from stages.rl.rewards.verifiers.boxes import iou
+from stages.rl.rewards.verifiers.ocr import levenshtein
+
+from .helpers import respond
+
+
+def reward(domain, box, gold, config=None, **info):
+    return score(domain, respond(box), gold, config=config, **info).reward
+
+
+def reason(domain, box, gold, **info):
+    return score(domain, respond(box), gold, **info).reason
+
+
+# Math --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("box, gold", [
+    ("\\frac{3}{4}", "0.75"), ("0.75", "\\frac34"), ("\\dfrac{9}{12}", "\\frac{3}{4}"), ("3/4", 0.75),
+    ("42", 42), ("x = 42", "42"), ("k=42", "42"), ("f(2) = 5", "5"), ("\\boxed{12}", "12"), ("$12$", "12"),
+    ("12\\%", "12\\%"), ("0.75", "75\\%"), ("45^\\circ", "45"), ("\\$1,250", "1250"), ("1{,}000", "1000"),
+    ("12 \\text{ apples}", "12"), ("5\\,\\text{cm}", "5 \\text{ cm}"), ("−3", "-3"), ("-3", "−3"),
+    ("2\\sqrt{3}", "\\sqrt{12}"), ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}"), ("0.707107", "\\frac{\\sqrt2}{2}"),
+    ("\\frac{\\pi}{3}", "\\frac{1}{3}\\pi"), ("6.283185", "2\\pi"), ("(x+1)^2", "x^2+2x+1"),
+    ("\\left(0, 1\\right]", "(0,1]"), ("x \\in [2, 5)", "[2,5)"), ("(-\\infty, -1) \\cup (1, \\infty)", "(-\\infty,-1)\\cup(1,\\infty)"),
+    ("\\{3, 1, 2\\}", "\\{1,2,3\\}"), ("1, 2", "2, 1"), ("x = 2, y = 3", "x=2, y=3"), ("(2, 3)", "(2,3)"),
+    ("x \\leq 5", "x \\le 5"), ("\\frac{-1 \\pm \\sqrt{5}}{2}", "\\frac{-1 \\pm \\sqrt{5}}{2}"), ("\\text{Monday}", "Monday"),
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
+])
+def test_math_equivalent_forms_score_1(box, gold):
+    assert reward("math", box, gold) == 1.0
+
+
+@pytest.mark.parametrize("box, gold", [
+    ("\\frac{4}{3}", "0.75"), ("0.33", "\\frac13"), ("0.7", "0.75"), ("3.1416", "3.14159"), ("3.14", "\\pi"),
+    ("[0, 1]", "(0, 1]"), ("(0, 1)", "(0,1]"), ("\\{1, 2\\}", "\\{1, 2, 3\\}"), ("-42", "42"), ("x^2+2x+2", "(x+1)^2"),
+    ("2.0000001", "2"), ("12\\%", "13\\%"), ("Tuesday", "Monday"),
+])
+def test_math_wrong_answers_score_0(box, gold):
+    assert reward("math", box, gold) == 0.0
+
+
+@pytest.mark.parametrize("box, gold, why", [
+    ("a number between 0 and 10", "5", "wrong:hedged(between)"),
+    ("\\text{between } 40 \\text{ and } 44", "42", "wrong:hedged(between)"),
+    ("0 \\text{ to } 10", "5", "wrong:hedged(to)"),
+    ("about 42", "42", "wrong:hedged(about)"),
+    ("\\approx 42", "42", "wrong:hedged(\\approx)"),
+    ("42 \\pm 1", "42", "wrong:hedged(\\pm)"),
+    ("40 < x < 44", "42", "wrong:hedged(<)"),
+    ("42?", "42", "wrong:hedged(?)"),
+    ("not 43", "42", "wrong:hedged(not)"),
+    ("42 \\text{ or } 43", "42", "wrong:hedged(or)"),
+    # A correct answer followed by a wrong one (or the reverse).
+    ("42. Actually 43", "42", "wrong:unparseable"),
+    ("43. Actually 42", "42", "wrong:unparseable"),
+    ("42, 43", "42", "wrong"),
+    ("42 \\quad 43", "42", "wrong:multiple_answers"),
+    ("42 43", "42", "wrong:multiple_answers"),
+    ("2 1", "2", "wrong:multiple_answers"),
+    ("43 \\\\ 42", "42", "wrong:multiple_answers"),
+    ("x = 43 = 42", "42", "wrong:multiple_answers"),
+    ("43 = 42", "42", "wrong:not_an_assignment"),
+    # Unicode look-alike digits: fullwidth, Arabic-Indic, mathematical bold, superscript, mixed.
+    ("４２", "42", "wrong:lookalike_digits"),
+    ("٤٢", "42", "wrong:lookalike_digits"),
+    ("𝟒𝟐", "42", "wrong:lookalike_digits"),
+    ("4²", "42", "wrong:lookalike_digits"),
+    ("4２", "42", "wrong:lookalike_digits"),
+    ("\\frac{1}{２}", "0.5", "wrong:lookalike_digits"),
+])
+def test_math_adversarial_outputs_score_0(box, gold, why):
+    r = score("math", respond(box), gold)
+    assert (r.reward, r.reason) == (0.0, why)
+
+
+def test_math_answer_outside_the_box_scores_0():
+    assert score("math", respond("43", before="The answer is 42, written as "), "42").reward == 0.0
+    assert score("math", respond(None, before="\\boxed{42}"), "42").reason == "format:no_box"
+
+
+def test_math_bad_ground_truth_is_reported_not_raised():
+    r = score("math", respond("42"), None)
+    assert (r.reward, r.format_ok) == (0.0, True)
+    assert r.reason.startswith("bad_ground_truth:")
+
+
+def test_math_answer_length_cap():
+    assert reason("math", "1+" * 600 + "1", "1201") == "wrong:too_long"
+
+
+# Multiple choice ---------------------------------------------------------------------------------
+
+OPTIONS = ["London", "Paris", "Rome", "Madrid"]
+
+
+@pytest.mark.parametrize("box", ["B", "b", "(B)", "B.", "B)", "[B]", "Option B", "answer: B", "\\text{B}", "**B**",
+                                 "$B$", "B. Paris", "B: paris", "(B) Paris", "Paris", "paris."])
+def test_choice_realistic_answers_score_1(box):
+    assert reward("multiple_choice", box, "B", options=OPTIONS) == 1.0
+
+
+@pytest.mark.parametrize("box, why", [
+    ("C", "wrong"), ("Rome", "wrong"), ("A or B", "wrong:multiple_answers"), ("A, B", "wrong:multiple_answers"),
+    ("B and C", "wrong:multiple_answers"), ("AB", "wrong:multiple_answers"), ("B. Rome", "wrong:text_contradicts_letter"),
+    ("E", "wrong:letter_out_of_range"), ("В", "wrong:no_choice"), ("I think B but maybe C", "wrong:letter_out_of_range"),
+    ("a cat", "wrong:no_choice"), ("Paris or Rome", "wrong:letter_out_of_range"),
+])
+def test_choice_adversarial_answers_score_0(box, why):
+    r = score("multiple_choice", respond(box), "B", options=OPTIONS)
+    assert (r.reward, r.reason) == (0.0, why)
+
+
+def test_choice_gold_forms_and_multi_select():
+    assert reward("multiple_choice", "B", "(b)") == 1.0
+    assert reward("multiple_choice", "B", "Paris", options=OPTIONS) == 1.0
+    assert reward("multiple_choice", "B", "Paris", options={"A": "London", "B": "Paris"}) == 1.0
+    assert reward("multiple_choice", "A, C", ["A", "C"]) == 1.0
+    assert reward("multiple_choice", "C and A", "A,C") == 1.0
+    assert reward("multiple_choice", "A", ["A", "C"]) == 0.0
+    assert reward("multiple_choice", "A, B, C", ["A", "C"]) == 0.0
+    # Without the options, free text after the letter cannot be checked.
+    assert reason("multiple_choice", "B. Paris", "B") == "wrong:unverifiable_text"
+    assert reason("multiple_choice", "B", "Z", options=OPTIONS).startswith("bad_ground_truth:")
+
+
+# Counting ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("box", ["7", "7 apples", "There are 7 apples.", "seven", "Seven", "\\text{7}", "$7$", "**7**"])
+def test_counting_realistic_answers_score_1(box):
+    assert reward("counting", box, 7) == 1.0
+
+
+@pytest.mark.parametrize("box, why", [
+    ("8", "wrong"), ("about 7", "wrong:hedged(about)"), ("7 or 8", "wrong:hedged(or)"),
+    ("a number between 0 and 10", "wrong:hedged(between)"), ("at least 7", "wrong:hedged(least)"),
+    ("7-8", "wrong:multiple_numbers"), ("7, 8", "wrong:multiple_numbers"), ("7 then 8", "wrong:multiple_numbers"),
+    ("seven or eight", "wrong:hedged(or)"), ("7.0", "wrong:not_integer"), ("7.5", "wrong:not_integer"),
+    ("７", "wrong:lookalike_digits"), ("٧", "wrong:lookalike_digits"), ("𝟕", "wrong:lookalike_digits"),
+    ("⁷", "wrong:lookalike_digits"), ("⑦", "wrong:lookalike_digits"), ("七", "wrong:lookalike_digits"),
+    ("many", "wrong:no_number"),
+])
+def test_counting_adversarial_answers_score_0(box, why):
+    r = score("counting", respond(box), 7)
+    assert (r.reward, r.reason) == (0.0, why)
+
+
+def test_counting_gold_forms():
+    assert reward("counting", "1,024", "1024") == 1.0
+    assert reward("counting", "12", 12.0) == 1.0
+    assert reason("counting", "12", "twelve-ish").startswith("bad_ground_truth:")
+
+
+# OCR ---------------------------------------------------------------------------------------------
+
+def _dp_levenshtein(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def test_bit_parallel_levenshtein_equals_dynamic_programming():
+    rng = random.Random(0)
+    for _ in range(300):
+        a = "".join(rng.choice("abc ") for _ in range(rng.randint(0, 70)))
+        b = "".join(rng.choice("abcd") for _ in range(rng.randint(0, 70)))
+        assert levenshtein(a, b) == _dp_levenshtein(a, b), (a, b)
+    assert levenshtein("kitten", "sitting") == 3
+    assert levenshtein("", "abc") == 3
+
+
+def test_ocr_reward_is_one_minus_normalised_edit_distance():
+    gold = "Total amount due: $1,234.56"
+    assert reward("ocr", gold, gold) == 1.0
+    assert reward("ocr", "Total  amount due:\n$1,234.56", gold) == 1.0  # whitespace runs collapse
+    assert reward("ocr", "Total amount due: $1,284.56", gold) == pytest.approx(1 - 1 / 27)
+    assert reward("ocr", "total amount due: $1,234.56", gold) == pytest.approx(1 - 1 / 27)
+    assert reward("ocr", "total amount due: $1,234.56", gold, config=RewardConfig(ocr_case_sensitive=False)) == 1.0
+    assert reward("ocr", "欢迎光临", "欢迎光临本店") == pytest.approx(1 - 2 / 6)
+
+
+def test_ocr_padding_the_answer_costs_reward():
+    gold = "STOP"
+    assert reward("ocr", "STOP STOP STOP STOP", gold) == pytest.approx(1 - 15 / 19)
+    assert reward("ocr", "zzzz", gold) == 0.0
+
+
+def test_ocr_long_page_is_fast():
+    rng = random.Random(1)
+    gold = "".join(rng.choice("abcdefghij klmnop") for _ in range(8000))
+    pred = gold[:4000] + "X" + gold[4001:]
+    start = time.perf_counter()
+    assert reward("ocr", pred, gold) == pytest.approx(1 - 1 / 8000)
+    assert time.perf_counter() - start < 1.0
+
+
+# Chart -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("box, gold", [
+    ("45", 45), ("45.5", 45), ("44.2", 45), ("45%", "45%"), ("45", "45%"), ("45\\%", 45), ("\\$1,200", "1200"),
+    ("1,200", 1200), ("-3.2", "-3.2"), ("2019", 2019), ("2019", "2019"), ("Brazil", "Brazil"), ("brazil.", "Brazil"),
+    ("\\text{North  America}", "north america"), ("12; 15", [12, 15]), ("12, 15", ["12", "15"]), ("0", 0),
+])
+def test_chart_matches(box, gold):
+    assert reward("chart", box, gold) == 1.0
+
+
+@pytest.mark.parametrize("box, gold, why", [
+    ("46", 45, "wrong:out_of_tolerance"), ("2018", 2019, "wrong:year_mismatch"), ("2020", "2019", "wrong:year_mismatch"),
+    ("Brasil", "Brazil", "wrong:label_mismatch"), ("0.45", "45%", "wrong:out_of_tolerance"),
+    ("45 million", 45, "wrong:not_a_number"), ("15, 12", [12, 15], "wrong:out_of_tolerance"), ("12", [12, 15], "wrong:count_mismatch"),
+    ("between 40 and 50", 45, "wrong:hedged(between)"), ("about 45", 45, "wrong:hedged(about)"),
+    ("45 or 46", 45, "wrong:hedged(or)"), ("44-46", 45, "wrong:not_a_number"), ("４５", 45, "wrong:lookalike_digits"),
+    ("٤٥", 45, "wrong:lookalike_digits"), ("0.01", 0, "wrong:out_of_tolerance"),
+])
+def test_chart_adversarial_and_wrong(box, gold, why):
+    r = score("chart", respond(box), gold)
+    assert (r.reward, r.reason) == (0.0, why)
+
+
+def test_chart_tolerance_comes_from_config():
+    assert reward("chart", "46", 45, config=RewardConfig(chart_rel_tol=0.05)) == 1.0
+    assert reward("chart", "1990", 1989, config=RewardConfig(chart_year_max=1900)) == 1.0  # not a year any more
+
+
+# Grounding ---------------------------------------------------------------------------------------
+
+def test_iou_values():
+    assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert iou((0, 0, 10, 10), (10, 0, 20, 10)) == 0.0
+
+
+CAT, DOG = [100, 200, 300, 400], [500, 500, 700, 650]
+
+
+@pytest.mark.parametrize("box, gold, expected", [
+    ("[[100,200,300,400]]", [CAT], 1.0),
+    ("[100, 200, 300, 400]", [CAT], 1.0),
+    ("[[110,210,310,410]]", [CAT], 1.0),  # IoU 0.82
+    ("[[500,500,700,650],[100,200,300,400]]", [CAT, DOG], 1.0),  # order does not matter
+    ("[[100,200,300,400]]", [CAT, DOG], 0.5),
+    ("[[200,300,400,500]]", [CAT], 0.0),  # IoU 0.14
+    ("[]", [], 1.0),
+    ("[[100,200,300,400]]", [], 0.0),
+    ("[]", [CAT], 0.0),
+])
+def test_grounding_rewards(box, gold, expected):
+    assert reward("grounding", box, gold) == pytest.approx(expected)
+
+
+def test_grounding_box_spraying_does_not_pay():
+    spray = [CAT, DOG] + [[i * 80, 0, i * 80 + 60, 60] for i in range(8)]
+    assert reward("grounding", str(spray), [CAT, DOG]) == pytest.approx(2 / 10)
+    # One big box over everything matches nothing.
+    assert reward("grounding", "[[0,0,999,999]]", [CAT, DOG]) == 0.0
+    # Matching is one-to-one: one predicted box cannot claim two overlapping gold boxes.
+    assert reward("grounding", "[[100,200,300,400]]", [CAT, [105, 205, 305, 405]]) == 0.5
+
+
+@pytest.mark.parametrize("box", ["[[100,200,300]]", "[[100,200,300,1000]]", "[[300,200,100,400]]", "[[NaN,0,10,10]]",
+                                 "[[100,200,300,400]", "cat at [[100,200,300,400]]", "[[true,0,10,10]]",
+                                 "[[-1,0,10,10]]"])
+def test_grounding_malformed_boxes_score_0(box):
+    r = score("grounding", respond(box), [CAT])
+    assert r.reward == 0.0 and r.reason.startswith("wrong:malformed_boxes")
+
+
+def test_grounding_box_count_cap_and_string_gold():
+    assert reward("grounding", str([CAT] * 101), [CAT], config=RewardConfig(max_boxes=100)) == 0.0
+    assert reward("grounding", "[[100,200,300,400]]", "[[100,200,300,400]]") == 1.0
+
+
+# GUI ---------------------------------------------------------------------------------------------
+
+CLICK = {"action_type": "click", "box_2d": [[100, 200, 300, 400]]}
+TYPE = {"action_type": "type", "text": "Hello World"}
+SCROLL = {"action_type": "scroll", "direction": "down", "box_2d": [[0, 0, 999, 999]]}
+
+
+@pytest.mark.parametrize("box, gold", [
+    ('{"action_type": "click", "box_2d": [[100, 200, 300, 400]]}', CLICK),
+    ('{"action_type": "CLICK", "box_2d": [[110, 210, 305, 405]]}', CLICK),
+    ('{"box_2d": [100, 200, 300, 400], "action_type": "click"}', CLICK),
+    ('{"action_type": "type", "text": " Hello World "}', TYPE),
+    ('{"action_type": "scroll", "direction": "Down", "box_2d": [[0, 0, 999, 999]]}', SCROLL),
+])
+def test_gui_matching_actions_score_1(box, gold):
+    assert reward("gui", box, gold) == 1.0
+
+
+@pytest.mark.parametrize("box, gold, why", [
+    ('{"action_type": "long_press", "box_2d": [[100, 200, 300, 400]]}', CLICK, "wrong:action_type"),
+    ('{"action_type": "click", "box_2d": [[400, 500, 600, 700]]}', CLICK, "wrong:box"),
+    ('{"action_type": "click", "box_2d": [[100, 200, 300, 400], [400, 500, 600, 700]]}', CLICK, "wrong:box"),
+    ('{"action_type": "click"}', CLICK, "wrong:fields"),
+    ('{"action_type": "click", "box_2d": [[100, 200, 300, 400]], "text": "x"}', CLICK, "wrong:fields"),
+    ('{"action_type": "type", "text": "hello world"}', TYPE, "wrong:field(text)"),
+    ('{"action_type": "scroll", "direction": "up", "box_2d": [[0, 0, 999, 999]]}', SCROLL, "wrong:field(direction)"),
+    ('{"action_type": "click", "action_type": "type", "text": "Hello World"}', TYPE, "wrong:malformed_action(duplicate key)"),
+    ('click(100, 200)', CLICK, "wrong:malformed_action(not JSON: Expecting value)"),
+    ('["click"]', CLICK, "wrong:malformed_action"),
+    ('{"action_type": "click", "box_2d": [[100, 200, 300]]}', CLICK, "wrong:malformed_box(a box is [x1, y1, x2, y2])"),
+])
+def test_gui_wrong_actions_score_0(box, gold, why):
+    r = score("gui", respond(box), gold)
+    assert (r.reward, r.reason) == (0.0, why)
+
+
+def test_gui_ignored_fields_and_string_gold():
+    cfg = RewardConfig(gui_ignored_fields=["thought"])
+    box = '{"action_type": "type", "text": "Hello World", "thought": "I should type the greeting"}'
+    assert reward("gui", box, TYPE, config=cfg) == 1.0
+    assert reward("gui", box, TYPE) == 0.0
+    assert reward("gui", '{"action_type": "type", "text": "Hello World"}', '{"action_type": "type", "text": "Hello World"}') == 1.0
