@@ -1,0 +1,42 @@
+"""Run launch/ entry points in subprocesses (plain python or torchrun on gloo) for stage tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(script: str, overrides: list[str], nproc: int = 1, fault: str | None = None,
+           timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python launch/<script>` (nproc 1) or `torchrun --nproc_per_node=<nproc> launch/<script>`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("PONDER_FAULT", None)
+    if fault:
+        env["PONDER_FAULT"] = fault
+    if nproc == 1:
+        cmd = [sys.executable, str(REPO / "launch" / script)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               f"--master_port={_free_port()}", str(REPO / "launch" / script)]
+    return subprocess.run(cmd + overrides, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n--- stderr tail ---\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
