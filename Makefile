@@ -26,6 +26,8 @@ test:
 
 bench:
 	$(BIN)/python bench/packing.py
+	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/rewards.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
