@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from data_pipelines.document import Document, DocumentBuilder, Visual
 
 # Small fixed ids standing in for the special tokens (a real tokenizer is not needed here).
 IMAGE_START, IMAGE_END, IMAGE, VIDEO_START, VIDEO_END = 10, 11, 14, 12, 13
+STAND_IN = SimpleNamespace(image_start=IMAGE_START, image_end=IMAGE_END, image=IMAGE,
+                           video_start=VIDEO_START, video_end=VIDEO_END)
 PATCH_DIM = 3 * 2 * 14 * 14
 
 
-def make_doc(key: str, pieces: list, seed: int = 0, vocab: int = 200, first_text_id: int = 30) -> Document:
+def make_doc(key: str, pieces: list, seed: int = 0, vocab: int = 200, first_text_id: int = 30,
+             special=STAND_IN) -> Document:
     """pieces: ints are text runs of that many tokens; (h, w) tuples are images of h x w patches;
-    ("video", t, h, w, [timestamp token runs]) a video of t frame pairs."""
+    ("video", t, h, w) a video of t frame pairs. `special`: ids of the vision tokens."""
+    s = special
     g = torch.Generator().manual_seed(seed)
     doc = DocumentBuilder(key)
     for piece in pieces:
@@ -22,11 +28,11 @@ def make_doc(key: str, pieces: list, seed: int = 0, vocab: int = 200, first_text
         elif piece[0] == "video":
             _, t, h, w = piece
             n = h * w // 4
-            ids, types = [VIDEO_START], [0]
+            ids, types = [s.video_start], [0]
             for frame in range(t):
-                ids += [IMAGE_START] + [IMAGE] * n + [IMAGE_END] + [first_text_id + frame]
+                ids += [s.image_start] + [s.image] * n + [s.image_end] + [first_text_id + frame]
                 types += [0] + [2] * n + [0, 0]
-            ids.append(VIDEO_END)
+            ids.append(s.video_end)
             types.append(0)
             pixels = torch.randn(t * h * w, PATCH_DIM, generator=g)
             doc.add_visual(ids, types, Visual(pixels, torch.tensor([t, h, w])), "video")
@@ -34,6 +40,6 @@ def make_doc(key: str, pieces: list, seed: int = 0, vocab: int = 200, first_text
             h, w = piece
             n = h * w // 4
             pixels = torch.randn(h * w, PATCH_DIM, generator=g)
-            doc.add_visual([IMAGE_START] + [IMAGE] * n + [IMAGE_END], [0] + [1] * n + [0],
+            doc.add_visual([s.image_start] + [s.image] * n + [s.image_end], [0] + [1] * n + [0],
                            Visual(pixels, torch.tensor([1, h, w])), "image")
     return doc.build()

@@ -130,3 +130,27 @@ def test_bad_recipe_values_stop_before_any_work(override, message, tmp_path):
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_activation_checkpointing_is_exact_and_freezing_keeps_the_vision_tower(shards, tmp_path):
+    from safetensors.torch import load_file
+
+    from data_pipelines.tokenizer import build_tiny_tokenizer
+    from trainer.model import build_model, load_preset
+
+    args = BASE + [f"data.shards={shards}", "trainer.max_steps=3", "trainer.save_every=3", "logging.wandb_mode=disabled"]
+    runs = {}
+    for name, extra in [("plain", []), ("recompute", ["trainer.activation_checkpointing=true"]),
+                        ("frozen", ["trainer.freeze_vision=true"])]:
+        runs[name] = tmp_path / name
+        check(launch("pretrain.py", args + extra + [f"hydra.run.dir={runs[name]}"]))
+    plain = [m["loss"] for m in metrics(runs["plain"])]
+    assert [m["loss"] for m in metrics(runs["recompute"])] == pytest.approx(plain, rel=1e-6)
+
+    torch.manual_seed(0)  # the stage seeds trainer.seed (0) before building the model
+    initial = build_model(load_preset("tiny"), build_tiny_tokenizer()).state_dict()
+    trained = load_file(runs["frozen"] / "checkpoints" / "step_3" / "hf" / "model.safetensors")
+    vision = [k for k in trained if k.startswith("model.visual.")]
+    language = [k for k in trained if k.startswith("model.language_model.layers.")]
+    assert vision and all(torch.equal(trained[k], initial[k]) for k in vision)
+    assert any(not torch.equal(trained[k], initial[k]) for k in language)
