@@ -1,5 +1,7 @@
-"""Streaming reader: webdataset shards -> documents -> packed Batches, with an exact saved position.
+"""Streaming reader: shards of samples -> documents -> packed Batches, with an exact saved position.
 
+A shard is a unit of a `SampleSource`: a webdataset tar (`TarShards`, pretraining) or a "virtual
+shard" of N chat records from JSONL / HF `datasets` (`data_pipelines.records.RecordShards`, SFT).
 Each (rank, dataloader worker) pair reads its own *stream*: the shards whose index in this epoch's
 shuffled list is congruent to its stream id, or, with `resample`, shards drawn with replacement.
 A stream's position is (epoch, shard slot, sample index) of the next raw sample plus the
@@ -18,10 +20,10 @@ import json
 import os
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import braceexpand
 import torch
@@ -73,41 +75,71 @@ class _CountingHandler:
         return True
 
 
+class SampleSource(Protocol):
+    """Numbered shards of raw samples; reading a shard twice yields the same samples."""
+
+    def __len__(self) -> int: ...
+
+    def name(self, shard: int) -> str: ...
+
+    def samples(self, shard: int, on_error: Callable[[Exception], bool]) -> Iterable[Any]: ...
+
+
+class TarShards:
+    """webdataset tar shards; a sample is webdataset's dict (`__key__`, `json`, image members)."""
+
+    def __init__(self, spec: str):
+        self.paths = resolve_shards(spec)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def name(self, shard: int) -> str:
+        return self.paths[shard]
+
+    def samples(self, shard: int, on_error: Callable[[Exception], bool]) -> Iterable[dict]:
+        return wds.tariterators.tarfile_samples([{"url": self.paths[shard]}], handler=on_error)
+
+
 class ShardStream(IterableDataset):
     def __init__(
         self,
         cfg: ReaderConfig,
-        to_document: Callable[[dict[str, Any]], Document],
+        to_document: Callable[[Any], Document],
         pad_id: int,
         rank: int = 0,
         world_size: int = 1,
+        source: SampleSource | None = None,
     ):
+        """`source` defaults to the tar shards of `cfg.shards`."""
         self.cfg = cfg
         self.to_document = to_document
         self.pad_id = pad_id
         self.rank, self.world_size = rank, world_size
-        self.shards = resolve_shards(cfg.shards)
+        self.source = source if source is not None else TarShards(cfg.shards)
         self.streams_per_rank = max(1, cfg.num_workers)
         total = self.streams_per_rank * world_size
-        if not cfg.resample and len(self.shards) < total:
+        if not cfg.resample and len(self.source) < total:
             raise ValueError(
-                f"{len(self.shards)} shards cannot feed {total} streams (world size x workers): "
-                "write more, smaller shards, use fewer workers, or set resample=true"
+                f"{len(self.source)} shards cannot feed {total} streams (world size x workers): "
+                "write more, smaller shards (records: lower records_per_shard), use fewer workers, "
+                "or set resample=true"
             )
         self.resume_states: dict[int, dict] = {}
         self.rotation = 0  # physical worker i serves logical stream (i + rotation) % streams
 
     # -- order -------------------------------------------------------------------------------
-    def _epoch_shards(self, stream: int, epoch: int) -> list[str]:
+    def _epoch_shards(self, stream: int, epoch: int) -> list[int]:
         global_stream = self.rank * self.streams_per_rank + stream
         total = self.streams_per_rank * self.world_size
+        shards = range(len(self.source))
         if self.cfg.resample:
             rng = random.Random(f"{self.cfg.seed}/{global_stream}/{epoch}")
-            return [rng.choice(self.shards) for _ in range(max(1, len(self.shards) // total))]
-        order = list(range(len(self.shards)))
+            return [rng.choice(shards) for _ in range(max(1, len(shards) // total))]
+        order = list(shards)
         if self.cfg.shuffle_shards:
             random.Random(f"{self.cfg.seed}/{epoch}").shuffle(order)
-        return [self.shards[i] for i in order[global_stream::total]]
+        return order[global_stream::total]
 
     def _raw_samples(self, stream: int, start: Position, skipped: Counter) -> Iterator[tuple[Position, dict]]:
         epoch, slot, skip = start
@@ -116,14 +148,14 @@ class ShardStream(IterableDataset):
             whole_epoch, seen = (slot, skip) == (0, 0), 0
             shards = self._epoch_shards(stream, epoch)
             while slot < len(shards):
-                samples = wds.tariterators.tarfile_samples([{"url": shards[slot]}], handler=handler)
-                for index, sample in enumerate(samples):
+                for index, sample in enumerate(self.source.samples(shards[slot], handler)):
                     seen += 1
                     if index >= skip:
                         yield (epoch, slot, index), sample
                 slot, skip = slot + 1, 0
             if whole_epoch and seen == 0:  # looping on would spin forever without a sample
-                raise RuntimeError(f"stream {stream} read no sample in a whole epoch of {shards}")
+                names = [self.source.name(s) for s in shards]
+                raise RuntimeError(f"stream {stream} read no sample in a whole epoch of {names}")
             epoch, slot = epoch + 1, 0
 
     # -- one stream ----------------------------------------------------------------------------

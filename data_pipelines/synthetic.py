@@ -333,6 +333,43 @@ def make_corrupt_corpus(out_dir: str | Path, seed: int, seq_len: int = 512) -> t
     return shard_dir, bad
 
 
+@dataclass(frozen=True)
+class VqaItem:
+    image: Image.Image
+    question: str
+    answer: str
+    domain: str
+    reasoning: str  # a short chain of thought that ends at the answer
+    statement: str  # the answer as a sentence, `{}` where the boxed value goes
+
+
+def _vqa_item(rng: random.Random, draw_size) -> VqaItem:
+    """One question about one drawn image: colour of a shape, count of a shape, value of a sum."""
+    domain = rng.choice(("colour", "counting", "arithmetic"))
+    size = draw_size(rng)
+    kind, other = rng.sample(SHAPES, 2)
+    colour, other_colour = rng.sample(list(COLOURS), 2)
+    cells = max(2, size[0] // 48) * max(2, size[1] // 48)
+    if domain == "colour":
+        distractors = rng.randint(0, min(2, cells - 1))
+        img = draw_shapes(size, [(kind, colour)] + [(other, other_colour)] * distractors, rng)
+        return VqaItem(img, f"What colour is the {kind}?", colour, domain,
+                       f"The question asks for the colour of the {kind}. There is one {kind} in the image "
+                       f"and it is filled with {colour}.", f"The {kind} is {{}}.")
+    if domain == "counting":
+        count = rng.randint(1, min(6, cells - 1))
+        distractors = rng.randint(0, min(3, cells - count))
+        img = draw_shapes(size, [(kind, colour)] * count + [(other, other_colour)] * distractors, rng)
+        return VqaItem(img, f"How many {kind}s are there?", str(count), domain,
+                       f"I count the {kind}s one by one and ignore the {other}s. "
+                       f"There {'is' if count == 1 else 'are'} {_plural(count, kind)}.",
+                       f"There {'is' if count == 1 else 'are'} {{}} {kind if count == 1 else kind + 's'}.")
+    expr, value = _arithmetic(rng)
+    img = draw_text(size, expr, rng)
+    return VqaItem(img, "What is the value of the expression in the image?", str(value), domain,
+                   f"The image shows {expr}. Working it out, {expr} = {value}.", "The value is {}.")
+
+
 def make_vqa_records(out_dir: str | Path, n: int, seed: int) -> Path:
     """Write `out_dir/vqa.jsonl`: {id, images, question, answer, domain} with PNGs under images/.
 
@@ -345,46 +382,168 @@ def make_vqa_records(out_dir: str | Path, n: int, seed: int) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for i in range(n):
-            domain = rng.choice(("colour", "counting", "arithmetic"))
-            size = _image_size(rng)
-            kind, other = rng.sample(SHAPES, 2)
-            colour, other_colour = rng.sample(list(COLOURS), 2)
-            cells = max(2, size[0] // 48) * max(2, size[1] // 48)
-            if domain == "colour":
-                shapes = [(kind, colour)] + [(other, other_colour)] * rng.randint(0, min(2, cells - 1))
-                img = draw_shapes(size, shapes, rng)
-                question, answer = f"What colour is the {kind}?", colour
-            elif domain == "counting":
-                count = rng.randint(1, min(6, cells - 1))
-                distractors = rng.randint(0, min(3, cells - count))
-                img = draw_shapes(size, [(kind, colour)] * count + [(other, other_colour)] * distractors, rng)
-                question, answer = f"How many {kind}s are there?", str(count)
-            else:
-                expr, value = _arithmetic(rng)
-                img = draw_text(size, expr, rng)
-                question, answer = "What is the value of the expression in the image?", str(value)
+            item = _vqa_item(rng, _image_size)
             rel = f"images/vqa-{i:06d}.png"
-            _save(img, out_dir / rel, "png")
-            record = {"id": f"vqa-{i:06d}", "images": [rel], "question": question, "answer": answer,
-                      "domain": domain}
+            _save(item.image, out_dir / rel, "png")
+            record = {"id": f"vqa-{i:06d}", "images": [rel], "question": item.question, "answer": item.answer,
+                      "domain": item.domain}
             f.write(json.dumps(record) + "\n")
     return path
 
 
+BOX = "<|begin_of_box|>{}<|end_of_box|>"
+
+
+def cot_response(reasoning: str, statement: str, final: str) -> str:
+    """`<think>reasoning</think><answer>statement with the final value boxed</answer>`."""
+    return f"<think>{reasoning}</think><answer>{statement.format(BOX.format(final))}</answer>"
+
+
+def make_sft_records(
+    out_dir: str | Path,
+    n: int,
+    seed: int,
+    name: str = "sft.jsonl",
+    image_side: tuple[int, int] = (56, 224),
+    mix: dict[str, float] | None = None,
+) -> Path:
+    """Write `out_dir/<name>`: chat records (docs/data.md) whose responses are long-CoT formatted,
+    `<think>…</think><answer>…<|begin_of_box|>X<|end_of_box|>…</answer>`, images under images/.
+
+    Kinds, drawn with probabilities `mix` (default {"image": 0.7, "text": 0.1, "multi_image": 0.1,
+    "multi_turn": 0.05, "video": 0.05}): one-image VQA (colour / counting / arithmetic, as
+    `make_vqa_records`), text-only sums, two images ("how many circles in both images?"), two
+    turns about one image, and a 4-frame video of a moving shape ("what colour is the moving
+    circle?"). Image sides are drawn in `image_side` pixels (small keeps CPU runs fast).
+    """
+    mix = mix or {"image": 0.7, "text": 0.1, "multi_image": 0.1, "multi_turn": 0.05, "video": 0.05}
+    out_dir = Path(out_dir)
+    rng = random.Random(seed)
+    path = out_dir / name
+    stem = Path(name).stem
+
+    def draw_size(r: random.Random) -> tuple[int, int]:
+        return r.randint(*image_side), r.randint(*image_side)
+
+    def save(img: Image.Image, rel: str) -> dict:
+        _save(img, out_dir / rel, "png")
+        return {"type": "image", "image": rel}
+
+    def user(*items: dict | str) -> dict:
+        return {"role": "user", "content": [{"type": "text", "text": i} if isinstance(i, str) else i for i in items]}
+
+    def assistant(reasoning: str, statement: str, final: str) -> dict:
+        return {"role": "assistant", "content": cot_response(reasoning, statement, final)}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kinds, weights = list(mix), list(mix.values())
+    with path.open("w") as f:
+        for i in range(n):
+            rid = f"{stem}-{i:06d}"
+            kind = rng.choices(kinds, weights)[0]
+            if kind == "image":
+                item = _vqa_item(rng, draw_size)
+                messages = [user(save(item.image, f"images/{rid}.png"), item.question),
+                            assistant(item.reasoning, item.statement, item.answer)]
+            elif kind == "text":
+                a, b = rng.randint(1, 99), rng.randint(1, 99)
+                messages = [user(f"What is {a} plus {b}?"),
+                            assistant(f"I add {a} and {b}: {a} + {b} = {a + b}.", "The sum is {}.", str(a + b))]
+            elif kind == "multi_image":
+                shape = rng.choice(SHAPES)
+                counts, items = [], []
+                for j in range(2):
+                    size = draw_size(rng)
+                    cells = max(2, size[0] // 48) * max(2, size[1] // 48)
+                    counts.append(rng.randint(1, min(3, cells)))
+                    colour = rng.choice(list(COLOURS))
+                    items.append(save(draw_shapes(size, [(shape, colour)] * counts[-1], rng), f"images/{rid}-{j}.png"))
+                total = sum(counts)
+                messages = [user(*items, f"How many {shape}s are there in the two images together?"),
+                            assistant(f"The first image has {_plural(counts[0], shape)} and the second has "
+                                      f"{_plural(counts[1], shape)}, so {counts[0]} + {counts[1]} = {total}.",
+                                      "Together there are {} " + f"{shape}s.", str(total))]
+            elif kind == "multi_turn":
+                item = _vqa_item(rng, draw_size)
+                a, b = rng.randint(1, 20), rng.randint(1, 20)
+                messages = [user(save(item.image, f"images/{rid}.png"), item.question),
+                            assistant(item.reasoning, item.statement, item.answer),
+                            user(f"Now, what is {a} times {b}?"),
+                            assistant(f"I multiply {a} by {b}: {a} x {b} = {a * b}.", "The product is {}.", str(a * b))]
+            else:
+                shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
+                size = draw_size(rng)
+                frames = []
+                for t in range(4):  # the shape jumps to a random cell in every frame
+                    frame = draw_shapes(size, [(shape, colour)], rng)
+                    rel = f"images/{rid}-f{t}.png"
+                    _save(frame, out_dir / rel, "png")
+                    frames.append(rel)
+                messages = [user({"type": "video", "video": frames, "fps": 2}, f"What colour is the moving {shape}?"),
+                            assistant(f"Every frame shows one {shape}, and it is {colour} in all of them.",
+                                      f"The moving {shape} is {{}}.", colour)]
+            f.write(json.dumps({"id": rid, "messages": messages}) + "\n")
+    return path
+
+
+# ---- verifiable RL task (text-only) ------------------------------------------------------------
+RL_TASK_DOMAINS = ("max", "count")
+RL_TASK_THINK = {"max": "I compare the numbers.", "count": "I count the letter."}
+
+
+def _rl_task_item(rng: random.Random, domain: str, size: int) -> tuple[str, str]:
+    """(question, answer) of one item of `size` elements: the largest of single digits, or how
+    often a letter occurs in a string over {a, b, c}. Larger sizes are harder."""
+    if domain == "max":
+        digits = [rng.randint(0, 9) for _ in range(size)]
+        return f"Largest number: {' '.join(map(str, digits))}", str(max(digits))
+    letters = [rng.choice("abc") for _ in range(size)]
+    target = rng.choice("abc")
+    return f"Count {target} in: {' '.join(letters)}", str(letters.count(target))
+
+
+def make_rl_task_records(path: str | Path, n: int, seed: int, sizes: tuple[int, int] = (1, 7),
+                         domains: tuple[str, ...] = RL_TASK_DOMAINS) -> Path:
+    """Write `n` RL prompt records `{id, domain, question, answer, size}` of a verifiable task a
+    ~1M-parameter model learns on CPU: `max` (largest of `size` digits) and `count` (occurrences
+    of a letter). Answers are integers, graded exactly (map both domains to the `counting`
+    verifier). `size` spreads difficulty from trivial (1) to hard."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for i in range(n):
+            domain = domains[i % len(domains)]
+            size = rng.randint(*sizes)
+            question, answer = _rl_task_item(rng, domain, size)
+            f.write(json.dumps({"id": f"{domain}-{seed}-{i:05d}", "domain": domain, "question": question,
+                                "answer": answer, "size": size}) + "\n")
+    return path
+
+
+def rl_task_response(domain: str, answer: str) -> str:
+    """The well-formed response to an RL task item (what a warm-start SFT teaches)."""
+    return (f"<think>{RL_TASK_THINK[domain]}</think>"
+            f"<answer><|begin_of_box|>{answer}<|end_of_box|></answer>")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m data_pipelines.synthetic interleaved|vqa --out DIR [--num N] [--seed S]`"""
+    """`python -m data_pipelines.synthetic interleaved|vqa|sft --out DIR [--num N] [--seed S] [--name F]`"""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m data_pipelines.synthetic")
-    parser.add_argument("kind", choices=["interleaved", "vqa"])
+    parser.add_argument("kind", choices=["interleaved", "vqa", "sft"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--num", type=int, default=400, help="documents or records")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="sft.jsonl", help="sft: the JSONL file name under --out")
     args = parser.parse_args(argv)
     if args.kind == "interleaved":
         path = make_interleaved_corpus(args.out, args.num, args.seed)
-    else:
+    elif args.kind == "vqa":
         path = make_vqa_records(args.out, args.num, args.seed)
+    else:
+        path = make_sft_records(args.out, args.num, args.seed, name=args.name)
     print(path)
     return 0
 

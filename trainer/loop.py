@@ -88,6 +88,8 @@ class TrainLoop:
         log.info("saved %s (step %d, %.3g tokens)", path, self.step, self.tokens_seen)
 
     def fit(self, evaluate: Callable[[], dict[str, Any]] | None = None, eval_every: int = 0) -> None:
+        """Train to max_steps; `evaluate()` runs on every rank after every `eval_every`-th step and
+        the last one, and its metrics join that step's line (it must leave no state behind)."""
         cfg = self.cfg
         log.info(
             "%s: world %d, params %s, %d rows x %d tokens = %d token slots per step, steps %d -> %d",
@@ -102,7 +104,7 @@ class TrainLoop:
             while self.step < cfg.max_steps:
                 record = self._train_step([next(batches).to(self.info.device) for _ in range(cfg.grad_accum)])
                 finite = not record["nonfinite_skipped_step"]
-                if eval_every and evaluate is not None and self.step % eval_every == 0:
+                if eval_every and evaluate is not None and (self.step % eval_every == 0 or self.step == cfg.max_steps):
                     record.update(evaluate())
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps or not finite or "eval_loss" in record:
                     record.update(self._data_stats())

@@ -1,74 +1,24 @@
 """The format gate: `<think>…</think><answer>…</answer>`, and for verifiable domains exactly one box.
 
-Linear-time string scans only (no backtracking regex), so a 10^6-character response costs microseconds.
+It lives in `data_pipelines.answer_format`, shared with SFT (which filters its data and scores its
+generations with it); the reward system uses it from here.
 """
 
-from __future__ import annotations
+from data_pipelines.answer_format import (
+    ANSWER_CLOSE,
+    ANSWER_OPEN,
+    BOX_CLOSE,
+    BOX_OPEN,
+    THINK_CLOSE,
+    THINK_OPEN,
+    FormatError,
+    Parsed,
+    answer_outside_box,
+    format_violation,
+    parse_response,
+)
 
-from dataclasses import dataclass
-
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-BOX_OPEN, BOX_CLOSE = "<|begin_of_box|>", "<|end_of_box|>"
-_TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
-
-
-@dataclass(frozen=True)
-class Parsed:
-    """A response that passed the structural gate. `box` is the boxed text (None when there is none)."""
-
-    think: str
-    answer: str
-    box: str | None
-    box_count: int
-
-
-class FormatError(ValueError):
-    def __init__(self, detail: str):
-        super().__init__(detail)
-        self.detail = detail
-
-
-def parse_response(response: str) -> Parsed:
-    """Split a response into think / answer / box; raise FormatError(detail) when malformed.
-
-    Rules: the (whitespace-stripped) response is `<think>` T `</think>` ws `<answer>` A `</answer>`,
-    each tag exactly once (so nothing nests or repeats), and box markers occur only inside A.
-    """
-    text = response.strip()
-    for tag in _TAGS:
-        count = text.count(tag)
-        if count == 0:
-            raise FormatError(f"missing_{tag.strip('</>')}{'_close' if tag.startswith('</') else ''}")
-        if count > 1:
-            raise FormatError("repeated_tag")
-    if not text.startswith(THINK_OPEN) or not text.endswith(ANSWER_CLOSE):
-        raise FormatError("text_outside_tags")
-    think_end = text.index(THINK_CLOSE)
-    answer_start = text.index(ANSWER_OPEN)
-    if answer_start < think_end:
-        raise FormatError("bad_order")
-    if text[think_end + len(THINK_CLOSE):answer_start].strip():
-        raise FormatError("text_outside_tags")
-    think = text[len(THINK_OPEN):think_end]
-    answer = text[answer_start + len(ANSWER_OPEN):-len(ANSWER_CLOSE)]
-    opens, closes = text.count(BOX_OPEN), text.count(BOX_CLOSE)
-    if BOX_OPEN in think or BOX_CLOSE in think:
-        raise FormatError("box_in_think")
-    if opens != closes:
-        raise FormatError("unbalanced_box")
-    if opens == 0:
-        return Parsed(think, answer, None, 0)
-    if opens > 1:
-        return Parsed(think, answer, None, opens)
-    start, end = answer.index(BOX_OPEN), answer.index(BOX_CLOSE)
-    if end < start:
-        raise FormatError("unbalanced_box")
-    return Parsed(think, answer, answer[start + len(BOX_OPEN):end], 1)
-
-
-def answer_outside_box(parsed: Parsed) -> str:
-    """The answer text with the boxed part removed (what the language check reads)."""
-    if parsed.box is None:
-        return parsed.answer
-    return parsed.answer.replace(BOX_OPEN + parsed.box + BOX_CLOSE, " ", 1)
+__all__ = [
+    "ANSWER_CLOSE", "ANSWER_OPEN", "BOX_CLOSE", "BOX_OPEN", "THINK_CLOSE", "THINK_OPEN", "FormatError",
+    "Parsed", "answer_outside_box", "format_violation", "parse_response",
+]

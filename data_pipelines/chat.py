@@ -1,0 +1,306 @@
+"""Chat records -> Documents for long-CoT SFT: the tokenizer's chat template, images and videos
+expanded, loss on the trained assistant turns only, the response format checked.
+
+A record (docs/data.md, "Chat records"):
+    {"id": "...", "messages": [{"role": "system" | "user" | "assistant",
+                                "content": str | [{"type": "text", "text": ...},
+                                                  {"type": "image", "image": path},
+                                                  {"type": "video", "video": [frame paths], "fps": 2}]}]}
+It ends with an assistant turn. The template keeps only the answer of earlier assistant turns (the
+thinking is stripped from history) and the whole of the last one.
+
+Targets: the tokens of each trained assistant turn (the last one, or all with `train_turns="all"`)
+plus the token that ends it (the next role marker, or `<|endoftext|>` after the last turn), so the
+model learns to stop. Prompt, image, video and template tokens are never targets. Each target
+weighs 1 / (targets of the record): every record adds exactly 1 to the loss weight, however it is
+packed (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .answer_format import format_violation
+from .document import Document, Visual
+from .processor import BadSample, ProcessedImage, ProcessedVideo, VisionProcessor, sample_frame_indices
+from .prompting import expand_visual_placeholders
+from .tokenizer import SpecialTokens
+
+TRAIN_TURNS = ("last", "all")
+ROLES = ("system", "user", "assistant")
+ROLE_MARKERS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>",
+                "observation": "<|observation|>"}
+_MARKER_RE = re.compile("|".join(re.escape(m) for m in ROLE_MARKERS.values()))
+_MARKER_ROLE = {m: r for r, m in ROLE_MARKERS.items()}
+DEFAULT_VIDEO_FPS = 2.0
+
+
+@dataclass
+class ChatConfig:
+    train_turns: str = "last"  # "last": the final assistant turn; "all": every assistant turn
+    skip_bad_format: bool = True  # skip (and count) records whose trained responses break the format
+    require_box: bool = True  # the format needs exactly one non-empty <|begin_of_box|>...<|end_of_box|>
+
+    def __post_init__(self) -> None:
+        if self.train_turns not in TRAIN_TURNS:
+            raise ValueError(f"chat.train_turns must be one of {TRAIN_TURNS}, got {self.train_turns!r}")
+
+
+class MalformedChat(BadSample):
+    reason = "malformed_chat"
+
+
+class BadResponseFormat(BadSample):
+    reason = "bad_format"
+
+
+class MissingMedia(BadSample):
+    reason = "missing_image"
+
+
+@dataclass
+class _Message:
+    role: str
+    text_or_items: str | list[dict]  # what the template renders
+    images: list[Any]  # image sources in order of appearance
+    videos: list[tuple[list[Any], float]]  # (frame sources, fps)
+
+
+class ChatDocuments:
+    """Callable turning one record sample into a Document; raises `BadSample` to skip it.
+
+    A sample is a record (dict, or its JSON text/bytes) or the reader's `{"__key__", "record",
+    "root"}`, where `root` is the directory relative image paths are read from.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, processor: VisionProcessor,
+                 cfg: ChatConfig = ChatConfig()):
+        self.tokenizer, self.processor, self.cfg = tokenizer, processor, cfg
+        self.special = SpecialTokens.from_tokenizer(tokenizer)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("tokenizer has no chat template")
+        probe = [{"role": "user", "content": "x"}]
+        with_prompt = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+        plain = tokenizer.apply_chat_template(probe, tokenize=False)
+        self.generation_prompt = with_prompt[len(plain):]  # "<|assistant|>\n" for GLM
+        if not with_prompt.startswith(plain) or not self.generation_prompt.startswith(ROLE_MARKERS["assistant"]):
+            raise ValueError(f"chat template is not GLM-shaped: generation prompt {self.generation_prompt!r}")
+
+    # -- public ----------------------------------------------------------------------------------
+    def __call__(self, sample: Any) -> Document:
+        record, key, root = _unpack(sample)
+        return self.document(record, key, root)
+
+    def document(self, record: Any, key: str | None = None, root: str | Path | None = None) -> Document:
+        """The training Document of a record: prompt and history untrained, trained turns targeted."""
+        key, messages = self._parse(record, key)
+        assistant = [i for i, m in enumerate(messages) if m.role == "assistant"]
+        trained = assistant if self.cfg.train_turns == "all" else assistant[-1:]
+        for i in trained:
+            problem = format_violation(messages[i].text_or_items, self.cfg.require_box)
+            if problem and self.cfg.skip_bad_format:
+                raise BadResponseFormat(f"{key}: turn {i} breaks the answer format ({problem})")
+        return self._build(key, messages, root, add_generation_prompt=False, trained=set(trained))
+
+    def prompt(self, sample: Any) -> Document:
+        """The generation prompt of a record sample (no targets): everything before its last
+        assistant turn, ending in the generation prompt `<|assistant|>\\n`."""
+        record, key, root = _unpack(sample)
+        key, messages = self._parse(record, key)
+        return self._build(key, messages[:-1], root, add_generation_prompt=True, trained=set())
+
+    # -- parsing ---------------------------------------------------------------------------------
+    def _parse(self, record: Any, key: str | None) -> tuple[str, list[_Message]]:
+        if isinstance(record, (str, bytes, bytearray)):
+            try:
+                record = json.loads(record)
+            except ValueError as exc:  # also UnicodeDecodeError
+                raise MalformedChat(f"{key}: not JSON ({exc})") from exc
+        if not isinstance(record, dict):
+            raise MalformedChat(f"{key}: a record must be a JSON object")
+        if record.get("id") is not None:
+            key = str(record["id"])
+        key = key or "record"
+        raw = record.get("messages")
+        if not isinstance(raw, list) or not raw:
+            raise MalformedChat(f"{key}: `messages` must be a non-empty list")
+        messages = [_message(m, key) for m in raw]
+        if messages[-1].role != "assistant":
+            raise MalformedChat(f"{key}: the last message must be the assistant's response")
+        return key, messages
+
+    # -- rendering -------------------------------------------------------------------------------
+    def _pieces(self, messages: list[_Message], add_generation_prompt: bool, key: str) -> list[tuple[str, int | None]]:
+        """The rendered conversation cut into (text, assistant message index | None) pieces:
+        assistant contents alone, everything else (template, prompts) between them."""
+        rendered = self.tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.text_or_items} for m in messages],
+            tokenize=False, add_generation_prompt=add_generation_prompt,
+        )
+        markers = list(_MARKER_RE.finditer(rendered))
+        expected = [m.role for m in messages] + (["assistant"] if add_generation_prompt else [])
+        if [_MARKER_ROLE[m.group()] for m in markers] != expected:
+            raise MalformedChat(f"{key}: a message contains a role marker such as <|user|>")
+        pieces, cursor = [], 0
+        for i, message in enumerate(messages):
+            if message.role != "assistant":
+                continue
+            start = markers[i].start()
+            if not rendered.startswith(self.generation_prompt, start):
+                raise ValueError(f"chat template renders an assistant turn without {self.generation_prompt!r}")
+            start += len(self.generation_prompt)
+            end = markers[i + 1].start() if i + 1 < len(markers) else len(rendered)
+            pieces += [(rendered[cursor:start], None), (rendered[start:end], i)]
+            cursor = end
+        pieces.append((rendered[cursor:], None))
+        return pieces
+
+    def _build(self, key: str, messages: list[_Message], root: str | Path | None,
+               add_generation_prompt: bool, trained: set[int]) -> Document:
+        pieces = self._pieces(messages, add_generation_prompt, key)
+        images = [self._image(src, root, key) for m in messages for src in m.images]
+        videos = [self._video(frames, fps, root, key) for m in messages for frames, fps in m.videos]
+        sp = self.special
+        vision_ids = {sp.image_start, sp.image_end, sp.image, sp.video_start, sp.video_end, sp.video}
+        ids: list[int] = []
+        types: list[int] = []
+        targets: list[bool] = []
+        spans: list[tuple[int, int, str]] = []
+        used_images = used_videos = 0
+        ends_turn = False  # the token after a trained turn (next role marker) ends it: a target
+        for text, turn in pieces:
+            piece = self.tokenizer.encode(text, add_special_tokens=False)
+            if turn is not None:  # an assistant turn: plain text
+                if vision_ids.intersection(piece):
+                    raise MalformedChat(f"{key}: assistant turn {turn} contains image/video tokens")
+                ids += piece
+                types += [0] * len(piece)
+                targets += [turn in trained] * len(piece)
+                ends_turn = turn in trained
+                continue
+            n_img, n_vid = piece.count(sp.image), piece.count(sp.video)
+            try:
+                piece, piece_types = expand_visual_placeholders(
+                    piece, images[used_images:used_images + n_img], videos[used_videos:used_videos + n_vid],
+                    sp, self.tokenizer, self.processor.cfg.merge_size,
+                )
+                piece_spans = _visual_spans(piece, sp, n_img, n_vid)
+            except ValueError as exc:
+                raise MalformedChat(f"{key}: images/videos do not match their placeholders ({exc})") from exc
+            used_images, used_videos = used_images + n_img, used_videos + n_vid
+            spans += [(s + len(ids), e + len(ids), kind) for s, e, kind in piece_spans]
+            ids += piece
+            types += piece_types
+            if piece:
+                targets += [ends_turn] + [False] * (len(piece) - 1)
+                ends_turn = False
+        if used_images != len(images) or used_videos != len(videos):
+            raise MalformedChat(f"{key}: {len(images)} images / {len(videos)} videos but "
+                                f"{used_images} / {used_videos} placeholders")
+        if ends_turn:  # the final turn was trained: it ends with <|endoftext|>
+            ids.append(sp.eos)
+            types.append(0)
+            targets.append(True)
+        n_targets = sum(targets)
+        return Document(
+            key=key,
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            mm_token_type_ids=torch.tensor(types, dtype=torch.long),
+            loss_mask=torch.tensor(targets, dtype=torch.bool),
+            images=[Visual(im.pixel_values, im.grid_thw) for im in images],
+            videos=[Visual(v.pixel_values, v.grid_thw) for v in videos],
+            atomic_spans=spans,
+            token_weight=1.0 / n_targets if n_targets else 1.0,
+        )
+
+    # -- media -----------------------------------------------------------------------------------
+    def _image(self, source: Any, root: str | Path | None, key: str) -> ProcessedImage:
+        return self.processor.process_image(_media(source, root, key))
+
+    def _video(self, frames: list[Any], fps: float, root: str | Path | None, key: str) -> ProcessedVideo:
+        indices = sample_frame_indices(len(frames), fps, self.processor.cfg)  # decode only these
+        return self.processor.process_sampled_video([_media(frames[i], root, key) for i in indices], indices, fps)
+
+
+def _unpack(sample: Any) -> tuple[Any, str | None, str | None]:
+    if isinstance(sample, dict) and "record" in sample and "messages" not in sample:
+        return sample["record"], sample.get("__key__"), sample.get("root")
+    return sample, None, None
+
+
+def _message(raw: Any, key: str) -> _Message:
+    if not isinstance(raw, dict) or raw.get("role") not in ROLES:
+        raise MalformedChat(f"{key}: a message needs a role in {ROLES}")
+    role, content = raw["role"], raw.get("content")
+    if isinstance(content, str):
+        return _Message(role, content, [], [])
+    if not isinstance(content, list):
+        raise MalformedChat(f"{key}: content must be a string or a list of items")
+    items, images, videos = [], [], []
+    for item in content:
+        # HF `datasets` rows carry every struct field, absent ones as None.
+        item = {k: v for k, v in item.items() if v is not None} if isinstance(item, dict) else None
+        kind = None if item is None else item.get("type") or next(
+            (k for k in ("text", "image", "video") if k in item), None)
+        if kind == "text" and isinstance(item.get("text"), str):
+            items.append({"type": "text", "text": item["text"]})
+        elif kind == "image" and "image" in item:
+            items.append({"type": "image"})
+            images.append(item["image"])
+        elif kind == "video" and isinstance(item.get("video"), list) and item["video"]:
+            fps = item.get("fps", DEFAULT_VIDEO_FPS)
+            if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+                raise MalformedChat(f"{key}: video fps must be a positive number, got {fps!r}")
+            items.append({"type": "video"})
+            videos.append((item["video"], float(fps)))
+        else:
+            raise MalformedChat(f"{key}: bad content item {str(item)[:80]}")
+    if role != "user" and (images or videos):
+        raise MalformedChat(f"{key}: only user messages may hold images or videos")
+    if role == "assistant":  # one string, so the template can strip the thinking of earlier turns
+        return _Message(role, "".join(i["text"] for i in items), [], [])
+    return _Message(role, items, images, videos)
+
+
+def _media(source: Any, root: str | Path | None, key: str) -> Any:
+    """A processor input: PIL image or bytes as they are, a path read from `root` if relative,
+    an HF `datasets` Image dict by its bytes or path."""
+    if isinstance(source, dict):
+        source = source.get("bytes") or source.get("path")
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_absolute() and root is not None:
+            path = Path(root) / path
+        if not path.is_file():
+            raise MissingMedia(f"{key}: image or frame {source} not found")
+        return path.read_bytes()
+    if source is None:
+        raise MissingMedia(f"{key}: image item without data")
+    return source
+
+
+def _visual_spans(ids: list[int], sp: SpecialTokens, n_images: int, n_videos: int) -> list[tuple[int, int, str]]:
+    """[start, end) of each expanded image (markers included) and each whole video."""
+    spans, i = [], 0
+    while i < len(ids):
+        if ids[i] == sp.video_start:
+            end = ids.index(sp.video_end, i) + 1
+            spans.append((i, end, "video"))
+            i = end
+        elif ids[i] == sp.image_start:
+            end = ids.index(sp.image_end, i) + 1
+            spans.append((i, end, "image"))
+            i = end
+        else:
+            i += 1
+    kinds = [kind for _, _, kind in spans]
+    if kinds.count("image") != n_images or kinds.count("video") != n_videos:
+        raise ValueError("stray image/video marker tokens in the text")
+    return spans

@@ -1,0 +1,140 @@
+"""Records (JSONL files or any local HF `datasets` source) cut into virtual shards for the reader.
+
+`RecordShards` is a `reader.SampleSource`: shard k holds records `order[k*N:(k+1)*N]`, where
+`order` is a seeded permutation of all records (or the file order without shuffling). So the
+reader's stream assignment, shard shuffling per epoch, workers and exact state restore work on
+records exactly as on tar shards. A sample is `{"__key__": "file.jsonl:LINE" | "ROW",
+"record": JSON bytes | dict, "root": directory relative image paths are read from}`.
+
+Formats (`fmt="auto"` picks by the path): `.jsonl` files (or a directory of them) are indexed by
+line offset and parsed one record at a time, so a record's content may be a string in one line
+and a list in the next; `.parquet` / `.json` files or directories go through
+`datasets.load_dataset`, a `save_to_disk` directory through `datasets.load_from_disk`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMATS = ("auto", "jsonl", "parquet", "json", "disk")
+
+
+def resolve_records(spec: str, fmt: str = "auto") -> tuple[str, list[Path]]:
+    """(format, files) of a file, directory or glob; a `save_to_disk` directory is one "file"."""
+    if fmt not in FORMATS:
+        raise ValueError(f"record format must be one of {FORMATS}, got {fmt!r}")
+    if not spec:
+        raise ValueError("no record source given: a .jsonl/.parquet/.json file, a directory or a glob")
+    path = Path(spec)
+    saved = path.is_dir() and (path / "dataset_info.json").exists() and (path / "state.json").exists()
+    if fmt == "disk" or (fmt == "auto" and saved):
+        if not saved:
+            raise FileNotFoundError(f"{spec!r} is not a datasets.save_to_disk directory")
+        return "disk", [path]
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        files = sorted(Path(p) for p in glob.glob(spec) if os.path.isfile(p))
+    if fmt == "auto":
+        fmt = next((f for f in ("jsonl", "parquet", "json") if any(p.suffix == f".{f}" for p in files)), "")
+    chosen = files if path.is_file() else [p for p in files if p.suffix == f".{fmt}"]
+    if not fmt or not chosen:
+        raise FileNotFoundError(f"no .jsonl, .parquet or .json records found for {spec!r}")
+    return fmt, chosen
+
+
+class RecordShards:
+    def __init__(self, spec: str, records_per_shard: int, shuffle: bool = True, seed: int = 0,
+                 fmt: str = "auto", image_root: str | None = None, limit: int | None = None):
+        """`image_root`: where relative image paths point (default: the data file's directory).
+        `limit`: keep only the first `limit` records (before shuffling): held-out subsets."""
+        if records_per_shard < 1:
+            raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
+        self.fmt, self.files = resolve_records(spec, fmt)
+        self.image_root = image_root
+        self._dataset = None
+        if self.fmt == "jsonl":
+            self._file_of, self._offset = _index_lines(self.files)
+            count = len(self._offset)
+        else:
+            count = len(self._hf())
+        count = count if limit is None else min(count, limit)
+        if count == 0:
+            raise ValueError(f"no records in {spec!r}")
+        order = np.random.default_rng(seed).permutation(count) if shuffle else np.arange(count)
+        self._shards = [order[i:i + records_per_shard] for i in range(0, count, records_per_shard)]
+        self.num_records = count
+
+    def __len__(self) -> int:
+        return len(self._shards)
+
+    def name(self, shard: int) -> str:
+        return f"{self.files[0].parent if len(self.files) > 1 else self.files[0]}#shard{shard}"
+
+    def samples(self, shard: int, on_error: Callable[[Exception], bool] | None = None) -> Iterator[dict]:
+        """The records of a shard, in shard order (`on_error` is unused: bad records fail later,
+        in the document builder, where they are counted)."""
+        indices = self._shards[shard]
+        if self.fmt != "jsonl":
+            dataset = self._hf()
+            root = self.image_root or str(self.files[0] if self.fmt == "disk" else self.files[0].parent)
+            for i in indices:
+                yield {"__key__": str(int(i)), "record": dataset[int(i)], "root": root}
+            return
+        handles: dict[int, Any] = {}
+        try:
+            for i in indices:
+                f = int(self._file_of[i])
+                handle = handles.get(f) or handles.setdefault(f, self.files[f].open("rb"))
+                handle.seek(int(self._offset[i]))
+                yield {"__key__": f"{self.files[f].name}@{int(self._offset[i])}", "record": handle.readline(),
+                       "root": self.image_root or str(self.files[f].parent)}
+        finally:
+            for handle in handles.values():
+                handle.close()
+
+    def records(self) -> Iterator[dict]:
+        """Every sample, shard after shard."""
+        for shard in range(len(self)):
+            yield from self.samples(shard)
+
+    def _hf(self):
+        if self._dataset is None:
+            import datasets  # heavy; only HF sources need it
+
+            if self.fmt == "disk":
+                loaded = datasets.load_from_disk(str(self.files[0]))
+                if isinstance(loaded, datasets.DatasetDict):
+                    if "train" not in loaded:
+                        raise ValueError(f"{self.files[0]} holds splits {list(loaded)}, none named train")
+                    loaded = loaded["train"]
+            else:
+                loaded = datasets.load_dataset(self.fmt, data_files=[str(f) for f in self.files], split="train")
+            self._dataset = loaded
+        return self._dataset
+
+    def __getstate__(self) -> dict:
+        # Workers reopen the dataset themselves (it is memory-mapped; cheap to reopen).
+        return {**self.__dict__, "_dataset": None}
+
+
+def _index_lines(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """(file index, byte offset) of every non-blank line."""
+    file_of, offsets = [], []
+    for f, path in enumerate(files):
+        offset = 0
+        with path.open("rb") as handle:
+            for line in handle:
+                if line.strip():
+                    file_of.append(f)
+                    offsets.append(offset)
+                offset += len(line)
+    return np.asarray(file_of, dtype=np.int32), np.asarray(offsets, dtype=np.int64)

@@ -1,0 +1,144 @@
+"""Chat records as virtual shards: JSONL and HF `datasets` sources, and the reader over them."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+
+import pytest
+
+from data_pipelines.chat import ChatDocuments
+from data_pipelines.packing import PackingConfig
+from data_pipelines.processor import ProcessorConfig, VisionProcessor
+from data_pipelines.reader import PackedLoader, ReaderConfig, ShardStream
+from data_pipelines.records import RecordShards, resolve_records
+from data_pipelines.synthetic import make_sft_records
+from data_pipelines.tokenizer import build_tiny_tokenizer
+from tests.data_pipelines.test_reader import signature
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def chat(tokenizer):
+    return ChatDocuments(tokenizer, VisionProcessor(ProcessorConfig(max_pixels=112 * 112 * 2)))
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft")
+    return make_sft_records(root, n=48, seed=4, image_side=(56, 112))
+
+
+def ids_of(source: RecordShards) -> list[str]:
+    return [json.loads(s["record"])["id"] for s in source.records()]
+
+
+def test_virtual_shards_partition_the_records_deterministically(records):
+    lines = [json.loads(line)["id"] for line in records.read_text().splitlines()]
+    plain = RecordShards(str(records), records_per_shard=5, shuffle=False)
+    assert (len(plain), plain.num_records) == (10, 48)
+    assert ids_of(plain) == lines  # file order without shuffling
+    shuffled = ids_of(RecordShards(str(records), records_per_shard=5, seed=1))
+    assert sorted(shuffled) == sorted(lines) and shuffled != lines
+    assert shuffled == ids_of(RecordShards(str(records), records_per_shard=5, seed=1))
+    assert shuffled != ids_of(RecordShards(str(records), records_per_shard=5, seed=2))
+    assert ids_of(RecordShards(str(records), records_per_shard=5, shuffle=False, limit=7)) == lines[:7]
+    with pytest.raises(FileNotFoundError, match="no .jsonl"):
+        resolve_records(str(records.parent / "images"))
+
+
+def test_blank_lines_are_not_records_and_every_line_reads_back(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"id": 1}\n\n   \n{"id": 2}\nnot json\n')
+    source = RecordShards(str(path), records_per_shard=2, shuffle=False)
+    assert [s["record"].strip() for s in source.records()] == [b'{"id": 1}', b'{"id": 2}', b"not json"]
+    assert {s["root"] for s in source.records()} == {str(tmp_path)}
+
+
+def test_parquet_and_saved_datasets_give_the_same_documents_as_jsonl(records, chat, tmp_path):
+    import datasets
+
+    rows = []
+    for line in records.read_text().splitlines():
+        record = json.loads(line)
+        for m in record["messages"]:  # parquet needs one type per column: content as a list of items
+            if isinstance(m["content"], str):
+                m["content"] = [{"type": "text", "text": m["content"]}]
+            for item in m["content"]:
+                item.setdefault("text", None), item.setdefault("image", None)
+                item.setdefault("video", None), item.setdefault("fps", None)
+        rows.append(record)
+    table = datasets.Dataset.from_list(rows)
+    (tmp_path / "pq").mkdir()
+    table.to_parquet(str(tmp_path / "pq" / "train-0.parquet"))
+    table.save_to_disk(str(tmp_path / "disk"))
+    root = str(records.parent)
+    expected = [chat(s) for s in RecordShards(str(records), 8, shuffle=False).records()]
+    for spec, fmt in ((tmp_path / "pq", "parquet"), (tmp_path / "disk", "disk")):
+        source = RecordShards(str(spec), 8, shuffle=False, image_root=root)
+        assert source.fmt == fmt and source.num_records == len(expected)
+        got = [chat(s) for s in source.records()]
+        assert [d.key for d in got] == [d.key for d in expected]
+        for a, b in zip(got, expected):
+            assert a.input_ids.tolist() == b.input_ids.tolist() and a.loss_mask.tolist() == b.loss_mask.tolist()
+
+
+def loader(records, chat, tokenizer, **overrides):
+    cfg = ReaderConfig(seed=3, batch_rows=2, packing=PackingConfig(seq_len=384, buffer_docs=6, split_documents=False),
+                       **overrides)
+    source = RecordShards(str(records), records_per_shard=4, shuffle=cfg.shuffle_shards, seed=cfg.seed)
+    return PackedLoader(ShardStream(cfg, chat, tokenizer.eos_token_id, source=source))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_restored_state_yields_exactly_the_remaining_batches(records, chat, tokenizer, workers):
+    total, cut = 12, 6  # 48 records in ~5 batches per epoch: crosses shards and epoch boundaries
+    reference = [signature(b) for b in itertools.islice(loader(records, chat, tokenizer, num_workers=workers), total)]
+    first = loader(records, chat, tokenizer, num_workers=workers)
+    head = [signature(b) for b in itertools.islice(first, cut)]
+    state = first.state_dict()
+    assert any(s["pending"] for s in state["streams"].values())
+    resumed = loader(records, chat, tokenizer, num_workers=workers)
+    resumed.load_state_dict(state)
+    assert head + [signature(b) for b in itertools.islice(resumed, total - cut)] == reference
+
+
+def test_each_record_once_per_epoch_whole_and_bad_ones_counted(records, chat, tokenizer, tmp_path):
+    lines = records.read_text().splitlines()
+    good_response = json.loads(lines[0])["messages"][-1]
+    missing_image = {"role": "user", "content": [{"type": "image", "image": "nope.png"}]}
+    bad = [
+        "{truncated",
+        json.dumps({"id": "bad-format", "messages": [{"role": "user", "content": "Q?"},
+                                                      {"role": "assistant", "content": "no tags at all"}]}),
+        json.dumps({"id": "bad-image", "messages": [missing_image, good_response]}),
+        json.dumps({"id": "too-long", "messages": [{"role": "user", "content": "word " * 600}, good_response]}),
+    ]
+    mixed = records.parent / "mixed.jsonl"
+    mixed.write_text("\n".join(lines[:20] + bad[:2] + lines[20:] + bad[2:]) + "\n")
+    keys = Counter()
+    reader = loader(mixed, chat, tokenizer, max_epochs=1)
+    for batch in reader:
+        keys.update(batch.doc_keys)
+    assert sorted(keys) == sorted(json.loads(line)["id"] for line in lines)  # each once, never a piece
+    assert set(keys.values()) == {1}
+    assert reader.stats()["skipped"] == {"malformed_chat": 1, "bad_format": 1, "missing_image": 1,
+                                         "longer_than_seq_len": 1}
+    assert reader.stats()["splits"] == 0
+
+
+def test_synthetic_sft_records_are_deterministic_and_well_formed(tmp_path, chat):
+    mix = {k: 1.0 for k in ("image", "text", "multi_image", "multi_turn", "video")}
+    a = make_sft_records(tmp_path / "a", n=20, seed=9, image_side=(56, 84), mix=mix)
+    b = make_sft_records(tmp_path / "b", n=20, seed=9, image_side=(56, 84), mix=mix)
+    assert a.read_bytes() == b.read_bytes()
+    assert [p.read_bytes() for p in sorted((tmp_path / "a" / "images").iterdir())] == \
+        [p.read_bytes() for p in sorted((tmp_path / "b" / "images").iterdir())]
+    docs = [chat(s) for s in RecordShards(str(a), 20, shuffle=False).records()]  # none is skipped
+    assert {len(d.images) for d in docs} == {0, 1, 2} and any(d.videos for d in docs)
+    assert any(json.loads(line)["messages"][2:] for line in a.read_text().splitlines())  # a multi-turn one
