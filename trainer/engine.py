@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from .config import OptimConfig, TrainerConfig
-from .forward import UniformVisionForward
+from .forward import wrap_forward
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,17 @@ def resolved_precision(cfg: TrainerConfig) -> str:
     return cfg.precision
 
 
-def deepspeed_config(cfg: TrainerConfig, micro_batch_rows: int, world_size: int) -> dict:
+def deepspeed_config(cfg: TrainerConfig, micro_batch_rows: int, world_size: int,
+                     managed_accumulation: bool = True) -> dict:
+    """`managed_accumulation=False`: the caller owns the boundary (every `step()` applies what the
+    backward passes since the last one accumulated), for stages whose number of micro-batches
+    varies from step to step (RL)."""
     bf16 = resolved_precision(cfg) == "bf16"
-    return {
+    grad_accum = cfg.grad_accum if managed_accumulation else 1
+    config = {
         "train_micro_batch_size_per_gpu": micro_batch_rows,
-        "gradient_accumulation_steps": cfg.grad_accum,
-        "train_batch_size": micro_batch_rows * cfg.grad_accum * world_size,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch_rows * grad_accum * world_size,
         "gradient_clipping": cfg.clip_grad_norm,
         "bf16": {"enabled": bf16},
         "zero_optimization": {
@@ -77,6 +82,9 @@ def deepspeed_config(cfg: TrainerConfig, micro_batch_rows: int, world_size: int)
         "steps_per_print": 10**9,  # we log ourselves
         "wall_clock_breakdown": False,
     }
+    if not managed_accumulation:
+        config["managed_gradient_accumulation"] = False
+    return config
 
 
 def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
@@ -107,8 +115,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_engine(model: torch.nn.Module, cfg: TrainerConfig, micro_batch_rows: int, info: DistInfo):
-    """Wrap the model in a DeepSpeed engine with AdamW (our LR schedule is set per step)."""
+def build_engine(model: torch.nn.Module, cfg: TrainerConfig, micro_batch_rows: int, info: DistInfo,
+                 managed_accumulation: bool = True):
+    """Wrap the model (in its training forward, `wrap_forward`) in a DeepSpeed engine with AdamW
+    (our LR schedule is set per step)."""
     apply_freezing(model, cfg)
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -121,9 +131,9 @@ def build_engine(model: torch.nn.Module, cfg: TrainerConfig, micro_batch_rows: i
         fused=torch.cuda.is_available(),
     )
     engine, *_ = deepspeed.initialize(
-        model=UniformVisionForward(model),
+        model=wrap_forward(model),
         optimizer=optimizer,
-        config=deepspeed_config(cfg, micro_batch_rows, info.world_size),
+        config=deepspeed_config(cfg, micro_batch_rows, info.world_size, managed_accumulation),
     )
     return engine
 

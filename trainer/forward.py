@@ -25,19 +25,23 @@ class UniformVisionForward(nn.Module):
         self.model = model  # the Glm4vForConditionalGeneration (its state dict keys gain "model.")
 
     def forward(self, batch: Batch) -> torch.Tensor:
+        out = self.model(inputs_embeds=self.embed(batch), position_ids=batch.position_ids, use_cache=False)
+        return out.logits
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """Token embeddings with image / video-frame features in place (the vision tower runs once,
+        on a dummy when there are no visuals). Generation prefills from these too."""
         inner = self.model.model
         embeds = inner.get_input_embeddings()(batch.input_ids)
         pixels, grids = _visual_inputs(batch, embeds.device)
         features = torch.cat(inner.get_image_features(pixels, grids).pooler_output).to(embeds.dtype)
         if batch.pixel_values is None and batch.pixel_values_videos is None:
-            embeds = embeds + 0.0 * features.sum()
-        else:
-            n_image = int((batch.mm_token_type_ids == 1).sum())
-            embeds = embeds.clone()
-            embeds[batch.mm_token_type_ids == 1] = features[:n_image]
-            embeds[batch.mm_token_type_ids == 2] = features[n_image:]
-        out = self.model(inputs_embeds=embeds, position_ids=batch.position_ids, use_cache=False)
-        return out.logits
+            return embeds + 0.0 * features.sum()
+        n_image = int((batch.mm_token_type_ids == 1).sum())
+        embeds = embeds.clone()
+        embeds[batch.mm_token_type_ids == 1] = features[:n_image]
+        embeds[batch.mm_token_type_ids == 2] = features[n_image:]
+        return embeds
 
 
 def _visual_inputs(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,3 +58,23 @@ def _visual_inputs(batch: Batch, device: torch.device) -> tuple[torch.Tensor, to
     if not pixels:
         return torch.zeros(4, PATCH_DIM, device=device), torch.tensor([[1, 2, 2]], device=device)
     return torch.cat(pixels), torch.cat(grids)
+
+
+class TextForward(nn.Module):
+    """The training forward of a text-only decoder (`Glm4ForCausalLM`, e.g. the policy vLLM serves
+    on CPU): row 0 of `position_ids` restarts per document, and with no attention mask transformers
+    builds the block-causal mask of the packed row from it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model  # the same attribute as UniformVisionForward: checkpoint keys gain "model."
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        if batch.pixel_values is not None or batch.pixel_values_videos is not None:
+            raise ValueError("a text-only model got a batch with images or videos")
+        return self.model(input_ids=batch.input_ids, position_ids=batch.position_ids[0], use_cache=False).logits
+
+
+def wrap_forward(model: nn.Module) -> nn.Module:
+    """The training forward for `model`: vision-language models run the tower uniformly."""
+    return UniformVisionForward(model) if hasattr(model.config, "vision_config") else TextForward(model)
