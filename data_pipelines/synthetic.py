@@ -487,16 +487,19 @@ def make_sft_records(
 
 
 # ---- verifiable RL task (text-only) ------------------------------------------------------------
-RL_TASK_DOMAINS = ("max", "count")
-RL_TASK_THINK = {"max": "I compare the numbers.", "count": "I count the letter."}
+RL_TASK_DOMAINS = ("max", "min")  # learnable by a ~1M-parameter model; "count" is a harder extra
+RL_TASK_THINK = {"max": "I compare the numbers.", "min": "I compare the numbers.", "count": "I count the letter."}
 
 
 def _rl_task_item(rng: random.Random, domain: str, size: int) -> tuple[str, str]:
-    """(question, answer) of one item of `size` elements: the largest of single digits, or how
-    often a letter occurs in a string over {a, b, c}. Larger sizes are harder."""
-    if domain == "max":
+    """(question, answer) of one item of `size` elements: the largest or smallest of single digits,
+    or how often a letter occurs in a string over {a, b, c}."""
+    if domain in ("max", "min"):
         digits = [rng.randint(0, 9) for _ in range(size)]
-        return f"Largest number: {' '.join(map(str, digits))}", str(max(digits))
+        word, pick = ("Largest", max) if domain == "max" else ("Smallest", min)
+        return f"{word} number: {' '.join(map(str, digits))}", str(pick(digits))
+    if domain != "count":
+        raise ValueError(f"unknown RL task domain {domain!r}")
     letters = [rng.choice("abc") for _ in range(size)]
     target = rng.choice("abc")
     return f"Count {target} in: {' '.join(letters)}", str(letters.count(target))
@@ -505,9 +508,9 @@ def _rl_task_item(rng: random.Random, domain: str, size: int) -> tuple[str, str]
 def make_rl_task_records(path: str | Path, n: int, seed: int, sizes: tuple[int, int] = (1, 7),
                          domains: tuple[str, ...] = RL_TASK_DOMAINS) -> Path:
     """Write `n` RL prompt records `{id, domain, question, answer, size}` of a verifiable task a
-    ~1M-parameter model learns on CPU: `max` (largest of `size` digits) and `count` (occurrences
-    of a letter). Answers are integers, graded exactly (map both domains to the `counting`
-    verifier). `size` spreads difficulty from trivial (1) to hard."""
+    ~1M-parameter model learns on CPU: `max` / `min` (largest / smallest of `size` digits) and,
+    if asked for, `count` (occurrences of a letter; beyond the tiny model's reach). Answers are
+    integers, graded exactly (map the domains to the `counting` verifier)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)

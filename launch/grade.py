@@ -1,0 +1,31 @@
+"""`python launch/grade.py recipe=grade_tiny model.init=<checkpoint> data.path=<prompts.jsonl> [k=8 ...]`
+
+Offline pass@k of every prompt -> the difficulty sidecar next to the data (resumable)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from launch.common import register  # noqa: F401 - puts the repo root on sys.path
+from stages.rl.grading import GradeConfig, grade, local_info
+from trainer.logging import setup_log_lines
+
+register("grade_schema", GradeConfig)
+
+
+@hydra.main(config_path="../recipes", config_name="grade", version_base="1.3")
+def main(raw: DictConfig) -> None:
+    try:
+        cfg = OmegaConf.to_object(raw)
+    except (ValueError, TypeError) as exc:
+        sys.exit(f"ponder: bad recipe value: {exc}")
+    setup_log_lines(True)
+    print(json.dumps(grade(cfg, local_info()), sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""`torchrun --nproc_per_node=N launch/rl.py recipe=rlcs_tiny model.init=<SFT checkpoint> [key=value ...]`"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from launch.common import register, start
+from stages.rl.config import RLConfig
+from stages.rl.runner import run
+
+register("rl_schema", RLConfig)
+
+
+@hydra.main(config_path="../recipes", config_name="rl", version_base="1.3")
+def main(raw: DictConfig) -> None:
+    cfg, run_dir, info = start(raw)
+    run(cfg, run_dir, info)
+
+
+if __name__ == "__main__":
+    main()

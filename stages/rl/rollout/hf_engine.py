@@ -1,0 +1,92 @@
+"""Rollouts with transformers `generate`, for machines where vLLM cannot load the model (Glm4v on
+CPU). The engine keeps its own unpartitioned copy of the policy in eval mode; weight sync copies
+the gathered trainer weights into it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import GenerationConfig, PreTrainedModel
+
+from data_pipelines.tokenizer import SpecialTokens
+
+from .base import GenerationRequest, RawCompletion, RolloutEngine, SamplingSpec
+
+
+class HFEngine(RolloutEngine):
+    def __init__(self, model: PreTrainedModel, special: SpecialTokens, batch_size: int = 64):
+        self.model = model.eval().requires_grad_(False)
+        self.special = special
+        self.stop_ids = [special.eos, special.user, special.observation]
+        self.batch_size = batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def load_weights(self, state_dict=None, path=None) -> None:
+        if state_dict is None:
+            state_dict = {}
+            for file in sorted(Path(path).glob("*.safetensors")):
+                state_dict.update(load_file(str(file)))
+        own = dict(self.model.named_parameters())
+        missing = sorted(set(own) - set(state_dict))
+        if missing:
+            raise KeyError(f"weight sync is missing {len(missing)} tensors, e.g. {missing[:3]}")
+        with torch.no_grad():
+            for name, tensor in state_dict.items():
+                own[name].copy_(tensor)
+
+    def generate(self, requests: list[GenerationRequest], spec: SamplingSpec) -> list[list[RawCompletion]]:
+        rows = [(i, req) for i, req in enumerate(requests) for _ in range(req.n)]
+        results: list[list[RawCompletion]] = [[] for _ in requests]
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            # One seed per generate call, from its first request: the same call replays exactly.
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(chunk[0][1].seed + start)
+                completions = self._generate_batch([req for _, req in chunk], spec)
+            for (i, _), completion in zip(chunk, completions):
+                results[i].append(completion)
+        return results
+
+    @torch.no_grad()
+    def _generate_batch(self, requests: list[GenerationRequest], spec: SamplingSpec) -> list[RawCompletion]:
+        device = self.device
+        seqs = [req.prompt.input_ids + req.prefix for req in requests]
+        types = [req.prompt.mm_token_type_ids + [0] * len(req.prefix) for req in requests]
+        width = max(map(len, seqs))
+        pad = self.special.eos
+        # Left padding: every row's next token is generated at the same position.
+        input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
+        attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+        inputs = {"input_ids": input_ids, "attention_mask": attention}
+        visuals = [v for req in requests for v in req.prompt.visuals]
+        if hasattr(self.model.config, "vision_config"):  # Glm4v: M-RoPE needs the token types
+            inputs["mm_token_type_ids"] = torch.tensor([[0] * (width - len(t)) + t for t in types], device=device)
+        if visuals:
+            inputs["pixel_values"] = torch.cat([v.pixel_values for v in visuals]).to(device, self.model.dtype)
+            inputs["image_grid_thw"] = torch.stack([v.grid_thw for v in visuals]).to(device)
+        sampling = spec.temperature > 0
+        config = GenerationConfig(
+            do_sample=sampling, temperature=spec.temperature if sampling else None,
+            top_p=spec.top_p if sampling else None, top_k=0 if sampling else None,
+            max_new_tokens=spec.max_tokens, eos_token_id=self.stop_ids, pad_token_id=pad,
+            output_logits=True, return_dict_in_generate=True,
+        )
+        out = self.model.generate(**inputs, generation_config=config)
+        new = out.sequences[:, width:]
+        # Raw model log-probs of the chosen tokens (the trainer's distribution at temperature 1).
+        logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in out.logits], dim=1)
+        chosen = logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        completions = []
+        for row in range(len(requests)):
+            ids = new[row].tolist()
+            stop = next((t for t, tok in enumerate(ids) if tok in self.stop_ids), None)
+            end = len(ids) if stop is None else stop + 1
+            reason = "stop" if stop is not None else "length"
+            completions.append(RawCompletion(ids[:end], chosen[row, :end].tolist(), reason))
+        return completions

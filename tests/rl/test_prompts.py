@@ -1,0 +1,152 @@
+"""RL prompt records, the difficulty sidecar, rollout documents, and forced answering."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from data_pipelines.batch import IGNORE_INDEX
+from data_pipelines.processor import VisionProcessor
+from data_pipelines.prompts import (
+    DifficultyEntry,
+    append_sidecar,
+    encode_prompt_record,
+    load_prompt_records,
+    parse_record,
+    read_sidecar,
+    rollout_document,
+    sidecar_path,
+    write_sidecar,
+)
+from data_pipelines.tokenizer import SpecialTokens, build_tiny_tokenizer
+from stages.rl.batching import TrainSample, micro_batch
+from stages.rl.rollout.base import GenerationRequest, RawCompletion, RolloutConfig, RolloutEngine, rollout
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tiny_tokenizer()
+
+
+def test_records_load_validate_and_count_skips(tmp_path):
+    lines = [
+        {"id": "q1", "domain": "math", "question": "1+1?", "answer": "2", "difficulty": "easy", "options": [1, 2]},
+        {"id": "q2", "domain": "counting", "images": ["a.png"], "answer": 3,
+         "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]}]},
+        {"id": "q1", "domain": "math", "question": "dup", "answer": "1"},
+        {"id": "q3", "domain": "math", "question": "no answer"},
+        {"id": "q4", "domain": "math", "question": "x", "messages": [], "answer": "1"},
+        {"id": "q5", "domain": "ocr", "images": ["a.png", "b.png"], "answer": "x",
+         "messages": [{"role": "user", "content": [{"type": "image"}]}]},
+    ]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n{not json\n")
+    records, skipped = load_prompt_records(path)
+    assert [r.id for r in records] == ["q1", "q2"]
+    assert skipped == {"duplicate_id": 1, "missing_answer": 1, "malformed_record": 1, "image_count_mismatch": 1,
+                       "malformed_json": 1}
+    assert records[0].info == {"options": [1, 2]} and records[0].difficulty == "easy"
+    assert records[0].messages == [{"role": "user", "content": [{"type": "text", "text": "1+1?"}]}]
+    # The same records as an HF dataset directory.
+    import datasets
+
+    datasets.Dataset.from_list([{"id": "h1", "domain": "math", "question": "2+2?", "answer": "4"}]).save_to_disk(
+        str(tmp_path / "hf"))
+    hf, _ = load_prompt_records(tmp_path / "hf")
+    assert hf[0].id == "h1" and hf[0].answer == "4"
+
+
+def test_encoding_expands_images_and_keeps_raw_ids_for_vllm(tok, tmp_path):
+    Image.new("RGB", (112, 168), (200, 30, 30)).save(tmp_path / "a.png")
+    record = parse_record({"id": "q", "domain": "counting", "images": ["a.png"], "question": "How many?",
+                           "answer": 1})
+    prompt = encode_prompt_record(record, tok, VisionProcessor(), image_root=tmp_path, system_prompt="Be brief.")
+    sp = SpecialTokens.from_tokenizer(tok)
+    n = 4 * 6  # 112x168 px -> 8x12 patches -> 4x6 merged tokens
+    assert prompt.input_ids.count(sp.image) == n and prompt.raw_ids.count(sp.image) == 1
+    assert sum(prompt.mm_token_type_ids) == n
+    assert len(prompt) == len(prompt.raw_ids) + n - 1
+    assert tok.decode(prompt.raw_ids).startswith("[gMASK]<sop><|system|>\nBe brief.<|user|>\n<|begin_of_image|>")
+    assert prompt.image_grid_thw.tolist() == [[1, 12, 8]]
+    doc = rollout_document(prompt, [5, 6, 7], [True, False, True], "q#0", token_weight=0.5)
+    assert doc.loss_mask.tolist() == [False] * len(prompt) + [True, False, True]
+    assert doc.atomic_spans == [(prompt.input_ids.index(sp.image_start), prompt.input_ids.index(sp.image_end) + 1,
+                                 "image")]
+    assert len(doc.images) == 1 and doc.token_weight == 0.5
+
+
+def test_sidecar_append_resume_and_rewrite(tmp_path):
+    data = tmp_path / "train.jsonl"
+    path = sidecar_path(data)
+    assert path.name == "train.difficulty.jsonl" and sidecar_path(tmp_path) == tmp_path / "difficulty.jsonl"
+    append_sidecar(path, [DifficultyEntry("a", 3, 8, "m1"), DifficultyEntry("b", 0, 8, "m1", human="hard", pass_rate=0.1)])
+    append_sidecar(path, [DifficultyEntry("a", 8, 8, "m2")])
+    with path.open("a") as f:
+        f.write('{"id": "c", "passes": 1, "sam')  # a run killed mid-line
+    got = read_sidecar(path)
+    assert sorted(got) == ["a", "b"] and got["a"].passes == 8 and got["a"].grader == "m2"
+    assert got["b"].human == "hard" and got["b"].pass_rate == 0.1
+    write_sidecar(path, got)
+    assert len(path.read_text().splitlines()) == 2 and read_sidecar(path) == got
+
+
+class ScriptedEngine(RolloutEngine):
+    """Returns preset completions: the first call's, then the continuation call's."""
+
+    def __init__(self, calls: list[list[list[RawCompletion]]]):
+        self.calls, self.requests = calls, []
+
+    def generate(self, requests, spec):
+        self.requests.append((requests, spec))
+        return self.calls[len(self.requests) - 1]
+
+    def load_weights(self, state_dict=None, path=None):
+        raise NotImplementedError
+
+
+def test_forced_answer_is_inserted_and_masked(tok):
+    sp = SpecialTokens.from_tokenizer(tok)
+    record = parse_record({"id": "q", "domain": "counting", "question": "How many?", "answer": 2})
+    prompt = encode_prompt_record(record, tok, VisionProcessor())
+    thinking = [sp.think_start, 100, 101, 102]  # hit the cap inside <think>
+    done = [sp.think_start, 100, sp.think_end, sp.answer_start, 50, sp.answer_end, sp.eos]
+    answered_late = [sp.think_start, 100, sp.think_end, sp.answer_start]  # cap, but no longer thinking
+    first = [[RawCompletion(thinking, [-1.0] * 4, "length"), RawCompletion(done, [-0.5] * 7, "stop"),
+              RawCompletion(answered_late, [-0.2] * 4, "length")]]
+    answer = [sp.box_start, 60, sp.box_end, sp.answer_end, sp.eos]
+    engine = ScriptedEngine([first, [[RawCompletion(answer, [-0.1] * 5, "stop")]]])
+    cfg = RolloutConfig(engine="hf", group_size=3, max_new_tokens=4, forced_answer_tokens=64)
+    [group] = rollout(engine, [prompt], cfg, sp, seeds=[11])
+    (continuation, spec), = engine.requests[1:]
+    assert spec.max_tokens == 64 and continuation[0].prefix == thinking + [sp.think_end, sp.answer_start]
+    forced, normal, late = group
+    assert forced.forced and not normal.forced and not late.forced and late.truncated
+    assert forced.token_ids == thinking + [sp.think_end, sp.answer_start] + answer
+    assert forced.train_mask == [True] * 4 + [False, False] + [True] * 5
+    assert all(math.isnan(x) for x in forced.logprobs[4:6]) and forced.finish_reason == "stop"
+
+    # In the trained batch the inserted tokens are no targets: no label, no weight, no advantage.
+    sample = TrainSample(0, 0, 1.5, len(prompt), forced)
+    mb = micro_batch([sample], {0: prompt}, "per_sample", sp.eos)
+    start = len(prompt) - 1  # label slot of the first response token
+    labels = mb.batch.labels[0, start : start + len(forced)].tolist()
+    assert labels == [t if m else IGNORE_INDEX for t, m in zip(forced.token_ids, forced.train_mask)]
+    weights = mb.batch.label_weights[0, start : start + len(forced)]
+    assert torch.allclose(weights, torch.tensor([1 / 9 if m else 0.0 for m in forced.train_mask]))
+    assert mb.advantages[0].tolist().count(1.5) == 9 and mb.advantages[0, start + 4 : start + 6].tolist() == [0, 0]
+    assert mb.batch.labels[0, : start].eq(IGNORE_INDEX).all()  # the prompt is never trained
+
+
+def test_forced_answer_off_leaves_truncated_responses(tok):
+    sp = SpecialTokens.from_tokenizer(tok)
+    prompt = encode_prompt_record(parse_record({"id": "q", "domain": "m", "question": "?", "answer": 1}), tok,
+                                  VisionProcessor())
+    engine = ScriptedEngine([[[RawCompletion([sp.think_start, 100], [-1.0, -1.0], "length")] * 2]])
+    cfg = RolloutConfig(engine="hf", group_size=2, forced_answer=False)
+    [group] = rollout(engine, [prompt], cfg, sp, seeds=[0])
+    assert len(engine.requests) == 1 and all(c.truncated and not c.forced for c in group)
+    assert isinstance(engine.requests[0][0][0], GenerationRequest) and engine.requests[0][0][0].n == 2

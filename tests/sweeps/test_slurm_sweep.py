@@ -1,0 +1,134 @@
+"""Hydra multirun sweeps on a real single-machine Slurm: a 3-schedule RLCS sweep (submitit array jobs,
+torchrun in each job, per-job run directories, then `launch.compare`), and pretraining jobs that are
+preempted (submitit's USR2) or requeued (scontrol) and resume exactly.
+
+The daemons are started and stopped by the test itself (scripts/slurm_local.sh); the test is skipped,
+with the reason printed, only where Slurm cannot be installed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from data_pipelines.prompts import DifficultyEntry, sidecar_path, write_sidecar
+from data_pipelines.shards import write_shards
+from data_pipelines.synthetic import make_interleaved_corpus
+from launch import compare
+from tests.rl.helpers import save_policy, task_data, tiny_policy
+from tests.sweeps.slurm import array_job_id, finish_sweep, job_log, local_slurm, metrics, start_sweep, wait_for
+
+TIERS = ("very_easy", "easy", "medium", "hard", "very_hard")
+# The sweep's three curriculum schedules as tier-weight knots (step, tiers weighted 1), since rlcs_tiny
+# has no named schedules: easy tiers first, all tiers flat, hard tiers first.
+SCHEDULES = {
+    "easy_to_hard": [(0, ("very_easy", "easy")), (4, ("hard", "very_hard"))],
+    "flat": [(0, TIERS)],
+    "hard_first": [(0, ("hard", "very_hard")), (4, ("very_easy", "easy"))],
+}
+
+
+def _knots(knots: list[tuple[int, tuple[str, ...]]]) -> str:
+    return "[" + ",".join("{step:%d,weights:{%s}}" % (step, ",".join(f"{t}:1" for t in tiers))
+                          for step, tiers in knots) + "]"
+
+
+SWEEP = "curriculum.tier_weight_schedule=" + ",".join(_knots(k) for k in SCHEDULES.values())
+
+
+PRETRAIN = ["recipe=pretrain_tiny", "data.packing.seq_len=512", "data.packing.buffer_docs=16", "data.num_workers=0",
+            "trainer.optim.warmup_steps=2", "logging.progress_bar=false", "logging.wandb_mode=disabled"]
+TIMING = {"tokens_per_s", "step_time_s"}  # wall-clock fields: the only ones a resume may change
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    with local_slurm() as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def rl_base(tmp_path_factory) -> list[str]:
+    """A tiny policy, the synthetic task, and offline grades that put prompts in every tier."""
+    root = tmp_path_factory.mktemp("rl")
+    train, held_out = task_data(root, n_train=64, n_eval=16)
+    policy = save_policy(*tiny_policy(text_only=True), root / "policy")
+    ids = [json.loads(line)["id"] for line in train.read_text().splitlines()]
+    write_sidecar(sidecar_path(train), {i: DifficultyEntry(i, 8 - 2 * (n % 5), 8, "test") for n, i in enumerate(ids)})
+    return ["recipe=rlcs_tiny", f"model.init={policy}", f"data.path={train}", f"eval.path={held_out}",
+            "eval.max_prompts=16", "batch.prompts_per_step=8", "logging.progress_bar=false",
+            "logging.wandb_mode=disabled"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain_data")
+    make_interleaved_corpus(root, num_docs=60, seed=0, text_words=(20, 120))
+    write_shards(root / "docs.jsonl", root, root / "shards", samples_per_shard=10)
+    return root / "shards"
+
+
+def test_schedule_sweep_runs_every_job_to_the_end_and_compares(slurm, rl_base, tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    overrides = rl_base + ["trainer.max_steps=4", "trainer.save_every=2", "eval.every=2", SWEEP]
+    finish_sweep(start_sweep(slurm, "rl.py", overrides, sweep_dir), sweep_dir, timeout=480)
+
+    for num, (name, knots) in enumerate(SCHEDULES.items()):
+        run_dir = sweep_dir / str(num)
+        lines = metrics(run_dir)
+        assert [m["step"] for m in lines if "reward_mean" in m] == [1, 2, 3, 4]
+        assert [m["step"] for m in lines if "eval/accuracy" in m] == [0, 2, 4]
+        assert (run_dir / "checkpoints" / "latest").read_text() == "step_4"
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())  # the job ran its own point
+        assert [(k["step"], tuple(k["weights"])) for k in config["curriculum"]["tier_weight_schedule"]] == knots
+        log = job_log(sweep_dir, num)
+        assert "torch.distributed.run --standalone --nproc_per_node 1" in log
+        assert f"hydra.run.dir={run_dir}" in log and "Job completed successfully" in log
+        # The first draw (at least P = 8 prompts) comes only from the tiers of the first knot.
+        step1 = next(m for m in lines if m["step"] == 1 and "reward_mean" in m)
+        drawn = {t for t in TIERS if step1[f"tier_count/{t}"] > 0}
+        assert sum(step1[f"tier_count/{t}"] for t in TIERS) >= 8
+        assert drawn <= set(knots[0][1]) and len(drawn) >= min(3, len(knots[0][1])), (name, step1)
+
+    compare.main([str(sweep_dir)])
+    table = capsys.readouterr().out.splitlines()
+    assert "reward (reward_mean) final" in table[0] and "held-out accuracy (eval/accuracy) final" in table[0]
+    assert "degenerate-group fraction" in table[0] and "tier_count share" in table[0]
+    rows = [line for line in table if line.startswith("| curriculum.tier_weight_schedule=")]
+    assert len(rows) == 3 and len({row.split(" | ")[-1] for row in rows}) == 3  # three different tier mixes
+    for name in ("curves.png", "tiers.png"):
+        assert (sweep_dir / "compare" / name).stat().st_size > 20_000
+
+
+def test_preempted_and_requeued_jobs_resume_and_end_like_an_uninterrupted_one(slurm, shards, tmp_path):
+    """Three identical pretraining points: #0 runs through, #1 gets the preemption signal, #2 is
+    requeued by Slurm. Pretraining, because every step changes the weights and the data position."""
+    sweep_dir = tmp_path / "sweep"
+    steps = 12
+    overrides = PRETRAIN + [f"data.shards={shards}", f"trainer.max_steps={steps}", "trainer.save_every=3",
+                            "trainer.seed=0,0,0"]
+    driver = start_sweep(slurm, "pretrain.py", overrides, sweep_dir)
+    try:
+        wait_for(lambda: (sweep_dir / "1/checkpoints/step_3/COMPLETE").exists(), 300, "job 1's first checkpoint")
+        subprocess.run(["scancel", "--signal=USR2", array_job_id(sweep_dir, 1)], env=slurm, check=True)
+        wait_for(lambda: (sweep_dir / "2/checkpoints/step_3/COMPLETE").exists(), 300, "job 2's first checkpoint")
+        subprocess.run(["scontrol", "requeue", array_job_id(sweep_dir, 2)], env=slurm, check=True)
+    finally:
+        finish_sweep(driver, sweep_dir, timeout=480)
+
+    reference = [{k: v for k, v in m.items() if k not in TIMING} for m in metrics(sweep_dir / "0")]
+    assert [m["step"] for m in reference] == list(range(1, steps + 1))
+    assert len({m["loss"] for m in reference}) == steps  # every step trained
+    for num, how in ((1, "ponder sweep job: preempted, stopping torchrun and requeueing"),
+                     (2, "ponder sweep job: SIGTERM from the scheduler, stopping torchrun")):
+        log = job_log(sweep_dir, num)
+        assert how in log
+        assert log.count("Starting with JobEnvironment") == 2  # the same job ran twice
+        resumed = [int(s) for s in re.findall(r"resumed from \S+/step_\d+ at step (\d+)", log)]
+        assert len(resumed) == 1 and 3 <= resumed[0] < steps, log[-3000:]
+        got = [{k: v for k, v in m.items() if k not in TIMING} for m in metrics(sweep_dir / str(num))]
+        assert got == reference  # every step's loss, grad norm, LR, tokens, data counters: exact
