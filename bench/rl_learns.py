@@ -2,7 +2,7 @@
 the time, with the real pipeline: launch/grade.py, then launch/rl.py recipe=rlcs_tiny, then the
 same number of steps with uniform sampling at an equal rollout budget.
 
-    python bench/rl_learns.py [--steps 150] [--engine vllm] [--out DIR]
+    python bench/rl_learns.py [--steps 300] [--engine vllm] [--out DIR] [--reuse-warm-start]
 
 Task (data_pipelines.synthetic.make_rl_task_records): "Largest number: 3 8 1" / "Smallest number: 4 2",
 integer answers graded exactly; 512 training prompts, 128 held-out ones. Policy: a text-only Glm4
@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,9 +73,12 @@ def launch(script: str, args: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
-def rl(run: Path, policy: Path, train: Path, engine: str, steps: int, extra: list[str]) -> tuple[list[dict], float]:
+def rl(run: Path, policy: Path, train: Path, held_out: Path, engine: str, steps: int,
+       extra: list[str]) -> tuple[list[dict], float]:
+    shutil.rmtree(run, ignore_errors=True)  # a fresh run, not a resume of an earlier bench's
     started = time.perf_counter()
-    launch("rl.py", ["recipe=rlcs_tiny", f"model.init={policy}", f"data.path={train}", "eval.path=null",
+    launch("rl.py", ["recipe=rlcs_tiny", f"model.init={policy}", f"data.path={train}", f"eval.path={held_out}",
+                     f"eval.every={max(1, steps // 6)}",
                      f"rollout.engine={engine}", f"trainer.max_steps={steps}", f"trainer.save_every={steps}",
                      "logging.progress_bar=false", "logging.wandb_mode=disabled", f"rollout.sync_dir={run.parent}",
                      f"hydra.run.dir={run}", *TASK_VERIFIERS, *extra])
@@ -84,7 +88,7 @@ def rl(run: Path, policy: Path, train: Path, engine: str, steps: int, extra: lis
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--engine", default="vllm", choices=["vllm", "hf"])
     parser.add_argument("--out", default=None)
     parser.add_argument("--reuse-warm-start", action="store_true", help="keep <out>/sft from an earlier run")
@@ -114,9 +118,10 @@ def main() -> None:
     print("offline grading:", {k: v for k, v in graded.items() if k.startswith("tier/")})
 
     # 3. RLCS, then uniform sampling with the same number of rollouts per step.
-    rlcs, rlcs_s = rl(root / "rlcs", sft, train, args.engine, args.steps, [])
-    per_step = round(sum(m["prompts_rolled_out"] for m in rlcs) / len(rlcs))
-    uniform, uniform_s = rl(root / "uniform", sft, train, args.engine, args.steps,
+    rlcs, rlcs_s = rl(root / "rlcs", sft, train, held_out, args.engine, args.steps, [])
+    steps = [m for m in rlcs if m["step"] > 0]
+    per_step = round(sum(m["prompts_rolled_out"] for m in steps) / len(steps))
+    uniform, uniform_s = rl(root / "uniform", sft, train, held_out, args.engine, args.steps,
                             ["curriculum.enabled=false", f"batch.prompts_per_step={per_step}"])
 
     rows = []
@@ -125,9 +130,15 @@ def main() -> None:
     for name, lines, seconds in (("rlcs", rlcs, rlcs_s), ("uniform", uniform, uniform_s)):
         final = root / name / "checkpoints" / f"step_{args.steps}"
         greedy, sampled = accuracy(final, held_out, 1, 0.0), accuracy(final, held_out, 8, 1.0)
-        degenerate = sum(m["degenerate_fraction_trained"] for m in lines) / len(lines)
-        rollouts = sum(m["prompts_rolled_out"] for m in lines)
+        trained = [m for m in lines if m["step"] > 0]
+        degenerate = sum(m["degenerate_fraction_trained"] for m in trained) / len(trained)
+        rollouts = sum(m["prompts_rolled_out"] for m in trained)
         rows.append((name, seconds, rollouts, degenerate, greedy, sampled))
+        curve = [(m["step"], round(m["eval/accuracy"], 3)) for m in lines if "eval/accuracy" in m]
+        quarters = [round(sum(m["degenerate_fraction_trained"] for m in q) / len(q), 3)
+                    for q in (trained[i * len(trained) // 4 : (i + 1) * len(trained) // 4] for i in range(4))]
+        print(f"{name}: held-out accuracy (T=1, 4 samples) by step {curve}; "
+              f"degenerate groups trained by quarter of the run {quarters}")
     print(f"\nheld-out accuracy of the warm start: sampled {before_sampled['all']:.3f} "
           f"({', '.join(f'{k} {v:.2f}' for k, v in before_sampled.items() if k != 'all')}), "
           f"greedy {before_greedy['all']:.3f}")

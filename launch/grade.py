@@ -10,7 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from launch.common import register  # noqa: F401 - puts the repo root on sys.path
+from launch.common import register  # also puts the repo root on sys.path
 from stages.rl.grading import GradeConfig, grade, local_info
 from trainer.logging import setup_log_lines
 

@@ -23,6 +23,19 @@ class ScheduleKnot:
     weights: dict[str, float]
 
 
+# Named tier-weight schedules, what users sweep (`curriculum.schedule=easy_to_hard,flat,hard_first`).
+# Knots sit at fractions of the run (0: the first step, 1: trainer.max_steps); weights are linear in
+# between. Both ends keep medium the largest tier, as rlcs.md asks: the schedule only moves the
+# down-weighted mass from the easy side to the hard side or back.
+EASY_LEANING = {"very_easy": 0.1, "easy": 0.35, "medium": 0.4, "hard": 0.1, "very_hard": 0.05}
+HARD_LEANING = {"very_easy": 0.05, "easy": 0.1, "medium": 0.4, "hard": 0.35, "very_hard": 0.1}
+NAMED_SCHEDULES: dict[str, list[tuple[float, dict[str, float]]]] = {
+    "flat": [],  # `tier_weights` throughout
+    "easy_to_hard": [(0.0, EASY_LEANING), (1.0, HARD_LEANING)],
+    "hard_first": [(0.0, HARD_LEANING), (1.0, EASY_LEANING)],  # the anti-curriculum control
+}
+
+
 @dataclass
 class CurriculumConfig:
     enabled: bool = True  # False: uniform over prompts, no expansion, no selection (the baseline)
@@ -32,7 +45,9 @@ class CurriculumConfig:
     tier_bounds: list[float] = field(default_factory=lambda: [0.9, 0.65, 0.35, 0.0])
     tier_weights: dict[str, float] = field(default_factory=lambda: {
         "very_easy": 0.05, "easy": 0.2, "medium": 0.5, "hard": 0.2, "very_hard": 0.05})
-    # Piecewise-linear weights over steps (what users sweep); empty: tier_weights throughout.
+    # How tier weights move over training: a name from NAMED_SCHEDULES, or "knots" for
+    # `tier_weight_schedule` (piecewise linear in steps).
+    schedule: str = "flat"
     tier_weight_schedule: list[ScheduleKnot] = field(default_factory=list)
     unknown_tier: str = "medium"  # prompts with no offline grade and no rollout yet
     domain_weights: dict[str, float] = field(default_factory=dict)  # empty: proportional to prompt counts
@@ -49,6 +64,13 @@ class CurriculumConfig:
     balanced_selection: bool = True
 
     def __post_init__(self) -> None:
+        if self.schedule not in (*NAMED_SCHEDULES, "knots"):
+            raise ValueError(f"curriculum.schedule={self.schedule!r}: one of {[*NAMED_SCHEDULES, 'knots']}")
+        if (self.schedule == "knots") != bool(self.tier_weight_schedule):
+            raise ValueError("curriculum.tier_weight_schedule is used with, and only with, curriculum.schedule=knots")
+        if self.schedule in ("easy_to_hard", "hard_first") and list(self.tiers) != list(TIERS):
+            raise ValueError(f"curriculum.schedule={self.schedule} is defined over the tiers {list(TIERS)}; "
+                             "with other tiers use schedule=knots")
         if len(self.tier_bounds) != len(self.tiers) - 1 or list(self.tier_bounds) != sorted(self.tier_bounds, reverse=True):
             raise ValueError("curriculum.tier_bounds: one decreasing bound per tier but the last")
         for weights in [self.tier_weights, *(k.weights for k in self.tier_weight_schedule)]:
@@ -106,9 +128,18 @@ def tier_of(pass_rate: float | None, cfg: CurriculumConfig) -> str:
     return cfg.tiers[-1]
 
 
-def tier_weights_at(step: int, cfg: CurriculumConfig) -> dict[str, float]:
-    """The schedule's weights at `step` (linear between knots, flat outside), normalised."""
-    knots = cfg.tier_weight_schedule
+def schedule_knots(cfg: CurriculumConfig, total_steps: int) -> list[ScheduleKnot]:
+    """The schedule as step knots: a named one placed over `total_steps` (0 .. total_steps - 1)."""
+    if cfg.schedule == "knots":
+        return cfg.tier_weight_schedule
+    last = max(1, total_steps - 1)
+    return [ScheduleKnot(round(at * last), weights) for at, weights in NAMED_SCHEDULES[cfg.schedule]]
+
+
+def tier_weights_at(step: int, cfg: CurriculumConfig, total_steps: int = 1) -> dict[str, float]:
+    """The schedule's weights at 0-based `step` of `total_steps` (linear between knots, flat
+    outside), normalised."""
+    knots = schedule_knots(cfg, total_steps)
     if not knots:
         raw = dict(cfg.tier_weights)
     elif step <= knots[0].step:
@@ -176,11 +207,12 @@ def _quotas(total: int, weights: dict[str, float], rng: random.Random) -> dict[s
 
 class CurriculumSampler:
     def __init__(self, prompts: Sequence[PromptMeta], cfg: CurriculumConfig, seed: int,
-                 offline: dict[str, tuple[int, int]] | None = None):
-        """`offline`: id -> (passes, samples) from the difficulty sidecar."""
+                 offline: dict[str, tuple[int, int]] | None = None, total_steps: int = 1):
+        """`offline`: id -> (passes, samples) from the difficulty sidecar; `total_steps`: the run's
+        length, over which a named schedule is laid out."""
         if not prompts:
             raise ValueError("the curriculum needs at least one prompt")
-        self.prompts, self.cfg = list(prompts), cfg
+        self.prompts, self.cfg, self.total_steps = list(prompts), cfg, total_steps
         self.rng = random.Random(seed)
         self.domains = sorted({p.domain for p in self.prompts})
         if cfg.domain_weights:
@@ -229,7 +261,7 @@ class CurriculumSampler:
         else:
             dw = {d: float(sum(len(v) for v in tiers.values())) for d, tiers in buckets.items()}
         dw = {d: w for d, w in dw.items() if w > 0}
-        tw = tier_weights_at(step, self.cfg)
+        tw = tier_weights_at(step, self.cfg, self.total_steps)
         chosen: list[int] = []
         left = total
         while left > 0 and dw:

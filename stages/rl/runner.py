@@ -119,7 +119,7 @@ class RLRunner:
         if self.info.is_main:
             log.info("%d prompts, %d with offline grades (%s)", len(records), len(offline.keys() & {m.id for m in meta}),
                      sidecar)
-        return CurriculumSampler(meta, self.cfg.curriculum, self.cfg.trainer.seed, offline)
+        return CurriculumSampler(meta, self.cfg.curriculum, self.cfg.trainer.seed, offline, self.cfg.trainer.max_steps)
 
     @property
     def model(self) -> torch.nn.Module:

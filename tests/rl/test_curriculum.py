@@ -73,8 +73,36 @@ def test_balanced_selection_by_std_then_mean_then_order():
     assert off.select(groups, 3) == list(range(6))
 
 
+def test_named_schedules_move_weight_between_the_easy_and_hard_sides_over_the_run():
+    flat = CurriculumConfig()
+    assert tier_weights_at(0, flat, 100) == tier_weights_at(99, flat, 100) == pytest.approx(
+        {"very_easy": 0.05, "easy": 0.2, "medium": 0.5, "hard": 0.2, "very_hard": 0.05})
+    up, down = CurriculumConfig(schedule="easy_to_hard"), CurriculumConfig(schedule="hard_first")
+    # 101 steps: step 0 is the first knot, step 100 the last, step 50 halfway (weights sum to 1).
+    assert tier_weights_at(0, up, 101) == pytest.approx(
+        {"very_easy": 0.1, "easy": 0.35, "medium": 0.4, "hard": 0.1, "very_hard": 0.05})
+    assert tier_weights_at(50, up, 101) == pytest.approx(
+        {"very_easy": 0.075, "easy": 0.225, "medium": 0.4, "hard": 0.225, "very_hard": 0.075})
+    assert tier_weights_at(100, up, 101) == tier_weights_at(0, down, 101)
+    assert tier_weights_at(100, down, 101)["easy"] == pytest.approx(0.35)
+    # The sampler lays the schedule over the run it is given.
+    prompts = [PromptMeta(f"p{i}", "m") for i in range(500)]
+    offline = {f"p{i}": ((8, 6, 4, 2, 0)[i % 5], 8) for i in range(500)}  # 100 per tier
+    s = CurriculumSampler(prompts, CurriculumConfig(schedule="easy_to_hard", expansion=False), 0, offline, 10)
+    first = Counter(s.tier(i) for _ in range(50) for i in s.sample(0, 8))
+    last = Counter(s.tier(i) for _ in range(50) for i in s.sample(9, 8))
+    assert first["easy"] / 400 == pytest.approx(0.35, abs=0.05) and first["hard"] / 400 == pytest.approx(0.1, abs=0.04)
+    assert last["hard"] / 400 == pytest.approx(0.35, abs=0.05) and last["easy"] / 400 == pytest.approx(0.1, abs=0.04)
+    for bad in ({"schedule": "steep"}, {"schedule": "knots"},
+                {"tier_weight_schedule": [ScheduleKnot(0, {"easy": 1.0})]},
+                {"schedule": "easy_to_hard", "tiers": ["a", "b"], "tier_bounds": [0.5], "tier_weights": {"a": 1},
+                 "unknown_tier": "a"}):
+        with pytest.raises(ValueError, match="schedule"):
+            CurriculumConfig(**bad)
+
+
 def test_tier_weights_schedule_and_renormalisation():
-    cfg = CurriculumConfig(tier_weight_schedule=[
+    cfg = CurriculumConfig(schedule="knots", tier_weight_schedule=[
         ScheduleKnot(0, {"easy": 1.0}), ScheduleKnot(10, {"hard": 3.0, "easy": 1.0})])
     assert tier_weights_at(0, cfg)["easy"] == 1.0
     mid = tier_weights_at(5, cfg)  # (1 - t) * {easy 1} + t * {easy 1, hard 3} at t = .5, normalised
