@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -27,8 +28,15 @@ def register(name: str, schema: type) -> None:
     ConfigStore.instance().store(name=name, node=schema)
 
 
+def exit_on_sigterm() -> None:
+    """torchrun and Slurm stop workers with SIGTERM. Exiting through Python runs the stages' cleanup
+    (vLLM engine processes, reward workers), which the default action would leave running."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def start(raw: DictConfig) -> tuple[Any, Path, DistInfo]:
     """Typed config (bad values stop here, before any work), process group, shared run dir."""
+    exit_on_sigterm()
     try:
         cfg = OmegaConf.to_object(raw)  # runs the dataclasses' validation
     except (ValueError, TypeError) as exc:

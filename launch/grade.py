@@ -10,7 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from launch.common import register  # also puts the repo root on sys.path
+from launch.common import exit_on_sigterm, register  # also puts the repo root on sys.path
 from stages.rl.grading import GradeConfig, grade, local_info
 from trainer.logging import setup_log_lines
 
@@ -23,6 +23,7 @@ def main(raw: DictConfig) -> None:
         cfg = OmegaConf.to_object(raw)
     except (ValueError, TypeError) as exc:
         sys.exit(f"ponder: bad recipe value: {exc}")
+    exit_on_sigterm()
     setup_log_lines(True)
     print(json.dumps(grade(cfg, local_info()), sort_keys=True))
 

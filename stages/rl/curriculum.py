@@ -54,6 +54,10 @@ class CurriculumConfig:
     pass_threshold: float = 1.0  # a response passes when its reward reaches this
     use_offline: bool = True  # start from the difficulty sidecar (+ human labels)
     use_online: bool = True  # update pass rates from every rollout group
+    # Each time a prompt is rolled out, its earlier counts (offline and online) are multiplied by
+    # this before the new group is added: 1 is rlcs.md's count-weighted mean of every outcome; < 1
+    # makes tiers follow a policy that is changing (0.5: about the last two groups decide).
+    pass_rate_decay: float = 1.0
     human_label_weight: float = 8.0  # a human label counts as this many graded samples
     human_tier_pass_rates: dict[str, float] = field(default_factory=lambda: {
         "very_easy": 0.95, "easy": 0.775, "medium": 0.5, "hard": 0.175, "very_hard": 0.0})
@@ -84,6 +88,8 @@ class CurriculumConfig:
             raise ValueError(f"curriculum.unknown_tier {self.unknown_tier!r} not in {self.tiers}")
         if any(w < 0 for w in self.domain_weights.values()):
             raise ValueError("curriculum.domain_weights must be >= 0")
+        if not 0 <= self.pass_rate_decay <= 1:
+            raise ValueError("curriculum.pass_rate_decay must be in [0, 1]")
         if not 0 <= self.expansion_ema_decay < 1 or not 1 <= self.expansion_min <= self.expansion_max:
             raise ValueError("curriculum: need 0 <= expansion_ema_decay < 1 and 1 <= expansion_min <= expansion_max")
 
@@ -221,18 +227,22 @@ class CurriculumSampler:
                 raise ValueError(f"curriculum.domain_weights names domains without prompts: {sorted(missing)}")
         self.offline = [offline_counts(p, (offline or {}).get(p.id), cfg) if cfg.use_offline else (0.0, 0.0)
                         for p in self.prompts]
-        self.online: dict[int, list[int]] = {}  # index -> [passes, samples]
+        # index -> [passes, samples, groups]: online counts (decayed by pass_rate_decay per group)
+        # and how many groups were rolled out, which is how often the offline counts were decayed.
+        self.online: dict[int, list[float]] = {}
         self.excluded: set[int] = set()  # prompts that failed to encode (bad image, too long)
         self.expansion_ema = 1.0
         self.last_expansion = 1.0
 
     # -- pass rates and tiers ------------------------------------------------------------------
     def pass_rate(self, index: int) -> float | None:
-        """Count-weighted mean of offline and online outcomes; None when nothing is known."""
+        """Count-weighted mean of offline and online outcomes (older ones decayed by
+        `pass_rate_decay`); None when nothing is known."""
         passes, samples = self.offline[index]
         on = self.online.get(index)
         if on is not None:
-            passes, samples = passes + on[0], samples + on[1]
+            scale = self.cfg.pass_rate_decay ** on[2]
+            passes, samples = scale * passes + on[0], scale * samples + on[1]
         return passes / samples if samples > 0 else None
 
     def tier(self, index: int) -> str:
@@ -288,10 +298,11 @@ class CurriculumSampler:
     def update(self, groups: Sequence[GroupOutcome]) -> dict[str, float]:
         """Online pass rates and the expansion EMA from this iteration's rolled-out groups."""
         if self.cfg.use_online:
+            decay = self.cfg.pass_rate_decay
             for g in groups:
-                counts = self.online.setdefault(g.index, [0, 0])
-                counts[0] += sum(r >= self.cfg.pass_threshold for r in g.rewards)
-                counts[1] += len(g.rewards)
+                passes, samples, rolled = self.online.get(g.index, [0, 0, 0])
+                self.online[g.index] = [decay * passes + sum(r >= self.cfg.pass_threshold for r in g.rewards),
+                                        decay * samples + len(g.rewards), rolled + 1]
         frac = sum(g.degenerate for g in groups) / len(groups) if groups else 0.0
         raw = expansion_factor(frac, self.cfg)
         if self.cfg.enabled and self.cfg.expansion:

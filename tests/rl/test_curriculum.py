@@ -39,6 +39,16 @@ def test_offline_online_and_human_labels_merge_by_count():
     assert s.pass_rate(0) == pytest.approx(12 / 16) and s.tier(0) == "easy"
     s.update([GroupOutcome(0, [0.9] * 8)])  # below pass_threshold 1.0: 8 failures
     assert s.pass_rate(0) == pytest.approx(12 / 24)
+    # Decay 0.5: before each new group, earlier counts (offline too) are halved.
+    d = CurriculumSampler(prompts, CurriculumConfig(pass_rate_decay=0.5), seed=0, offline={"a": (4, 8)})
+    d.update([GroupOutcome(0, [1.0] * 8)])
+    assert d.pass_rate(0) == pytest.approx((2 + 8) / (4 + 8))
+    d.update([GroupOutcome(0, [0.0] * 8)])
+    assert d.pass_rate(0) == pytest.approx((1 + 4 + 0) / (2 + 4 + 8)) and d.tier(0) == "medium"
+    assert d.state_dict()["online"]["a"] == [4.0, 12.0, 2]
+    latest = CurriculumSampler(prompts, CurriculumConfig(pass_rate_decay=0.0), seed=0, offline={"a": (8, 8)})
+    latest.update([GroupOutcome(0, [1.0, 0.0, 0.0, 0.0])])
+    assert latest.pass_rate(0) == 0.25 and latest.tier(0) == "hard"  # only the newest group counts
     with pytest.raises(ValueError, match="not a known tier"):
         CurriculumSampler([PromptMeta("x", "math", "impossible")], CurriculumConfig(), seed=0)
 
