@@ -2,11 +2,14 @@
 and weight-sync time as a fraction of the RL step time.
 
     python bench/rollout_speed.py [--prompts 32] [--group 8] [--tokens 64] [--rl-steps 8]
+                                  [--hidden 128 --layers 2]   # the policy's decoder shape
 
 Throughput: both engines sample G responses for each prompt of the synthetic task from one
 random-init policy (length-capped responses, so both produce the same token count), after one
-warm-up call; tokens/s counts generated tokens. Weight sync: `launch/rl.py` runs a few RLCS steps
-with each engine and the script reads `time/sync_s` and `step_time_s` from metrics.jsonl.
+warm-up call; tokens/s counts generated tokens. The default shape is the tiny preset's decoder
+(1M parameters); `--hidden 512 --layers 8` gives a 19M one. Weight sync: `launch/rl.py` runs a few
+RLCS steps (tiny policy) with each engine and the script reads `time/sync_s` and `step_time_s` from
+metrics.jsonl (`--rl-steps 0` skips it).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,22 +65,31 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rl-steps", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=128, help="decoder width (heads of 32 dims)")
+    parser.add_argument("--layers", type=int, default=2)
     args = parser.parse_args()
 
     import torch
 
     from data_pipelines.processor import VisionProcessor
     from data_pipelines.prompts import encode_prompt_record, load_prompt_records
-    from data_pipelines.tokenizer import SpecialTokens
-    from stages.rl.policy import load_policy
+    from data_pipelines.tokenizer import SpecialTokens, build_tiny_tokenizer
+    from stages.rl.policy import load_policy, text_policy
     from stages.rl.rollout.base import RolloutConfig
     from stages.rl.rollout.hf_engine import HFEngine
     from stages.rl.rollout.vllm_engine import VLLMEngine
     from tests.rl.helpers import save_policy, task_data, tiny_policy, warm_start
+    from trainer.model import load_preset
 
     root = Path(tempfile.mkdtemp(prefix="rollout_speed_"))
     train, _ = task_data(root / "data", n_train=256, n_eval=8)
-    model, tok = tiny_policy(text_only=True)
+    tok = build_tiny_tokenizer()
+    # Heads of 32 dims as in the tiny preset, so its M-RoPE sections still fit.
+    shape = replace(load_preset("tiny"), text_hidden_size=args.hidden, text_num_hidden_layers=args.layers,
+                    text_intermediate_size=2 * args.hidden, text_num_attention_heads=args.hidden // 32,
+                    vision_out_hidden_size=args.hidden)
+    torch.manual_seed(0)
+    model = text_policy(shape, SpecialTokens.from_tokenizer(tok))
     with torch.no_grad():  # random weights rarely stop: every response runs to the cap in both engines
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -93,12 +106,15 @@ def main() -> None:
     vllm.close()
     hf = HFEngine(load_policy(policy), special, batch_size=args.prompts * args.group)
     hf_tps, hf_tokens = _throughput(hf, prompts, args.group, args.tokens)
-    print(f"rollout ({args.prompts} prompts x G={args.group}, <= {args.tokens} new tokens, threads "
-          f"{torch.get_num_threads()}):")
+    params = sum(p.numel() for p in model.parameters())
+    print(f"rollout ({params / 1e6:.1f}M-parameter policy, {args.prompts} prompts x G={args.group}, "
+          f"<= {args.tokens} new tokens, threads {torch.get_num_threads()}):")
     print(f"  vllm : {vllm_tps:8.0f} tokens/s ({vllm_tokens} tokens; engine start {vllm_start:.0f} s)")
     print(f"  hf   : {hf_tps:8.0f} tokens/s ({hf_tokens} tokens)")
     print(f"  vllm / hf = {vllm_tps / hf_tps:.1f}x")
 
+    if args.rl_steps == 0:
+        return
     model, tok = tiny_policy(text_only=True)
     warm_start(model, tok, train, steps=80)
     sft = save_policy(model, tok, root / "sft")
