@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.rl.helpers import TASK_VERIFIERS, save_policy, task_data, tiny_policy, warm_start
-from tests.trainer.launching import REPO, metrics
+from tests.trainer.launching import REPO, launch_command, launch_env, metrics
 
 pytest.importorskip("vllm")
 
@@ -47,10 +46,9 @@ def test_vllm_rollouts_follow_every_update_and_sigterm_stops_the_engine(tmp_path
             "trainer.optim.lr=1e-2",  # large steps: rollouts from stale weights would show in the gap
             "batch.prompts_per_step=6", "rollout.group_size=4", "logging.progress_bar=false",
             "logging.wandb_mode=disabled", f"hydra.run.dir={run}", *TASK_VERIFIERS]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PONDER_TEST_TAG": tag}
     output = tmp_path / "output.log"
     with output.open("w") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO / "launch" / "rl.py"), *args], env=env, cwd=REPO,
+        proc = subprocess.Popen(launch_command("rl.py", args), env=launch_env(PONDER_TEST_TAG=tag), cwd=REPO,
                                 stdout=out, stderr=subprocess.STDOUT)
 
     def tail() -> str:

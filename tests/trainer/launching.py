@@ -18,19 +18,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(script: str, overrides: list[str], nproc: int = 1, fault: str | None = None,
-           timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python launch/<script>` (nproc 1) or `torchrun --nproc_per_node=<nproc> launch/<script>`."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def launch_env(fault: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment a launched stage runs in: repo on the path, one thread, the given fault."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
     env.pop("PONDER_FAULT", None)
     if fault:
         env["PONDER_FAULT"] = fault
+    return env
+
+
+def launch_command(script: str, overrides: list[str], nproc: int = 1) -> list[str]:
+    """`python launch/<script>` (nproc 1) or `torchrun --nproc_per_node=<nproc> launch/<script>`."""
     if nproc == 1:
         cmd = [sys.executable, str(REPO / "launch" / script)]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                f"--master_port={_free_port()}", str(REPO / "launch" / script)]
-    return subprocess.run(cmd + overrides, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return cmd + overrides
+
+
+def launch(script: str, overrides: list[str], nproc: int = 1, fault: str | None = None,
+           timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a stage to the end (see launch_command) and capture its output."""
+    return subprocess.run(launch_command(script, overrides, nproc), env=launch_env(fault), cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
