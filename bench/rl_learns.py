@@ -38,6 +38,7 @@ TARGET = (0.30, 0.60)
 def accuracy(policy: Path, data: Path, samples: int, temperature: float) -> dict[str, float]:
     """Held-out pass rate of an HF checkpoint (transformers engine, the rewards of the recipe)."""
     from data_pipelines.processor import VisionProcessor
+    from data_pipelines.chat import ChatRenderer
     from data_pipelines.prompts import encode_prompt_record, load_prompt_records
     from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
     from stages.rl.policy import load_policy, resolve_hf_dir
@@ -49,7 +50,7 @@ def accuracy(policy: Path, data: Path, samples: int, temperature: float) -> dict
     tok = load_tokenizer(policy)
     special = SpecialTokens.from_tokenizer(tok)
     records, _ = load_prompt_records(data)
-    prompts = [encode_prompt_record(r, tok, VisionProcessor()) for r in records]
+    prompts = [encode_prompt_record(r, ChatRenderer(tok, VisionProcessor())) for r in records]
     engine = HFEngine(load_policy(policy), special, batch_size=512)
     cfg = RolloutConfig(engine="hf", max_new_tokens=24, forced_answer_tokens=8)
     groups = rollout(engine, prompts, cfg, special, seeds=list(range(len(prompts))), n=samples,

@@ -72,6 +72,7 @@ def main() -> None:
     import torch
 
     from data_pipelines.processor import VisionProcessor
+    from data_pipelines.chat import ChatRenderer
     from data_pipelines.prompts import encode_prompt_record, load_prompt_records
     from data_pipelines.tokenizer import SpecialTokens, build_tiny_tokenizer
     from stages.rl.policy import load_policy, text_policy
@@ -96,7 +97,7 @@ def main() -> None:
     policy = save_policy(model, tok, root / "random_policy")
     special = SpecialTokens.from_tokenizer(tok)
     records, _ = load_prompt_records(train)
-    prompts = [encode_prompt_record(r, tok, VisionProcessor()) for r in records[: args.prompts]]
+    prompts = [encode_prompt_record(r, ChatRenderer(tok, VisionProcessor())) for r in records[: args.prompts]]
     cfg = RolloutConfig(engine="vllm", max_model_len=256, gpu_memory_utilization=0.2, enforce_eager=True)
 
     started = time.perf_counter()

@@ -1,5 +1,11 @@
-"""Chat records -> Documents for long-CoT SFT: the tokenizer's chat template, images and videos
-expanded, loss on the trained assistant turns only, the response format checked.
+"""The one renderer: chat turns + images/videos -> Documents, for every stage's records and prompts.
+
+- SFT records -> training Documents (`ChatRenderer.document`) and their generation prompts (`prompt`);
+- RL, grading and eval prompt records -> generation prompts (`render_prompt`, via
+  `prompts.encode_prompt_record`), which rollouts extend into training Documents;
+- inference inputs for transformers `generate` (`encode_prompt`).
+All of them render the tokenizer's chat template, expand each image / video placeholder into the
+tokens its processed visual needs, and mark the vision spans that packing must never cut.
 
 A record (docs/data.md, "Chat records"):
     {"id": "...", "messages": [{"role": "system" | "user" | "assistant",
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +36,14 @@ from transformers import PreTrainedTokenizerBase
 
 from .answer_format import format_violation
 from .document import Document, Visual
-from .processor import BadSample, ProcessedImage, ProcessedVideo, VisionProcessor, sample_frame_indices
-from .prompting import expand_visual_placeholders
+from .processor import (
+    BadSample,
+    ProcessedVideo,
+    VisionProcessor,
+    image_token_ids,
+    sample_frame_indices,
+    video_token_ids,
+)
 from .tokenizer import SpecialTokens
 
 TRAIN_TURNS = ("last", "all")
@@ -73,8 +86,15 @@ class _Message:
     videos: list[tuple[list[Any], float]]  # (frame sources, fps)
 
 
-class ChatDocuments:
-    """Callable turning one record sample into a Document; raises `BadSample` to skip it.
+@dataclass
+class Rendered:
+    document: Document  # images / videos expanded; targets as asked
+    raw_ids: list[int]  # the chat template's ids, one placeholder per image / video (vLLM expands itself)
+    images: list[Any]  # each image as handed to the processor (bytes or PIL), in order
+
+
+class ChatRenderer:
+    """Callable turning one record sample into a training Document; raises `BadSample` to skip it.
 
     A sample is a record (dict, or its JSON text/bytes) or the reader's `{"__key__", "record",
     "root"}`, where `root` is the directory relative image paths are read from.
@@ -107,14 +127,22 @@ class ChatDocuments:
             problem = format_violation(messages[i].text_or_items, self.cfg.require_box)
             if problem and self.cfg.skip_bad_format:
                 raise BadResponseFormat(f"{key}: turn {i} breaks the answer format ({problem})")
-        return self._build(key, messages, root, add_generation_prompt=False, trained=set(trained))
+        return self._build(key, messages, root, add_generation_prompt=False, trained=set(trained)).document
 
     def prompt(self, sample: Any) -> Document:
         """The generation prompt of a record sample (no targets): everything before its last
         assistant turn, ending in the generation prompt `<|assistant|>\\n`."""
         record, key, root = _unpack(sample)
         key, messages = self._parse(record, key)
-        return self._build(key, messages[:-1], root, add_generation_prompt=True, trained=set())
+        return self._build(key, messages[:-1], root, add_generation_prompt=True, trained=set()).document
+
+    def render_prompt(self, messages: list[dict], images: Sequence[Any] = (),
+                      videos: Sequence[tuple[list[Any], float]] = (), root: str | Path | None = None,
+                      key: str = "prompt") -> Rendered:
+        """A generation prompt from chat turns whose image / video items are bare (`{"type":
+        "image"}`), with the images and (frames, fps) videos given in order of appearance."""
+        turns = [_message(m, key) for m in _attach_media(messages, images, videos, key)]
+        return self._build(key, turns, root, add_generation_prompt=True, trained=set())
 
     # -- parsing ---------------------------------------------------------------------------------
     def _parse(self, record: Any, key: str | None) -> tuple[str, list[_Message]]:
@@ -163,13 +191,15 @@ class ChatDocuments:
         return pieces
 
     def _build(self, key: str, messages: list[_Message], root: str | Path | None,
-               add_generation_prompt: bool, trained: set[int]) -> Document:
+               add_generation_prompt: bool, trained: set[int]) -> Rendered:
         pieces = self._pieces(messages, add_generation_prompt, key)
-        images = [self._image(src, root, key) for m in messages for src in m.images]
+        media = [_media(src, root, key) for m in messages for src in m.images]
+        images = [self.processor.process_image(m) for m in media]
         videos = [self._video(frames, fps, root, key) for m in messages for frames, fps in m.videos]
         sp = self.special
         vision_ids = {sp.image_start, sp.image_end, sp.image, sp.video_start, sp.video_end, sp.video}
         ids: list[int] = []
+        raw_ids: list[int] = []
         types: list[int] = []
         targets: list[bool] = []
         spans: list[tuple[int, int, str]] = []
@@ -177,6 +207,7 @@ class ChatDocuments:
         ends_turn = False  # the token after a trained turn (next role marker) ends it: a target
         for text, turn in pieces:
             piece = self.tokenizer.encode(text, add_special_tokens=False)
+            raw_ids += piece
             if turn is not None:  # an assistant turn: plain text
                 if vision_ids.intersection(piece):
                     raise MalformedChat(f"{key}: assistant turn {turn} contains image/video tokens")
@@ -187,7 +218,7 @@ class ChatDocuments:
                 continue
             n_img, n_vid = piece.count(sp.image), piece.count(sp.video)
             try:
-                piece, piece_types = expand_visual_placeholders(
+                piece, piece_types = _expand_visuals(
                     piece, images[used_images:used_images + n_img], videos[used_videos:used_videos + n_vid],
                     sp, self.tokenizer, self.processor.cfg.merge_size,
                 )
@@ -209,7 +240,7 @@ class ChatDocuments:
             types.append(0)
             targets.append(True)
         n_targets = sum(targets)
-        return Document(
+        document = Document(
             key=key,
             input_ids=torch.tensor(ids, dtype=torch.long),
             mm_token_type_ids=torch.tensor(types, dtype=torch.long),
@@ -219,11 +250,9 @@ class ChatDocuments:
             atomic_spans=spans,
             token_weight=1.0 / n_targets if n_targets else 1.0,
         )
+        return Rendered(document, raw_ids, media)
 
     # -- media -----------------------------------------------------------------------------------
-    def _image(self, source: Any, root: str | Path | None, key: str) -> ProcessedImage:
-        return self.processor.process_image(_media(source, root, key))
-
     def _video(self, frames: list[Any], fps: float, root: str | Path | None, key: str) -> ProcessedVideo:
         indices = sample_frame_indices(len(frames), fps, self.processor.cfg)  # decode only these
         return self.processor.process_sampled_video([_media(frames[i], root, key) for i in indices], indices, fps)
@@ -304,3 +333,90 @@ def _visual_spans(ids: list[int], sp: SpecialTokens, n_images: int, n_videos: in
     if kinds.count("image") != n_images or kinds.count("video") != n_videos:
         raise ValueError("stray image/video marker tokens in the text")
     return spans
+
+
+def _attach_media(messages: list[dict], images: Sequence[Any], videos: Sequence[tuple[list[Any], float]],
+                  key: str) -> list[dict]:
+    """Turns whose image (video) items take the given images (videos) in order of appearance; with
+    none given, items keep their own `image` / `video` payloads."""
+    fill_images, fill_videos = bool(images), bool(videos)
+    images, videos = iter(images), iter(videos)
+    out = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            items = []
+            for item in content:
+                kind = item.get("type") if isinstance(item, dict) else None
+                if kind == "image" and (fill_images or "image" not in item):
+                    item = {"type": "image", "image": next(images, None)}
+                elif kind == "video" and (fill_videos or "video" not in item):
+                    frames, fps = next(videos, (None, item.get("fps", DEFAULT_VIDEO_FPS)))
+                    item = {"type": "video", "video": frames, "fps": fps}
+                items.append(item)
+            message = {**message, "content": items}
+        out.append(message)
+    if next(images, None) is not None or next(videos, None) is not None:
+        raise MalformedChat(f"{key}: more images / videos than placeholders in the messages")
+    return out
+
+
+def _expand_visuals(ids: list[int], images: list[ProcessedImage], videos: list[ProcessedVideo],
+                    special: SpecialTokens, tokenizer: PreTrainedTokenizerBase, merge_size: int = 2
+                    ) -> tuple[list[int], list[int]]:
+    """Replace each `<|begin_of_image|><|image|><|end_of_image|>` (and the video form) in `ids`
+    with the full expansion of the next processed image (video). Returns (ids, mm types)."""
+    out, types = [], []
+    images, videos = iter(images), iter(videos)
+    i = 0
+    while i < len(ids):
+        window = ids[i : i + 3]
+        if window == [special.image_start, special.image, special.image_end]:
+            image = next(images, None)
+            if image is None:
+                raise ValueError("prompt has more image placeholders than images")
+            n = int(image.grid_thw.prod()) // merge_size**2
+            out += image_token_ids(n, special)
+            types += [0] + [1] * n + [0]
+            i += 3
+        elif window == [special.video_start, special.video, special.video_end]:
+            video = next(videos, None)
+            if video is None:
+                raise ValueError("prompt has more video placeholders than videos")
+            v_ids, v_types = video_token_ids(video.grid_thw, video.timestamps, special, tokenizer, merge_size)
+            out += v_ids
+            types += v_types
+            i += 3
+        else:
+            out.append(ids[i])
+            types.append(0)
+            i += 1
+    if next(images, None) is not None or next(videos, None) is not None:
+        raise ValueError("more images/videos than placeholders in the prompt")
+    return out, types
+
+
+@dataclass
+class PromptInputs:
+    """Keyword inputs of transformers `generate` for one prompt (batch of 1)."""
+
+    input_ids: torch.Tensor  # (1, L)
+    mm_token_type_ids: torch.Tensor  # (1, L)
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def encode_prompt(messages: list[dict], tokenizer: PreTrainedTokenizerBase, processor: VisionProcessor,
+                  images: list | None = None, videos: list[tuple[list, float]] | None = None) -> PromptInputs:
+    """A generation prompt for `generate`: `images` are PIL images / bytes / paths in order of
+    appearance, `videos` (frames, fps) pairs; bare image / video items in `messages`."""
+    doc = ChatRenderer(tokenizer, processor).render_prompt(messages, images or [], videos or []).document
+    cat = lambda visuals: torch.cat([v.pixel_values for v in visuals]) if visuals else None  # noqa: E731
+    grids = lambda visuals: torch.stack([v.grid_thw for v in visuals]) if visuals else None  # noqa: E731
+    return PromptInputs(doc.input_ids[None], doc.mm_token_type_ids[None], cat(doc.images), grids(doc.images),
+                        cat(doc.videos), grids(doc.videos))

@@ -27,11 +27,9 @@ from typing import Any
 
 import torch
 from PIL import Image, ImageOps
-from transformers import PreTrainedTokenizerBase
 
-from .document import Document, DocumentBuilder, Visual
-from .processor import VisionProcessor, image_token_ids
-from .tokenizer import SpecialTokens
+from .chat import ChatRenderer
+from .document import Document, Visual
 
 KNOWN_FIELDS = ("id", "domain", "messages", "question", "images", "answer", "difficulty")
 
@@ -146,21 +144,32 @@ def load_prompt_records(path: str | Path) -> tuple[list[PromptRecord], Counter]:
     return records, skipped
 
 
-# ---- encoding ---------------------------------------------------------------------------------
+# ---- encoding ----------------------------------------------------------------------------------
 @dataclass
 class EncodedPrompt:
-    """A rendered prompt: what the trainer sees (images expanded) and what vLLM takes (one
-    placeholder per image, PIL/bytes images passed as multi-modal data)."""
+    """A prompt record rendered by the one renderer (chat.ChatRenderer): what the trainer sees (a
+    Document, images expanded, no targets) and what vLLM takes (one placeholder per image, the
+    images as multi-modal data)."""
 
     record: PromptRecord
-    input_ids: list[int]  # expanded: <|begin_of_image|> <|image|>*N <|end_of_image|>
-    mm_token_type_ids: list[int]
-    visuals: list[Visual]
+    document: Document
     raw_ids: list[int]  # chat-template ids with one <|image|> per image (vLLM expands itself)
-    image_sources: list[Any]
+    image_sources: list[Any]  # each image as read (bytes / PIL), for engines with their own processor
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.document)
+
+    @property
+    def input_ids(self) -> list[int]:  # expanded: <|begin_of_image|> <|image|>*N <|end_of_image|>
+        return self.document.input_ids.tolist()
+
+    @property
+    def mm_token_type_ids(self) -> list[int]:
+        return self.document.mm_token_type_ids.tolist()
+
+    @property
+    def visuals(self) -> list[Visual]:
+        return self.document.images
 
     @property
     def pixel_values(self) -> torch.Tensor | None:
@@ -169,15 +178,6 @@ class EncodedPrompt:
     @property
     def image_grid_thw(self) -> torch.Tensor | None:
         return torch.stack([v.grid_thw for v in self.visuals]) if self.visuals else None
-
-
-def resolve_image(source: Any, image_root: str | Path | None) -> Any:
-    """A path relative to the image root becomes absolute; HF image dicts become their bytes/path."""
-    if isinstance(source, dict):  # HF `Image(decode=False)` rows: {"bytes": ..., "path": ...}
-        source = source.get("bytes") or source.get("path")
-    if isinstance(source, str) and image_root is not None and not os.path.isabs(source):
-        return str(Path(image_root) / source)
-    return source
 
 
 def open_image(source: Any) -> Image.Image:
@@ -193,42 +193,16 @@ def open_image(source: Any) -> Image.Image:
         return ImageOps.exif_transpose(img).convert("RGB")
 
 
-def encode_prompt_record(
-    record: PromptRecord,
-    tokenizer: PreTrainedTokenizerBase,
-    processor: VisionProcessor,
-    image_root: str | Path | None = None,
-    system_prompt: str | None = None,
-) -> EncodedPrompt:
-    """Render the chat template with a generation prompt and process the images.
-    Raises the processor's BadSample (bad image) — the caller counts and skips."""
-    special = SpecialTokens.from_tokenizer(tokenizer)
+def encode_prompt_record(record: PromptRecord, renderer: ChatRenderer, image_root: str | Path | None = None,
+                         system_prompt: str | None = None) -> EncodedPrompt:
+    """Render the chat template with a generation prompt and process the images. Raises the
+    renderer's BadSample (missing or bad image, placeholders that do not match) — the caller counts
+    and skips."""
     messages = record.messages
     if system_prompt and messages[0].get("role") != "system":
         messages = [{"role": "system", "content": system_prompt}, *messages]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    raw_ids = tokenizer.encode(text, add_special_tokens=False)
-    sources = [resolve_image(s, image_root) for s in record.images]
-    processed = [processor.process_image(s) for s in sources]
-    ids, types, visuals = [], [], []
-    images = iter(processed)
-    i = 0
-    while i < len(raw_ids):
-        if raw_ids[i : i + 3] == [special.image_start, special.image, special.image_end]:
-            image = next(images, None)
-            if image is None:
-                raise PromptRecordError("image_count_mismatch", f"{record.id}: more image placeholders than images")
-            ids += image_token_ids(image.num_tokens, special)
-            types += [0] + [1] * image.num_tokens + [0]
-            visuals.append(Visual(image.pixel_values, image.grid_thw))
-            i += 3
-        else:
-            ids.append(raw_ids[i])
-            types.append(0)
-            i += 1
-    if next(images, None) is not None:
-        raise PromptRecordError("image_count_mismatch", f"{record.id}: more images than placeholders")
-    return EncodedPrompt(record, ids, types, visuals, raw_ids, sources)
+    rendered = renderer.render_prompt(messages, record.images, root=image_root, key=record.id)
+    return EncodedPrompt(record, rendered.document, rendered.raw_ids, rendered.images)
 
 
 def rollout_document(prompt: EncodedPrompt, response_ids: list[int], response_train: list[bool],
@@ -237,28 +211,17 @@ def rollout_document(prompt: EncodedPrompt, response_ids: list[int], response_tr
     engine inserted, such as a forced `</think><answer>`, are not the policy's samples)."""
     if len(response_ids) != len(response_train):
         raise ValueError("response_ids and response_train differ in length")
-    builder = DocumentBuilder(key)
-    visuals = iter(prompt.visuals)
-    start = 0
-    types = prompt.mm_token_type_ids
-    i = 0
-    while i < len(prompt.input_ids):  # copy text runs, and each image span as an atomic visual
-        if types[i] == 1:
-            builder.add_tokens(prompt.input_ids[start : i - 1], train=False)
-            end = i
-            while end < len(types) and types[end] == 1:
-                end += 1
-            span = slice(i - 1, end + 1)  # with the begin/end markers
-            builder.add_visual(prompt.input_ids[span], types[span], next(visuals), "image")
-            start = i = end + 1
-        else:
-            i += 1
-    builder.add_tokens(prompt.input_ids[start:], train=False)
-    for token, train in zip(response_ids, response_train):
-        builder.add_tokens([token], train=train)
-    doc = builder.build()
-    doc.token_weight = token_weight
-    return doc
+    doc, n = prompt.document, len(response_ids)
+    return Document(
+        key=key,
+        input_ids=torch.cat([doc.input_ids, torch.tensor(response_ids, dtype=torch.long)]),
+        mm_token_type_ids=torch.cat([doc.mm_token_type_ids, torch.zeros(n, dtype=torch.long)]),
+        loss_mask=torch.cat([torch.zeros(len(doc), dtype=torch.bool), torch.tensor(response_train, dtype=torch.bool)]),
+        images=doc.images,
+        videos=doc.videos,
+        atomic_spans=doc.atomic_spans,
+        token_weight=token_weight,
+    )
 
 
 # ---- difficulty sidecar -----------------------------------------------------------------------

@@ -15,9 +15,8 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from trainer.engine import DistInfo, init_distributed  # noqa: E402
+from trainer.distributed import DistInfo, init_distributed, shared_run_dir  # noqa: E402
 from trainer.logging import setup_log_lines  # noqa: E402
-from trainer.run import shared_run_dir  # noqa: E402
 
 
 # DeepSpeed still calls torch.distributed's renamed collectives; one warning per call drowns the log.

@@ -1,6 +1,6 @@
 """Interleaved image-text pretraining: webdataset shards -> packed rows -> ZeRO-3 steps.
 
-Paper recipe (9B): 8,192-token packed rows, global batch 1,536, 120k steps, all modalities but
+Paper recipe (9B): 8,192-token packed rows, global batch 1,536 rows (`trainer.global_batch`), 120k steps, all modalities but
 video; recipes/recipe/pretrain_9b.yaml. Documents are split at text (never inside an image) to
 fill rows; loss is the token mean over the global batch.
 """
@@ -17,9 +17,10 @@ from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.reader import PackedLoader, ReaderConfig, ShardStream
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from trainer.config import LoggingConfig, TrainerConfig
-from trainer.engine import DistInfo
-from trainer.loop import TrainLoop
+from trainer.distributed import DistInfo
+from trainer.loop import Trainer
 from trainer.model import ModelConfig, build_model
+from trainer.supervised import PackedBatches
 
 
 @dataclass
@@ -39,7 +40,7 @@ def run(cfg: PretrainConfig, run_dir: Path, info: DistInfo) -> None:
     documents = InterleavedDocuments(tokenizer, VisionProcessor(cfg.processor))
     stream = ShardStream(cfg.data, documents, SpecialTokens.from_tokenizer(tokenizer).eos,
                          info.rank, info.world_size)
-    loop = TrainLoop(cfg.trainer, cfg.logging, run_dir, info, model, tokenizer, PackedLoader(stream),
-                     cfg.data.batch_rows, cfg.data.packing.seq_len, run_config=cfg, stage="pretrain")
-    loop.resume(cfg.resume)
-    loop.fit()
+    trainer = Trainer(cfg.trainer, cfg.logging, run_dir, info, model, tokenizer, cfg.data.batch_rows, run_config=cfg)
+    stage = PackedBatches("pretrain", PackedLoader(stream), info, trainer.grad_accum, cfg.data.batch_rows,
+                          cfg.data.packing.seq_len)
+    trainer.fit(stage, cfg.resume)

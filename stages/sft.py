@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from data_pipelines.chat import ChatConfig, ChatDocuments
+from data_pipelines.chat import ChatConfig, ChatRenderer
 from data_pipelines.packing import PackingConfig
 from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.reader import PackedLoader, ReaderConfig, ShardStream
@@ -24,9 +24,10 @@ from data_pipelines.records import FORMATS, RecordShards
 from data_pipelines.tokenizer import load_tokenizer
 from trainer.checkpoint import Checkpointer
 from trainer.config import LoggingConfig, TrainerConfig
-from trainer.engine import DistInfo
-from trainer.loop import TrainLoop
+from trainer.distributed import DistInfo
+from trainer.loop import Trainer
 from trainer.model import ModelConfig, build_model
+from trainer.supervised import PackedBatches
 
 from .sft_eval import EvalConfig, SFTEvaluator
 
@@ -87,16 +88,16 @@ def run(cfg: SFTConfig, run_dir: Path, info: DistInfo) -> None:
     model_cfg = dataclasses.replace(cfg.model, init=resolve_init(cfg.model.init, info))
     model = build_model(model_cfg, tokenizer)
     data = cfg.data
-    chat = ChatDocuments(tokenizer, VisionProcessor(cfg.processor), data.chat)
+    chat = ChatRenderer(tokenizer, VisionProcessor(cfg.processor), data.chat)
     train = RecordShards(data.train, data.records_per_shard, data.shuffle_shards, data.seed, data.format,
                          data.image_root)
     stream = ShardStream(data, chat, chat.special.eos, info.rank, info.world_size, source=train)
-    loop = TrainLoop(cfg.trainer, cfg.logging, run_dir, info, model, tokenizer, PackedLoader(stream),
-                     data.batch_rows, data.packing.seq_len, run_config=cfg, stage="sft")
-    loop.resume(cfg.resume)
+    trainer = Trainer(cfg.trainer, cfg.logging, run_dir, info, model, tokenizer, data.batch_rows, run_config=cfg)
     evaluate = None
     if cfg.eval.every:
         held_out = RecordShards(data.eval, data.records_per_shard, shuffle=False, fmt=data.format,
                                 image_root=data.image_root, limit=cfg.eval.max_records)
-        evaluate = SFTEvaluator(cfg.eval, held_out, data.packing, data.batch_rows, chat, loop.engine, info)
-    loop.fit(evaluate, cfg.eval.every)
+        evaluate = SFTEvaluator(cfg.eval, held_out, data.packing, data.batch_rows, chat, trainer.ds, info)
+    stage = PackedBatches("sft", PackedLoader(stream), info, trainer.grad_accum, data.batch_rows, data.packing.seq_len,
+                          evaluate, cfg.eval.every)
+    trainer.fit(stage, cfg.resume)

@@ -20,12 +20,12 @@ import torch.distributed as dist
 
 from data_pipelines.answer_format import format_violation
 from data_pipelines.batch import IGNORE_INDEX, Batch, collate_rows
-from data_pipelines.chat import ChatDocuments
+from data_pipelines.chat import ChatRenderer
 from data_pipelines.document import Document
 from data_pipelines.packing import Packer, PackingConfig
 from data_pipelines.processor import BadSample
 from data_pipelines.records import RecordShards
-from trainer.engine import DistInfo, all_reduce_sum
+from trainer.distributed import DistInfo, all_reduce_sum
 from trainer.forward import UniformVisionForward
 from trainer.logging import log
 from trainer.loss import weighted_loss_sum
@@ -120,7 +120,7 @@ class SFTEvaluator:
     """Callable for `TrainLoop.fit(evaluate=...)`; every rank calls it, rank 0's metrics are logged."""
 
     def __init__(self, cfg: EvalConfig, source: RecordShards, packing: PackingConfig, batch_rows: int,
-                 chat: ChatDocuments, engine, info: DistInfo):
+                 chat: ChatRenderer, engine, info: DistInfo):
         """`source`: the held-out records (unshuffled, the first `cfg.max_records`)."""
         self.cfg, self.chat, self.engine, self.info = cfg, chat, engine, info
         self.pad_id = chat.special.eos

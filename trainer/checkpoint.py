@@ -2,10 +2,10 @@
 
 Layout of `<run_dir>/checkpoints/step_<N>/`:
     hf/                  safetensors + config + tokenizer + processor files (transformers/vLLM load it)
-    state/               DeepSpeed engine checkpoint (ZeRO shards, optimizer states)
+    state/               DeepSpeed checkpoint (ZeRO shards, optimizer states)
     rank_<r>.pt          per-rank RNG states (weights_only-loadable)
-    rank_<r>.json        per-rank client state: data reader position, stage extras
-    trainer_state.json   step, tokens seen, world size, ...
+    rank_<r>.json        per-rank stage state: data reader position or RL sampler
+    trainer_state.json   step, the stage's progress counters (tokens, samples), world size
     COMPLETE             written last; a directory without it is never resumed from
 `checkpoints/latest` names the newest complete step. Everything is written into `step_<N>.tmp/`
 and renamed once all ranks are done, so a run killed mid-save resumes from the previous step.
@@ -18,15 +18,17 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from transformers import PreTrainedTokenizerBase
+
 from . import faults
-from .engine import DistInfo
+from .distributed import DistInfo
+from .model import save_hf_checkpoint
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -79,14 +81,25 @@ class Checkpointer:
         steps = self.complete_steps()
         return self.root / f"step_{steps[-1]}" if steps else None
 
+    def resume_point(self, resume: str) -> Path | None:
+        """`auto`: the latest complete checkpoint if any; `never`: none; else a checkpoint dir."""
+        if resume == "never":
+            return None
+        if resume == "auto":
+            return self.latest()
+        path = Path(resume)
+        if not (path / "COMPLETE").exists():
+            raise FileNotFoundError(f"resume={resume}: not a complete checkpoint directory")
+        return path
+
     # -- saving --------------------------------------------------------------------------------
     def save(
         self,
         step: int,
-        engine,
+        ds,
         trainer_state: dict[str, Any],
         client_state: dict[str, Any],
-        export_hf: Callable[[Any, Path], None],
+        tokenizer: PreTrainedTokenizerBase,
     ) -> Path:
         """Collective: every rank calls it. Returns the final directory."""
         final = self.root / f"step_{step}"
@@ -95,8 +108,8 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that was killed
             tmp.mkdir(parents=True)
         dist.barrier()
-        engine.save_checkpoint(str(tmp / "state"), tag="zero", save_latest=False)
-        export_hf(engine, tmp / "hf")
+        ds.save_checkpoint(str(tmp / "state"), tag="zero", save_latest=False)
+        export_hf(ds, tokenizer, tmp / "hf", self.info)
         torch.save(_rng_state(), tmp / f"rank_{self.info.rank}.pt")
         _write_json(tmp / f"rank_{self.info.rank}.json", client_state)
         faults.maybe_kill("save", step)
@@ -116,8 +129,8 @@ class Checkpointer:
         return final
 
     # -- loading -------------------------------------------------------------------------------
-    def load(self, path: Path, engine) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Restore engine, RNG; return (trainer_state, this rank's client state)."""
+    def load(self, path: Path, ds) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Restore the DeepSpeed model and optimizer, RNG; return (trainer_state, this rank's client state)."""
         if not (path / "COMPLETE").exists():
             raise FileNotFoundError(f"{path} is not a complete checkpoint (no COMPLETE marker)")
         trainer_state = json.loads((path / "trainer_state.json").read_text())
@@ -129,9 +142,22 @@ class Checkpointer:
                 "To continue with another size, start a new run from its weights: "
                 f"model.init={path / 'hf'} (fresh optimizer), see docs/training.md."
             )
-        engine.load_checkpoint(
+        ds.load_checkpoint(
             str(path / "state"), tag="zero", load_optimizer_states=True, load_lr_scheduler_states=False
         )
         _set_rng_state(torch.load(path / f"rank_{self.info.rank}.pt", weights_only=True))
         client_state = json.loads((path / f"rank_{self.info.rank}.json").read_text())
         return trainer_state, client_state
+
+
+def export_hf(ds, tokenizer: PreTrainedTokenizerBase, out_dir: Path, info: DistInfo) -> None:
+    """Collective: gather the full weights (ZeRO-3 shards) on rank 0 and write an HF directory."""
+    model = ds.module.model  # ds.module is the training-forward wrapper
+    if ds.zero_optimization_partition_weights():
+        state_dict = ds._zero3_consolidated_16bit_state_dict()
+    else:
+        state_dict = ds.module.state_dict() if info.is_main else None
+    if info.is_main:
+        state_dict = {k.removeprefix("model."): v.detach().to("cpu") for k, v in state_dict.items()}
+        save_hf_checkpoint(model, tokenizer, out_dir, state_dict=state_dict)
+    dist.barrier()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -31,7 +32,11 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 1000
-    grad_accum: int = 1  # micro-batches per optimizer step on each rank
+    # Rows per optimizer step over all ranks (packed rows of data.packing.seq_len; RL: responses).
+    # Set, it fixes the batch whatever the GPU count: accumulation = global_batch / (micro rows x
+    # world size), an error when that does not divide. Unset, `grad_accum` is used as given.
+    global_batch: Optional[int] = None
+    grad_accum: Optional[int] = None  # micro-batches per optimizer step on each rank (default 1)
     clip_grad_norm: float = 1.0  # 0 disables clipping
     zero_stage: int = 3
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
@@ -46,8 +51,11 @@ class TrainerConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.grad_accum < 1 or self.save_every < 1 or self.log_every < 1:
-            raise ValueError("trainer: max_steps, grad_accum, save_every, log_every must be >= 1")
+        if self.max_steps < 1 or self.save_every < 1 or self.log_every < 1:
+            raise ValueError("trainer: max_steps, save_every, log_every must be >= 1")
+        if (self.grad_accum is not None and self.grad_accum < 1) or (self.global_batch is not None
+                                                                    and self.global_batch < 1):
+            raise ValueError("trainer: grad_accum and global_batch must be >= 1 when set")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"trainer.zero_stage must be 0..3, got {self.zero_stage}")
         if self.precision not in PRECISIONS:
@@ -56,6 +64,21 @@ class TrainerConfig:
             raise ValueError("trainer.keep_last must be >= 1")
         if self.freeze_vision and self.freeze_language:
             raise ValueError("trainer: freezing both the vision tower and the language model leaves nothing to train")
+
+    def accumulation(self, micro_rows: int, world_size: int) -> int:
+        """Micro-batches per rank per optimizer step: from `global_batch` when set (it must divide by
+        micro rows x world size, and agree with `grad_accum` if that is set too), else `grad_accum`."""
+        if self.global_batch is None:
+            return self.grad_accum or 1
+        per_pass = micro_rows * world_size
+        if self.global_batch % per_pass:
+            raise ValueError(f"trainer.global_batch={self.global_batch} is not a multiple of micro rows ({micro_rows}) "
+                             f"x world size ({world_size}) = {per_pass}: change the batch, the rows or the GPU count")
+        derived = self.global_batch // per_pass
+        if self.grad_accum is not None and self.grad_accum != derived:
+            raise ValueError(f"trainer.grad_accum={self.grad_accum} contradicts trainer.global_batch="
+                             f"{self.global_batch} ({micro_rows} rows x {world_size} ranks -> {derived}): set one")
+        return derived
 
 
 @dataclass

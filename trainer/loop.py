@@ -1,8 +1,19 @@
-"""The optimizer-step loop of the supervised stages (pretraining, SFT).
+"""The one training loop of every stage: pretraining, SFT and RL.
 
-One step: take `grad_accum` packed micro-batches on every rank, count the global loss weight,
-forward/backward each (scaled so the update is the global weighted mean), step, log, save.
-Stages hand it a model, a stateful loader and, optionally, an evaluation callback.
+    Trainer.fit(stage)
+      resume (DeepSpeed state, RNG, the stage's state)     -> checkpoint.py
+      each step:
+        plan = stage.plan(step)       this rank's micro-batches, grouped into optimizer updates,
+                                      each with the global normaliser of its objective
+        for each update:              forward -> loss sum -> / global normaliser -> backward,
+                                      then clip + optimizer step (DeepSpeed)
+        stage.finish(record, ...)     what follows an update (RL: weight sync into the rollout engine)
+        evaluate / log / save         at their cadence; N non-finite steps in a row: save and stop
+
+A stage owns only what is its own: where micro-batches come from (a packed loader, RL rollouts),
+its loss, its state in the checkpoint, its evaluation. The update is the same for all: every
+micro-batch returns a *weighted sum* and is divided by the global normaliser, so the gradient does
+not depend on how the batch was split into micro-batches and ranks.
 """
 
 from __future__ import annotations
@@ -10,159 +21,185 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 from transformers import PreTrainedTokenizerBase
-
-from data_pipelines.batch import Batch
 
 from . import faults
 from .checkpoint import Checkpointer
 from .config import LoggingConfig, TrainerConfig
-from .engine import DistInfo, all_reduce_sum, build_engine, lr_at, set_lr
+from .distributed import DistInfo, all_reduce_sum
 from .logging import MetricsLogger, log
-from .loss import weighted_loss_sum
+from .lr_schedule import lr_at, set_lr
 from .model import count_parameters
-from .run import export_hf, resume_point
-
-
-class StatefulLoader(Protocol):
-    def __iter__(self): ...
-    def state_dict(self) -> dict: ...
-    def load_state_dict(self, state: dict) -> None: ...
-    def stats(self) -> dict: ...
+from .zero import wrap_deepspeed
 
 
 class NonFiniteLossError(RuntimeError):
     pass
 
 
-class TrainLoop:
-    def __init__(
-        self,
-        cfg: TrainerConfig,
-        logging_cfg: LoggingConfig,
-        run_dir: Path,
-        info: DistInfo,
-        model: torch.nn.Module,
-        tokenizer: PreTrainedTokenizerBase,
-        loader: StatefulLoader,
-        rows_per_micro_batch: int,
-        seq_len: int,
-        run_config: Any = None,
-        stage: str = "train",
-    ):
-        self.cfg, self.info, self.run_dir = cfg, info, run_dir
-        self.tokenizer, self.loader, self.stage = tokenizer, loader, stage
+@dataclass
+class Update:
+    """One optimizer step: this rank's micro-batches and the global normaliser of their objective.
+    Every rank holds the same number of micro-batches (ZeRO-3 runs collectives in each forward)."""
+
+    micro_batches: list[Any]
+    normaliser: float
+
+
+@dataclass
+class StepPlan:
+    updates: list[Update]  # empty: nothing to train this step (e.g. every RL group degenerate)
+    tokens: int  # real tokens trained on, over all ranks
+    metrics: dict[str, Any] = field(default_factory=dict)  # the stage's own, logged with the step
+
+
+@dataclass
+class UpdateResult:
+    loss: float  # the update's objective: global loss sum / normaliser
+    stats: list[float]  # the stage's extra sums (see Stage.loss), over all ranks
+    grad_norm: float
+
+
+class Stage(Protocol):
+    name: str
+    progress: dict[str, int]  # counters saved in trainer_state.json (tokens seen, samples trained)
+    evaluate: Callable[[], dict[str, Any]] | None  # every rank calls it; leaves no state behind
+    eval_every: int  # evaluate after every N steps and the last (0: only the last)
+    eval_at_start: bool  # also before the first step
+
+    def describe(self) -> str: ...
+    def plan(self, step: int) -> StepPlan: ...
+    def loss(self, ds, micro_batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weighted loss sum, 1-D tensor of extra sums to all-reduce, possibly empty)."""
+    def finish(self, record: dict[str, Any], results: list[UpdateResult]) -> None: ...
+    def log_stats(self) -> dict[str, Any]: ...  # collective: called on every rank at log time
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Trainer:
+    """The model under DeepSpeed, its checkpoints, and the loop."""
+
+    def __init__(self, cfg: TrainerConfig, logging_cfg: LoggingConfig, run_dir: Path, info: DistInfo,
+                 model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, micro_rows: int,
+                 managed_accumulation: bool = True, run_config: Any = None):
+        """`managed_accumulation`: DeepSpeed counts a fixed number of micro-batches per update
+        (supervised stages); False: the number varies per update and the trainer steps (RL)."""
+        self.cfg, self.logging_cfg, self.run_dir, self.info = cfg, logging_cfg, run_dir, info
+        self.tokenizer, self.run_config = tokenizer, run_config
         self.params = count_parameters(model)
-        self.engine = build_engine(model, cfg, rows_per_micro_batch, info)
+        self.grad_accum = cfg.accumulation(micro_rows, info.world_size) if managed_accumulation else 1
+        self.managed = managed_accumulation
+        self.ds = wrap_deepspeed(model, cfg, micro_rows, self.grad_accum, info, managed_accumulation)
         self.checkpoints = Checkpointer(run_dir, info, cfg.keep_last)
-        self.rows_per_step = rows_per_micro_batch * cfg.grad_accum * info.world_size
-        self.seq_len = seq_len
-        self.logging_cfg, self.run_config = logging_cfg, run_config
-        self.step, self.tokens_seen = 0, 0
+        self.step = 0
 
     @property
     def model(self) -> torch.nn.Module:
-        """The Glm4vForConditionalGeneration being trained (ZeRO-3 partitioned)."""
-        return self.engine.module.model
+        """The HF model being trained (ZeRO-3 partitioned)."""
+        return self.ds.module.model
 
-    def resume(self, resume: str) -> None:
-        start = resume_point(resume, self.checkpoints)
+    # -- checkpoints ---------------------------------------------------------------------------
+    def resume(self, stage: Stage, resume: str) -> None:
+        start = self.checkpoints.resume_point(resume)
         if start is None:
             return
-        state, client = self.checkpoints.load(start, self.engine)
-        self.step, self.tokens_seen = state["step"], state["tokens"]
-        self.loader.load_state_dict(client["data"])
+        state, stage_state = self.checkpoints.load(start, self.ds)
+        self.step = state["step"]
+        stage.progress.update({k: state[k] for k in stage.progress})
+        stage.load_state_dict(stage_state)
         log.info("resumed from %s at step %d", start, self.step)
 
-    def save(self) -> None:
-        trainer_state = {"step": self.step, "tokens": self.tokens_seen}
-        path = self.checkpoints.save(
-            self.step, self.engine, trainer_state, {"data": self.loader.state_dict()},
-            lambda engine, out: export_hf(engine, self.tokenizer, out, self.info),
-        )
-        log.info("saved %s (step %d, %.3g tokens)", path, self.step, self.tokens_seen)
+    def save(self, stage: Stage) -> None:
+        path = self.checkpoints.save(self.step, self.ds, {"step": self.step, **stage.progress},
+                                     stage.state_dict(), self.tokenizer)
+        log.info("saved %s (step %d, %s)", path, self.step, stage.progress)
 
-    def fit(self, evaluate: Callable[[], dict[str, Any]] | None = None, eval_every: int = 0) -> None:
-        """Train to max_steps; `evaluate()` runs on every rank after every `eval_every`-th step and
-        the last one, and its metrics join that step's line (it must leave no state behind)."""
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, stage: Stage, resume: str = "auto") -> None:
         cfg = self.cfg
-        log.info(
-            "%s: world %d, params %s, %d rows x %d tokens = %d token slots per step, steps %d -> %d",
-            self.stage, self.info.world_size, {k: f"{v / 1e6:.2f}M" for k, v in self.params.items()},
-            self.rows_per_step, self.seq_len, self.rows_per_step * self.seq_len, self.step, cfg.max_steps,
-        )
-        metrics = MetricsLogger(self.run_dir, self.logging_cfg, self.info.is_main, self.run_config,
-                                self.step, cfg.max_steps)
-        batches = iter(self.loader)
+        self.resume(stage, resume)
+        log.info("%s: world %d, params %s, %s, steps %d -> %d", stage.name, self.info.world_size,
+                 {k: f"{v / 1e6:.2f}M" for k, v in self.params.items()}, stage.describe(), self.step, cfg.max_steps)
+        metrics = MetricsLogger(self.run_dir, self.logging_cfg, self.info.is_main, self.run_config, self.step,
+                                cfg.max_steps)
         nonfinite_in_a_row = 0
         try:
+            if stage.evaluate is not None and stage.eval_at_start and self.step == 0:
+                metrics.log({"step": 0, **stage.evaluate()})
             while self.step < cfg.max_steps:
-                record = self._train_step([next(batches).to(self.info.device) for _ in range(cfg.grad_accum)])
+                record = self.train_step(stage)
+                last = self.step == cfg.max_steps
+                evaluated = stage.evaluate is not None and (
+                    last or (stage.eval_every > 0 and self.step % stage.eval_every == 0))
+                if evaluated:
+                    record.update(stage.evaluate())
                 finite = not record["nonfinite_skipped_step"]
-                if eval_every and evaluate is not None and (self.step % eval_every == 0 or self.step == cfg.max_steps):
-                    record.update(evaluate())
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps or not finite or "eval_loss" in record:
-                    record.update(self._data_stats())
+                if self.step % cfg.log_every == 0 or last or not finite or evaluated:
+                    record.update(stage.log_stats())
                     metrics.log(record)
                 nonfinite_in_a_row = 0 if finite else nonfinite_in_a_row + 1
                 if not finite:
                     log.warning("step %d: non-finite loss or grad norm (%s, %s): update skipped",
                                 self.step, record["loss"], record["grad_norm"])
                 if nonfinite_in_a_row >= cfg.max_consecutive_nonfinite:
-                    self.save()
+                    self.save(stage)
                     raise NonFiniteLossError(
                         f"{nonfinite_in_a_row} non-finite steps in a row (last at step {self.step}); "
                         f"checkpoint saved under {self.checkpoints.root}. Lower the LR or inspect the data."
                     )
-                if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
-                    self.save()
+                if self.step % cfg.save_every == 0 or last:
+                    self.save(stage)
         finally:
             metrics.close()
 
-    def _train_step(self, micro: list[Batch]) -> dict[str, Any]:
-        cfg, engine, world = self.cfg, self.engine, self.info.world_size
+    def train_step(self, stage: Stage) -> dict[str, Any]:
         started = time.perf_counter()
-        # Global loss weight of this step, so each micro-batch's gradient is its share of the mean.
-        local = torch.tensor([float(sum(b.label_weights.sum() for b in micro)),
-                              float(sum(b.num_tokens for b in micro))], device=self.info.device)
-        weight_total, step_tokens = all_reduce_sum(local).tolist()
-        lr = lr_at(self.step, cfg.max_steps, cfg.optim)
-        set_lr(engine, lr)
-        loss_sum = torch.zeros((), device=self.info.device)
-        for i, batch in enumerate(micro):
-            weighted, _ = weighted_loss_sum(engine, batch)
-            if faults.nan_loss(self.step + 1):
-                weighted = weighted * float("nan")
-            # DeepSpeed divides by grad_accum and averages over ranks; undo both.
-            engine.backward(weighted / max(weight_total, 1e-12) * cfg.grad_accum * world)
-            if i == len(micro) - 1:
-                faults.maybe_kill("step", self.step + 1)
-            engine.step()  # updates only at the accumulation boundary
-            loss_sum += weighted.detach()
+        lr = lr_at(self.step, self.cfg.max_steps, self.cfg.optim)
+        plan = stage.plan(self.step)
+        update_started = time.perf_counter()
+        set_lr(self.ds.optimizer, lr)
+        results = [self._update(stage, update, last=i == len(plan.updates) - 1)
+                   for i, update in enumerate(plan.updates)]
         self.step += 1
-        self.tokens_seen += int(step_tokens)
-        loss = all_reduce_sum(loss_sum).item() / max(weight_total, 1e-12)
-        grad_norm = engine.get_global_grad_norm()
-        grad_norm = float("nan") if grad_norm is None else float(grad_norm)
+        record: dict[str, Any] = {"step": self.step, "lr": lr, **plan.metrics}
+        record["time/update_s"] = time.perf_counter() - update_started
+        record["loss"] = sum(r.loss for r in results) / len(results) if results else 0.0
+        record["grad_norm"] = results[-1].grad_norm if results else 0.0
+        stage.finish(record, results)
         elapsed = time.perf_counter() - started
-        return {
-            "step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-            "tokens": self.tokens_seen, "tokens_per_s": step_tokens / elapsed, "step_time_s": elapsed,
-            "packing_efficiency": step_tokens / (self.rows_per_step * self.seq_len),
-            "nonfinite_skipped_step": not (math.isfinite(loss) and math.isfinite(grad_norm)),
-        }
+        record.update(step_time_s=elapsed, tokens_per_s=plan.tokens / elapsed,
+                      nonfinite_skipped_step=not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])))
+        return record
 
-    def _data_stats(self) -> dict[str, Any]:
-        """Data counters summed over ranks (each rank reads its own streams)."""
-        everyone: list = [None] * self.info.world_size
-        dist.all_gather_object(everyone, self.loader.stats())
-        skipped: dict[str, int] = {}
-        for stats in everyone:
-            for reason, n in stats["skipped"].items():
-                skipped[reason] = skipped.get(reason, 0) + n
-        return {"skipped": skipped, "documents": sum(s.get("documents", 0) for s in everyone)}
+    def _update(self, stage: Stage, update: Update, last: bool) -> UpdateResult:
+        """Accumulate the micro-batches' gradients, each its share of the global objective; step."""
+        if not update.micro_batches:  # nothing to learn from on any rank (e.g. zero advantages)
+            return UpdateResult(0.0, [], 0.0)
+        # DeepSpeed divides each backward by its accumulation steps and averages over ranks:
+        # undo both, so the update follows the global loss sum / normaliser.
+        sums = None
+        for i, micro in enumerate(update.micro_batches):
+            loss, stats = stage.loss(self.ds, micro)
+            if faults.nan_loss(self.step + 1):
+                loss = loss * float("nan")
+            self.ds.backward(loss / max(update.normaliser, 1e-12) * self.grad_accum * self.info.world_size)
+            part = torch.cat([loss.detach().reshape(1), stats])
+            sums = (torch.zeros_like(part) if sums is None else sums) + part
+            if self.managed:  # DeepSpeed counts micro-batches and steps only at its boundary
+                if last and i == len(update.micro_batches) - 1:
+                    faults.maybe_kill("step", self.step + 1)
+                self.ds.step()
+        if not self.managed:
+            if last:
+                faults.maybe_kill("step", self.step + 1)
+            self.ds.step()
+        loss_sum, *stats = all_reduce_sum(sums).tolist()
+        grad_norm = self.ds.get_global_grad_norm()
+        return UpdateResult(loss_sum / max(update.normaliser, 1e-12), stats,
+                            float("nan") if grad_norm is None else float(grad_norm))

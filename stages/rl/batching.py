@@ -1,29 +1,38 @@
-"""Trained responses -> per-rank packed micro-steps.
+"""Trained groups -> optimizer updates of per-rank packed micro-steps.
 
 After rollout every rank knows every kept response (they are all-gathered), so each computes the
-same plan without further communication: responses are dealt to ranks longest first, each to the
-rank with the fewest tokens so far (sequence-length balancing), and a rank packs its own into
-rows of at most `micro_tokens` (first-fit decreasing: few micro-steps). Each micro-step is one
-packed row; its tokens carry their response's advantage and the engine's log-probs.
+same plan: the kept groups are dealt round-robin to `mini_batches` updates; within an update,
+responses are dealt to ranks longest first, each to the rank with the fewest tokens so far
+(sequence-length balancing), and a rank packs its own into rows of at most `micro_tokens`
+(first-fit decreasing: few micro-steps). Each micro-step is one packed row; its tokens carry their
+response's advantage and the engine's log-probs. Ranks with fewer rows get empty ones (ZeRO-3
+needs every rank to run the same forwards and backwards).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from data_pipelines.batch import Batch, collate_rows
 from data_pipelines.document import Document
 from data_pipelines.prompts import EncodedPrompt, rollout_document
+from trainer.distributed import DistInfo
+from trainer.loop import Update
 
-from .loss import token_weight
+from .advantages import group_advantages
+from .config import RLConfig
+from .groups import GroupResult
+from .loss import sample_normaliser, token_weight
 from .rollout.base import Completion
 
 
 @dataclass
 class TrainSample:
-    group: int  # position of its prompt in the step's prompt list
+    slot: int  # its prompt's place in the step's draw
     index: int  # which response of the group
     advantage: float
     prompt_len: int
@@ -85,8 +94,8 @@ def sample_document(sample: TrainSample, prompt: EncodedPrompt, averaging: str) 
 
 def micro_batch(samples: list[TrainSample], prompts: dict[int, EncodedPrompt], averaging: str,
                 pad_id: int, spatial_merge_size: int = 2) -> PolicyMicroBatch:
-    """One packed row of samples; padding is rounded up to a multiple of 8 tokens."""
-    docs = [sample_document(s, prompts[s.group], averaging) for s in samples]
+    """One packed row of samples (`prompts` by slot); padding is rounded up to a multiple of 8 tokens."""
+    docs = [sample_document(s, prompts[s.slot], averaging) for s in samples]
     length = sum(len(d) for d in docs)
     batch = collate_rows([docs], -(-length // 8) * 8, pad_id, spatial_merge_size)
     advantages = torch.zeros(batch.labels.shape, dtype=torch.float32)
@@ -111,3 +120,35 @@ def dummy_micro_batch(pad_id: int) -> PolicyMicroBatch:
                    torch.zeros(8, dtype=torch.bool))
     batch = collate_rows([[doc]], 8, pad_id)
     return PolicyMicroBatch(batch, torch.zeros(1, 8), torch.full((1, 8), float("nan")))
+
+
+def rank_rows(samples: list[TrainSample], info: DistInfo, micro_tokens: int) -> list[list[TrainSample]]:
+    """This rank's micro-steps: samples balanced over ranks by length, packed into rows."""
+    owner = balance_ranks([len(s) for s in samples], info.world_size)
+    mine = [s for s, rank in zip(samples, owner) if rank == info.rank]
+    rows = first_fit_decreasing([len(s) for s in mine], micro_tokens)
+    return [[mine[i] for i in sorted(row)] for row in rows]
+
+
+def plan_updates(groups: list[GroupResult], cfg: RLConfig, info: DistInfo, prompt_at: Callable[[int], EncodedPrompt],
+                 pad_id: int) -> list[Update]:
+    """The step's `mini_batches` updates over the kept groups, each with its global normaliser
+    (responses or trained tokens, zero-advantage ones included)."""
+    pol = cfg.policy
+    rewards = torch.tensor([g.rewards for g in groups], dtype=torch.float64)
+    advantages = group_advantages(rewards, pol.advantage_scale, pol.advantage_eps).tolist()
+    updates = []
+    for first in range(cfg.batch.mini_batches):
+        chunk = list(zip(groups, advantages))[first :: cfg.batch.mini_batches]
+        samples = [TrainSample(g.slot, j, adv[j], g.prompt_len, c) for g, adv in chunk for j, c in enumerate(g.completions)]
+        normaliser = sample_normaliser(len(samples), sum(s.trained_tokens for s in samples), pol.averaging)
+        # Zero-advantage responses add nothing to the gradient (no KL, no entropy): they count in
+        # the normaliser, their compute is skipped.
+        rows = rank_rows([s for s in samples if s.advantage != 0.0], info, cfg.batch.micro_tokens)
+        most = torch.tensor([len(rows)], device=info.device)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        prompts = {s.slot: prompt_at(s.slot) for row in rows for s in row}
+        batches = [micro_batch(row, prompts, pol.averaging, pad_id, cfg.processor.merge_size) for row in rows]
+        batches += [dummy_micro_batch(pad_id) for _ in range(int(most.item()) - len(rows))]
+        updates.append(Update([b.to(info.device) for b in batches], normaliser))
+    return updates

@@ -61,6 +61,14 @@ class RLConfig:
     resume: str = "auto"
 
     def __post_init__(self) -> None:
+        responses = self.batch.prompts_per_step * self.rollout.group_size
+        if self.trainer.global_batch is not None and self.trainer.global_batch * self.batch.mini_batches != responses:
+            raise ValueError(f"trainer.global_batch={self.trainer.global_batch} responses per optimizer step, but "
+                             f"batch.prompts_per_step x rollout.group_size / batch.mini_batches = {responses} / "
+                             f"{self.batch.mini_batches}")
+        if self.trainer.grad_accum not in (None, 1):
+            raise ValueError("trainer.grad_accum does not apply to RL (micro-steps are packed per update): "
+                             "use batch.mini_batches and batch.micro_tokens")
         longest = self.data.max_prompt_tokens + self.rollout.max_new_tokens + self.rollout.forced_answer_tokens + 2
         if self.batch.micro_tokens < longest:
             raise ValueError(f"batch.micro_tokens={self.batch.micro_tokens} cannot hold the longest sample "

@@ -13,6 +13,10 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_pipelines.prompts import PromptRecord, read_sidecar
+from trainer.logging import log
 
 TIERS = ("very_easy", "easy", "medium", "hard", "very_hard")
 
@@ -232,7 +236,6 @@ class CurriculumSampler:
         self.online: dict[int, list[float]] = {}
         self.excluded: set[int] = set()  # prompts that failed to encode (bad image, too long)
         self.expansion_ema = 1.0
-        self.last_expansion = 1.0
 
     # -- pass rates and tiers ------------------------------------------------------------------
     def pass_rate(self, index: int) -> float | None:
@@ -308,7 +311,6 @@ class CurriculumSampler:
         if self.cfg.enabled and self.cfg.expansion:
             decay = self.cfg.expansion_ema_decay
             self.expansion_ema = decay * self.expansion_ema + (1 - decay) * raw
-        self.last_expansion = raw
         return {"expansion_raw": raw, "expansion_ema": self.expansion_ema, "degenerate_fraction_rollout": frac}
 
     def select(self, groups: Sequence[GroupOutcome], keep: int) -> list[int]:
@@ -342,7 +344,6 @@ class CurriculumSampler:
             "online": {self.prompts[i].id: c for i, c in sorted(self.online.items())},
             "excluded": sorted(self.prompts[i].id for i in self.excluded),
             "expansion_ema": self.expansion_ema,
-            "last_expansion": self.last_expansion,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -353,4 +354,16 @@ class CurriculumSampler:
         self.online = {index[k]: list(v) for k, v in state["online"].items() if k in index}
         self.excluded = {index[k] for k in state["excluded"] if k in index}
         self.expansion_ema = float(state["expansion_ema"])
-        self.last_expansion = float(state["last_expansion"])
+
+
+def sampler_for(records: Sequence[PromptRecord], cfg: CurriculumConfig, sidecar: str | Path, seed: int,
+                total_steps: int) -> CurriculumSampler:
+    """The run's sampler over `records`, with the offline grades of the difficulty sidecar."""
+    graded = read_sidecar(sidecar)
+    # The human label: the record's, else the one grading carried into the sidecar.
+    meta = [PromptMeta(r.id, r.domain, r.difficulty if r.difficulty is not None
+                       else getattr(graded.get(r.id), "human", None)) for r in records]
+    offline = {k: (e.passes, e.samples) for k, e in graded.items()}
+    log.info("%d prompts, %d with offline grades (%s)", len(records), len(offline.keys() & {m.id for m in meta}),
+             sidecar)
+    return CurriculumSampler(meta, cfg, seed, offline, total_steps)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from data_pipelines.chat import ChatRenderer
 from data_pipelines.processor import BadSample, ProcessorConfig, VisionProcessor
 from data_pipelines.prompts import (
     DifficultyEntry,
@@ -29,7 +30,7 @@ from data_pipelines.prompts import (
 )
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from stages.rl.rewards import RewardConfig, RewardItem
-from trainer.engine import DistInfo
+from trainer.distributed import DistInfo
 from trainer.logging import log
 from trainer.model import ModelConfig
 
@@ -71,7 +72,7 @@ def grade(cfg: GradeConfig, info: DistInfo) -> dict[str, int]:
     log.info("grading %d of %d prompts (k=%d) with %s -> %s", len(todo), len(records), cfg.k, grader, out)
     tokenizer = load_tokenizer(hf_dir)
     special = SpecialTokens.from_tokenizer(tokenizer)
-    processor = VisionProcessor(cfg.processor)
+    renderer = ChatRenderer(tokenizer, VisionProcessor(cfg.processor))
     image_root = cfg.data.image_root or str(Path(cfg.data.path).resolve().parent)
     engine = build_rollout_engine(cfg.rollout, hf_dir, special, cfg.model, info, cfg.rollout.seed)
     scorer = Scorer(cfg.rewards)
@@ -82,7 +83,7 @@ def grade(cfg: GradeConfig, info: DistInfo) -> dict[str, int]:
             chunk, prompts = [], []
             for i, record in todo[start : start + cfg.chunk_prompts]:
                 try:
-                    prompt = encode_prompt_record(record, tokenizer, processor, image_root, cfg.data.system_prompt)
+                    prompt = encode_prompt_record(record, renderer, image_root, cfg.data.system_prompt)
                     if len(prompt) > cfg.data.max_prompt_tokens:
                         raise PromptRecordError("prompt_too_long", record.id)
                 except (BadSample, PromptRecordError) as err:

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from trainer.engine import DistInfo
+from trainer.distributed import DistInfo
 
 from .rollout.base import RolloutEngine
 

@@ -10,9 +10,9 @@ from PIL import Image
 
 from data_pipelines import answer_format
 from data_pipelines.batch import IGNORE_INDEX, collate_rows
-from data_pipelines.chat import BadResponseFormat, ChatConfig, ChatDocuments, MalformedChat, MissingMedia
+from data_pipelines.chat import BadResponseFormat, ChatConfig, ChatRenderer, MalformedChat, MissingMedia
 from data_pipelines.processor import AspectRatioError, ProcessorConfig, VisionProcessor
-from data_pipelines.prompting import encode_prompt
+from data_pipelines.chat import encode_prompt
 from data_pipelines.tokenizer import build_tiny_tokenizer
 
 R1 = "<think>I count them: one, two.</think><answer>There are <|begin_of_box|>2<|end_of_box|> circles.</answer>"
@@ -33,7 +33,7 @@ def processor():
 
 @pytest.fixture(scope="module")
 def chat(tok, processor):
-    return ChatDocuments(tok, processor)
+    return ChatRenderer(tok, processor)
 
 
 def image(w: int, h: int, colour=(200, 30, 30)) -> Image.Image:
@@ -83,14 +83,14 @@ def test_multi_turn_history_keeps_only_answers_and_only_chosen_turns_carry_loss(
         {"role": "assistant", "content": R1},
         user("And the colour of the square?"),
         {"role": "assistant", "content": R2}]}
-    last = ChatDocuments(tok, processor).document(record, key="mt")
+    last = ChatRenderer(tok, processor).document(record, key="mt")
     check_invariants(last)
     text = tok.decode(last.input_ids, skip_special_tokens=False)
     answer1 = R1.split("</think>")[1]
     assert "I count them" not in text and answer1 in text  # earlier thinking stripped from history
     assert targets(tok, last) == R2 + EOS
 
-    every = ChatDocuments(tok, processor, ChatConfig(train_turns="all")).document(record, key="mt")
+    every = ChatRenderer(tok, processor, ChatConfig(train_turns="all")).document(record, key="mt")
     check_invariants(every)
     assert torch.equal(every.input_ids, last.input_ids)  # same tokens, more targets
     # The earlier turn is trained as it appears in history, and ends at the next role marker.
@@ -119,7 +119,7 @@ def test_multi_image_and_video_expand_in_order_and_carry_no_loss(tok, processor,
     assert doc.videos[0].grid_thw.tolist() == [2, 4, 4]  # 4 frames at 2 fps -> 2 frame pairs
     assert int((doc.mm_token_type_ids == 1).sum()) == first.num_tokens + second.num_tokens
     assert int((doc.mm_token_type_ids == 2).sum()) == 2 * 4
-    # Same as the inference prompt built by prompting.encode_prompt, video timestamps included.
+    # Same as the inference prompt built by chat.encode_prompt, video timestamps included.
     reference = encode_prompt(record["messages"][:-1], tok, processor,
                               images=[image(112, 56), image(56, 112, (0, 0, 200))],
                               videos=[([tmp_path / f for f in frames], 2.0)])
@@ -166,10 +166,10 @@ def test_bad_format_is_skipped_by_default_or_kept_on_request(tok, processor, cha
     with pytest.raises(BadResponseFormat) as err:
         chat(record)
     assert err.value.reason == "bad_format"
-    kept = ChatDocuments(tok, processor, ChatConfig(skip_bad_format=False))(record)
+    kept = ChatRenderer(tok, processor, ChatConfig(skip_bad_format=False))(record)
     assert targets(tok, kept) == response + EOS
     if problem == "no_box":  # answers without a box pass when boxes are not required
-        no_box = ChatDocuments(tok, processor, ChatConfig(require_box=False))
+        no_box = ChatRenderer(tok, processor, ChatConfig(require_box=False))
         assert targets(tok, no_box(record)) == response + EOS
 
 

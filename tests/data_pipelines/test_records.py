@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from data_pipelines.chat import ChatDocuments
+from data_pipelines.chat import ChatRenderer
 from data_pipelines.packing import PackingConfig
 from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.reader import PackedLoader, ReaderConfig, ShardStream
@@ -25,7 +25,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def chat(tokenizer):
-    return ChatDocuments(tokenizer, VisionProcessor(ProcessorConfig(max_pixels=112 * 112 * 2)))
+    return ChatRenderer(tokenizer, VisionProcessor(ProcessorConfig(max_pixels=112 * 112 * 2)))
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from data_pipelines.batch import collate_rows
 from data_pipelines.processor import VisionProcessor
+from data_pipelines.chat import ChatRenderer
 from data_pipelines.prompts import encode_prompt_record, load_prompt_records, rollout_document
 from data_pipelines.synthetic import make_rl_task_records, rl_task_response
 from data_pipelines.tokenizer import SpecialTokens, build_tiny_tokenizer
@@ -38,11 +39,11 @@ def warm_start(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data:
                lr: float = 3e-3, batch: int = 32, seed: int = 0) -> None:
     """Supervised steps on the task's well-formed responses (plain AdamW, packed rows)."""
     special = SpecialTokens.from_tokenizer(tokenizer)
-    processor = VisionProcessor()
+    renderer = ChatRenderer(tokenizer, VisionProcessor())
     records, _ = load_prompt_records(data)
     docs = []
     for r in records:
-        prompt = encode_prompt_record(r, tokenizer, processor)
+        prompt = encode_prompt_record(r, renderer)
         response = tokenizer.encode(rl_task_response(r.domain, r.answer), add_special_tokens=False) + [special.eos]
         docs.append(rollout_document(prompt, response, [True] * len(response), r.id))
     forward = wrap_forward(model).train()

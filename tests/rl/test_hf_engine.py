@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from data_pipelines.processor import VisionProcessor
+from data_pipelines.chat import ChatRenderer
 from data_pipelines.prompts import encode_prompt_record, parse_record
 from data_pipelines.tokenizer import SpecialTokens
 from stages.rl.rollout.base import GenerationRequest, SamplingSpec
@@ -29,7 +30,7 @@ def setup(tmp_path_factory):
     raw = [{"id": "a", "domain": "counting", "images": ["a.png"], "question": "How many squares?", "answer": 1},
            {"id": "b", "domain": "counting", "images": ["b.png", "a.png"], "question": "Which is blue?", "answer": 1},
            {"id": "c", "domain": "counting", "question": "Largest number: 3 1 2 and some more words", "answer": 3}]
-    prompts = [encode_prompt_record(parse_record(r), tok, VisionProcessor(), image_root=root) for r in raw]
+    prompts = [encode_prompt_record(parse_record(r), ChatRenderer(tok, VisionProcessor()), image_root=root) for r in raw]
     return model, tok, prompts
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from data_pipelines.processor import VisionProcessor
+from data_pipelines.chat import ChatRenderer
 from data_pipelines.prompts import PromptRecord, encode_prompt_record
 from stages.rl.advantages import group_advantages
 from stages.rl.batching import TrainSample, balance_ranks, first_fit_decreasing, micro_batch
@@ -83,7 +84,7 @@ def test_packed_micro_steps_equal_the_full_batch_gradient(text_only, averaging):
     for i, (q, n) in enumerate([("Largest number: 3 1", 5), ("Count a in: a b a", 9), ("Largest number: 7", 3),
                                 ("Count c in: c", 12), ("Largest number: 9 9 2", 7)]):
         prompts[i] = encode_prompt_record(PromptRecord(f"p{i}", "max", [{"role": "user", "content": q}], "1"),
-                                          tok, processor)
+                                          ChatRenderer(tok, processor))
         ids = torch.randint(30, 1500, (n,), generator=g).tolist()
         mask = [True] * n
         mask[1] = False  # an inserted token (forced answer) in every response

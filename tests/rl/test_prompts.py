@@ -11,6 +11,7 @@ from PIL import Image
 
 from data_pipelines.batch import IGNORE_INDEX
 from data_pipelines.processor import VisionProcessor
+from data_pipelines.chat import ChatRenderer
 from data_pipelines.prompts import (
     DifficultyEntry,
     append_sidecar,
@@ -64,7 +65,7 @@ def test_encoding_expands_images_and_keeps_raw_ids_for_vllm(tok, tmp_path):
     Image.new("RGB", (112, 168), (200, 30, 30)).save(tmp_path / "a.png")
     record = parse_record({"id": "q", "domain": "counting", "images": ["a.png"], "question": "How many?",
                            "answer": 1})
-    prompt = encode_prompt_record(record, tok, VisionProcessor(), image_root=tmp_path, system_prompt="Be brief.")
+    prompt = encode_prompt_record(record, ChatRenderer(tok, VisionProcessor()), image_root=tmp_path, system_prompt="Be brief.")
     sp = SpecialTokens.from_tokenizer(tok)
     n = 4 * 6  # 112x168 px -> 8x12 patches -> 4x6 merged tokens
     assert prompt.input_ids.count(sp.image) == n and prompt.raw_ids.count(sp.image) == 1
@@ -111,7 +112,7 @@ class ScriptedEngine(RolloutEngine):
 def test_forced_answer_is_inserted_and_masked(tok):
     sp = SpecialTokens.from_tokenizer(tok)
     record = parse_record({"id": "q", "domain": "counting", "question": "How many?", "answer": 2})
-    prompt = encode_prompt_record(record, tok, VisionProcessor())
+    prompt = encode_prompt_record(record, ChatRenderer(tok, VisionProcessor()))
     thinking = [sp.think_start, 100, 101, 102]  # hit the cap inside <think>
     done = [sp.think_start, 100, sp.think_end, sp.answer_start, 50, sp.answer_end, sp.eos]
     answered_late = [sp.think_start, 100, sp.think_end, sp.answer_start]  # cap, but no longer thinking
@@ -143,8 +144,8 @@ def test_forced_answer_is_inserted_and_masked(tok):
 
 def test_forced_answer_off_leaves_truncated_responses(tok):
     sp = SpecialTokens.from_tokenizer(tok)
-    prompt = encode_prompt_record(parse_record({"id": "q", "domain": "m", "question": "?", "answer": 1}), tok,
-                                  VisionProcessor())
+    prompt = encode_prompt_record(parse_record({"id": "q", "domain": "m", "question": "?", "answer": 1}),
+                                  ChatRenderer(tok, VisionProcessor()))
     engine = ScriptedEngine([[[RawCompletion([sp.think_start, 100], [-1.0, -1.0], "length")] * 2]])
     cfg = RolloutConfig(engine="hf", group_size=2, forced_answer=False)
     [group] = rollout(engine, [prompt], cfg, sp, seeds=[0])

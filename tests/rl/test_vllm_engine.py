@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from data_pipelines.processor import VisionProcessor
+from data_pipelines.chat import ChatRenderer
 from data_pipelines.prompts import encode_prompt_record, parse_record, rollout_document
 from data_pipelines.batch import collate_rows
 from data_pipelines.tokenizer import SpecialTokens
@@ -19,7 +20,8 @@ from stages.rl.rollout.hf_engine import HFEngine
 from stages.rl.sync import WeightSync, gathered_state_dict
 from tests.rl.helpers import save_policy, tiny_policy
 from trainer.config import OptimConfig, TrainerConfig
-from trainer.engine import build_engine, init_distributed
+from trainer.distributed import init_distributed
+from trainer.zero import wrap_deepspeed
 from trainer.loss import token_logprobs
 
 vllm = pytest.importorskip("vllm")
@@ -40,8 +42,8 @@ def setup(tmp_path_factory):
 
     cfg = RolloutConfig(engine="vllm", max_model_len=256, gpu_memory_utilization=0.2, enforce_eager=True)
     engine = VLLMEngine(path, cfg, special, dtype="float32", seed=0)
-    prompts = [encode_prompt_record(parse_record({"id": f"q{i}", "domain": "m", "question": q, "answer": 1}), tok,
-                                    VisionProcessor()) for i, q in enumerate(QUESTIONS)]
+    prompts = [encode_prompt_record(parse_record({"id": f"q{i}", "domain": "m", "question": q, "answer": 1}),
+                                    ChatRenderer(tok, VisionProcessor())) for i, q in enumerate(QUESTIONS)]
     yield {"root": root, "path": path, "tok": tok, "special": special, "engine": engine, "prompts": prompts}
     engine.close()
 
@@ -90,7 +92,7 @@ def test_weight_sync_after_a_zero3_update(setup, world_of_one):
     info = world_of_one
     model = load_policy(setup["path"])
     cfg = TrainerConfig(max_steps=1, zero_stage=3, optim=OptimConfig(lr=1e-2, warmup_steps=0, weight_decay=0.0))
-    trainer = build_engine(model, cfg, 1, info, managed_accumulation=False)
+    trainer = wrap_deepspeed(model, cfg, 1, 1, info, managed_accumulation=False)
     special, prompt = setup["special"], setup["prompts"][0]
     # One policy-gradient-like step that makes tokens 100..102 likely after the prompt.
     docs = [rollout_document(prompt, [100, 101, 102], [True] * 3, "x")]

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from data_pipelines.chat import ChatDocuments
+from data_pipelines.chat import ChatRenderer
 from data_pipelines.processor import ProcessorConfig, VisionProcessor
-from data_pipelines.prompting import encode_prompt
+from data_pipelines.chat import encode_prompt
 from data_pipelines.tokenizer import build_tiny_tokenizer
 from stages.sft_eval import greedy_decode
 from trainer.forward import UniformVisionForward
@@ -23,7 +23,7 @@ def setup():
     torch.manual_seed(3)
     model = build_model(load_preset("tiny"), tokenizer).eval()
     processor = VisionProcessor(ProcessorConfig(max_pixels=112 * 112 * 2))
-    return model, tokenizer, processor, ChatDocuments(tokenizer, processor)
+    return model, tokenizer, processor, ChatRenderer(tokenizer, processor)
 
 
 def user_contents():

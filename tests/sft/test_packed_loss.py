@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from data_pipelines.batch import collate_rows
-from data_pipelines.chat import ChatDocuments
+from data_pipelines.chat import ChatRenderer
 from data_pipelines.packing import Packer, PackingConfig
 from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.records import RecordShards
@@ -23,7 +23,7 @@ def setup(tmp_path_factory):
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(0)
     forward = UniformVisionForward(build_model(load_preset("tiny"), tokenizer).eval())
-    chat = ChatDocuments(tokenizer, VisionProcessor(ProcessorConfig(max_pixels=112 * 112 * 2)))
+    chat = ChatRenderer(tokenizer, VisionProcessor(ProcessorConfig(max_pixels=112 * 112 * 2)))
     path = make_sft_records(tmp_path_factory.mktemp("sft"), n=14, seed=2, image_side=(56, 112),
                             mix={k: 1.0 for k in ("image", "text", "multi_image", "multi_turn", "video")})
     docs = [chat(s) for s in RecordShards(str(path), 100, shuffle=False).records()]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from data_pipelines.chat import ChatConfig, ChatDocuments
+from data_pipelines.chat import ChatConfig, ChatRenderer
 from data_pipelines.packing import PackingConfig
 from data_pipelines.processor import VisionProcessor
 from data_pipelines.reader import PackedLoader, ShardStream
@@ -71,7 +71,7 @@ def first_step_loss(run, init_dir) -> float:
                                                          OmegaConf.load(run / "config.yaml")))
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     forward = UniformVisionForward(load_model(init_dir).eval())
-    chat = ChatDocuments(tokenizer, VisionProcessor(cfg.processor), cfg.data.chat)
+    chat = ChatRenderer(tokenizer, VisionProcessor(cfg.processor), cfg.data.chat)
     d = cfg.data
     loss_sum, weight = 0.0, 0.0
     for rank in range(2):

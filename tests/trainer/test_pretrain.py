@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from data_pipelines.processor import VisionProcessor
-from data_pipelines.prompting import encode_prompt
+from data_pipelines.chat import encode_prompt
 from data_pipelines.shards import write_shards
 from data_pipelines.synthetic import make_interleaved_corpus
 from data_pipelines.tokenizer import load_tokenizer

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_pipelines.tokenizer import SpecialTokens
-from trainer.engine import DistInfo
+from trainer.distributed import DistInfo
 from trainer.model import ModelConfig
 
 from .base import Completion, RolloutConfig, RolloutEngine, rollout

@@ -1,0 +1,76 @@
+"""What pretraining and SFT share: packed micro-batches from a stateful loader, the token-weighted
+cross-entropy of trainer/loss.py, and the reader's position in the checkpoint."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+
+from data_pipelines.batch import Batch
+
+from .distributed import DistInfo, all_reduce_sum
+from .loop import StepPlan, Update, UpdateResult
+from .loss import weighted_loss_sum
+
+
+class StatefulLoader(Protocol):
+    def __iter__(self) -> Iterator[Batch]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+    def stats(self) -> dict: ...
+
+
+class PackedBatches:
+    """A supervised stage for `Trainer.fit`: `grad_accum` packed micro-batches per rank and step;
+    the objective is Σ label_weights · token loss / its global sum."""
+
+    eval_at_start = False
+
+    def __init__(self, name: str, loader: StatefulLoader, info: DistInfo, grad_accum: int, rows: int, seq_len: int,
+                 evaluate: Callable[[], dict[str, Any]] | None = None, eval_every: int = 0):
+        """`rows`: packed rows per micro-batch on a rank, each `seq_len` tokens."""
+        self.name, self.loader, self.info, self.grad_accum = name, loader, info, grad_accum
+        self.evaluate, self.eval_every = evaluate, eval_every
+        self.slots_per_step = rows * grad_accum * info.world_size * seq_len
+        self.progress = {"tokens": 0}
+        self.batches: Iterator[Batch] | None = None  # opened at the first step, after any resume
+
+    def describe(self) -> str:
+        return f"{self.slots_per_step} token slots per step ({self.grad_accum} micro-batches per rank)"
+
+    def plan(self, step: int) -> StepPlan:
+        if self.batches is None:
+            self.batches = iter(self.loader)
+        micro = [next(self.batches).to(self.info.device) for _ in range(self.grad_accum)]
+        local = torch.tensor([float(sum(b.label_weights.sum() for b in micro)),
+                              float(sum(b.num_tokens for b in micro))], device=self.info.device)
+        weight_total, tokens = all_reduce_sum(local).tolist()
+        self.progress["tokens"] += int(tokens)
+        return StepPlan([Update(micro, weight_total)], int(tokens),
+                        {"tokens": self.progress["tokens"], "packing_efficiency": tokens / self.slots_per_step})
+
+    def loss(self, ds, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        weighted, _ = weighted_loss_sum(ds, batch)
+        return weighted, weighted.new_zeros(0)
+
+    def finish(self, record: dict[str, Any], results: list[UpdateResult]) -> None:
+        pass
+
+    def log_stats(self) -> dict[str, Any]:
+        """Data counters summed over ranks (each rank reads its own streams)."""
+        everyone: list = [None] * self.info.world_size
+        dist.all_gather_object(everyone, self.loader.stats())
+        skipped: Counter = Counter()
+        for stats in everyone:
+            skipped.update(stats["skipped"])
+        return {"skipped": dict(skipped), "documents": sum(s.get("documents", 0) for s in everyone)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"data": self.loader.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state["data"])

@@ -1,0 +1,89 @@
+"""The model under DeepSpeed (ZeRO-3 by default): freezing, AdamW parameter groups, the DeepSpeed
+config. In ponder "engine" means a rollout engine; the DeepSpeed object is called `ds` throughout.
+
+We drive DeepSpeed directly rather than through accelerate: one layer fewer between the loop and
+ZeRO, and its checkpoint / parameter-gathering calls are used as they are (docs/design.md).
+"""
+
+from __future__ import annotations
+
+import deepspeed
+import torch
+
+from .config import TrainerConfig
+from .distributed import DistInfo
+from .forward import wrap_forward
+from .lr_schedule import lr_at
+
+
+def resolved_precision(cfg: TrainerConfig) -> str:
+    if cfg.precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "fp32"
+    return cfg.precision
+
+
+def deepspeed_config(cfg: TrainerConfig, micro_batch_rows: int, grad_accum: int, world_size: int,
+                     managed_accumulation: bool = True) -> dict:
+    """`managed_accumulation=False`: the caller owns the boundary (every `step()` applies what the
+    backward passes since the last one accumulated), for stages whose number of micro-batches
+    varies from step to step (RL)."""
+    bf16 = resolved_precision(cfg) == "bf16"
+    grad_accum = grad_accum if managed_accumulation else 1
+    config = {
+        "train_micro_batch_size_per_gpu": micro_batch_rows,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch_rows * grad_accum * world_size,
+        "gradient_clipping": cfg.clip_grad_norm,
+        "bf16": {"enabled": bf16},
+        "zero_optimization": {
+            "stage": cfg.zero_stage,
+            "overlap_comm": torch.cuda.is_available(),
+            "contiguous_gradients": True,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+        "steps_per_print": 10**9,  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+    if not managed_accumulation:
+        config["managed_gradient_accumulation"] = False
+    return config
+
+
+def apply_freezing(model: torch.nn.Module, cfg: TrainerConfig) -> None:
+    if cfg.freeze_vision:
+        model.model.visual.requires_grad_(False)
+    if cfg.freeze_language:
+        model.model.language_model.requires_grad_(False)
+        model.lm_head.requires_grad_(False)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms and other 1-D parameters."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:  # under ZeRO-3 init a parameter's real shape is its ds_shape
+            (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def wrap_deepspeed(model: torch.nn.Module, cfg: TrainerConfig, micro_batch_rows: int, grad_accum: int,
+                   info: DistInfo, managed_accumulation: bool = True):
+    """The model in its training forward (`wrap_forward`) inside a DeepSpeed engine with AdamW (our
+    LR schedule is set per step). `ds(batch)` returns logits; `ds.module.model` is the HF model."""
+    apply_freezing(model, cfg)
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(
+        param_groups(model, o.weight_decay),
+        lr=lr_at(0, cfg.max_steps, o),
+        betas=(o.beta1, o.beta2),
+        eps=o.eps,
+        fused=torch.cuda.is_available(),
+    )
+    ds, *_ = deepspeed.initialize(
+        model=wrap_forward(model),
+        optimizer=optimizer,
+        config=deepspeed_config(cfg, micro_batch_rows, grad_accum, info.world_size, managed_accumulation),
+    )
+    return ds
