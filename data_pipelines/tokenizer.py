@@ -94,6 +94,18 @@ class SpecialTokens:
             raise ValueError(f"tokenizer lacks GLM special tokens: {missing}")
         return cls(**{field: vocab[s] for field, s in names.items()})
 
+    @property
+    def vision_ids(self) -> tuple[int, ...]:
+        """Image/video placeholders and markers, which only the processor may place. Engines and
+        decoders must never generate them: transformers and vLLM count `<|image|>` by id, so a
+        sampled one fed back as prompt (forced answering, π_old) has no features and the forward
+        fails. The order is that of `VISION_TOKEN_FIELDS`."""
+        return tuple(getattr(self, name) for name in VISION_TOKEN_FIELDS)
+
+
+# SpecialTokens fields of the vision tokens; `<field>_token_id` is the same id in a Glm4v config.
+VISION_TOKEN_FIELDS = ("image_start", "image_end", "image", "video_start", "video_end", "video")
+
 
 @functools.lru_cache(maxsize=1)
 def _tiny_tokenizer_json() -> str:

@@ -1,6 +1,13 @@
 """Rollouts with transformers `generate`, for machines where vLLM cannot load the model (Glm4v on
 CPU). The engine keeps its own unpartitioned copy of the policy in eval mode; weight sync copies
 the gathered trainer weights into it.
+
+Vision tokens (`SpecialTokens.vision_ids`) are suppressed while sampling (`suppress_tokens`: their
+logits become -inf, so sampling renormalises over the other tokens). The reported log-probs stay
+the raw model distribution's (`output_logits` are the logits before any processor), i.e. what the
+trainer's forward computes for the same tokens: the engine/trainer log-prob gap measures weight
+and numerics drift only. The sampling distribution differs from that by log(1 - P(vision)) per
+token, which is ~0 for a trained policy and not corrected for (as top-p is not).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ class HFEngine(RolloutEngine):
         self.model = model.eval().requires_grad_(False)
         self.special = special
         self.stop_ids = [special.eos, special.user, special.observation]
+        self.suppressed = list(special.vision_ids)
         self.batch_size = batch_size
 
     @property
@@ -75,7 +83,7 @@ class HFEngine(RolloutEngine):
             do_sample=sampling, temperature=spec.temperature if sampling else None,
             top_p=spec.top_p if sampling else None, top_k=0 if sampling else None,
             max_new_tokens=spec.max_tokens, eos_token_id=self.stop_ids, pad_token_id=pad,
-            output_logits=True, return_dict_in_generate=True,
+            suppress_tokens=self.suppressed, output_logits=True, return_dict_in_generate=True,
         )
         out = self.model.generate(**inputs, generation_config=config)
         new = out.sequences[:, width:]

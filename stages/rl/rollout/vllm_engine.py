@@ -6,6 +6,11 @@ model's `load_weights` layer by layer and resets the encoder and multimodal cach
 cache is reset too, since cached KV belongs to the old weights. Prompts go in as token ids with
 one `<|image|>` per image and the images as `multi_modal_data`: vLLM's Glm4v processor expands
 them (GPU; vLLM on CPU serves the text-only Glm4 models).
+
+Vision tokens (`SpecialTokens.vision_ids`) are never sampled: a -inf `logit_bias` on each (set on
+SamplingParams directly; only `from_optional` clamps biases to ±100). vLLM's default
+`logprobs_mode="raw_logprobs"` computes the returned log-probs before logits processors, so they
+stay the raw model distribution's, as the HF engine's and the trainer's (see hf_engine.py).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class VLLMEngine(RolloutEngine):
         from vllm import LLM  # heavy import; only where this engine is used
 
         self.stop_ids = [special.eos, special.user, special.observation]
+        self.suppress = {token: float("-inf") for token in special.vision_ids}
         # vLLM on CPU fails seeded sampling when a prefill is split across steps (it rewinds the
         # request's generator offset, which CPU generators lack): schedule whole prefills there.
         whole_prefills = {} if torch.cuda.is_available() else {
@@ -51,6 +57,7 @@ class VLLMEngine(RolloutEngine):
             params.append(SamplingParams(
                 n=req.n, temperature=spec.temperature, top_p=spec.top_p, top_k=0, max_tokens=spec.max_tokens,
                 logprobs=0, seed=req.seed, stop_token_ids=self.stop_ids, detokenize=False,
+                logit_bias=dict(self.suppress),
             ))
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         results = []
