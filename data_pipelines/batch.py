@@ -31,10 +31,6 @@ class Batch:
     def num_tokens(self) -> int:
         return int((self.doc_ids >= 0).sum())
 
-    @property
-    def num_target_tokens(self) -> int:
-        return int((self.labels != IGNORE_INDEX).sum())
-
     def to(self, device: torch.device | str) -> "Batch":
         moved = {
             f.name: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v

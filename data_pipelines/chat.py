@@ -38,6 +38,7 @@ from .answer_format import format_violation
 from .document import Document, Visual
 from .processor import (
     BadSample,
+    ProcessedImage,
     ProcessedVideo,
     VisionProcessor,
     image_token_ids,

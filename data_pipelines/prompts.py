@@ -194,14 +194,16 @@ def open_image(source: Any) -> Image.Image:
 
 
 def encode_prompt_record(record: PromptRecord, renderer: ChatRenderer, image_root: str | Path | None = None,
-                         system_prompt: str | None = None) -> EncodedPrompt:
+                         system_prompt: str | None = None, max_tokens: int | None = None) -> EncodedPrompt:
     """Render the chat template with a generation prompt and process the images. Raises the
-    renderer's BadSample (missing or bad image, placeholders that do not match) — the caller counts
-    and skips."""
+    renderer's BadSample (missing or bad image, placeholders that do not match) or
+    PromptRecordError (`prompt_too_long`: over `max_tokens`) — the caller counts and skips."""
     messages = record.messages
     if system_prompt and messages[0].get("role") != "system":
         messages = [{"role": "system", "content": system_prompt}, *messages]
     rendered = renderer.render_prompt(messages, record.images, root=image_root, key=record.id)
+    if max_tokens is not None and len(rendered.document) > max_tokens:
+        raise PromptRecordError("prompt_too_long", f"{record.id}: {len(rendered.document)} tokens")
     return EncodedPrompt(record, rendered.document, rendered.raw_ids, rendered.images)
 
 

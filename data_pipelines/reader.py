@@ -16,17 +16,14 @@ aspect ratios) are counted by reason and skipped; a truncated shard ends early a
 from __future__ import annotations
 
 import glob
-import json
 import os
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import braceexpand
-import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -300,10 +297,3 @@ class PackedLoader:
             packing.update({k: state["packing"][k] for k in ("rows", "tokens", "documents", "splits")})
         return {"skipped": dict(skipped), **packing}
 
-
-def save_reader_state(state: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(state))
-
-
-def load_reader_state(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -34,13 +34,16 @@ class PretrainConfig:
 
 
 def run(cfg: PretrainConfig, run_dir: Path, info: DistInfo) -> None:
+    # Stops here, before any work, when trainer.global_batch does not divide over this world.
+    grad_accum = cfg.trainer.accumulation(cfg.data.batch_rows, info.world_size)
     torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     model = build_model(cfg.model, tokenizer)
     documents = InterleavedDocuments(tokenizer, VisionProcessor(cfg.processor))
     stream = ShardStream(cfg.data, documents, SpecialTokens.from_tokenizer(tokenizer).eos,
                          info.rank, info.world_size)
-    trainer = Trainer(cfg.trainer, cfg.logging, run_dir, info, model, tokenizer, cfg.data.batch_rows, run_config=cfg)
+    trainer = Trainer(cfg.trainer, cfg.logging, run_dir, info, model, tokenizer, cfg.data.batch_rows, grad_accum,
+                      run_config=cfg)
     stage = PackedBatches("pretrain", PackedLoader(stream), info, trainer.grad_accum, cfg.data.batch_rows,
                           cfg.data.packing.seq_len)
     trainer.fit(stage, cfg.resume)

@@ -83,6 +83,8 @@ def resolve_init(init: str | None, info: DistInfo) -> str | None:
 
 
 def run(cfg: SFTConfig, run_dir: Path, info: DistInfo) -> None:
+    # Stops here, before any work, when trainer.global_batch does not divide over this world.
+    grad_accum = cfg.trainer.accumulation(cfg.data.batch_rows, info.world_size)
     torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank (random init)
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     model_cfg = dataclasses.replace(cfg.model, init=resolve_init(cfg.model.init, info))
@@ -92,7 +94,8 @@ def run(cfg: SFTConfig, run_dir: Path, info: DistInfo) -> None:
     train = RecordShards(data.train, data.records_per_shard, data.shuffle_shards, data.seed, data.format,
                          data.image_root)
     stream = ShardStream(data, chat, chat.special.eos, info.rank, info.world_size, source=train)
-    trainer = Trainer(cfg.trainer, cfg.logging, run_dir, info, model, tokenizer, data.batch_rows, run_config=cfg)
+    trainer = Trainer(cfg.trainer, cfg.logging, run_dir, info, model, tokenizer, data.batch_rows, grad_accum,
+                      run_config=cfg)
     evaluate = None
     if cfg.eval.every:
         held_out = RecordShards(data.eval, data.records_per_shard, shuffle=False, fmt=data.format,

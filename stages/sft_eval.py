@@ -13,7 +13,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 
 import torch
 import torch.distributed as dist
@@ -25,6 +25,7 @@ from data_pipelines.document import Document
 from data_pipelines.packing import Packer, PackingConfig
 from data_pipelines.processor import BadSample
 from data_pipelines.records import RecordShards
+from data_pipelines.tokenizer import VISION_TOKEN_FIELDS
 from trainer.distributed import DistInfo, all_reduce_sum
 from trainer.forward import UniformVisionForward
 from trainer.logging import log
@@ -77,10 +78,15 @@ def left_padded(prompts: list[Document], pad_id: int) -> tuple[Batch, torch.Tens
 @torch.no_grad()
 def greedy_decode(wrapper: UniformVisionForward, prompts: list[Document], max_new_tokens: int,
                   stop_ids: set[int], pad_id: int, device: torch.device | str = "cpu",
-                  synced: bool = False) -> list[tuple[list[int], bool]]:
+                  synced: bool = False, banned_ids: Collection[int] | None = None) -> list[tuple[list[int], bool]]:
     """Greedy continuations of prompts, batched with a KV cache: per prompt (new tokens, the last
-    a stop id if it stopped; whether it stopped). `synced`: step until every rank is done."""
+    a stop id if it stopped; whether it stopped). `synced`: step until every rank is done.
+    `banned_ids` are never picked; default: the model's vision tokens (`SpecialTokens.vision_ids`,
+    read from the Glm4v config that was built from them)."""
     model = wrapper.model
+    if banned_ids is None:
+        banned_ids = [getattr(model.config, f"{name}_token_id") for name in VISION_TOKEN_FIELDS]
+    banned = torch.tensor(sorted(banned_ids), dtype=torch.long, device=device)
     batch, mask = left_padded(prompts, pad_id)
     batch, mask = batch.to(device), mask.to(device)
     out = model(inputs_embeds=wrapper.embed(batch), attention_mask=mask, position_ids=batch.position_ids[1:],
@@ -90,7 +96,7 @@ def greedy_decode(wrapper: UniformVisionForward, prompts: list[Document], max_ne
     tokens: list[list[int]] = [[] for _ in prompts]
     stopped = [False] * len(prompts)
     for i in range(max_new_tokens):
-        chosen = out.logits[:, -1].argmax(-1)
+        chosen = out.logits[:, -1].index_fill(-1, banned, -math.inf).argmax(-1)
         for r, token in enumerate(chosen.tolist()):
             if not stopped[r]:
                 tokens[r].append(token)
@@ -117,12 +123,12 @@ def _deal(items: list, rank: int, world: int) -> list[tuple[Any, bool]]:
 
 
 class SFTEvaluator:
-    """Callable for `TrainLoop.fit(evaluate=...)`; every rank calls it, rank 0's metrics are logged."""
+    """A stage's `evaluate` for `Trainer.fit`; every rank calls it, rank 0's metrics are logged."""
 
     def __init__(self, cfg: EvalConfig, source: RecordShards, packing: PackingConfig, batch_rows: int,
-                 chat: ChatRenderer, engine, info: DistInfo):
+                 chat: ChatRenderer, ds, info: DistInfo):
         """`source`: the held-out records (unshuffled, the first `cfg.max_records`)."""
-        self.cfg, self.chat, self.engine, self.info = cfg, chat, engine, info
+        self.cfg, self.chat, self.ds, self.info = cfg, chat, ds, info
         self.pad_id = chat.special.eos
         self.stop_ids = {chat.special.eos, chat.special.user, chat.special.observation}
         packer = Packer(PackingConfig(packing.seq_len, packing.buffer_docs, split_documents=False))
@@ -153,11 +159,11 @@ class SFTEvaluator:
 
     def __call__(self) -> dict[str, Any]:
         started = time.perf_counter()
-        self.engine.eval()
+        self.ds.eval()
         try:
             metrics = {"eval_loss": self._loss(), **self._generations()}
         finally:
-            self.engine.train()
+            self.ds.train()
         metrics["eval_time_s"] = time.perf_counter() - started
         return metrics
 
@@ -167,7 +173,7 @@ class SFTEvaluator:
         totals = torch.zeros(2, device=device)  # sum of weighted losses, sum of weights
         for batch, counts in self.batches:
             batch = batch.to(device)
-            weighted, _ = weighted_loss_sum(self.engine, batch)
+            weighted, _ = weighted_loss_sum(self.ds, batch)
             scale = 1.0 if counts else 0.0  # a padding batch keeps ranks in step, adds nothing
             totals += torch.stack([weighted * scale, batch.label_weights.sum() * scale])
         loss_sum, weight = all_reduce_sum(totals).tolist()
@@ -182,8 +188,9 @@ class SFTEvaluator:
         size = self.cfg.generation_batch
         for start in range(0, len(self.prompts), size):  # the same number of chunks on every rank
             chunk = self.prompts[start:start + size]
-            results = greedy_decode(self.engine.module, [doc for doc, _ in chunk], self.cfg.max_new_tokens,
-                                    self.stop_ids, self.pad_id, self.info.device, self.info.world_size > 1)
+            results = greedy_decode(self.ds.module, [doc for doc, _ in chunk], self.cfg.max_new_tokens,
+                                    self.stop_ids, self.pad_id, self.info.device, self.info.world_size > 1,
+                                    self.chat.special.vision_ids)
             for (tokens, stopped), (_, counts) in zip(results, chunk):
                 if not counts:
                     continue

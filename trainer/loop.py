@@ -87,15 +87,16 @@ class Trainer:
 
     def __init__(self, cfg: TrainerConfig, logging_cfg: LoggingConfig, run_dir: Path, info: DistInfo,
                  model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, micro_rows: int,
-                 managed_accumulation: bool = True, run_config: Any = None):
-        """`managed_accumulation`: DeepSpeed counts a fixed number of micro-batches per update
-        (supervised stages); False: the number varies per update and the trainer steps (RL)."""
+                 grad_accum: int | None, run_config: Any = None):
+        """`grad_accum`: micro-batches per rank in every update, counted by DeepSpeed (supervised
+        stages: `TrainerConfig.accumulation`); None: the number varies per update and the trainer
+        marks the boundary itself (RL)."""
         self.cfg, self.logging_cfg, self.run_dir, self.info = cfg, logging_cfg, run_dir, info
         self.tokenizer, self.run_config = tokenizer, run_config
         self.params = count_parameters(model)
-        self.grad_accum = cfg.accumulation(micro_rows, info.world_size) if managed_accumulation else 1
-        self.managed = managed_accumulation
-        self.ds = wrap_deepspeed(model, cfg, micro_rows, self.grad_accum, info, managed_accumulation)
+        self.managed = grad_accum is not None
+        self.grad_accum = grad_accum or 1
+        self.ds = wrap_deepspeed(model, cfg, micro_rows, self.grad_accum, info, self.managed)
         self.checkpoints = Checkpointer(run_dir, info, cfg.keep_last)
         self.step = 0
 

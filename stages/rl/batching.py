@@ -20,8 +20,9 @@ import torch.distributed as dist
 from data_pipelines.batch import Batch, collate_rows
 from data_pipelines.document import Document
 from data_pipelines.prompts import EncodedPrompt, rollout_document
-from trainer.distributed import DistInfo
+from trainer.distributed import DistInfo, all_reduce_sum
 from trainer.loop import Update
+from trainer.loss import token_logprobs
 
 from .advantages import group_advantages
 from .config import RLConfig
@@ -152,3 +153,17 @@ def plan_updates(groups: list[GroupResult], cfg: RLConfig, info: DistInfo, promp
         batches += [dummy_micro_batch(pad_id) for _ in range(int(most.item()) - len(rows))]
         updates.append(Update([b.to(info.device) for b in batches], normaliser))
     return updates
+
+
+@torch.no_grad()
+def fill_old_logprobs(ds, micro: list[PolicyMicroBatch], device: torch.device) -> dict[str, float]:
+    """π_old of every micro-step from the trainer's model (before any update of the step), and the
+    mean |engine − trainer| log-prob gap over trained tokens (collective)."""
+    gap = torch.zeros(2, device=device)
+    for b in micro:
+        b.old_logprobs = token_logprobs(ds(b.batch), b.batch.labels).detach()
+    for b in micro:
+        valid = ~torch.isnan(b.engine_logprobs) & (b.batch.label_weights > 0)
+        gap += torch.stack([(b.engine_logprobs - b.old_logprobs).abs()[valid].sum(), valid.sum().float()])
+    gap_sum, gap_n = all_reduce_sum(gap).tolist()
+    return {"logprob_gap": gap_sum / max(gap_n, 1.0)}

@@ -20,6 +20,7 @@ from data_pipelines.chat import ChatRenderer
 from data_pipelines.processor import BadSample, ProcessorConfig, VisionProcessor
 from data_pipelines.prompts import (
     DifficultyEntry,
+    PromptRecord,
     PromptRecordError,
     append_sidecar,
     encode_prompt_record,
@@ -29,7 +30,7 @@ from data_pipelines.prompts import (
     write_sidecar,
 )
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
-from stages.rl.rewards import RewardConfig, RewardItem
+from stages.rl.rewards import RewardConfig
 from trainer.distributed import DistInfo
 from trainer.logging import log
 from trainer.model import ModelConfig
@@ -37,8 +38,9 @@ from trainer.model import ModelConfig
 from .config import PromptDataConfig
 from .curriculum import CurriculumConfig, PromptMeta, offline_counts, tier_of
 from .policy import resolve_hf_dir
+from .groups import GroupRoller
 from .rollout import RolloutConfig, build_rollout_engine
-from .rollout.base import completion_text, request_seed, rollout
+from .rollout.base import request_seed
 from .scorer import Scorer
 
 
@@ -75,44 +77,39 @@ def grade(cfg: GradeConfig, info: DistInfo) -> dict[str, int]:
     renderer = ChatRenderer(tokenizer, VisionProcessor(cfg.processor))
     image_root = cfg.data.image_root or str(Path(cfg.data.path).resolve().parent)
     engine = build_rollout_engine(cfg.rollout, hf_dir, special, cfg.model, info, cfg.rollout.seed)
-    scorer = Scorer(cfg.rewards)
+    roll_out = GroupRoller(engine, Scorer(cfg.rewards), cfg.rollout, tokenizer, special)
     counts: Counter = Counter({f"skipped/{k}": v for k, v in skipped.items()})
     started = time.perf_counter()
     try:
         for start in range(0, len(todo), cfg.chunk_prompts):
-            chunk, prompts = [], []
-            for i, record in todo[start : start + cfg.chunk_prompts]:
+            chunk = todo[start : start + cfg.chunk_prompts]
+            chunk_records = [r for _, r in chunk]
+            prompts = {}
+            for slot, record in enumerate(chunk_records):
                 try:
-                    prompt = encode_prompt_record(record, renderer, image_root, cfg.data.system_prompt)
-                    if len(prompt) > cfg.data.max_prompt_tokens:
-                        raise PromptRecordError("prompt_too_long", record.id)
+                    prompts[slot] = encode_prompt_record(record, renderer, image_root, cfg.data.system_prompt,
+                                                         cfg.data.max_prompt_tokens)
                 except (BadSample, PromptRecordError) as err:
                     counts[f"skipped/{getattr(err, 'reason', 'bad_sample')}"] += 1
-                    continue
-                chunk.append((i, record))
-                prompts.append(prompt)
             seeds = [request_seed(cfg.rollout.seed, 0, i) for i, _ in chunk]
-            groups = rollout(engine, prompts, cfg.rollout, special, seeds, n=cfg.k)
-            items = [RewardItem(r.domain, completion_text(c.token_ids, tokenizer, special), r.answer, r.info)
-                     for (_, r), group in zip(chunk, groups) for c in group]
-            rewards = iter(scorer(items))
-            entries = []
-            for (_, record), group in zip(chunk, groups):
-                passes = sum(next(rewards).reward >= cfg.curriculum.pass_threshold for _ in group)
-                meta = PromptMeta(record.id, record.domain, record.difficulty)
-                merged = offline_counts(meta, (passes, len(group)), cfg.curriculum)
-                entries.append(DifficultyEntry(record.id, passes, len(group), grader, record.difficulty,
-                                               merged[0] / merged[1]))
-                counts[f"tier/{tier_of(merged[0] / merged[1], cfg.curriculum)}"] += 1
+            groups, _, _ = roll_out(prompts, chunk_records, seeds, cfg.k, cfg.rollout.temperature)
+            entries = [_entry(chunk_records[g.slot], g.rewards, grader, cfg.curriculum) for g in groups]
+            counts.update(f"tier/{tier_of(e.pass_rate, cfg.curriculum)}" for e in entries)
             append_sidecar(out, entries)
             counts["graded"] += len(entries)
             log.info("graded %d / %d (%.1f prompts/s)", counts["graded"], len(todo),
                      counts["graded"] / (time.perf_counter() - started))
     finally:
-        scorer.close()
-        engine.close()
+        roll_out.close()
     write_sidecar(out, read_sidecar(out))
     return dict(counts)
+
+
+def _entry(record: PromptRecord, rewards: list[float], grader: str, cfg: CurriculumConfig) -> DifficultyEntry:
+    """The sidecar line of one graded prompt: its passes, and the pass rate merged with its human label."""
+    passes = sum(r >= cfg.pass_threshold for r in rewards)
+    merged = offline_counts(PromptMeta(record.id, record.domain, record.difficulty), (passes, len(rewards)), cfg)
+    return DifficultyEntry(record.id, passes, len(rewards), grader, record.difficulty, merged[0] / merged[1])
 
 
 def local_info() -> DistInfo:

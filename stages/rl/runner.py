@@ -35,7 +35,7 @@ from trainer.distributed import DistInfo, all_reduce_sum
 from trainer.loop import StepPlan, Trainer, UpdateResult
 from trainer.loss import token_logprobs
 
-from .batching import PolicyMicroBatch, plan_updates
+from .batching import PolicyMicroBatch, fill_old_logprobs, plan_updates
 from .config import RLConfig
 from .curriculum import GroupOutcome, sampler_for
 from .groups import GroupResult, GroupRoller, gather_groups
@@ -110,7 +110,7 @@ class RLStage:
         trained = [results[k] for k in kept]
         updates = plan_updates(trained, cfg, info, lambda slot: self._prompt(records, slot), self.special.eos)
         micro = [b for u in updates for b in u.micro_batches]
-        metrics.update(self._old_logprobs(micro), micro_steps=len(micro))
+        metrics.update(fill_old_logprobs(self.trainer.ds, micro, info.device), micro_steps=len(micro))
         self.progress["samples_trained"] += sum(len(g.completions) for g in trained)
         real = [b for b in micro if b.advantages.any()]  # not the empty rows that keep ranks in step
         tokens = all_reduce_sum(torch.tensor([float(sum(b.batch.num_tokens for b in real))], device=info.device))
@@ -137,16 +137,12 @@ class RLStage:
                        "samples_trained": self.progress["samples_trained"]})
 
     # -- prompts and rollouts --------------------------------------------------------------------
-    def _encode(self, record: PromptRecord) -> EncodedPrompt:
-        prompt = encode_prompt_record(record, self.renderer, self.image_root, self.cfg.data.system_prompt)
-        if len(prompt) > self.cfg.data.max_prompt_tokens:
-            raise PromptRecordError("prompt_too_long", f"{record.id}: {len(prompt)} tokens")
-        return prompt
-
     def _prompt(self, records: list[PromptRecord], slot: int) -> EncodedPrompt:
         """The slot's prompt, encoded at most once per step (rollout or training, on any rank)."""
         if slot not in self.prompts:
-            self.prompts[slot] = self._encode(records[slot])
+            data = self.cfg.data
+            self.prompts[slot] = encode_prompt_record(records[slot], self.renderer, self.image_root,
+                                                      data.system_prompt, data.max_prompt_tokens)
         return self.prompts[slot]
 
     def _roll_out_share(self, records: list[PromptRecord], seeds: list[int], n: int, temperature: float
@@ -160,18 +156,6 @@ class RLStage:
                 failed.append((slot, getattr(err, "reason", "bad_sample")))
         results, rollout_s, reward_s = self.roll_out(mine, records, seeds, n, temperature)
         return results, failed, rollout_s, reward_s
-
-    @torch.no_grad()
-    def _old_logprobs(self, micro: list[PolicyMicroBatch]) -> dict[str, float]:
-        """π_old from the trainer's model; the mean |engine − trainer| log-prob gap on trained tokens."""
-        gap = torch.zeros(2, device=self.info.device)
-        for b in micro:
-            b.old_logprobs = token_logprobs(self.trainer.ds(b.batch), b.batch.labels).detach()
-        for b in micro:
-            valid = ~torch.isnan(b.engine_logprobs) & (b.batch.label_weights > 0)
-            gap += torch.stack([(b.engine_logprobs - b.old_logprobs).abs()[valid].sum(), valid.sum().float()])
-        gap_sum, gap_n = all_reduce_sum(gap).tolist()
-        return {"logprob_gap": gap_sum / max(gap_n, 1.0)}
 
     # -- evaluation, state -----------------------------------------------------------------------
     def _evaluate(self) -> dict[str, float]:
@@ -205,8 +189,8 @@ def run(cfg: RLConfig, run_dir: Path, info: DistInfo) -> None:
     torch.manual_seed(cfg.trainer.seed)
     hf_dir = resolve_hf_dir(cfg.model.init)
     policy = load_policy(hf_dir, cfg.model.dtype, cfg.model.attn_implementation)
-    trainer = Trainer(cfg.trainer, cfg.logging, run_dir, info, policy, load_tokenizer(hf_dir), micro_rows=1,
-                      managed_accumulation=False, run_config=cfg)
+    trainer = Trainer(cfg.trainer, cfg.logging, run_dir, info, policy, load_tokenizer(hf_dir), micro_rows=1, grad_accum=None,
+                      run_config=cfg)
     stage = RLStage(cfg, run_dir, info, trainer, hf_dir)
     try:
         trainer.fit(stage, cfg.resume)
