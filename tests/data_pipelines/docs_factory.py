@@ -1,4 +1,5 @@
-"""Hand-built Documents for packing tests: text runs and images of given patch grids."""
+"""Test helpers for the data floor: hand-built Documents (text runs and images of given patch
+grids) and a comparable signature of a Batch."""
 
 from __future__ import annotations
 
@@ -43,3 +44,9 @@ def make_doc(key: str, pieces: list, seed: int = 0, vocab: int = 200, first_text
             doc.add_visual([s.image_start] + [s.image] * n + [s.image_end], [0] + [1] * n + [0],
                            Visual(pixels, torch.tensor([1, h, w])), "image")
     return doc.build()
+
+
+def signature(batch) -> tuple:
+    """What two batches must share to be the same: ids, labels, positions, document keys, pixels."""
+    pixels = None if batch.pixel_values is None else round(float(batch.pixel_values.double().sum()), 6)
+    return batch.input_ids.tolist(), batch.labels.tolist(), batch.position_ids.tolist(), batch.doc_keys, pixels

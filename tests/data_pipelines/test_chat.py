@@ -13,17 +13,12 @@ from data_pipelines.batch import IGNORE_INDEX, collate_rows
 from data_pipelines.chat import BadResponseFormat, ChatConfig, ChatRenderer, MalformedChat, MissingMedia
 from data_pipelines.processor import AspectRatioError, ProcessorConfig, VisionProcessor
 from data_pipelines.chat import encode_prompt
-from data_pipelines.tokenizer import build_tiny_tokenizer
 
 R1 = "<think>I count them: one, two.</think><answer>There are <|begin_of_box|>2<|end_of_box|> circles.</answer>"
 R2 = "<think>The square is filled with red.</think><answer>It is <|begin_of_box|>red<|end_of_box|>.</answer>"
 R3 = "<think>7 + 5 = 12.</think><answer><|begin_of_box|>12<|end_of_box|></answer>"
 EOS = "<|endoftext|>"
 
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +27,8 @@ def processor():
 
 
 @pytest.fixture(scope="module")
-def chat(tok, processor):
-    return ChatRenderer(tok, processor)
+def chat(tokenizer, processor):
+    return ChatRenderer(tokenizer, processor)
 
 
 def image(w: int, h: int, colour=(200, 30, 30)) -> Image.Image:
@@ -44,8 +39,8 @@ def user(*items) -> dict:
     return {"role": "user", "content": [{"type": "text", "text": i} if isinstance(i, str) else i for i in items]}
 
 
-def targets(tok, doc) -> str:
-    return tok.decode(doc.input_ids[doc.loss_mask], skip_special_tokens=False)
+def targets(tokenizer, doc) -> str:
+    return tokenizer.decode(doc.input_ids[doc.loss_mask], skip_special_tokens=False)
 
 
 def check_invariants(doc) -> None:
@@ -57,7 +52,7 @@ def check_invariants(doc) -> None:
     assert doc.token_weight * int(doc.loss_mask.sum()) == pytest.approx(1.0)
 
 
-def test_single_turn_trains_exactly_the_response_and_its_end(tok, processor, chat):
+def test_single_turn_trains_exactly_the_response_and_its_end(tokenizer, processor, chat):
     record = {"id": "one", "messages": [
         {"role": "system", "content": "Answer briefly."},
         user({"type": "image", "image": image(84, 56)}, "How many circles?"),
@@ -65,9 +60,9 @@ def test_single_turn_trains_exactly_the_response_and_its_end(tok, processor, cha
     doc = chat(record)
     check_invariants(doc)
     assert doc.key == "one"
-    assert targets(tok, doc) == R1 + EOS
+    assert targets(tokenizer, doc) == R1 + EOS
     # Everything before the targets is the inference prompt, token for token (what generation sees).
-    reference = encode_prompt(record["messages"][:-1], tok, processor, images=[image(84, 56)])
+    reference = encode_prompt(record["messages"][:-1], tokenizer, processor, images=[image(84, 56)])
     first_target = int(doc.loss_mask.nonzero()[0])
     assert doc.input_ids[:first_target].tolist() == reference.input_ids[0].tolist()
     assert doc.mm_token_type_ids[:first_target].tolist() == reference.mm_token_type_ids[0].tolist()
@@ -77,28 +72,28 @@ def test_single_turn_trains_exactly_the_response_and_its_end(tok, processor, cha
     assert not prompt.loss_mask.any()
 
 
-def test_multi_turn_history_keeps_only_answers_and_only_chosen_turns_carry_loss(tok, processor):
+def test_multi_turn_history_keeps_only_answers_and_only_chosen_turns_carry_loss(tokenizer, processor):
     record = {"messages": [
         user({"type": "image", "image": image(56, 56)}, "How many circles?"),
         {"role": "assistant", "content": R1},
         user("And the colour of the square?"),
         {"role": "assistant", "content": R2}]}
-    last = ChatRenderer(tok, processor).document(record, key="mt")
+    last = ChatRenderer(tokenizer, processor).document(record, key="mt")
     check_invariants(last)
-    text = tok.decode(last.input_ids, skip_special_tokens=False)
+    text = tokenizer.decode(last.input_ids, skip_special_tokens=False)
     answer1 = R1.split("</think>")[1]
     assert "I count them" not in text and answer1 in text  # earlier thinking stripped from history
-    assert targets(tok, last) == R2 + EOS
+    assert targets(tokenizer, last) == R2 + EOS
 
-    every = ChatRenderer(tok, processor, ChatConfig(train_turns="all")).document(record, key="mt")
+    every = ChatRenderer(tokenizer, processor, ChatConfig(train_turns="all")).document(record, key="mt")
     check_invariants(every)
     assert torch.equal(every.input_ids, last.input_ids)  # same tokens, more targets
     # The earlier turn is trained as it appears in history, and ends at the next role marker.
-    assert targets(tok, every) == answer1 + "<|user|>" + R2 + EOS
+    assert targets(tokenizer, every) == answer1 + "<|user|>" + R2 + EOS
     assert every.token_weight < last.token_weight
 
 
-def test_multi_image_and_video_expand_in_order_and_carry_no_loss(tok, processor, chat, tmp_path):
+def test_multi_image_and_video_expand_in_order_and_carry_no_loss(tokenizer, processor, chat, tmp_path):
     frames = []
     for t in range(4):
         path = tmp_path / f"f{t}.png"
@@ -111,7 +106,7 @@ def test_multi_image_and_video_expand_in_order_and_carry_no_loss(tok, processor,
         {"role": "assistant", "content": R1}]}
     doc = chat.document(record, root=tmp_path)
     check_invariants(doc)
-    assert targets(tok, doc) == R1 + EOS
+    assert targets(tokenizer, doc) == R1 + EOS
     assert [kind for *_, kind in doc.atomic_spans] == ["image", "image", "video"]
     first, second = (processor.process_image(image(112, 56)), processor.process_image(image(56, 112, (0, 0, 200))))
     assert torch.equal(doc.images[0].pixel_values, first.pixel_values)
@@ -120,27 +115,27 @@ def test_multi_image_and_video_expand_in_order_and_carry_no_loss(tok, processor,
     assert int((doc.mm_token_type_ids == 1).sum()) == first.num_tokens + second.num_tokens
     assert int((doc.mm_token_type_ids == 2).sum()) == 2 * 4
     # Same as the inference prompt built by chat.encode_prompt, video timestamps included.
-    reference = encode_prompt(record["messages"][:-1], tok, processor,
+    reference = encode_prompt(record["messages"][:-1], tokenizer, processor,
                               images=[image(112, 56), image(56, 112, (0, 0, 200))],
                               videos=[([tmp_path / f for f in frames], 2.0)])
     first_target = int(doc.loss_mask.nonzero()[0])
     assert doc.input_ids[:first_target].tolist() == reference.input_ids[0].tolist()
 
 
-def test_text_only_record(tok, chat):
+def test_text_only_record(tokenizer, chat):
     doc = chat({"id": "t", "messages": [{"role": "user", "content": "What is 7 + 5?"},
                                         {"role": "assistant", "content": R3}]})
     check_invariants(doc)
     assert doc.images == [] and doc.videos == [] and doc.atomic_spans == []
-    assert targets(tok, doc) == R3 + EOS
+    assert targets(tokenizer, doc) == R3 + EOS
 
 
-def test_collated_labels_are_the_targets_shifted_with_per_record_weights(tok, chat):
+def test_collated_labels_are_the_targets_shifted_with_per_record_weights(tokenizer, chat):
     docs = [chat({"id": f"r{i}", "messages": [user({"type": "image", "image": image(56, 56 * (i + 1))}, "Q?"),
                                                {"role": "assistant", "content": r}]})
             for i, r in enumerate((R1, R2, R3))]
     seq_len = sum(len(d) for d in docs) + 7  # room for padding
-    batch = collate_rows([docs], seq_len, pad_id=tok.eos_token_id)
+    batch = collate_rows([docs], seq_len, pad_id=tokenizer.eos_token_id)
     offset = 0
     for i, doc in enumerate(docs):
         n = len(doc)
@@ -160,17 +155,17 @@ def test_collated_labels_are_the_targets_shifted_with_per_record_weights(tok, ch
      "multiple_boxes"),
     ("<think>hm</think><answer><|begin_of_box|> <|end_of_box|></answer>", "empty_box"),
 ])
-def test_bad_format_is_skipped_by_default_or_kept_on_request(tok, processor, chat, response, problem):
+def test_bad_format_is_skipped_by_default_or_kept_on_request(tokenizer, processor, chat, response, problem):
     record = {"id": "bad", "messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": response}]}
     assert answer_format.format_violation(response) == problem
     with pytest.raises(BadResponseFormat) as err:
         chat(record)
     assert err.value.reason == "bad_format"
-    kept = ChatRenderer(tok, processor, ChatConfig(skip_bad_format=False))(record)
-    assert targets(tok, kept) == response + EOS
+    kept = ChatRenderer(tokenizer, processor, ChatConfig(skip_bad_format=False))(record)
+    assert targets(tokenizer, kept) == response + EOS
     if problem == "no_box":  # answers without a box pass when boxes are not required
-        no_box = ChatRenderer(tok, processor, ChatConfig(require_box=False))
-        assert targets(tok, no_box(record)) == response + EOS
+        no_box = ChatRenderer(tokenizer, processor, ChatConfig(require_box=False))
+        assert targets(tokenizer, no_box(record)) == response + EOS
 
 
 def test_the_reward_gate_is_the_same_function():

@@ -49,10 +49,6 @@ def reference() -> Glm4vImageProcessorPil:
     return Glm4vImageProcessorPil(size=RELEASED_IMAGE_SIZE)
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> PreTrainedTokenizerFast:
-    return build_tiny_tokenizer()
-
 
 def noise(width: int, height: int, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)

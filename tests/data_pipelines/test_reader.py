@@ -4,7 +4,6 @@ import itertools
 from collections import Counter
 
 import pytest
-import torch
 
 from data_pipelines.interleaved import InterleavedDocuments
 from data_pipelines.packing import PackingConfig
@@ -12,12 +11,8 @@ from data_pipelines.processor import VisionProcessor
 from data_pipelines.reader import PackedLoader, ReaderConfig, ShardStream
 from data_pipelines.shards import write_shards
 from data_pipelines.synthetic import make_corrupt_corpus, make_interleaved_corpus
-from data_pipelines.tokenizer import build_tiny_tokenizer
+from tests.data_pipelines.docs_factory import signature
 
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +35,6 @@ def loader_for(shard_dir, documents, tokenizer, **overrides):
     cfg = ReaderConfig(shards=str(shard_dir), seed=1, batch_rows=2,
                        packing=PackingConfig(seq_len=256, buffer_docs=6, min_chunk_tokens=16), **overrides)
     return PackedLoader(ShardStream(cfg, documents, tokenizer.eos_token_id))
-
-
-def signature(batch):
-    pixels = None if batch.pixel_values is None else round(float(batch.pixel_values.double().sum()), 6)
-    return batch.input_ids.tolist(), batch.labels.tolist(), batch.position_ids.tolist(), batch.doc_keys, pixels
 
 
 @pytest.mark.parametrize("workers", [0, 2])

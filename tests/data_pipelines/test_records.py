@@ -14,13 +14,8 @@ from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.reader import PackedLoader, ReaderConfig, ShardStream
 from data_pipelines.records import RecordShards, resolve_records
 from data_pipelines.synthetic import make_sft_records
-from data_pipelines.tokenizer import build_tiny_tokenizer
-from tests.data_pipelines.test_reader import signature
+from tests.data_pipelines.docs_factory import signature
 
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")

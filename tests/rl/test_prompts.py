@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
 import torch
 from PIL import Image
 
@@ -23,14 +22,10 @@ from data_pipelines.prompts import (
     sidecar_path,
     write_sidecar,
 )
-from data_pipelines.tokenizer import SpecialTokens, build_tiny_tokenizer
+from data_pipelines.tokenizer import SpecialTokens
 from stages.rl.batching import TrainSample, micro_batch
 from stages.rl.rollout.base import GenerationRequest, RawCompletion, RolloutConfig, RolloutEngine, rollout
 
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tiny_tokenizer()
 
 
 def test_records_load_validate_and_count_skips(tmp_path):
@@ -61,17 +56,17 @@ def test_records_load_validate_and_count_skips(tmp_path):
     assert hf[0].id == "h1" and hf[0].answer == "4"
 
 
-def test_encoding_expands_images_and_keeps_raw_ids_for_vllm(tok, tmp_path):
+def test_encoding_expands_images_and_keeps_raw_ids_for_vllm(tokenizer, tmp_path):
     Image.new("RGB", (112, 168), (200, 30, 30)).save(tmp_path / "a.png")
     record = parse_record({"id": "q", "domain": "counting", "images": ["a.png"], "question": "How many?",
                            "answer": 1})
-    prompt = encode_prompt_record(record, ChatRenderer(tok, VisionProcessor()), image_root=tmp_path, system_prompt="Be brief.")
-    sp = SpecialTokens.from_tokenizer(tok)
+    prompt = encode_prompt_record(record, ChatRenderer(tokenizer, VisionProcessor()), image_root=tmp_path, system_prompt="Be brief.")
+    sp = SpecialTokens.from_tokenizer(tokenizer)
     n = 4 * 6  # 112x168 px -> 8x12 patches -> 4x6 merged tokens
     assert prompt.input_ids.count(sp.image) == n and prompt.raw_ids.count(sp.image) == 1
     assert sum(prompt.mm_token_type_ids) == n
     assert len(prompt) == len(prompt.raw_ids) + n - 1
-    assert tok.decode(prompt.raw_ids).startswith("[gMASK]<sop><|system|>\nBe brief.<|user|>\n<|begin_of_image|>")
+    assert tokenizer.decode(prompt.raw_ids).startswith("[gMASK]<sop><|system|>\nBe brief.<|user|>\n<|begin_of_image|>")
     assert prompt.image_grid_thw.tolist() == [[1, 12, 8]]
     doc = rollout_document(prompt, [5, 6, 7], [True, False, True], "q#0", token_weight=0.5)
     assert doc.loss_mask.tolist() == [False] * len(prompt) + [True, False, True]
@@ -109,10 +104,10 @@ class ScriptedEngine(RolloutEngine):
         raise NotImplementedError
 
 
-def test_forced_answer_is_inserted_and_masked(tok):
-    sp = SpecialTokens.from_tokenizer(tok)
+def test_forced_answer_is_inserted_and_masked(tokenizer):
+    sp = SpecialTokens.from_tokenizer(tokenizer)
     record = parse_record({"id": "q", "domain": "counting", "question": "How many?", "answer": 2})
-    prompt = encode_prompt_record(record, ChatRenderer(tok, VisionProcessor()))
+    prompt = encode_prompt_record(record, ChatRenderer(tokenizer, VisionProcessor()))
     thinking = [sp.think_start, 100, 101, 102]  # hit the cap inside <think>
     done = [sp.think_start, 100, sp.think_end, sp.answer_start, 50, sp.answer_end, sp.eos]
     answered_late = [sp.think_start, 100, sp.think_end, sp.answer_start]  # cap, but no longer thinking
@@ -142,10 +137,10 @@ def test_forced_answer_is_inserted_and_masked(tok):
     assert mb.batch.labels[0, : start].eq(IGNORE_INDEX).all()  # the prompt is never trained
 
 
-def test_forced_answer_off_leaves_truncated_responses(tok):
-    sp = SpecialTokens.from_tokenizer(tok)
+def test_forced_answer_off_leaves_truncated_responses(tokenizer):
+    sp = SpecialTokens.from_tokenizer(tokenizer)
     prompt = encode_prompt_record(parse_record({"id": "q", "domain": "m", "question": "?", "answer": 1}),
-                                  ChatRenderer(tok, VisionProcessor()))
+                                  ChatRenderer(tokenizer, VisionProcessor()))
     engine = ScriptedEngine([[[RawCompletion([sp.think_start, 100], [-1.0, -1.0], "length")] * 2]])
     cfg = RolloutConfig(engine="hf", group_size=2, forced_answer=False)
     [group] = rollout(engine, [prompt], cfg, sp, seeds=[0])

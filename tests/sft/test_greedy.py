@@ -9,7 +9,6 @@ from PIL import Image
 from data_pipelines.chat import ChatRenderer
 from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.chat import encode_prompt
-from data_pipelines.tokenizer import build_tiny_tokenizer
 from stages.sft_eval import greedy_decode
 from trainer.forward import UniformVisionForward
 from trainer.model import build_model, load_preset
@@ -18,8 +17,7 @@ RESPONSE = "<think>t</think><answer><|begin_of_box|>1<|end_of_box|></answer>"
 
 
 @pytest.fixture(scope="module")
-def setup():
-    tokenizer = build_tiny_tokenizer()
+def setup(tokenizer):
     torch.manual_seed(3)
     model = build_model(load_preset("tiny"), tokenizer).eval()
     processor = VisionProcessor(ProcessorConfig(max_pixels=112 * 112 * 2))

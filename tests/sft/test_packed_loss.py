@@ -12,15 +12,13 @@ from data_pipelines.packing import Packer, PackingConfig
 from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.records import RecordShards
 from data_pipelines.synthetic import make_sft_records
-from data_pipelines.tokenizer import build_tiny_tokenizer
 from trainer.forward import UniformVisionForward
 from trainer.loss import token_losses, weighted_loss_sum
 from trainer.model import build_model, load_preset
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    tokenizer = build_tiny_tokenizer()
+def setup(tmp_path_factory, tokenizer):
     torch.manual_seed(0)
     forward = UniformVisionForward(build_model(load_preset("tiny"), tokenizer).eval())
     chat = ChatRenderer(tokenizer, VisionProcessor(ProcessorConfig(max_pixels=112 * 112 * 2)))

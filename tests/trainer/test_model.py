@@ -16,7 +16,7 @@ from transformers import (
 )
 from transformers.vision_utils import get_vision_position_ids
 
-from data_pipelines.tokenizer import SpecialTokens, build_tiny_tokenizer, load_tokenizer
+from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from trainer.model import (
     MERGER,
     ModelConfig,
@@ -35,10 +35,6 @@ RELEASED_IDS = dict(
     video_start=151341, video_end=151342, image=151343, video=151344,
 )
 
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +70,8 @@ def sources(tiny):
 
 
 @pytest.fixture(scope="module")
-def composed(sources, tiny, tok):
-    return compose_model(*sources, tiny, tok).eval()
+def composed(sources, tiny, tokenizer):
+    return compose_model(*sources, tiny, tokenizer).eval()
 
 
 def test_presets_and_validation(tmp_path, tiny):
@@ -110,9 +106,9 @@ def test_9b_preset_is_the_released_config():
 
 
 @pytest.mark.parametrize("name,low,high", [("glm41v_1b", 1.0e9, 1.3e9), ("glm41v_9b", 10.2e9, 10.35e9)])
-def test_preset_parameter_counts(name, low, high, tok):
+def test_preset_parameter_counts(name, low, high, tokenizer):
     with torch.device("meta"):  # shapes only, no memory
-        model = Glm4vForConditionalGeneration(glm4v_config(load_preset(name), SpecialTokens.from_tokenizer(tok)))
+        model = Glm4vForConditionalGeneration(glm4v_config(load_preset(name), SpecialTokens.from_tokenizer(tokenizer)))
     counts = count_parameters(model)
     print(name, {k: f"{v / 1e6:.1f}M" for k, v in counts.items()})
     assert counts["total"] == sum(p.numel() for p in model.parameters())
@@ -120,9 +116,9 @@ def test_preset_parameter_counts(name, low, high, tok):
     assert low < counts["total"] < high  # the released 9B has 10.3B parameters
 
 
-def test_build_tiny_carries_tokenizer_ids(tiny, tok):
-    special = SpecialTokens.from_tokenizer(tok)
-    model = build_model(tiny, tok)
+def test_build_tiny_carries_tokenizer_ids(tiny, tokenizer):
+    special = SpecialTokens.from_tokenizer(tokenizer)
+    model = build_model(tiny, tokenizer)
     config = model.config
     assert (config.image_token_id, config.video_token_id) == (special.image, special.video)
     assert (config.image_start_token_id, config.image_end_token_id) == (special.image_start, special.image_end)
@@ -132,12 +128,12 @@ def test_build_tiny_carries_tokenizer_ids(tiny, tok):
     assert config.text_config.rope_parameters["mrope_section"] == [2, 3, 3]
     assert 1e6 < count_parameters(model)["total"] < 5e6
     with pytest.raises(ValueError, match="vocab_size"):
-        build_model(dataclasses.replace(tiny, vocab_size=len(tok) - 1), tok)
+        build_model(dataclasses.replace(tiny, vocab_size=len(tokenizer) - 1), tokenizer)
 
 
-def test_compose_text_logits_equal_glm4(composed, sources, tok):
+def test_compose_text_logits_equal_glm4(composed, sources, tokenizer):
     language = sources[1]
-    ids = torch.tensor([tok("[gMASK]<sop><|user|>\nwhat is two plus two?<|assistant|>").input_ids])
+    ids = torch.tensor([tokenizer("[gMASK]<sop><|user|>\nwhat is two plus two?<|assistant|>").input_ids])
     with torch.no_grad():
         ref = language(input_ids=ids).logits
         got = composed(input_ids=ids).logits
@@ -145,7 +141,7 @@ def test_compose_text_logits_equal_glm4(composed, sources, tok):
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
 
 
-def test_compose_mapping_is_strict(sources, composed, tiny, tok):
+def test_compose_mapping_is_strict(sources, composed, tiny, tokenizer):
     vision, language = sources
     weights = map_weights(vision, language, tiny.vision_temporal_patch_size)
     used = Counter(key for keys in weights.sources.values() for key in keys)
@@ -171,15 +167,15 @@ def test_compose_mapping_is_strict(sources, composed, tiny, tok):
     assert torch.equal(got["lm_head.weight"], language.state_dict()["lm_head.weight"])
 
     with pytest.raises(ValueError, match="text layers"):
-        compose_model(vision, language, dataclasses.replace(tiny, text_num_hidden_layers=3), tok)
+        compose_model(vision, language, dataclasses.replace(tiny, text_num_hidden_layers=3), tokenizer)
 
 
-def test_build_model_composes_from_checkpoint_dirs(tmp_path, sources, composed, tiny, tok):
+def test_build_model_composes_from_checkpoint_dirs(tmp_path, sources, composed, tiny, tokenizer):
     vision, language = sources
     vision.save_pretrained(tmp_path / "aimv2")
     language.save_pretrained(tmp_path / "glm4")
     cfg = dataclasses.replace(tiny, vision_init=str(tmp_path / "aimv2"), language_init=str(tmp_path / "glm4"))
-    model = build_model(cfg, tok)
+    model = build_model(cfg, tokenizer)
     ours, ref = model.state_dict(), composed.state_dict()
     copied = [k for k in ref if not k.startswith(MERGER)]
     assert all(torch.equal(ours[k], ref[k]) for k in copied)
@@ -210,11 +206,11 @@ def test_inflated_patch_embed_and_positions_match_aimv2(sources, composed, tiny)
     torch.testing.assert_close(got_embed, ref_embed[raster], rtol=0, atol=1e-5)
 
 
-def test_save_reload_same_logits_and_generation(tmp_path, tiny, tok):
+def test_save_reload_same_logits_and_generation(tmp_path, tiny, tokenizer):
     torch.manual_seed(0)
-    model = build_model(tiny, tok).eval()
-    special = SpecialTokens.from_tokenizer(tok)
-    text = tok("what is in the picture?", add_special_tokens=False).input_ids
+    model = build_model(tiny, tokenizer).eval()
+    special = SpecialTokens.from_tokenizer(tokenizer)
+    text = tokenizer("what is in the picture?", add_special_tokens=False).input_ids
     ids = [special.gmask, special.sop, special.user, special.image_start, *[special.image] * 4,
            special.image_end, *text, special.assistant]
     inputs = dict(
@@ -223,7 +219,7 @@ def test_save_reload_same_logits_and_generation(tmp_path, tiny, tok):
         pixel_values=torch.randn(4 * 4, 3 * 2 * 14 * 14),  # a 56x56 image: 4x4 patches, 4 LLM tokens
         image_grid_thw=torch.tensor([[1, 4, 4]]),
     )
-    out_dir = save_hf_checkpoint(model, tok, tmp_path / "ckpt")
+    out_dir = save_hf_checkpoint(model, tokenizer, tmp_path / "ckpt")
     for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                  "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json",
                  "video_preprocessor_config.json", "processor_config.json"):

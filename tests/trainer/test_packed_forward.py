@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from data_pipelines.batch import IGNORE_INDEX, collate_rows
-from data_pipelines.tokenizer import SpecialTokens, build_tiny_tokenizer
+from data_pipelines.tokenizer import SpecialTokens
 from tests.data_pipelines.docs_factory import make_doc
 from trainer.forward import UniformVisionForward
 from trainer.loss import token_losses
@@ -13,8 +13,7 @@ from trainer.model import build_model, load_preset
 
 
 @pytest.fixture(scope="module")
-def model_and_special():
-    tokenizer = build_tiny_tokenizer()
+def model_and_special(tokenizer):
     torch.manual_seed(0)
     model = build_model(load_preset("tiny"), tokenizer).eval()
     return model, SpecialTokens.from_tokenizer(tokenizer)
