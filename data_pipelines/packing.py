@@ -1,4 +1,4 @@
-"""Documents -> fixed-length packed rows.
+"""Documents -> fixed-length packed rows -> Batches.
 
 Best fit over a small look-ahead buffer: a row takes the longest buffered document that still
 fits; when none fits, the oldest document is split at the last legal cut (never inside an image
@@ -9,8 +9,10 @@ or video span) to fill the row. Splitting is for pretraining; SFT/RL keep sample
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .batch import Batch, collate_rows
 from .document import Document
 
 
@@ -93,3 +95,26 @@ class Packer:
         self.stats.rows += bool(row)
         self.stats.tokens += self.cfg.seq_len - room if row else 0
         return row
+
+
+def packed_batches(documents: Iterator[Document], packer: Packer, rows_per_batch: int, pad_id: int) -> Iterator[Batch]:
+    """Batches of `rows_per_batch` packed rows, pulling documents as the packer's look-ahead empties;
+    the last batch may hold fewer rows. Between batches `packer.buffer` holds what is pending (the
+    reader saves it for exact resume)."""
+    exhausted = False
+    while True:
+        rows = []
+        while len(rows) < rows_per_batch:
+            while not exhausted and not packer.full:
+                doc = next(documents, None)
+                if doc is None:
+                    exhausted = True
+                else:
+                    packer.add(doc)
+            row = packer.pop_row()
+            if not row:
+                break
+            rows.append(row)
+        if not rows:
+            return
+        yield collate_rows(rows, packer.cfg.seq_len, pad_id)

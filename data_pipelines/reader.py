@@ -27,9 +27,9 @@ import braceexpand
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .batch import Batch, collate_rows
+from .batch import Batch
 from .document import Document
-from .packing import Packer, PackingConfig
+from .packing import Packer, PackingConfig, packed_batches
 from .processor import BadSample
 
 Position = tuple[int, int, int]  # (epoch, shard slot in this stream's epoch list, sample index)
@@ -202,24 +202,7 @@ class ShardStream(IterableDataset):
                     break
             packer.buffer = [found[p].slice(offset) for p, offset in pending]
 
-        docs = documents()
-        exhausted = False
-        while True:
-            rows = []
-            while len(rows) < self.cfg.batch_rows:
-                while not exhausted and not packer.full:
-                    doc = next(docs, None)
-                    if doc is None:
-                        exhausted = True
-                    else:
-                        packer.add(doc)
-                row = packer.pop_row()
-                if not row:
-                    break
-                rows.append(row)
-            if not rows:
-                return
-            batch = collate_rows(rows, self.cfg.packing.seq_len, self.pad_id)
+        for batch in packed_batches(documents(), packer, self.cfg.batch_rows, self.pad_id):
             yield batch, {
                 "next": list(next_pos),
                 "pending": [[*d.origin, d.offset] for d in packer.buffer],
