@@ -41,7 +41,8 @@ def accuracy(policy: Path, data: Path, samples: int, temperature: float) -> dict
     from data_pipelines.chat import ChatRenderer
     from data_pipelines.prompts import encode_prompt_record, load_prompt_records
     from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
-    from stages.rl.policy import load_policy, resolve_hf_dir
+    from stages.rl.policy import load_policy
+    from trainer.checkpoint import resolve_hf_dir
     from stages.rl.rewards import RewardConfig, score
     from stages.rl.rollout.base import RolloutConfig, completion_text, rollout
     from stages.rl.rollout.hf_engine import HFEngine

@@ -22,8 +22,8 @@ from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.reader import PackedLoader, ReaderConfig, ShardStream
 from data_pipelines.records import FORMATS, RecordShards
 from data_pipelines.tokenizer import load_tokenizer
-from trainer.checkpoint import Checkpointer
 from trainer.config import LoggingConfig, TrainerConfig
+from trainer.checkpoint import resolve_hf_dir
 from trainer.distributed import DistInfo
 from trainer.loop import Trainer
 from trainer.model import ModelConfig, build_model
@@ -72,14 +72,10 @@ class SFTConfig:
             raise ValueError("eval.every > 0 needs held-out records in data.eval")
 
 
-def resolve_init(init: str | None, info: DistInfo) -> str | None:
-    """A run directory (one with checkpoints/) means its latest complete checkpoint."""
-    if init and (Path(init) / "checkpoints").is_dir():
-        latest = Checkpointer(init, info, keep_last=1).latest()
-        if latest is None:
-            raise FileNotFoundError(f"model.init={init}: the run has no complete checkpoint")
-        return str(latest)
-    return init
+def resolve_init(init: str | None) -> str | None:
+    """A run directory (one with checkpoints/) means its latest complete checkpoint; a step_N its
+    `hf/` (trainer.checkpoint.resolve_hf_dir, shared with RL, grading and evaluation)."""
+    return str(resolve_hf_dir(init)) if init else init
 
 
 def run(cfg: SFTConfig, run_dir: Path, info: DistInfo) -> None:
@@ -87,7 +83,7 @@ def run(cfg: SFTConfig, run_dir: Path, info: DistInfo) -> None:
     grad_accum = cfg.trainer.accumulation(cfg.data.batch_rows, info.world_size)
     torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank (random init)
     tokenizer = load_tokenizer(cfg.model.tokenizer)
-    model_cfg = dataclasses.replace(cfg.model, init=resolve_init(cfg.model.init, info))
+    model_cfg = dataclasses.replace(cfg.model, init=resolve_init(cfg.model.init))
     model = build_model(model_cfg, tokenizer)
     data = cfg.data
     chat = ChatRenderer(tokenizer, VisionProcessor(cfg.processor), data.chat)

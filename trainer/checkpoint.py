@@ -54,6 +54,48 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def complete_steps(root: Path) -> list[int]:
+    """Steps of the complete checkpoints under a run's `checkpoints/`, ascending."""
+    if not root.is_dir():
+        return []
+    steps = []
+    for child in root.iterdir():
+        match = STEP_DIR.match(child.name)
+        if match and (child / "COMPLETE").exists():
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run (the `latest` pointer, checked; else a scan).
+    Reads files only: any process, no process group."""
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / "latest"
+    if pointer.exists():
+        candidate = root / pointer.read_text().strip()
+        if (candidate / "COMPLETE").exists():
+            return candidate
+    steps = complete_steps(root)
+    return root / f"step_{steps[-1]}" if steps else None
+
+
+def resolve_hf_dir(path: str | Path) -> Path:
+    """The HF directory a `model.init` names, in any of its three forms (the same for every stage):
+    a run directory (one holding `checkpoints/`) means its latest complete checkpoint; a ponder
+    checkpoint `.../step_N` means its `hf/`; anything else is an HF directory."""
+    path = Path(path)
+    if (path / "checkpoints").is_dir():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise FileNotFoundError(f"model.init={path}: the run has no complete checkpoint")
+        path = latest
+    if (path / "hf" / "config.json").exists():
+        path = path / "hf"
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"model.init={path}: not an HF checkpoint directory (no config.json)")
+    return path
+
+
 class Checkpointer:
     def __init__(self, run_dir: str | Path, info: DistInfo, keep_last: int):
         self.root = Path(run_dir) / "checkpoints"
@@ -62,24 +104,10 @@ class Checkpointer:
 
     # -- finding -------------------------------------------------------------------------------
     def complete_steps(self) -> list[int]:
-        if not self.root.is_dir():
-            return []
-        steps = []
-        for child in self.root.iterdir():
-            match = STEP_DIR.match(child.name)
-            if match and (child / "COMPLETE").exists():
-                steps.append(int(match.group(1)))
-        return sorted(steps)
+        return complete_steps(self.root)
 
     def latest(self) -> Path | None:
-        """The newest complete checkpoint (the `latest` pointer, checked; else a scan)."""
-        pointer = self.root / "latest"
-        if pointer.exists():
-            candidate = self.root / pointer.read_text().strip()
-            if (candidate / "COMPLETE").exists():
-                return candidate
-        steps = self.complete_steps()
-        return self.root / f"step_{steps[-1]}" if steps else None
+        return latest_checkpoint(self.root.parent)
 
     def resume_point(self, resume: str) -> Path | None:
         """`auto`: the latest complete checkpoint if any; `never`: none; else a checkpoint dir."""

@@ -31,13 +31,13 @@ from data_pipelines.prompts import (
 )
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from stages.rl.rewards import RewardConfig
+from trainer.checkpoint import resolve_hf_dir
 from trainer.distributed import DistInfo
 from trainer.logging import log
 from trainer.model import ModelConfig
 
 from .config import PromptDataConfig
 from .curriculum import CurriculumConfig, PromptMeta, offline_counts, tier_of
-from .policy import resolve_hf_dir
 from .groups import GroupRoller
 from .rollout import RolloutConfig, build_rollout_engine
 from .rollout.base import request_seed

@@ -9,19 +9,10 @@ from pathlib import Path
 from transformers import Glm4Config, Glm4ForCausalLM, PreTrainedModel
 
 from data_pipelines.tokenizer import SpecialTokens
+from trainer.checkpoint import resolve_hf_dir
 from trainer.model import DTYPES, ModelConfig, load_model
 
 TEXT_ONLY = "Glm4ForCausalLM"
-
-
-def resolve_hf_dir(path: str | Path) -> Path:
-    """A ponder checkpoint `.../step_N` means its `hf/`; anything else is an HF directory."""
-    path = Path(path)
-    if (path / "hf" / "config.json").exists():
-        path = path / "hf"
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"model.init={path}: not an HF checkpoint directory (no config.json)")
-    return path
 
 
 def architecture(hf_dir: Path) -> str:

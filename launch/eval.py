@@ -1,0 +1,26 @@
+"""`[torchrun --nproc_per_node=N] launch/eval.py recipe=eval_tiny model.init=<ckpt> data.paths=[a.jsonl,b.parquet]`
+
+Greedy and sampled accuracy, pass@k, rewards, format and lengths of a checkpoint on prompt sets,
+per set and per domain (stages/evaluate.py, docs/eval.md): eval.json and eval.md in the run dir."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from launch.common import register, start  # also puts the repo root on sys.path
+from stages.evaluate import EvalRunConfig, evaluate, write_report
+
+register("eval_schema", EvalRunConfig)
+
+
+@hydra.main(config_path="../recipes", config_name="eval", version_base="1.3")
+def main(raw: DictConfig) -> None:
+    cfg, run_dir, info = start(raw)
+    results = evaluate(cfg, info)
+    if info.is_main:
+        print(write_report(results, run_dir), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""Evaluate a checkpoint on prompt sets: greedy and sampled decoding, graded by the reward system
+(docs/eval.md).
+
+The same pieces as RL and offline grading, so an eval number means what a training reward means:
+prompts are encoded by the one renderer (`encode_prompt_record`), rolled out by the recipe's
+engine (`rollout.engine`: vllm or hf, forced answering as configured) and scored by the reward
+system (`GroupRoller` + `Scorer`). Each rank evaluates slots rank, rank + world, ... of every set;
+per-prompt outcomes are all-gathered and every rank computes the same metrics.
+
+Per prompt set, overall and per domain, for each decoding (greedy: temperature 0, one response;
+sampled: `rollout.temperature`, `samples` responses): accuracy (share of responses with reward >=
+`pass_threshold`), unbiased pass@k for every k of `ks` that is <= the responses per prompt, mean
+reward, format compliance, response length (mean, p95; tokens, forced-answer tokens included),
+truncation and forced-answer rates. Prompts that cannot be used (bad record, missing or broken
+image, over `data.max_prompt_tokens`) are counted per reason and left out of every rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch.distributed as dist
+
+from data_pipelines.chat import ChatRenderer
+from data_pipelines.processor import BadSample, ProcessorConfig, VisionProcessor
+from data_pipelines.prompts import (
+    EncodedPrompt,
+    PromptRecord,
+    PromptRecordError,
+    encode_prompt_record,
+    load_prompt_records,
+)
+from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
+from stages.rl.groups import GroupResult, GroupRoller
+from stages.rl.metrics import p95
+from stages.rl.pass_at_k import mean_pass_at_k
+from trainer.checkpoint import resolve_hf_dir
+from stages.rl.rewards import RewardConfig
+from stages.rl.rollout import RolloutConfig, build_rollout_engine
+from stages.rl.rollout.base import request_seed
+from stages.rl.scorer import Scorer
+from trainer.distributed import DistInfo
+from trainer.logging import log
+from trainer.model import ModelConfig
+
+Metrics = dict[str, Any]
+PROMPT_FILE_SUFFIXES = (".jsonl", ".parquet", ".json")  # what load_prompt_records reads (or a directory)
+
+
+@dataclass
+class EvalDataConfig:
+    paths: list[str] = field(default_factory=list)  # prompt sets: .jsonl, .parquet, .json, save_to_disk dirs
+    image_root: Optional[str] = None  # relative image paths resolve here; default: each set's own directory
+    system_prompt: Optional[str] = None
+    max_prompt_tokens: int = 4096  # longer prompts (images expanded) are skipped and counted
+    max_prompts: Optional[int] = None  # per set: only the first N usable records (quick looks); None: all
+
+    def __post_init__(self) -> None:
+        if self.max_prompt_tokens < 1:
+            raise ValueError(f"data.max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ValueError(f"data.max_prompts must be >= 1 or null, got {self.max_prompts}")
+
+
+@dataclass
+class EvalRunConfig:
+    """launch/eval.py's config (recipes/eval.yaml). `rollout.group_size` is not used: `samples` is n."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)  # model.init: the checkpoint under evaluation
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    processor: ProcessorConfig = field(default_factory=ProcessorConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # engine, sampled temperature / top-p, lengths
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+    greedy: bool = True  # temperature 0, one response per prompt
+    samples: int = 8  # n responses per prompt at rollout.temperature; 0: no sampled decoding
+    ks: list[int] = field(default_factory=lambda: [1, 4, 8])  # pass@k of the sampled responses
+    pass_threshold: float = 1.0  # a response is correct when its reward reaches this
+    chunk_prompts: int = 256  # prompts per rollout call on a rank (bounds memory: encoded images, responses)
+
+    def __post_init__(self) -> None:
+        if not self.model.init:
+            raise ValueError("model.init is empty: give the checkpoint to evaluate (a run dir, step_N, or HF dir)")
+        if not self.data.paths:
+            raise ValueError("data.paths is empty: give one or more prompt sets, e.g. data.paths=[a.jsonl,b.parquet]")
+        missing = [p for p in self.data.paths if not Path(p).exists()]
+        if missing:
+            raise ValueError(f"data.paths: not found: {missing}")
+        unknown = [p for p in self.data.paths if Path(p).is_file() and Path(p).suffix not in PROMPT_FILE_SUFFIXES]
+        if unknown:
+            raise ValueError(f"data.paths: {unknown} are not {PROMPT_FILE_SUFFIXES} files or save_to_disk directories")
+        if self.samples < 0 or not (self.greedy or self.samples):
+            raise ValueError(f"need greedy=true or samples >= 1 (got greedy={self.greedy}, samples={self.samples})")
+        if self.samples and self.rollout.temperature <= 0:
+            raise ValueError("rollout.temperature must be > 0 for sampled decoding (samples > 0); "
+                             "greedy=true already evaluates temperature 0")
+        if any(k < 1 for k in self.ks) or len(set(self.ks)) != len(self.ks):
+            raise ValueError(f"ks must be distinct integers >= 1, got {self.ks}")
+        if self.samples and self.ks and max(self.ks) > self.samples:
+            raise ValueError(f"ks={self.ks}: pass@{max(self.ks)} needs samples >= {max(self.ks)}, got {self.samples}")
+        if not math.isfinite(self.pass_threshold):
+            raise ValueError(f"pass_threshold must be finite, got {self.pass_threshold}")
+        if self.chunk_prompts < 1:
+            raise ValueError(f"chunk_prompts must be >= 1, got {self.chunk_prompts}")
+        longest = self.data.max_prompt_tokens + self.rollout.max_new_tokens + self.rollout.forced_answer_tokens + 2
+        if self.rollout.engine == "vllm" and self.rollout.max_model_len < longest:
+            raise ValueError(f"rollout.max_model_len={self.rollout.max_model_len} < longest sample {longest} "
+                             "(data.max_prompt_tokens + rollout.max_new_tokens + forced answer + 2)")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    name: str  # greedy | sampled
+    n: int  # responses per prompt
+    temperature: float  # 0: greedy
+    ks: tuple[int, ...]  # pass@k reported (k <= n)
+
+
+def decodings(cfg: EvalRunConfig) -> list[Decoding]:
+    out = [Decoding("greedy", 1, 0.0, (1,))] if cfg.greedy else []
+    if cfg.samples:
+        out.append(Decoding("sampled", cfg.samples, cfg.rollout.temperature, tuple(sorted(cfg.ks))))
+    return out
+
+
+# ---- per-prompt outcomes and the metrics over them (pure) -------------------------------------
+@dataclass
+class PromptOutcome:
+    """One prompt's graded responses: all the metrics need, small enough to all-gather."""
+
+    slot: int  # index in the set's usable records
+    id: str
+    domain: str
+    rewards: list[float]
+    format_ok: list[bool]
+    lengths: list[int]  # response tokens
+    truncated: list[bool]  # the final generation hit its cap
+    forced: list[bool]  # `</think><answer>` was inserted at max_new_tokens
+
+
+def outcome_of(group: GroupResult, record: PromptRecord) -> PromptOutcome:
+    c = group.completions
+    return PromptOutcome(group.slot, record.id, record.domain, list(group.rewards), list(group.format_ok),
+                         [len(x) for x in c], [x.truncated for x in c], [x.forced for x in c])
+
+
+def decoding_metrics(outcomes: list[PromptOutcome], ks: tuple[int, ...], pass_threshold: float) -> Metrics:
+    """The numbers of one decoding over some prompts; rates are None without responses."""
+    responses = sum(len(o.rewards) for o in outcomes)
+
+    def rate(values) -> float | None:
+        return sum(values) / responses if responses else None
+
+    lengths = [n for o in outcomes for n in o.lengths]
+    out: Metrics = {
+        "prompts": len(outcomes), "responses": responses,
+        "accuracy": rate(r >= pass_threshold for o in outcomes for r in o.rewards),
+        "reward_mean": rate(r for o in outcomes for r in o.rewards),
+        "format_ok_rate": rate(ok for o in outcomes for ok in o.format_ok),
+        "response_length_mean": rate(lengths),
+        "response_length_p95": p95(lengths) if lengths else None,
+        "truncation_rate": rate(t for o in outcomes for t in o.truncated),
+        "forced_answer_rate": rate(f for o in outcomes for f in o.forced),
+    }
+    counts = [(len(o.rewards), sum(r >= pass_threshold for r in o.rewards)) for o in outcomes]
+    out.update({f"pass@{k}": mean_pass_at_k(counts, k) for k in ks})
+    return out
+
+
+def grouped_metrics(outcomes: list[PromptOutcome], ks: tuple[int, ...], pass_threshold: float) -> Metrics:
+    """{"all": metrics, "domains": {domain: metrics}} (domains sorted)."""
+    by_domain: dict[str, list[PromptOutcome]] = defaultdict(list)
+    for o in outcomes:
+        by_domain[o.domain].append(o)
+    return {"all": decoding_metrics(outcomes, ks, pass_threshold),
+            "domains": {d: decoding_metrics(by_domain[d], ks, pass_threshold) for d in sorted(by_domain)}}
+
+
+def set_names(paths: list[str]) -> list[tuple[str, str]]:
+    """(name, path) per prompt set: the file's stem or the directory's name, made unique with _2, _3, ..."""
+    seen: Counter = Counter()
+    out = []
+    for path in paths:
+        p = Path(path)
+        base = p.stem if p.is_file() else p.name
+        seen[base] += 1
+        out.append((base if seen[base] == 1 else f"{base}_{seen[base]}", path))
+    return out
+
+
+# ---- running ------------------------------------------------------------------------------------
+def gather(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's `obj`, rank order, on every rank (no process group needed in a world of one)."""
+    if info.world_size == 1:
+        return [obj]
+    everyone: list[Any] = [None] * info.world_size
+    dist.all_gather_object(everyone, obj)
+    return everyone
+
+
+class SetEvaluator:
+    """One engine, renderer and scorer on this rank, reused for every prompt set."""
+
+    def __init__(self, cfg: EvalRunConfig, info: DistInfo, hf_dir: Path):
+        self.cfg, self.info = cfg, info
+        tokenizer = load_tokenizer(hf_dir)
+        special = SpecialTokens.from_tokenizer(tokenizer)
+        self.renderer = ChatRenderer(tokenizer, VisionProcessor(cfg.processor))
+        engine = build_rollout_engine(cfg.rollout, hf_dir, special, cfg.model, info, cfg.rollout.seed)
+        self.roller = GroupRoller(engine, Scorer(cfg.rewards), cfg.rollout, tokenizer, special)
+        self.decodings = decodings(cfg)
+
+    def __call__(self, set_index: int, name: str, path: str) -> Metrics:
+        """Metrics of one prompt set (identical on every rank)."""
+        started = time.perf_counter()
+        records, load_skipped = load_prompt_records(path)
+        records = records[: self.cfg.data.max_prompts]
+        image_root = self.cfg.data.image_root or str(Path(path).resolve().parent)
+        everyone = gather(self._run_share(set_index, name, records, image_root), self.info)
+        failed = [reason for _, fails in everyone for _, reason in fails]
+        # records: every row read (bad ones included); evaluated: those rolled out and scored.
+        out: Metrics = {"path": str(Path(path).resolve()), "records": len(records) + sum(load_skipped.values()),
+                        "evaluated": len(records) - len(failed),
+                        "skipped": dict(sorted((Counter(load_skipped) + Counter(failed)).items()))}
+        for d in self.decodings:
+            outcomes = sorted((o for outs, _ in everyone for o in outs[d.name]), key=lambda o: o.slot)
+            out[d.name] = grouped_metrics(outcomes, d.ks, self.cfg.pass_threshold)
+        out["time_s"] = time.perf_counter() - started
+        return out
+
+    def _run_share(self, set_index: int, name: str, records: list[PromptRecord], image_root: str
+                   ) -> tuple[dict[str, list[PromptOutcome]], list[tuple[int, str]]]:
+        """This rank's slots (rank, rank + world, ...) encoded, rolled out and scored a chunk at a time:
+        (outcomes by decoding, failed (slot, reason)). Seeds depend on (set, slot) only."""
+        cfg, info = self.cfg, self.info
+        seeds = [request_seed(cfg.rollout.seed, set_index, slot) for slot in range(len(records))]
+        mine = list(range(info.rank, len(records), info.world_size))
+        local: dict[str, list[PromptOutcome]] = {d.name: [] for d in self.decodings}
+        failed: list[tuple[int, str]] = []
+        for start in range(0, len(mine), cfg.chunk_prompts):
+            prompts, bad = self._encode(records, mine[start : start + cfg.chunk_prompts], image_root)
+            failed += bad
+            for d in self.decodings:
+                groups, _, _ = self.roller(prompts, records, seeds, d.n, d.temperature)
+                local[d.name] += [outcome_of(g, records[g.slot]) for g in groups]
+            log.info("%s: %d / %d prompts on rank %d", name, min(start + cfg.chunk_prompts, len(mine)), len(mine),
+                     info.rank)
+        return local, failed
+
+    def _encode(self, records: list[PromptRecord], slots: list[int], image_root: str
+                ) -> tuple[dict[int, EncodedPrompt], list[tuple[int, str]]]:
+        """Encoded prompts by slot, and the (slot, reason) of those that cannot be used."""
+        data = self.cfg.data
+        prompts, failed = {}, []
+        for slot in slots:
+            try:
+                prompts[slot] = encode_prompt_record(records[slot], self.renderer, image_root, data.system_prompt,
+                                                     data.max_prompt_tokens)
+            except (BadSample, PromptRecordError) as err:
+                failed.append((slot, getattr(err, "reason", "bad_sample")))
+        return prompts, failed
+
+    def close(self) -> None:
+        self.roller.close()
+
+
+def evaluate(cfg: EvalRunConfig, info: DistInfo) -> Metrics:
+    """Every prompt set evaluated; the returned dict (what eval.json holds) is the same on every rank."""
+    hf_dir = resolve_hf_dir(cfg.model.init)
+    started = time.perf_counter()
+    log.info("evaluating %s on %d prompt set(s), %d rank(s)", hf_dir, len(cfg.data.paths), info.world_size)
+    evaluator = SetEvaluator(cfg, info, hf_dir)
+    try:
+        sets = {name: evaluator(i, name, path) for i, (name, path) in enumerate(set_names(cfg.data.paths))}
+    finally:
+        evaluator.close()
+    return {
+        "checkpoint": str(hf_dir.resolve()), "model_init": cfg.model.init, "engine": cfg.rollout.engine,
+        "world_size": info.world_size, "pass_threshold": cfg.pass_threshold,
+        "decodings": {d.name: {"n": d.n, "temperature": d.temperature, "top_p": cfg.rollout.top_p if d.temperature
+                               else None, "ks": list(d.ks), "max_new_tokens": cfg.rollout.max_new_tokens}
+                      for d in decodings(cfg)},
+        "sets": sets, "time_s": time.perf_counter() - started, "settings": dataclasses.asdict(cfg),
+    }
+
+
+# ---- reports ------------------------------------------------------------------------------------
+RATE_COLUMNS = (("accuracy", "accuracy"), ("reward_mean", "reward"), ("format_ok_rate", "format ok"))
+TAIL_COLUMNS = (("response_length_mean", "len mean"), ("response_length_p95", "len p95"),
+                ("truncation_rate", "truncated"))
+
+
+def _cell(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
+
+
+def decoding_table(results: Metrics, decoding: str) -> list[str]:
+    """Markdown rows (header included) of one decoding: a row per set, then one per domain."""
+    ks = results["decodings"][decoding]["ks"]
+    columns = [*RATE_COLUMNS[:1], *[(f"pass@{k}", f"pass@{k}") for k in ks], *RATE_COLUMNS[1:], *TAIL_COLUMNS]
+    lines = ["| set | domain | prompts | " + " | ".join(title for _, title in columns) + " |",
+             "|---|---|" + "---:|" * (len(columns) + 1)]
+    for name, result in results["sets"].items():
+        rows = [("all", result[decoding]["all"]), *result[decoding]["domains"].items()]
+        for domain, m in rows:
+            cells = [_cell(m[key], 1 if key.startswith("response_length") else 3) for key, _ in columns]
+            lines.append(f"| {name} | {domain} | {m['prompts']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown_report(results: Metrics) -> str:
+    """eval.md: one table per decoding, then the skipped prompts per set."""
+    setting = (f"engine `{results['engine']}`, {results['world_size']} rank(s), "
+               f"correct at reward >= {results['pass_threshold']}")
+    lines = [f"# Evaluation of `{results['checkpoint']}`", "", setting, ""]
+    for name, d in results["decodings"].items():
+        how = "temperature 0" if not d["temperature"] else f"temperature {d['temperature']}, top-p {d['top_p']}"
+        lines += [f"## {name} ({how}, {d['n']} response(s) per prompt, up to {d['max_new_tokens']} new tokens)", "",
+                  *decoding_table(results, name), ""]
+    lines += ["## Skipped prompts", ""]
+    for name, result in results["sets"].items():
+        reasons = ", ".join(f"{k} {v}" for k, v in result["skipped"].items()) or "none"
+        lines.append(f"- {name}: {result['evaluated']} of {result['records']} records evaluated; skipped: {reasons}")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: Metrics, run_dir: Path) -> str:
+    """eval.json (every number) and eval.md (the tables) in the run directory; returns the markdown."""
+    report = markdown_report(results)
+    (run_dir / "eval.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    (run_dir / "eval.md").write_text(report)
+    return report

@@ -1,0 +1,272 @@
+"""launch/eval.py: the pass@k estimator, the metrics, the config checks, the checkpoint resolver,
+and end-to-end runs (2 ranks and 1 rank on gloo) of a warm-started tiny Glm4v on two prompt sets
+(a JSONL and a parquet with an image prompt and a prompt whose image is missing)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from fractions import Fraction
+from math import comb
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from data_pipelines.synthetic import make_rl_task_records
+from stages.evaluate import (
+    EvalDataConfig,
+    EvalRunConfig,
+    PromptOutcome,
+    decoding_metrics,
+    grouped_metrics,
+    set_names,
+)
+from stages.rl.pass_at_k import mean_pass_at_k, pass_at_k
+from trainer.checkpoint import resolve_hf_dir
+from tests.rl.helpers import (
+    TASK_VERIFIERS,
+    save_policy,
+    task_data,
+    tiny_policy,
+    warm_start,
+)
+from tests.trainer.launching import check, launch
+from trainer.model import ModelConfig
+
+SAMPLES, KS = 4, (1, 2, 4)
+
+
+# ---- pass@k ----------------------------------------------------------------------------------
+def test_pass_at_k_hand_computed_cases():
+    assert pass_at_k(5, 2, 1) == pytest.approx(0.4, abs=1e-12)  # c / n
+    assert pass_at_k(5, 2, 2) == pytest.approx(0.7, abs=1e-12)  # 1 - C(3,2)/C(5,2) = 1 - 3/10
+    assert pass_at_k(5, 2, 3) == pytest.approx(0.9, abs=1e-12)  # 1 - C(3,3)/C(5,3) = 1 - 1/10
+    assert pass_at_k(5, 0, 3) == 0.0
+    assert pass_at_k(5, 2, 4) == 1.0 and pass_at_k(5, 5, 1) == 1.0  # n - c < k: every subset passes
+    assert pass_at_k(1, 1, 1) == 1.0 and pass_at_k(1, 0, 1) == 0.0
+    assert mean_pass_at_k([(5, 2), (5, 0)], 2) == pytest.approx(0.35, abs=1e-12)
+    assert mean_pass_at_k([], 1) is None
+
+
+def test_pass_at_k_equals_the_average_over_all_k_subsets():
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 9)
+        c, k = rng.randint(0, n), rng.randint(1, n)
+        samples = [True] * c + [False] * (n - c)
+        subsets = list(itertools.combinations(samples, k))
+        brute = sum(any(s) for s in subsets) / len(subsets)
+        assert pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_is_stable_where_the_binomials_overflow():
+    n, c, k = 2000, 7, 500  # C(2000, 500) is ~1e486: not a float
+    exact = 1 - Fraction(comb(n - c, k), comb(n, k))
+    assert pass_at_k(n, c, k) == pytest.approx(float(exact), rel=1e-9)
+
+
+@pytest.mark.parametrize("n,c,k", [(0, 0, 1), (4, 5, 1), (4, -1, 1), (4, 2, 0), (4, 2, 5)])
+def test_pass_at_k_rejects_impossible_arguments(n, c, k):
+    with pytest.raises(ValueError):
+        pass_at_k(n, c, k)
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+def _outcome(slot, domain, rewards, lengths, truncated=None, format_ok=None):
+    n = len(rewards)
+    return PromptOutcome(slot, f"p{slot}", domain, rewards, format_ok or [True] * n, lengths,
+                         truncated or [False] * n, [False] * n)
+
+
+def test_metrics_per_domain_by_hand():
+    outcomes = [
+        _outcome(0, "math", [1.0, 0.0, 0.0, 1.0], [10, 20, 30, 40], truncated=[False, False, False, True]),
+        _outcome(1, "math", [0.0, 0.0, 0.0, 0.0], [5, 5, 5, 5], format_ok=[False, True, True, True]),
+        _outcome(2, "ocr", [0.5, 1.0, 1.0, 1.0], [100, 100, 100, 200]),
+    ]
+    got = grouped_metrics(outcomes, (1, 2, 4), pass_threshold=1.0)
+    math_ = got["domains"]["math"]
+    assert math_["prompts"] == 2 and math_["responses"] == 8
+    assert math_["accuracy"] == pytest.approx(2 / 8)
+    assert math_["pass@1"] == pytest.approx((0.5 + 0) / 2)
+    assert math_["pass@2"] == pytest.approx(((1 - 1 / 6) + 0) / 2)  # n=4, c=2: 1 - C(2,2)/C(4,2)
+    assert math_["pass@4"] == pytest.approx(0.5)
+    assert math_["reward_mean"] == pytest.approx(2 / 8) and math_["format_ok_rate"] == pytest.approx(7 / 8)
+    assert math_["response_length_mean"] == pytest.approx(120 / 8) and math_["response_length_p95"] == 40.0
+    assert math_["truncation_rate"] == pytest.approx(1 / 8)
+    ocr = got["domains"]["ocr"]
+    assert ocr["accuracy"] == pytest.approx(0.75) and ocr["reward_mean"] == pytest.approx(3.5 / 4)
+    assert ocr["pass@2"] == 1.0  # n - c = 1 < 2
+    everything = got["all"]
+    assert everything["prompts"] == 3 and everything["accuracy"] == pytest.approx(5 / 12)
+    assert everything["pass@4"] == pytest.approx(2 / 3)
+    assert everything["response_length_p95"] == 200.0  # 95th of 12 lengths: the 12th
+    assert decoding_metrics([], (1,), 1.0)["accuracy"] is None
+
+
+def test_set_names_are_stems_made_unique(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for p in ("a/eval.jsonl", "b/eval.jsonl", "c.parquet"):
+        (tmp_path / p).write_text("")
+    paths = [str(tmp_path / p) for p in ("a/eval.jsonl", "b/eval.jsonl", "c.parquet", "a")]
+    assert [n for n, _ in set_names(paths)] == ["eval", "eval_2", "c", "a"]
+
+
+# ---- config and checkpoint resolution ------------------------------------------------------------
+def _config(tmp_path, **kw):
+    data = tmp_path / "p.jsonl"
+    data.write_text("")
+    fields = {"model": ModelConfig(init="x"), "data": EvalDataConfig(paths=[str(data)]), **kw}
+    return EvalRunConfig(**fields)
+
+
+@pytest.mark.parametrize("change,key", [
+    ({"ks": [1, 16], "samples": 8}, "ks"),
+    ({"ks": [0]}, "ks"),
+    ({"samples": 0, "greedy": False}, "greedy"),
+    ({"chunk_prompts": 0}, "chunk_prompts"),
+    ({"model": ModelConfig()}, "model.init"),
+    ({"data": EvalDataConfig(paths=[])}, "data.paths"),
+    ({"data": EvalDataConfig(paths=["/nonexistent/x.jsonl"])}, "data.paths"),
+    ({"data": EvalDataConfig(paths=[__file__])}, "data.paths"),  # a .py file is no prompt set
+])
+def test_bad_values_stop_with_the_recipe_key(tmp_path, change, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        _config(tmp_path, **change)
+
+
+def test_sampling_at_temperature_zero_and_a_short_vllm_context_are_refused(tmp_path):
+    from stages.rl.rollout import RolloutConfig
+
+    with pytest.raises(ValueError, match=r"rollout\.temperature"):
+        _config(tmp_path, rollout=RolloutConfig(engine="hf", temperature=0.0))
+    with pytest.raises(ValueError, match=r"rollout\.max_model_len"):
+        _config(tmp_path, rollout=RolloutConfig(engine="vllm", max_new_tokens=64, max_model_len=100),
+                data=EvalDataConfig(paths=[str(tmp_path / "p.jsonl")], max_prompt_tokens=64))
+    assert _config(tmp_path, samples=0, ks=[]).samples == 0  # greedy only
+
+
+def _checkpoint(step_dir: Path, complete: bool = True) -> Path:
+    (step_dir / "hf").mkdir(parents=True)
+    (step_dir / "hf" / "config.json").write_text("{}")
+    if complete:
+        (step_dir / "COMPLETE").write_text("")
+    return step_dir / "hf"
+
+
+def test_one_resolver_takes_a_run_dir_a_step_dir_or_an_hf_dir(tmp_path):
+    run = tmp_path / "run"
+    _checkpoint(run / "checkpoints" / "step_2")
+    newest = _checkpoint(run / "checkpoints" / "step_4")
+    _checkpoint(run / "checkpoints" / "step_6", complete=False)  # killed mid-save: never used
+    assert resolve_hf_dir(run) == newest
+    assert resolve_hf_dir(run / "checkpoints" / "step_2") == run / "checkpoints" / "step_2" / "hf"
+    assert resolve_hf_dir(newest) == newest
+    empty = tmp_path / "empty"
+    (empty / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        resolve_hf_dir(empty)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve_hf_dir(tmp_path)
+
+
+# ---- end to end ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def policy_run(tmp_path_factory) -> Path:
+    """A run directory whose latest complete checkpoint is a briefly warm-started tiny Glm4v."""
+    root = tmp_path_factory.mktemp("eval")
+    train, _ = task_data(root / "data", n_train=96, n_eval=8)
+    model, tok = tiny_policy(text_only=False)
+    warm_start(model, tok, train, steps=60)
+    step = root / "run" / "checkpoints" / "step_3"
+    save_policy(model, tok, step / "hf")
+    (step / "COMPLETE").write_text("")
+    (step.parent / "latest").write_text("step_3")
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def prompt_sets(tmp_path_factory) -> list[Path]:
+    """tasks.jsonl: 10 text prompts. vision.parquet: 6 text prompts, one with an image, one whose
+    image file does not exist, one without an answer (a bad record)."""
+    root = tmp_path_factory.mktemp("sets")
+    tasks = make_rl_task_records(root / "tasks.jsonl", 10, seed=3)
+    rows = [json.loads(x) for x in make_rl_task_records(root / "more.jsonl", 6, seed=4).read_text().splitlines()]
+    Image.new("RGB", (56, 56), (200, 30, 30)).save(root / "red.png")
+    extra = [{"id": "img-1", "domain": "max", "question": "Largest number: 2 8", "answer": "8", "images": ["red.png"]},
+             {"id": "img-gone", "domain": "min", "question": "Smallest number: 4 6", "answer": "4",
+              "images": ["gone.png"]},
+             {"id": "no-answer", "domain": "max", "question": "Largest number: 1 2", "answer": None, "images": []}]
+    import datasets
+
+    rows = [{"id": r["id"], "domain": r["domain"], "question": r["question"], "answer": r["answer"], "images": []}
+            for r in rows] + extra
+    datasets.Dataset.from_list(rows).to_parquet(str(root / "vision.parquet"))
+    return [tasks, root / "vision.parquet"]
+
+
+def _eval(init: Path, sets: list[Path], run: Path, nproc: int) -> dict:
+    overrides = ["recipe=eval_tiny", f"model.init={init}", f"data.paths=[{sets[0]},{sets[1]}]",
+                 f"samples={SAMPLES}", f"ks=[{','.join(map(str, KS))}]", "rollout.max_new_tokens=16",
+                 f"hydra.run.dir={run}", *TASK_VERIFIERS]
+    proc = check(launch("eval.py", overrides, nproc=nproc, timeout=300))
+    report = (run / "eval.md").read_text()
+    assert "| vision | min |" in report and "pass@4" in report and "missing_image 1" in report
+    assert report in proc.stdout  # rank 0 prints the table
+    return json.loads((run / "eval.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def two_ranks(policy_run, prompt_sets, tmp_path_factory) -> dict:
+    # model.init as a checkpoint step directory
+    return _eval(policy_run / "checkpoints" / "step_3", prompt_sets, tmp_path_factory.mktemp("e2") / "run", 2)
+
+
+@pytest.fixture(scope="module")
+def one_rank(policy_run, prompt_sets, tmp_path_factory) -> dict:
+    # model.init as the run directory: its latest complete checkpoint
+    return _eval(policy_run, prompt_sets, tmp_path_factory.mktemp("e1") / "run", 1)
+
+
+def test_two_ranks_report_every_set_domain_and_k(two_ranks, policy_run):
+    results = two_ranks
+    assert results["world_size"] == 2 and results["engine"] == "hf"
+    assert results["checkpoint"] == str((policy_run / "checkpoints" / "step_3" / "hf").resolve())
+    assert results["decodings"]["sampled"] == {"n": SAMPLES, "temperature": 1.0, "top_p": 1.0, "ks": list(KS),
+                                               "max_new_tokens": 16}
+    assert set(results["sets"]) == {"tasks", "vision"}
+    assert results["sets"]["tasks"]["evaluated"] == 10 and results["sets"]["vision"]["evaluated"] == 7
+    for result in results["sets"].values():
+        assert set(result["sampled"]["domains"]) == set(result["greedy"]["domains"]) == {"max", "min"}
+        for name, n, ks in (("greedy", 1, (1,)), ("sampled", SAMPLES, KS)):
+            rows = [result[name]["all"], *result[name]["domains"].values()]
+            assert sum(m["prompts"] for m in rows[1:]) == rows[0]["prompts"] == result["evaluated"]
+            for m in rows:
+                assert m["responses"] == n * m["prompts"]
+                passes = [m[f"pass@{k}"] for k in ks]
+                assert all(0.0 <= p <= 1.0 for p in passes) and passes == sorted(passes)  # pass@k grows with k
+                assert m["pass@1"] == pytest.approx(m["accuracy"], abs=1e-12)
+                assert 0.0 <= m["format_ok_rate"] <= 1.0 and 0 < m["response_length_mean"] <= 16 + 8 + 2
+    sampled = results["sets"]["tasks"]["sampled"]["all"]
+    assert 0.0 < sampled["pass@4"] and sampled["pass@1"] < 1.0  # the warm start is right on some, not all
+    assert results["settings"]["samples"] == SAMPLES and results["settings"]["ks"] == list(KS)
+
+
+def test_two_ranks_give_the_one_rank_greedy_numbers(two_ranks, one_rank):
+    assert one_rank["world_size"] == 1 and one_rank["checkpoint"] == two_ranks["checkpoint"]  # run dir -> latest
+    for name in ("tasks", "vision"):
+        one, two = one_rank["sets"][name], two_ranks["sets"][name]
+        assert one["greedy"] == two["greedy"]
+        assert one["skipped"] == two["skipped"] and one["evaluated"] == two["evaluated"]
+        assert one["sampled"]["all"]["prompts"] == two["sampled"]["all"]["prompts"]
+
+
+def test_a_missing_image_is_skipped_and_counted(two_ranks):
+    vision = two_ranks["sets"]["vision"]
+    assert vision["records"] == 9  # 6 text + 1 image + 1 missing image + 1 without an answer
+    assert vision["skipped"] == {"missing_answer": 1, "missing_image": 1}
+    assert vision["evaluated"] == 7 and vision["greedy"]["all"]["prompts"] == 7  # the image prompt ran
+    assert two_ranks["sets"]["tasks"]["skipped"] == {}
