@@ -7,6 +7,11 @@ whose output is multiplied by 0 (same graph, no effect on the loss). Images and 
 through the tower in one call, which also sidesteps transformers' Glm4v placing video features
 with the image token id (it cannot mix images and videos in one forward; `mm_token_type_ids`
 can: 1 image, 2 video).
+
+Called with `per_token_loss=True` (every stage's training, π_old and eval losses) a forward returns
+the per-token cross-entropy of `batch.labels` instead of logits, computed `loss_chunk_tokens`
+positions at a time (trainer/loss.py `chunked_token_losses`): full-vocabulary logits never exist
+for a whole row (at 151,552 vocab x 32k tokens they would be ~20 GB in fp32).
 """
 
 from __future__ import annotations
@@ -16,15 +21,23 @@ from torch import nn
 
 from data_pipelines.batch import Batch
 
+from .loss import chunked_token_losses
+
 PATCH_DIM = 3 * 2 * 14 * 14
 
 
 class UniformVisionForward(nn.Module):
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, loss_chunk_tokens: int = 0):
         super().__init__()
         self.model = model  # the Glm4vForConditionalGeneration (its state dict keys gain "model.")
+        self.loss_chunk_tokens = loss_chunk_tokens
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch, per_token_loss: bool = False) -> torch.Tensor:
+        """Logits `(B, L, V)`, or with `per_token_loss` the cross-entropy of `batch.labels` `(B, L)`."""
+        if per_token_loss:
+            hidden = self.model.model(inputs_embeds=self.embed(batch), position_ids=batch.position_ids,
+                                      use_cache=False).last_hidden_state
+            return chunked_token_losses(hidden, batch.labels, self.model.lm_head, self.loss_chunk_tokens)
         out = self.model(inputs_embeds=self.embed(batch), position_ids=batch.position_ids, use_cache=False)
         return out.logits
 
@@ -65,16 +78,23 @@ class TextForward(nn.Module):
     on CPU): row 0 of `position_ids` restarts per document, and with no attention mask transformers
     builds the block-causal mask of the packed row from it."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, loss_chunk_tokens: int = 0):
         super().__init__()
         self.model = model  # the same attribute as UniformVisionForward: checkpoint keys gain "model."
+        self.loss_chunk_tokens = loss_chunk_tokens
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch, per_token_loss: bool = False) -> torch.Tensor:
         if batch.pixel_values is not None or batch.pixel_values_videos is not None:
             raise ValueError("a text-only model got a batch with images or videos")
+        if per_token_loss:
+            hidden = self.model.model(input_ids=batch.input_ids, position_ids=batch.position_ids[0],
+                                      use_cache=False).last_hidden_state
+            return chunked_token_losses(hidden, batch.labels, self.model.lm_head, self.loss_chunk_tokens)
         return self.model(input_ids=batch.input_ids, position_ids=batch.position_ids[0], use_cache=False).logits
 
 
-def wrap_forward(model: nn.Module) -> nn.Module:
-    """The training forward for `model`: vision-language models run the tower uniformly."""
-    return UniformVisionForward(model) if hasattr(model.config, "vision_config") else TextForward(model)
+def wrap_forward(model: nn.Module, loss_chunk_tokens: int = 0) -> nn.Module:
+    """The training forward for `model`: vision-language models run the tower uniformly.
+    `loss_chunk_tokens`: positions per chunk of the per-token loss (0: the whole row at once)."""
+    cls = UniformVisionForward if hasattr(model.config, "vision_config") else TextForward
+    return cls(model, loss_chunk_tokens)

@@ -82,7 +82,7 @@ def wrap_deepspeed(model: torch.nn.Module, cfg: TrainerConfig, micro_batch_rows:
         fused=torch.cuda.is_available(),
     )
     ds, *_ = deepspeed.initialize(
-        model=wrap_forward(model),
+        model=wrap_forward(model, cfg.loss_chunk_tokens),
         optimizer=optimizer,
         config=deepspeed_config(cfg, micro_batch_rows, grad_accum, info.world_size, managed_accumulation),
     )

@@ -22,7 +22,7 @@ from data_pipelines.document import Document
 from data_pipelines.prompts import EncodedPrompt, rollout_document
 from trainer.distributed import DistInfo, all_reduce_sum
 from trainer.loop import Update
-from trainer.loss import token_logprobs
+from trainer.loss import batch_losses
 
 from .advantages import group_advantages
 from .config import RLConfig
@@ -161,7 +161,7 @@ def fill_old_logprobs(ds, micro: list[PolicyMicroBatch], device: torch.device) -
     mean |engine − trainer| log-prob gap over trained tokens (collective)."""
     gap = torch.zeros(2, device=device)
     for b in micro:
-        b.old_logprobs = token_logprobs(ds(b.batch), b.batch.labels).detach()
+        b.old_logprobs = -batch_losses(ds, b.batch).detach()
     for b in micro:
         valid = ~torch.isnan(b.engine_logprobs) & (b.batch.label_weights > 0)
         gap += torch.stack([(b.engine_logprobs - b.old_logprobs).abs()[valid].sum(), valid.sum().float()])

@@ -31,9 +31,10 @@ from data_pipelines.prompts import (
     sidecar_path,
 )
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
+from trainer.checkpoint import resolve_hf_dir
 from trainer.distributed import DistInfo, all_reduce_sum
 from trainer.loop import StepPlan, Trainer, UpdateResult
-from trainer.loss import token_logprobs
+from trainer.loss import batch_losses
 
 from .batching import PolicyMicroBatch, fill_old_logprobs, plan_updates
 from .config import RLConfig
@@ -41,7 +42,7 @@ from .curriculum import GroupOutcome, sampler_for
 from .groups import GroupResult, GroupRoller, gather_groups
 from .loss import clipped_surrogate
 from .metrics import eval_metrics, rollout_metrics, update_metrics
-from .policy import load_policy, resolve_hf_dir
+from .policy import load_policy
 from .rollout import build_rollout_engine
 from .rollout.base import request_seed
 from .scorer import Scorer
@@ -120,7 +121,7 @@ class RLStage:
         """Σ weight · clipped surrogate over the micro-step's trained tokens; stats: clipped tokens,
         Σ ratio, tokens."""
         pol = self.cfg.policy
-        logp = token_logprobs(ds(micro.batch), micro.batch.labels)
+        logp = -batch_losses(ds, micro.batch)
         loss, stats = clipped_surrogate(logp, micro.old_logprobs, micro.advantages, micro.batch.label_weights,
                                         pol.eps_low, pol.eps_high)
         return loss, torch.stack([stats["clipped"], stats["ratio"], stats["tokens"]])
