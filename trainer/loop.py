@@ -163,13 +163,11 @@ class Trainer:
         started = time.perf_counter()
         lr = lr_at(self.step, self.cfg.max_steps, self.cfg.optim)
         plan = stage.plan(self.step)
-        update_started = time.perf_counter()
         set_lr(self.ds.optimizer, lr)
         results = [self._update(stage, update, last=i == len(plan.updates) - 1)
                    for i, update in enumerate(plan.updates)]
         self.step += 1
         record: dict[str, Any] = {"step": self.step, "lr": lr, **plan.metrics}
-        record["time/update_s"] = time.perf_counter() - update_started
         record["loss"] = sum(r.loss for r in results) / len(results) if results else 0.0
         record["grad_norm"] = results[-1].grad_norm if results else 0.0
         stage.finish(record, results)
