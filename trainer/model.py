@@ -31,6 +31,8 @@ from transformers import (
 from data_pipelines.processor import save_hf_processor_files
 from data_pipelines.tokenizer import SpecialTokens
 
+from . import attention  # noqa: F401  registers attn_implementation="ponder_varlen" (packed varlen attention)
+
 logger = logging.getLogger(__name__)
 
 # recipes/ sits next to the packages in the (editable) source tree.
@@ -60,7 +62,7 @@ class ModelConfig:
     vision_init: str | None = None
     language_init: str | None = None
     tokenizer: str = "tiny"
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "sdpa"  # any transformers name, or "ponder_varlen" (trainer/attention.py)
     dtype: str = "float32"
     # vision tower (Glm4vVisionConfig)
     vision_depth: int = 24
