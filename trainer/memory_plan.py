@@ -21,16 +21,22 @@ What is counted, and where the rules come from:
 - **Activations**: bytes autograd saves for backward, per token, of each decoder layer and vision
   block, written out from transformers' Glm4v modules (RMSNorm upcasts to fp32 and saves that copy,
   the reciprocal RMS and the normalised value; linear layers save their input; SiLU and the gate
-  product save theirs; attention saves q, k, v, output and the log-sum-exp). sdpa with packed rows
-  gets a mask, repeats k and v to all heads and copies its output; flash-attention 2 does neither.
+  product save theirs; attention saves q, k, v, output and the log-sum-exp). How attention saves
+  depends on the path (`attention_paths`): sdpa on packed rows gets a (row x row) mask, which torch
+  converts to the compute dtype and saves in every layer, repeats k and v to all heads and copies
+  its output; ponder_varlen's per-document reference path (CPU, fp32) runs sdpa on 3-D tensors,
+  which torch sends to its math kernel: no mask, but heads x n^2 probabilities per document of n
+  tokens; a varlen flash kernel (ponder_varlen with bf16 on GPU, flash_attention_2) saves q, k,
+  v, output and log-sum-exp only.
   With activation checkpointing (non-reentrant, one checkpoint per decoder layer and vision
   block) only each layer's input is kept, and the backward re-runs one layer at a time.
   Checked against saved-tensor bytes and a sampled CPU forward+backward peak of `tiny`.
-- **Loss logits**: trainer/loss.py materialises full-vocabulary logits and runs cross-entropy in
-  fp32: 4 B x tokens x vocab are kept for backward (log-softmax output) and the loss's backward
-  holds 12 B x tokens x vocab at once (saved log-probs, their gradient, the logits' gradient).
-  `loss="chunked"` plans the sequence-chunked loss (not implemented yet): only `chunk_tokens`
-  rows of logits exist at a time and are recomputed in backward.
+- **Loss logits**: trainer/loss.py runs cross-entropy in fp32 over full-vocabulary logits,
+  `trainer.loss_chunk_tokens` positions at a time (each chunk activation-checkpointed, so nothing
+  of it is kept between forward and backward), or over the whole row (0, or a row no longer than a
+  chunk): then 4 B x tokens x vocab are kept for backward (the log-softmax output). Either way the
+  loss's backward holds 12 B x tokens x vocab of one chunk (or row) at once: saved log-probs, their
+  gradient and the logits' gradient.
 - **vLLM (RL)**: bf16 weights (full copy per rank, / tensor parallel), the KV cache its share of a
   step's rollouts needs, the `gpu_memory_utilization` share it reserves, and what sleep mode
   (level 1: weights offloaded to CPU, KV cache discarded) would free during training.
@@ -47,8 +53,10 @@ from .model_shape import ModelShape
 GIB = 2**30
 PRECISION_BYTES = {"bf16": 2, "fp32": 4}
 FLASH = ("flash_attention_2", "flash_attention_3")
-ATTENTION = FLASH + ("sdpa",)
-LOSSES = ("full", "chunked")
+VARLEN = "ponder_varlen"  # trainer/attention.py
+ATTENTION = FLASH + ("sdpa", VARLEN)
+DEVICES = ("gpu", "cpu")
+KERNEL_MAX_HEAD_DIM = 256  # trainer/attention.py: the varlen kernel takes multiples of 8 up to this
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,19 +96,24 @@ class TrainSettings:
     activation_checkpointing: bool
     micro_rows: int
     row_tokens: int
+    loss_chunk_tokens: int = 2048  # trainer.loss_chunk_tokens: positions per loss chunk, 0 = whole row
     image_fraction: float = 0.25  # share of a row's tokens that are image tokens (assumed)
+    # Tokens per packed document, for attention paths whose memory grows with n^2 per document
+    # (ponder_varlen's per-document reference path); 0: one document fills the row (worst case).
+    document_tokens: int = 0
     sequence_parallel: int = 1  # ranks sharing one row (Ulysses-style; not in ponder yet)
-    loss: str = "full"  # "full" (today) or "chunked" (planned)
-    loss_chunk_tokens: int = 4096
+    device: str = "gpu"  # the target: picks the attention path (trainer/attention.py)
     reserve_gib: float = 2.0  # CUDA context, NCCL buffers, allocator fragmentation (assumed)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISION_BYTES:
             raise ValueError(f"precision must be one of {sorted(PRECISION_BYTES)}, got {self.precision!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.micro_rows < 1 or self.row_tokens < 1 or self.sequence_parallel < 1 or self.loss_chunk_tokens < 1:
-            raise ValueError("need micro_rows, row_tokens, sequence_parallel, loss_chunk_tokens >= 1")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.micro_rows < 1 or self.row_tokens < 1 or self.sequence_parallel < 1:
+            raise ValueError("need micro_rows, row_tokens, sequence_parallel >= 1")
+        if self.loss_chunk_tokens < 0 or self.document_tokens < 0:
+            raise ValueError("need loss_chunk_tokens >= 0 and document_tokens >= 0")
         if not 0 <= self.image_fraction <= 1:
             raise ValueError("image_fraction must be in [0, 1]")
 
@@ -108,6 +121,10 @@ class TrainSettings:
     def tokens_per_rank(self) -> int:
         """Tokens of one row this rank holds activations for."""
         return math.ceil(self.row_tokens / self.sequence_parallel)
+
+    @property
+    def document_length(self) -> int:
+        return min(self.document_tokens or self.row_tokens, self.row_tokens)
 
 
 @dataclass(frozen=True)
@@ -214,29 +231,60 @@ def rmsnorm_saved(width: int, act_bytes: int) -> int:
     return 4 * width + 4 + act_bytes * width
 
 
-def text_layer_saved(shape: ModelShape, act_bytes: int) -> int:
-    """Bytes per token one decoder layer saves for backward (no checkpointing)."""
+@dataclass(frozen=True)
+class AttentionPaths:
+    """How the text decoder's and the vision tower's attention run, as far as memory goes.
+
+    text: "kernel" (a varlen flash kernel: q, k, v, output, log-sum-exp), "sdpa_mask" (sdpa on
+    packed rows: a (row x row) mask, k and v repeated to all heads, output copied) or
+    "per_document" (ponder_varlen's reference path: sdpa's math kernel per document: scaled q and
+    k, repeated v, the probabilities, no mask). vision: "kernel" (flash varlen over cu_seqlens)
+    or "per_image" (sdpa per image, outputs concatenated).
+    """
+
+    text: str
+    vision: str
+
+
+def attention_paths(shape: ModelShape, train: TrainSettings) -> AttentionPaths:
+    impl = shape.attn_implementation
+    if impl in FLASH:
+        return AttentionPaths("kernel", "kernel")
+    if impl == "sdpa":
+        return AttentionPaths("sdpa_mask", "per_image")
+    # ponder_varlen: torch's varlen kernel for bf16 on CUDA with a head_dim it takes; the vision
+    # tower is handed to sdpa (transformers gives cu_seqlens only to "flash" implementations).
+    kernel = (train.device == "gpu" and train.precision == "bf16" and shape.head_dim % 8 == 0
+              and shape.head_dim <= KERNEL_MAX_HEAD_DIM)
+    return AttentionPaths("kernel" if kernel else "per_document", "per_image")
+
+
+def text_layer_saved(shape: ModelShape, act_bytes: int, path: str, document_tokens: int) -> int:
+    """Bytes per token one decoder layer saves for backward (no checkpointing), sdpa's mask aside.
+    `document_tokens`: the length of the packed documents (matters on the per-document path)."""
     e, h, f = act_bytes, shape.hidden, shape.intermediate
     q = shape.heads * shape.head_dim
     k = shape.kv_heads * shape.head_dim
     norms = 4 * rmsnorm_saved(h, e)  # input, post-self-attn, post-attention, post-mlp
     mlp = e * (h + 4 * f)  # gate_up input, gate_up output (2f), SiLU output, product (down input)
     lse = 4 * shape.heads
-    if shape.attn_implementation in FLASH:
+    if path == "kernel":
         attention = e * (h + 2 * q + 2 * k) + lse  # qkv input, q, k, v, output (= o_proj input)
-    else:  # sdpa with a packed-row mask: k, v repeated to all heads; output copied for o_proj
+    elif path == "sdpa_mask":  # q, k and v repeated to all heads, output, output copied for o_proj
         attention = e * (h + 5 * q) + lse
+    else:  # math kernel: scaled q and k, repeated v, softmax probabilities, output copy for o_proj
+        attention = e * (h + 4 * q) + e * shape.heads * document_tokens
     return norms + mlp + attention
 
 
-def vision_block_saved(shape: ModelShape, act_bytes: int) -> int:
+def vision_block_saved(shape: ModelShape, act_bytes: int, path: str) -> int:
     """Bytes per patch one vision block saves for backward (no checkpointing)."""
     e, h, f = act_bytes, shape.vision_hidden, shape.vision_mlp
     norms = 2 * rmsnorm_saved(h, e)
     # qkv input, qkv output (v is a view of it), rotated q and k, attention output (+ the
-    # concatenation of per-image outputs outside flash attention), log-sum-exp
+    # concatenation of per-image outputs outside a varlen kernel), log-sum-exp
     attention = e * (h + 3 * h + 2 * h + h) + 4 * shape.vision_heads
-    if shape.attn_implementation not in FLASH:
+    if path != "kernel":
         attention += e * h
     mlp = e * (h + 4 * f)  # gate/up input, gate output, up output, SiLU output, product
     return norms + attention + mlp
@@ -270,7 +318,7 @@ class Activations:
 
     saved: int  # held from the end of forward into backward
     backward_working: int  # on top of `saved` during a layer's backward (recompute + gradients)
-    mask: int  # sdpa's packed-row attention mask (part of `saved`)
+    mask: int  # sdpa's packed-row attention masks (part of `saved`)
     patches: int  # vision patches in the micro-batch (per rank)
 
     @property
@@ -280,23 +328,32 @@ class Activations:
 
 def activations(shape: ModelShape, train: TrainSettings) -> Activations:
     e = PRECISION_BYTES[train.precision]
-    tokens = train.micro_rows * train.tokens_per_rank
+    rows = train.micro_rows
+    tokens = rows * train.tokens_per_rank
     image_tokens = round(tokens * train.image_fraction)
     patches = image_tokens * shape.spatial_merge**2
     vision_on = shape.vision_trainable  # a frozen tower with pixel inputs saves nothing
 
-    text_layer = text_layer_saved(shape, e) * tokens
-    vision_block = vision_block_saved(shape, e) * patches if vision_on else 0
-    mask = 0 if shape.attn_implementation in FLASH else e * train.micro_rows * train.tokens_per_rank**2
-    fixed = text_fixed_saved(shape, e) * tokens + mask
+    paths = attention_paths(shape, train)
+    text_layer = text_layer_saved(shape, e, paths.text, train.document_length) * tokens
+    vision_block = vision_block_saved(shape, e, paths.vision) * patches if vision_on else 0
+    # sdpa on packed rows: transformers builds one boolean (row x row) mask per row; torch's sdpa
+    # turns it into an additive mask in the compute dtype inside every layer and saves that copy.
+    # Under sequence parallelism attention still spans the whole row (heads are split instead).
+    bool_mask = rows * train.row_tokens**2 if paths.text == "sdpa_mask" else 0
+    layer_mask = e * bool_mask
+    fixed = text_fixed_saved(shape, e) * tokens
     if vision_on:
         fixed += vision_stem_saved(shape, e) * patches + merger_saved(shape, e) * image_tokens
     if train.activation_checkpointing:
+        # Each checkpointed layer keeps its input (and the boolean mask it is called with).
         layers = shape.text_layers * e * shape.hidden * tokens
         layers += shape.vision_depth * e * shape.vision_hidden * patches if vision_on else 0
-        recompute = max(text_layer, vision_block)  # one layer's forward re-run in backward
+        mask = bool_mask
+        recompute = max(text_layer + layer_mask, vision_block)  # one layer re-run in backward
     else:
-        layers = shape.text_layers * text_layer + shape.vision_depth * vision_block
+        layers = shape.text_layers * (text_layer + layer_mask) + shape.vision_depth * vision_block
+        mask = shape.text_layers * layer_mask
         recompute = 0
     # Gradient tensors alive in a decoder layer's backward: the residual stream's gradient and
     # the MLP intermediate's (gate_up output, 2 x intermediate) gradient.
@@ -306,22 +363,21 @@ def activations(shape: ModelShape, train: TrainSettings) -> Activations:
 
 @dataclass(frozen=True)
 class Logits:
-    """Bytes per rank of the loss's logits for one micro-batch."""
+    """Bytes per rank of the loss's full-vocabulary logits for one micro-batch."""
 
-    held: int  # kept from forward into backward
-    peak: int  # at the loss's backward (includes `held`)
-    full_peak: int  # what the full-vocabulary loss of today would peak at (for comparison)
-    chunked_peak: int  # what the chunked loss would peak at
+    chunk_tokens: int  # positions x rows whose logits exist at once (a chunk, or the whole row)
+    held: int  # kept from forward into backward (whole row only; chunks are recomputed)
+    peak: int  # in the loss's backward (includes `held`)
+    whole_row_peak: int  # the same without chunking (trainer.loss_chunk_tokens=0), for comparison
 
 
 def logits(shape: ModelShape, train: TrainSettings) -> Logits:
-    tokens = train.micro_rows * train.tokens_per_rank
-    full_held, full_peak = 4 * tokens * shape.vocab, 12 * tokens * shape.vocab
-    chunk = min(train.loss_chunk_tokens, tokens)
-    chunked_peak = 12 * chunk * shape.vocab
-    if train.loss == "chunked":
-        return Logits(held=0, peak=chunked_peak, full_peak=full_peak, chunked_peak=chunked_peak)
-    return Logits(held=full_held, peak=full_peak, full_peak=full_peak, chunked_peak=chunked_peak)
+    rows, length = train.micro_rows, train.tokens_per_rank
+    whole = rows * length
+    chunked = 0 < train.loss_chunk_tokens < length  # trainer/loss.py chunks only a longer row
+    tokens = rows * train.loss_chunk_tokens if chunked else whole
+    return Logits(chunk_tokens=tokens, held=0 if chunked else 4 * whole * shape.vocab,
+                  peak=12 * tokens * shape.vocab, whole_row_peak=12 * whole * shape.vocab)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,6 +507,7 @@ class Verdict:
 
 SP_CHOICES = (2, 4, 8)
 NODE_FACTORS = (2, 4, 8)
+CHUNK_CHOICES = (2048, 1024, 512, 256)  # trainer.loss_chunk_tokens, largest first
 
 
 def _smallest_that_fits(variants: list[tuple[str, MemoryPlan]]) -> list[tuple[str, MemoryPlan]]:
@@ -484,9 +541,14 @@ def verdict(shape: ModelShape, current: MemoryPlan, zero: ZeroSettings = ZeroSet
     nodes = [(f"nodes={cluster.nodes * f}", again(cluster_=dataclasses.replace(cluster, nodes=cluster.nodes * f)))
              for f in NODE_FACTORS]
     candidates += [(name, result, "") for name, result in _smallest_that_fits(nodes)]
-    if train.loss == "full":
-        candidates.append((f"loss=chunked loss_chunk_tokens={train.loss_chunk_tokens}",
-                           again(dataclasses.replace(train, loss="chunked")), planned))
+    in_flight = current.logits.chunk_tokens // train.micro_rows  # positions whose logits exist at once
+    chunks = [(f"trainer.loss_chunk_tokens={c}", again(dataclasses.replace(train, loss_chunk_tokens=c)))
+              for c in CHUNK_CHOICES if c < in_flight]
+    candidates += [(name, result, "") for name, result in _smallest_that_fits(chunks)]
+    if shape.attn_implementation == "sdpa" and train.device == "gpu":
+        varlen = dataclasses.replace(shape, attn_implementation=VARLEN)
+        candidates.append((f"model.attn_implementation={VARLEN}", plan(varlen, cluster, train, rollout, zero),
+                           "no (row x row) mask"))
     if rollout is not None and current.vllm is not None:
         if not rollout.sleep:
             candidates.append(("rollout_sleep=true", again(rollout_=dataclasses.replace(rollout, sleep=True)),

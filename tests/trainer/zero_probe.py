@@ -1,0 +1,88 @@
+"""Measure what DeepSpeed ZeRO-3 really holds per rank for the tiny Glm4v after one step.
+
+Run under torchrun on gloo (tests/trainer/test_memory_plan.py does):
+    torchrun --nproc_per_node=2 tests/trainer/zero_probe.py <out_dir> <fp32|bf16> [freeze_vision]
+Each rank writes <out_dir>/rank_<r>.json with bytes read off DeepSpeed's own tensors:
+parameter shards (`p.ds_tensor`), the flat gradient-partition buffer, the fp32 master partitions,
+Adam's state tensors, the reduce bucket, and the elements of persistent (kept-gathered) params.
+The DeepSpeed config mirrors the trainer's (trainer/zero.py deepspeed_config): ZeRO-3,
+contiguous gradients, bf16 on or off, AdamW with decay / no-decay groups.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import deepspeed  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from data_pipelines.batch import collate_rows  # noqa: E402
+from data_pipelines.tokenizer import SpecialTokens, build_tiny_tokenizer  # noqa: E402
+from tests.data_pipelines.docs_factory import make_doc  # noqa: E402
+from trainer.forward import wrap_forward  # noqa: E402
+from trainer.loss import token_losses  # noqa: E402
+from trainer.model import build_model, load_preset  # noqa: E402
+
+
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind `tensors` (views of one buffer count once)."""
+    seen = {}
+    for t in tensors:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def main(out_dir: str, precision: str, freeze_vision: bool) -> None:
+    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    tokenizer = build_tiny_tokenizer()
+    special = SpecialTokens.from_tokenizer(tokenizer)
+    torch.manual_seed(0)
+    model = build_model(load_preset("tiny"), tokenizer)
+    if freeze_vision:
+        model.model.visual.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": [p for p in trainable if p.dim() >= 2], "weight_decay": 0.1},
+                                   {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}], lr=1e-3)
+    world = dist.get_world_size()
+    config = {
+        "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "train_batch_size": world,
+        "gradient_clipping": 1.0, "bf16": {"enabled": precision == "bf16"},
+        "zero_optimization": {"stage": 3, "overlap_comm": False, "contiguous_gradients": True},
+        "steps_per_print": 10**9,
+    }
+    engine, *_ = deepspeed.initialize(model=wrap_forward(model), optimizer=optimizer, config=config)
+    batch = collate_rows([[make_doc("a", [20, (4, 4), 20], seed=1, vocab=2000, special=special)]], seq_len=64,
+                         pad_id=special.eos)
+    engine.backward(token_losses(engine(batch), batch.labels).mean())
+    engine.step()  # Adam's m and v exist from the first step on
+
+    zero = engine.optimizer
+    params = list(model.parameters())
+    adam = [v for state in zero.optimizer.state.values() for v in state.values()
+            if torch.is_tensor(v) and v.numel() > 1]  # "step" is a scalar
+    buckets = [b.buffer for b in zero.ipg_buckets.values() if getattr(b, "buffer", None) is not None]
+    record = {
+        "world": world,
+        "params": sum(p.ds_tensor.numel() * p.ds_tensor.element_size() for p in params),
+        "grads": storage_bytes([zero.grad_partitions_flat_buffer]),
+        "master": storage_bytes(zero.fp32_partitioned_groups_flat),
+        "adam": sum(v.numel() * v.element_size() for v in adam),
+        "reduce_bucket": sum(b.numel() * b.element_size() for b in buckets),
+        "persistent_elements": sum(p.ds_numel for p in params if getattr(p, "ds_persist", False)),
+        # every distinct storage of the above, so shared buffers cannot be double counted
+        "distinct_state_bytes": storage_bytes([p.ds_tensor for p in params] + [zero.grad_partitions_flat_buffer]
+                                              + list(zero.fp32_partitioned_groups_flat) + adam),
+    }
+    Path(out_dir, f"rank_{dist.get_rank()}.json").write_text(json.dumps(record))
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], len(sys.argv) > 3 and sys.argv[3] == "freeze_vision")
