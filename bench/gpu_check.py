@@ -437,50 +437,15 @@ def check_loss_memory(device: str, small: bool) -> dict:
 # rl: one RLCS step with image prompts
 
 
-def warm_start_on(device: str, model, tokenizer, data: Path, steps: int, batch: int = 32, lr: float = 3e-3) -> None:
-    """Supervised steps on the records' correct responses, on `device` (tests/rl/helpers.warm_start,
-    moved to the GPU), so the RL step meets groups with mixed rewards and has something to train."""
-    import torch
-
-    from data_pipelines.batch import collate_rows
-    from data_pipelines.chat import ChatRenderer
-    from data_pipelines.processor import VisionProcessor
-    from data_pipelines.prompts import encode_prompt_record, load_prompt_records, rollout_document
-    from data_pipelines.tokenizer import SpecialTokens
-    from data_pipelines.visual_tasks import correct_response
-    from trainer.forward import wrap_forward
-
-    special = SpecialTokens.from_tokenizer(tokenizer)
-    renderer = ChatRenderer(tokenizer, VisionProcessor())
-    records, _ = load_prompt_records(data)
-    docs = []
-    for r in records:
-        prompt = encode_prompt_record(r, renderer, image_root=Path(data).parent)
-        response = tokenizer.encode(correct_response(r.domain, r.answer), add_special_tokens=False) + [special.eos]
-        docs.append(rollout_document(prompt, response, [True] * len(response), r.id))
-    model.to(device)
-    forward = wrap_forward(model).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    rng = random.Random(0)
-    for _ in range(steps):
-        chosen = rng.sample(docs, min(batch, len(docs)))
-        b = collate_rows([chosen], sum(len(d) for d in chosen), special.eos).to(device)
-        loss = (forward(b, per_token_loss=True) * b.label_weights).sum() / b.label_weights.sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-
-
 def check_rl(device: str, small: bool) -> dict:
-    from data_pipelines.visual_tasks import DOMAIN_VERIFIERS, FamilyConfig, write_stage
-    from tests.rl.helpers import save_policy, tiny_policy
+    from data_pipelines.visual_tasks import DOMAIN_VERIFIERS, FamilyConfig, correct_response, write_stage
+    from tests.rl.helpers import save_policy, tiny_policy, warm_start
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         train = write_stage(tmp / "data", "rl", FamilyConfig(num=48, seed=0))
         model, tokenizer = tiny_policy(text_only=False)
-        warm_start_on(device, model, tokenizer, train, steps=3 if small else 100)
+        warm_start(model, tokenizer, train, steps=3 if small else 100, respond=correct_response, device=device)
         policy = save_policy(model, tokenizer, tmp / "policy")
         del model
         run = tmp / "run"

@@ -31,6 +31,7 @@ class UniformVisionForward(nn.Module):
         super().__init__()
         self.model = model  # the Glm4vForConditionalGeneration (its state dict keys gain "model.")
         self.loss_chunk_tokens = loss_chunk_tokens
+        self.images_seen = 0  # images and video frames through the vision tower (not the dummy): metrics
 
     def forward(self, batch: Batch, per_token_loss: bool = False) -> torch.Tensor:
         """Logits `(B, L, V)`, or with `per_token_loss` the cross-entropy of `batch.labels` `(B, L)`."""
@@ -50,6 +51,7 @@ class UniformVisionForward(nn.Module):
         features = torch.cat(inner.get_image_features(pixels, grids).pooler_output).to(embeds.dtype)
         if batch.pixel_values is None and batch.pixel_values_videos is None:
             return embeds + 0.0 * features.sum()
+        self.images_seen += len(grids)
         n_image = int((batch.mm_token_type_ids == 1).sum())
         embeds = embeds.clone()
         embeds[batch.mm_token_type_ids == 1] = features[:n_image]
@@ -82,6 +84,7 @@ class TextForward(nn.Module):
         super().__init__()
         self.model = model  # the same attribute as UniformVisionForward: checkpoint keys gain "model."
         self.loss_chunk_tokens = loss_chunk_tokens
+        self.images_seen = 0  # a text-only model sees none
 
     def forward(self, batch: Batch, per_token_loss: bool = False) -> torch.Tensor:
         if batch.pixel_values is not None or batch.pixel_values_videos is not None:

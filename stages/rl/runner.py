@@ -22,14 +22,8 @@ import torch
 
 from data_pipelines.chat import ChatRenderer
 from data_pipelines.processor import BadSample, VisionProcessor
-from data_pipelines.prompts import (
-    EncodedPrompt,
-    PromptRecord,
-    PromptRecordError,
-    encode_prompt_record,
-    load_prompt_records,
-    sidecar_path,
-)
+from data_pipelines.prompts import (EncodedPrompt, PromptRecord, PromptRecordError, encode_prompt_record,
+                                    load_prompt_records, sidecar_path)
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from trainer.checkpoint import resolve_hf_dir
 from trainer.distributed import DistInfo, all_reduce_sum
@@ -135,7 +129,14 @@ class RLStage:
         self.sync(self.trainer.model, self.roll_out.engine)
         sync_s = time.perf_counter() - started
         record.update({"time/sync_s": sync_s, "sync_fraction": sync_s / (time.perf_counter() - self.step_started),
-                       "samples_trained": self.progress["samples_trained"]})
+                       "samples_trained": self.progress["samples_trained"], **self._images_seen()})
+
+    def _images_seen(self) -> dict[str, int]:
+        """Images that reached the rollout engine and the trained model's vision tower, all ranks."""
+        seen = torch.tensor([float(self.roll_out.engine.images_seen), float(self.trainer.ds.module.images_seen)],
+                            device=self.info.device)
+        rollout, train = all_reduce_sum(seen).tolist()
+        return {"images/rollout": int(rollout), "images/train": int(train)}
 
     # -- prompts and rollouts --------------------------------------------------------------------
     def _prompt(self, records: list[PromptRecord], slot: int) -> EncodedPrompt:

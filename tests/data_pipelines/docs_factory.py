@@ -50,3 +50,14 @@ def signature(batch) -> tuple:
     """What two batches must share to be the same: ids, labels, positions, document keys, pixels."""
     pixels = None if batch.pixel_values is None else round(float(batch.pixel_values.double().sum()), 6)
     return batch.input_ids.tolist(), batch.labels.tolist(), batch.position_ids.tolist(), batch.doc_keys, pixels
+
+
+def mixed_docs(special) -> list[Document]:
+    """Five documents with text, images of several grids and a video: what packed-attention tests pack."""
+    return [
+        make_doc("a", [7, (4, 6), 5], seed=1, special=special),
+        make_doc("b", [12], seed=2, special=special),
+        make_doc("c", [3, (2, 2), 4, (6, 4), 2], seed=3, special=special),
+        make_doc("v", [4, ("video", 2, 4, 4), 3], seed=4, special=special),
+        make_doc("d", [(4, 4), 9], seed=5, special=special),
+    ]

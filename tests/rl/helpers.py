@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -36,23 +38,25 @@ def task_data(root: Path, n_train: int = 256, n_eval: int = 64, sizes: tuple[int
 
 
 def warm_start(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Path, steps: int,
-               lr: float = 3e-3, batch: int = 32, seed: int = 0) -> None:
-    """Supervised steps on the task's well-formed responses (plain AdamW, packed rows)."""
+               lr: float = 3e-3, batch: int = 32, seed: int = 0,
+               respond: Callable[[str, Any], str] = rl_task_response, device: str = "cpu") -> None:
+    """Supervised steps on the task's well-formed responses (`respond(domain, answer)`; plain AdamW,
+    packed rows) on `device`. Image paths of the records are relative to the data file."""
     special = SpecialTokens.from_tokenizer(tokenizer)
     renderer = ChatRenderer(tokenizer, VisionProcessor())
     records, _ = load_prompt_records(data)
     docs = []
     for r in records:
-        prompt = encode_prompt_record(r, renderer)
-        response = tokenizer.encode(rl_task_response(r.domain, r.answer), add_special_tokens=False) + [special.eos]
+        prompt = encode_prompt_record(r, renderer, image_root=Path(data).parent)
+        response = tokenizer.encode(respond(r.domain, r.answer), add_special_tokens=False) + [special.eos]
         docs.append(rollout_document(prompt, response, [True] * len(response), r.id))
-    forward = wrap_forward(model).train()
+    forward = wrap_forward(model.to(device)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
     for _ in range(steps):
-        chosen = rng.sample(docs, batch)
+        chosen = rng.sample(docs, min(batch, len(docs)))
         length = sum(len(d) for d in chosen)
-        b = collate_rows([chosen], length, special.eos)
+        b = collate_rows([chosen], length, special.eos).to(device)
         loss = (token_losses(forward(b), b.labels) * b.label_weights).sum() / b.label_weights.sum()
         optimizer.zero_grad()
         loss.backward()

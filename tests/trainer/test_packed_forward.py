@@ -6,7 +6,7 @@ import torch
 
 from data_pipelines.batch import IGNORE_INDEX, collate_rows
 from data_pipelines.tokenizer import SpecialTokens
-from tests.data_pipelines.docs_factory import make_doc
+from tests.data_pipelines.docs_factory import mixed_docs
 from trainer.forward import UniformVisionForward
 from trainer.loss import token_losses
 from trainer.model import build_model, load_preset
@@ -17,16 +17,6 @@ def model_and_special(tokenizer):
     torch.manual_seed(0)
     model = build_model(load_preset("tiny"), tokenizer).eval()
     return model, SpecialTokens.from_tokenizer(tokenizer)
-
-
-def docs(special):
-    return [
-        make_doc("a", [7, (4, 6), 5], seed=1, special=special),
-        make_doc("b", [12], seed=2, special=special),
-        make_doc("c", [3, (2, 2), 4, (6, 4), 2], seed=3, special=special),
-        make_doc("v", [4, ("video", 2, 4, 4), 3], seed=4, special=special),
-        make_doc("d", [(4, 4), 9], seed=5, special=special),
-    ]
 
 
 def per_document_loss(forward, batch):
@@ -41,7 +31,7 @@ def per_document_loss(forward, batch):
 
 def test_positions_equal_get_rope_index(model_and_special):
     model, special = model_and_special
-    for doc in docs(special):
+    for doc in mixed_docs(special):
         images = torch.stack([v.grid_thw for v in doc.images]) if doc.images else None
         videos = torch.stack([v.grid_thw for v in doc.videos]) if doc.videos else None
         reference, _ = model.model.get_rope_index(doc.input_ids[None], doc.mm_token_type_ids[None], images, videos)
@@ -51,7 +41,7 @@ def test_positions_equal_get_rope_index(model_and_special):
 def test_packed_rows_give_the_same_per_document_losses(model_and_special):
     model, special = model_and_special
     forward = UniformVisionForward(model)
-    a, b, c, v, d = docs(special)
+    a, b, c, v, d = mixed_docs(special)
     # Images in several documents of a row, an image-and-video row, padding at the ends.
     packed = per_document_loss(forward, collate_rows([[a, b, d], [c, v]], seq_len=96, pad_id=special.eos))
     for doc in (a, b, c, v, d):
@@ -61,7 +51,7 @@ def test_packed_rows_give_the_same_per_document_losses(model_and_special):
 
 def test_uniform_forward_equals_transformers_forward(model_and_special):
     model, special = model_and_special
-    a, b, *_ = docs(special)
+    a, b, *_ = mixed_docs(special)
     batch = collate_rows([[a, b]], seq_len=64, pad_id=special.eos)
     with torch.no_grad():
         ours = UniformVisionForward(model)(batch)

@@ -21,7 +21,7 @@ from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_p
 
 from data_pipelines.batch import IGNORE_INDEX, collate_rows
 from data_pipelines.tokenizer import SpecialTokens
-from tests.data_pipelines.docs_factory import make_doc
+from tests.data_pipelines.docs_factory import mixed_docs
 from trainer import attention
 from trainer.attention import (
     NAME,
@@ -56,16 +56,6 @@ def attention_implementation(model, name: str):
         model.set_attn_implementation(before)
 
 
-def docs(special):
-    return [
-        make_doc("a", [7, (4, 6), 5], seed=1, special=special),
-        make_doc("b", [12], seed=2, special=special),
-        make_doc("c", [3, (2, 2), 4, (6, 4), 2], seed=3, special=special),
-        make_doc("v", [4, ("video", 2, 4, 4), 3], seed=4, special=special),
-        make_doc("d", [(4, 4), 9], seed=5, special=special),
-    ]
-
-
 def per_document_loss(model, batch) -> dict[str, float]:
     with torch.no_grad():
         losses = UniformVisionForward(model)(batch, per_token_loss=True)
@@ -79,7 +69,7 @@ def per_document_loss(model, batch) -> dict[str, float]:
 def packed_and_solo(model, special) -> tuple[dict[str, float], dict[str, float]]:
     """Per-document losses: packed rows (several documents and images per row, padding at the
     ends) through ponder_varlen, and each document alone through sdpa."""
-    a, b, c, v, d = docs(special)
+    a, b, c, v, d = mixed_docs(special)
     with attention_implementation(model, NAME):
         packed = per_document_loss(model, collate_rows([[a, b, d], [c, v]], seq_len=96, pad_id=special.eos))
     with attention_implementation(model, "sdpa"):
@@ -165,7 +155,7 @@ def test_packed_rows_give_the_per_document_losses_of_solo_runs(model_and_special
 
 def test_packed_gradients_equal_the_block_causal_sdpa_path(model_and_special):
     model, special = model_and_special
-    a, b, c, v, d = docs(special)
+    a, b, c, v, d = mixed_docs(special)
     batch = collate_rows([[a, b, d], [c, v]], seq_len=96, pad_id=special.eos)
     grads = {}
     for name in ("sdpa", NAME):

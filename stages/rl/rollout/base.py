@@ -93,6 +93,8 @@ class RolloutEngine(ABC):
 
     #: True: weights arrive as a directory of safetensors (vLLM); False: as a state dict.
     loads_from_files = False
+    #: Images handed to the model with the prompts so far (one per image per sequence): metrics.
+    images_seen = 0
 
     @abstractmethod
     def generate(self, requests: list[GenerationRequest], spec: SamplingSpec) -> list[list[RawCompletion]]:

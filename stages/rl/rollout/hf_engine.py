@@ -76,6 +76,7 @@ class HFEngine(RolloutEngine):
         if hasattr(self.model.config, "vision_config"):  # Glm4v: M-RoPE needs the token types
             inputs["mm_token_type_ids"] = torch.tensor([[0] * (width - len(t)) + t for t in types], device=device)
         if visuals:
+            self.images_seen += len(visuals)
             inputs["pixel_values"] = torch.cat([v.pixel_values for v in visuals]).to(device, self.model.dtype)
             inputs["image_grid_thw"] = torch.stack([v.grid_thw for v in visuals]).to(device)
         sampling = spec.temperature > 0

@@ -53,6 +53,7 @@ class VLLMEngine(RolloutEngine):
             prompt = {"prompt_token_ids": req.prompt.raw_ids + req.prefix}
             if req.prompt.image_sources:
                 prompt["multi_modal_data"] = {"image": [_pil(s) for s in req.prompt.image_sources]}
+                self.images_seen += len(req.prompt.image_sources) * req.n
             prompts.append(prompt)
             params.append(SamplingParams(
                 n=req.n, temperature=spec.temperature, top_p=spec.top_p, top_k=0, max_tokens=spec.max_tokens,

@@ -1,0 +1,169 @@
+"""`make demo` / `python launch/demo.py [--out runs/demo] [--quick]`: the three stages on one story.
+
+On a 2-core CPU, with the tiny Glm4v and the visual verifiable tasks (data_pipelines/visual_tasks.py):
+make the data, pretrain (2 ranks), evaluate, SFT, evaluate, grade difficulty, RLCS with image
+prompts (2 ranks, HF engine), evaluate, then write <out>/REPORT.md with a table (stage x held-out
+accuracy, pass@k, format compliance) and PNG plots. Every step is a real command of the README
+(printed before it runs); each one's output lands in <out>/<step>/. Run it again and finished steps
+are skipped, an interrupted training step resumes where it stopped (resume=auto).
+`--quick` is the test suite's shortened variant: fewer records and steps, same path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from launch.demo_report import write_report  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Sizes of one demo run: records per split and steps per stage."""
+
+    train_records: int = 1000  # pretraining documents and SFT records
+    rl_records: int = 400  # RL prompts (graded with k samples each)
+    eval_records: int = 96  # held-out prompts
+    grade_k: int = 4
+    pretrain_steps: int = 150
+    sft_steps: int = 200
+    rl_steps: int = 40
+    rl_eval_every: int = 10
+    uniform: bool = True  # also RL with uniform sampling at the same rollout budget
+
+
+FULL = Budget()
+QUICK = Budget(train_records=100, rl_records=40, eval_records=16, grade_k=2, pretrain_steps=4, sft_steps=6,
+               rl_steps=3, rl_eval_every=3, uniform=False)
+
+# The visual tasks' domains and the verifiers that grade them (visual_tasks.DOMAIN_VERIFIERS).
+VERIFIERS = ["++rewards.domain_verifiers.visual_count=counting", "++rewards.domain_verifiers.visual_majority=multiple_choice",
+             "++rewards.domain_verifiers.visual_ocr=ocr", "++rewards.domain_verifiers.visual_ground=grounding"]
+# Responses of the visual tasks are up to ~90 tokens; a grounding box needs ~12 after a forced answer.
+LENGTHS = ["data.max_prompt_tokens=64", "rollout.max_new_tokens=96", "rollout.forced_answer_tokens=16",
+           "rollout.max_model_len=192"]
+QUIET = ["logging.progress_bar=false"]
+
+
+@dataclass
+class Step:
+    name: str
+    done: Callable[[], bool]
+    commands: list[list[str]] = field(default_factory=list)
+
+
+def python() -> list[str]:
+    return [sys.executable]
+
+
+def torchrun(script: str, overrides: list[str], nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            str(REPO / "launch" / script), *overrides]
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+    return (run_dir / "checkpoints" / f"step_{steps}" / "COMPLETE").exists()
+
+
+def plan(out: Path, b: Budget) -> list[Step]:
+    data, vis = out / "data", [sys.executable, "-m", "data_pipelines.visual_tasks"]
+    rl_train, rl_eval = data / "rl" / "train.jsonl", data / "rl" / "eval.jsonl"
+    pretrain, sft, rl, uniform = out / "pretrain", out / "sft", out / "rlcs", out / "rl_uniform"
+    steps = [
+        Step("data", lambda: (data / "shards" / "index.json").exists(), [
+            vis + ["--out", str(data), "--num", str(b.train_records), "--seed", "0", "--stage", "pretrain"],
+            vis + ["--out", str(data), "--num", str(b.train_records), "--seed", "0", "--stage", "sft"],
+            vis + ["--out", str(data), "--num", str(b.rl_records), "--seed", "0", "--stage", "rl"],
+            vis + ["--out", str(data), "--num", str(b.eval_records), "--seed", "1", "--split", "eval", "--stage", "all"],
+            [sys.executable, "-m", "data_pipelines.shards", "write", "--input", str(data / "pretrain" / "train.jsonl"),
+             "--image-root", str(data / "pretrain"), "--out", str(data / "shards"), "--samples-per-shard", "50",
+             "--overwrite"]]),
+        Step("pretrain", lambda: finished(pretrain, b.pretrain_steps), [torchrun("pretrain.py", [
+            "recipe=pretrain_tiny", f"data.shards={data / 'shards'}", "data.packing.seq_len=512",
+            f"trainer.max_steps={b.pretrain_steps}", f"trainer.save_every={b.pretrain_steps}",
+            "trainer.optim.warmup_steps=5", f"hydra.run.dir={pretrain}", *QUIET])]),
+        eval_step(out, "eval_pretrain", pretrain / "checkpoints" / f"step_{b.pretrain_steps}", rl_eval),
+        Step("sft", lambda: finished(sft, b.sft_steps), [torchrun("sft.py", [
+            "recipe=sft_tiny", f"model.init={pretrain}", f"data.train={data / 'sft' / 'train.jsonl'}",
+            f"data.eval={data / 'sft' / 'eval.jsonl'}", "data.records_per_shard=16", "data.packing.seq_len=512",
+            f"trainer.max_steps={b.sft_steps}", f"trainer.save_every={b.sft_steps}",
+            f"eval.every={b.sft_steps}", "eval.max_records=32", "eval.generations=16", "eval.max_new_tokens=96",
+            f"hydra.run.dir={sft}", *QUIET])]),
+        eval_step(out, "eval_sft", sft / "checkpoints" / f"step_{b.sft_steps}", rl_eval),
+        Step("grade", lambda: rl_train.with_name("train.difficulty.jsonl").exists(), [python() + [
+            str(REPO / "launch" / "grade.py"), "recipe=grade_tiny", f"model.init={sft}/checkpoints/step_{b.sft_steps}",
+            f"data.path={rl_train}", f"k={b.grade_k}", *VERIFIERS, *LENGTHS, f"hydra.run.dir={out / 'grade'}"]]),
+        rl_step("rlcs", rl, sft / "checkpoints" / f"step_{b.sft_steps}", rl_train, rl_eval, b, []),
+        eval_step(out, "eval_rlcs", rl / "checkpoints" / f"step_{b.rl_steps}", rl_eval),
+    ]
+    if b.uniform:
+        steps.append(rl_step("rl_uniform", uniform, sft / "checkpoints" / f"step_{b.sft_steps}", rl_train, rl_eval,
+                             b, ["curriculum.enabled=false"]))
+    return steps
+
+
+def rl_step(name: str, run: Path, init: Path, train: Path, held_out: Path, b: Budget, extra: list[str]) -> Step:
+    return Step(name, lambda: finished(run, b.rl_steps), [torchrun("rl.py", [
+        "recipe=rlcs_tiny", f"model.init={init}", f"data.path={train}", f"eval.path={held_out}",
+        f"eval.every={b.rl_eval_every}", "eval.samples=4", "eval.temperature=1.0", f"trainer.max_steps={b.rl_steps}",
+        f"trainer.save_every={b.rl_steps}", "batch.micro_tokens=1024", *VERIFIERS, *LENGTHS,
+        f"hydra.run.dir={run}", *QUIET, *extra])])
+
+
+def eval_step(out: Path, name: str, checkpoint: Path, held_out: Path) -> Step:
+    run = out / name
+    return Step(name, lambda: (run / "eval.json").exists(), [torchrun("eval.py", [
+        "recipe=eval_tiny", f"model.init={checkpoint}", f"data.paths=[{held_out}]", "samples=8", "ks=[1,4,8]",
+        *VERIFIERS, *LENGTHS, f"hydra.run.dir={run}"])])
+
+
+def run_step(step: Step, index: int, total: int, log_dir: Path) -> float:
+    started = time.perf_counter()
+    for command in step.commands:
+        print(f"\n[demo {index}/{total}] {step.name}: {' '.join(command)}", flush=True)
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        with (log_dir / f"{step.name}.log").open("a") as log:
+            proc = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            tail = (log_dir / f"{step.name}.log").read_text().splitlines()[-30:]
+            sys.exit(f"demo step {step.name} failed (exit {proc.returncode}); last lines of "
+                     f"{log_dir / (step.name + '.log')}:\n" + "\n".join(tail))
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "demo")
+    parser.add_argument("--quick", action="store_true", help="the test suite's shortened variant")
+    args = parser.parse_args(argv)
+    budget = QUICK if args.quick else FULL
+    out = args.out.resolve()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    steps = plan(out, budget)
+    timings: dict[str, float] = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
+    started = time.perf_counter()
+    for i, step in enumerate(steps, 1):
+        if step.done():
+            print(f"[demo {i}/{len(steps)}] {step.name}: done already, skipped", flush=True)
+            continue
+        timings[step.name] = run_step(step, i, len(steps), out / "logs")
+        (out / "timings.json").write_text(json.dumps(timings, indent=1))
+        print(f"[demo {i}/{len(steps)}] {step.name}: {timings[step.name]:.0f} s "
+              f"(demo so far {time.perf_counter() - started:.0f} s)", flush=True)
+    report = write_report(out, budget.rl_steps, timings)
+    print(f"\n{report.read_text()}\nreport: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

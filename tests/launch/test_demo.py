@@ -1,0 +1,27 @@
+"""The demo's shortened variant (`launch/demo.py --quick`): every stage runs as a real command on the
+visual tasks, REPORT.md has a row per stage with numbers and the plots exist, and a second run
+skips every finished step."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.trainer.launching import REPO, launch_env
+
+
+def test_quick_demo_runs_every_stage_and_reruns_as_skips(tmp_path):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, str(REPO / "launch" / "demo.py"), "--quick", "--out", str(out)]
+    first = subprocess.run(cmd, env=launch_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    report = (out / "REPORT.md").read_text()
+    for stage in ("pretrain", "sft", "rlcs"):
+        row = next(line for line in report.splitlines() if line.startswith(f"| {stage} |"))
+        assert "not evaluated" not in row and row.count("|") == 8
+    for plot in ("loss.png", "rl.png"):
+        assert (out / "plots" / plot).stat().st_size > 10_000
+    # The RL run saw images: its prompts carry them and the image tokens reached the forward.
+    assert (out / "rlcs" / "metrics.jsonl").read_text().count('"prompts_rolled_out"') == 3
+    again = subprocess.run(cmd, env=launch_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("done already, skipped") == 8
