@@ -52,7 +52,6 @@ VERIFIERS = ["++rewards.domain_verifiers.visual_count=counting", "++rewards.doma
 # Responses of the visual tasks are up to ~90 tokens; a grounding box needs ~12 after a forced answer.
 LENGTHS = ["data.max_prompt_tokens=64", "rollout.max_new_tokens=96", "rollout.forced_answer_tokens=16",
            "rollout.max_model_len=192"]
-QUIET = ["logging.progress_bar=false"]
 
 
 @dataclass
@@ -91,14 +90,14 @@ def plan(out: Path, b: Budget) -> list[Step]:
         Step("pretrain", lambda: finished(pretrain, b.pretrain_steps), [torchrun("pretrain.py", [
             "recipe=pretrain_tiny", f"data.shards={data / 'shards'}", "data.packing.seq_len=512",
             f"trainer.max_steps={b.pretrain_steps}", f"trainer.save_every={b.pretrain_steps}",
-            "trainer.optim.warmup_steps=5", f"hydra.run.dir={pretrain}", *QUIET])]),
+            "trainer.optim.warmup_steps=5", f"hydra.run.dir={pretrain}"])]),
         eval_step(out, "eval_pretrain", pretrain / "checkpoints" / f"step_{b.pretrain_steps}", rl_eval),
         Step("sft", lambda: finished(sft, b.sft_steps), [torchrun("sft.py", [
             "recipe=sft_tiny", f"model.init={pretrain}", f"data.train={data / 'sft' / 'train.jsonl'}",
             f"data.eval={data / 'sft' / 'eval.jsonl'}", "data.records_per_shard=16", "data.packing.seq_len=512",
             f"trainer.max_steps={b.sft_steps}", f"trainer.save_every={b.sft_steps}",
             f"eval.every={b.sft_steps}", "eval.max_records=32", "eval.generations=16", "eval.max_new_tokens=96",
-            f"hydra.run.dir={sft}", *QUIET])]),
+            f"hydra.run.dir={sft}"])]),
         eval_step(out, "eval_sft", sft / "checkpoints" / f"step_{b.sft_steps}", rl_eval),
         Step("grade", lambda: rl_train.with_name("train.difficulty.jsonl").exists(), [python() + [
             str(REPO / "launch" / "grade.py"), "recipe=grade_tiny", f"model.init={sft}/checkpoints/step_{b.sft_steps}",
@@ -117,7 +116,7 @@ def rl_step(name: str, run: Path, init: Path, train: Path, held_out: Path, b: Bu
         "recipe=rlcs_tiny", f"model.init={init}", f"data.path={train}", f"eval.path={held_out}",
         f"eval.every={b.rl_eval_every}", "eval.samples=4", "eval.temperature=1.0", f"trainer.max_steps={b.rl_steps}",
         f"trainer.save_every={b.rl_steps}", "batch.micro_tokens=1024", *VERIFIERS, *LENGTHS,
-        f"hydra.run.dir={run}", *QUIET, *extra])])
+        f"hydra.run.dir={run}", *extra])])
 
 
 def eval_step(out: Path, name: str, checkpoint: Path, held_out: Path) -> Step:
@@ -127,16 +126,26 @@ def eval_step(out: Path, name: str, checkpoint: Path, held_out: Path) -> Step:
         *VERIFIERS, *LENGTHS, f"hydra.run.dir={run}"])])
 
 
+def tee(command: list[str], log_path: Path) -> int:
+    """Run `command`, its output shown as it comes (progress bars included) and kept in `log_path`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        while chunk := os.read(proc.stdout.fileno(), 4096):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+            log.write(chunk)
+        return proc.wait()
+
+
 def run_step(step: Step, index: int, total: int, log_dir: Path) -> float:
     started = time.perf_counter()
     for command in step.commands:
         print(f"\n[demo {index}/{total}] {step.name}: {' '.join(command)}", flush=True)
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-        with (log_dir / f"{step.name}.log").open("a") as log:
-            proc = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
-            tail = (log_dir / f"{step.name}.log").read_text().splitlines()[-30:]
-            sys.exit(f"demo step {step.name} failed (exit {proc.returncode}); last lines of "
+        returncode = tee(command, log_dir / f"{step.name}.log")
+        if returncode != 0:
+            tail = (log_dir / f"{step.name}.log").read_text(errors="replace").splitlines()[-30:]
+            sys.exit(f"demo step {step.name} failed (exit {returncode}); last lines of "
                      f"{log_dir / (step.name + '.log')}:\n" + "\n".join(tail))
     return time.perf_counter() - started
 
