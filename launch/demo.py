@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,13 +31,17 @@ from launch.demo_report import write_report  # noqa: E402
 class Budget:
     """Sizes of one demo run: records per split and steps per stage."""
 
+    # The tasks and levels the ~1M-parameter model can learn on CPU in minutes (OCR and grounding
+    # stay at 0 at this size: docs/RESULTS.md); every stage uses the same ones.
+    tasks: str = "visual_count,visual_majority"
+    levels: str = "1-3"
     train_records: int = 1000  # pretraining documents and SFT records
     rl_records: int = 400  # RL prompts (graded with k samples each)
     eval_records: int = 96  # held-out prompts
     grade_k: int = 4
     pretrain_steps: int = 150
-    sft_steps: int = 200
-    rl_steps: int = 40
+    sft_steps: int = 300
+    rl_steps: int = 60
     rl_eval_every: int = 10
     uniform: bool = True  # also RL with uniform sampling at the same rollout budget
 
@@ -50,6 +54,7 @@ QUICK = Budget(train_records=100, rl_records=40, eval_records=16, grade_k=2, pre
 VERIFIERS = ["++rewards.domain_verifiers.visual_count=counting", "++rewards.domain_verifiers.visual_majority=multiple_choice",
              "++rewards.domain_verifiers.visual_ocr=ocr", "++rewards.domain_verifiers.visual_ground=grounding"]
 # Responses of the visual tasks are up to ~90 tokens; a grounding box needs ~12 after a forced answer.
+PROMPTS_PER_STEP = 16  # P: groups trained per RL step
 LENGTHS = ["data.max_prompt_tokens=64", "rollout.max_new_tokens=96", "rollout.forced_answer_tokens=16",
            "rollout.max_model_len=192"]
 
@@ -58,7 +63,7 @@ LENGTHS = ["data.max_prompt_tokens=64", "rollout.max_new_tokens=96", "rollout.fo
 class Step:
     name: str
     done: Callable[[], bool]
-    commands: list[list[str]] = field(default_factory=list)
+    commands: Callable[[], list[list[str]]]  # built when the step runs (it may read earlier steps' output)
 
 
 def python() -> list[str]:
@@ -75,11 +80,12 @@ def finished(run_dir: Path, steps: int) -> bool:
 
 
 def plan(out: Path, b: Budget) -> list[Step]:
-    data, vis = out / "data", [sys.executable, "-m", "data_pipelines.visual_tasks"]
+    data = out / "data"
+    vis = [sys.executable, "-m", "data_pipelines.visual_tasks", "--tasks", b.tasks, "--difficulty", b.levels]
     rl_train, rl_eval = data / "rl" / "train.jsonl", data / "rl" / "eval.jsonl"
     pretrain, sft, rl, uniform = out / "pretrain", out / "sft", out / "rlcs", out / "rl_uniform"
     steps = [
-        Step("data", lambda: (data / "shards" / "index.json").exists(), [
+        Step("data", lambda: (data / "shards" / "index.json").exists(), lambda: [
             vis + ["--out", str(data), "--num", str(b.train_records), "--seed", "0", "--stage", "pretrain"],
             vis + ["--out", str(data), "--num", str(b.train_records), "--seed", "0", "--stage", "sft"],
             vis + ["--out", str(data), "--num", str(b.rl_records), "--seed", "0", "--stage", "rl"],
@@ -87,41 +93,50 @@ def plan(out: Path, b: Budget) -> list[Step]:
             [sys.executable, "-m", "data_pipelines.shards", "write", "--input", str(data / "pretrain" / "train.jsonl"),
              "--image-root", str(data / "pretrain"), "--out", str(data / "shards"), "--samples-per-shard", "50",
              "--overwrite"]]),
-        Step("pretrain", lambda: finished(pretrain, b.pretrain_steps), [torchrun("pretrain.py", [
+        Step("pretrain", lambda: finished(pretrain, b.pretrain_steps), lambda: [torchrun("pretrain.py", [
             "recipe=pretrain_tiny", f"data.shards={data / 'shards'}", "data.packing.seq_len=512",
             f"trainer.max_steps={b.pretrain_steps}", f"trainer.save_every={b.pretrain_steps}",
             "trainer.optim.warmup_steps=5", f"hydra.run.dir={pretrain}"])]),
         eval_step(out, "eval_pretrain", pretrain / "checkpoints" / f"step_{b.pretrain_steps}", rl_eval),
-        Step("sft", lambda: finished(sft, b.sft_steps), [torchrun("sft.py", [
+        Step("sft", lambda: finished(sft, b.sft_steps), lambda: [torchrun("sft.py", [
             "recipe=sft_tiny", f"model.init={pretrain}", f"data.train={data / 'sft' / 'train.jsonl'}",
             f"data.eval={data / 'sft' / 'eval.jsonl'}", "data.records_per_shard=16", "data.packing.seq_len=512",
             f"trainer.max_steps={b.sft_steps}", f"trainer.save_every={b.sft_steps}",
             f"eval.every={b.sft_steps}", "eval.max_records=32", "eval.generations=16", "eval.max_new_tokens=96",
             f"hydra.run.dir={sft}"])]),
         eval_step(out, "eval_sft", sft / "checkpoints" / f"step_{b.sft_steps}", rl_eval),
-        Step("grade", lambda: rl_train.with_name("train.difficulty.jsonl").exists(), [python() + [
+        Step("grade", lambda: rl_train.with_name("train.difficulty.jsonl").exists(), lambda: [python() + [
             str(REPO / "launch" / "grade.py"), "recipe=grade_tiny", f"model.init={sft}/checkpoints/step_{b.sft_steps}",
             f"data.path={rl_train}", f"k={b.grade_k}", *VERIFIERS, *LENGTHS, f"hydra.run.dir={out / 'grade'}"]]),
-        rl_step("rlcs", rl, sft / "checkpoints" / f"step_{b.sft_steps}", rl_train, rl_eval, b, []),
+        rl_step("rlcs", rl, sft / "checkpoints" / f"step_{b.sft_steps}", rl_train, rl_eval, b, lambda: b.rl_steps, []),
         eval_step(out, "eval_rlcs", rl / "checkpoints" / f"step_{b.rl_steps}", rl_eval),
     ]
     if b.uniform:
+        # The same rollout budget: as many prompts rolled out as RLCS (whose expansion draws more per step).
         steps.append(rl_step("rl_uniform", uniform, sft / "checkpoints" / f"step_{b.sft_steps}", rl_train, rl_eval,
-                             b, ["curriculum.enabled=false"]))
+                             b, lambda: steps_for_prompts(rl, PROMPTS_PER_STEP), ["curriculum.enabled=false"]))
     return steps
 
 
-def rl_step(name: str, run: Path, init: Path, train: Path, held_out: Path, b: Budget, extra: list[str]) -> Step:
-    return Step(name, lambda: finished(run, b.rl_steps), [torchrun("rl.py", [
+def steps_for_prompts(rl_run: Path, prompts_per_step: int) -> int:
+    """Steps in which a run drawing `prompts_per_step` prompts rolls out as many as `rl_run` did."""
+    rolled = sum(json.loads(line).get("prompts_rolled_out", 0)
+                 for line in (rl_run / "metrics.jsonl").read_text().splitlines() if line.strip())
+    return max(1, round(rolled / prompts_per_step))
+
+
+def rl_step(name: str, run: Path, init: Path, train: Path, held_out: Path, b: Budget, steps: Callable[[], int],
+            extra: list[str]) -> Step:
+    return Step(name, lambda: finished(run, steps()), lambda: [torchrun("rl.py", [
         "recipe=rlcs_tiny", f"model.init={init}", f"data.path={train}", f"eval.path={held_out}",
-        f"eval.every={b.rl_eval_every}", "eval.samples=4", "eval.temperature=1.0", f"trainer.max_steps={b.rl_steps}",
-        f"trainer.save_every={b.rl_steps}", "batch.micro_tokens=1024", *VERIFIERS, *LENGTHS,
-        f"hydra.run.dir={run}", *extra])])
+        f"eval.every={b.rl_eval_every}", "eval.samples=4", "eval.temperature=1.0", f"trainer.max_steps={steps()}",
+        f"trainer.save_every={steps()}", f"batch.prompts_per_step={PROMPTS_PER_STEP}", "trainer.optim.lr=2e-4",
+        "batch.micro_tokens=1024", *VERIFIERS, *LENGTHS, f"hydra.run.dir={run}", *extra])])
 
 
 def eval_step(out: Path, name: str, checkpoint: Path, held_out: Path) -> Step:
     run = out / name
-    return Step(name, lambda: (run / "eval.json").exists(), [torchrun("eval.py", [
+    return Step(name, lambda: (run / "eval.json").exists(), lambda: [torchrun("eval.py", [
         "recipe=eval_tiny", f"model.init={checkpoint}", f"data.paths=[{held_out}]", "samples=8", "ks=[1,4,8]",
         *VERIFIERS, *LENGTHS, f"hydra.run.dir={run}"])])
 
@@ -140,7 +155,7 @@ def tee(command: list[str], log_path: Path) -> int:
 
 def run_step(step: Step, index: int, total: int, log_dir: Path) -> float:
     started = time.perf_counter()
-    for command in step.commands:
+    for command in step.commands():
         print(f"\n[demo {index}/{total}] {step.name}: {' '.join(command)}", flush=True)
         returncode = tee(command, log_dir / f"{step.name}.log")
         if returncode != 0:
