@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .chat import ChatRenderer
+from .processor import BadSample
 from .document import Document, Visual
 
 KNOWN_FIELDS = ("id", "domain", "messages", "question", "images", "answer", "difficulty")
@@ -205,6 +207,20 @@ def encode_prompt_record(record: PromptRecord, renderer: ChatRenderer, image_roo
     if max_tokens is not None and len(rendered.document) > max_tokens:
         raise PromptRecordError("prompt_too_long", f"{record.id}: {len(rendered.document)} tokens")
     return EncodedPrompt(record, rendered.document, rendered.raw_ids, rendered.images)
+
+
+def encode_records(records: list[PromptRecord], slots: Iterable[int], renderer: ChatRenderer,
+                   image_root: str | Path | None = None, system_prompt: str | None = None,
+                   max_tokens: int | None = None) -> tuple[dict[int, EncodedPrompt], list[tuple[int, str]]]:
+    """The records at `slots` encoded (by slot), and the (slot, reason) of those that cannot be used:
+    what RL, grading and evaluation count and skip."""
+    prompts, failed = {}, []
+    for slot in slots:
+        try:
+            prompts[slot] = encode_prompt_record(records[slot], renderer, image_root, system_prompt, max_tokens)
+        except (BadSample, PromptRecordError) as err:
+            failed.append((slot, err.reason))
+    return prompts, failed
 
 
 def rollout_document(prompt: EncodedPrompt, response_ids: list[int], response_train: list[bool],

@@ -29,12 +29,10 @@ from typing import Any, Optional
 import torch.distributed as dist
 
 from data_pipelines.chat import ChatRenderer
-from data_pipelines.processor import BadSample, ProcessorConfig, VisionProcessor
+from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.prompts import (
-    EncodedPrompt,
     PromptRecord,
-    PromptRecordError,
-    encode_prompt_record,
+    encode_records,
     load_prompt_records,
 )
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
@@ -244,7 +242,8 @@ class SetEvaluator:
         local: dict[str, list[PromptOutcome]] = {d.name: [] for d in self.decodings}
         failed: list[tuple[int, str]] = []
         for start in range(0, len(mine), cfg.chunk_prompts):
-            prompts, bad = self._encode(records, mine[start : start + cfg.chunk_prompts], image_root)
+            prompts, bad = encode_records(records, mine[start : start + cfg.chunk_prompts], self.renderer, image_root,
+                                          cfg.data.system_prompt, cfg.data.max_prompt_tokens)
             failed += bad
             for d in self.decodings:
                 groups, _, _ = self.roller(prompts, records, seeds, d.n, d.temperature)
@@ -252,19 +251,6 @@ class SetEvaluator:
             log.info("%s: %d / %d prompts on rank %d", name, min(start + cfg.chunk_prompts, len(mine)), len(mine),
                      info.rank)
         return local, failed
-
-    def _encode(self, records: list[PromptRecord], slots: list[int], image_root: str
-                ) -> tuple[dict[int, EncodedPrompt], list[tuple[int, str]]]:
-        """Encoded prompts by slot, and the (slot, reason) of those that cannot be used."""
-        data = self.cfg.data
-        prompts, failed = {}, []
-        for slot in slots:
-            try:
-                prompts[slot] = encode_prompt_record(records[slot], self.renderer, image_root, data.system_prompt,
-                                                     data.max_prompt_tokens)
-            except (BadSample, PromptRecordError) as err:
-                failed.append((slot, getattr(err, "reason", "bad_sample")))
-        return prompts, failed
 
     def close(self) -> None:
         self.roller.close()

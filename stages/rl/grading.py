@@ -17,13 +17,12 @@ from pathlib import Path
 import torch
 
 from data_pipelines.chat import ChatRenderer
-from data_pipelines.processor import BadSample, ProcessorConfig, VisionProcessor
+from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.prompts import (
     DifficultyEntry,
     PromptRecord,
-    PromptRecordError,
     append_sidecar,
-    encode_prompt_record,
+    encode_records,
     load_prompt_records,
     read_sidecar,
     sidecar_path,
@@ -84,13 +83,9 @@ def grade(cfg: GradeConfig, info: DistInfo) -> dict[str, int]:
         for start in range(0, len(todo), cfg.chunk_prompts):
             chunk = todo[start : start + cfg.chunk_prompts]
             chunk_records = [r for _, r in chunk]
-            prompts = {}
-            for slot, record in enumerate(chunk_records):
-                try:
-                    prompts[slot] = encode_prompt_record(record, renderer, image_root, cfg.data.system_prompt,
-                                                         cfg.data.max_prompt_tokens)
-                except (BadSample, PromptRecordError) as err:
-                    counts[f"skipped/{getattr(err, 'reason', 'bad_sample')}"] += 1
+            prompts, failed = encode_records(chunk_records, range(len(chunk_records)), renderer, image_root,
+                                             cfg.data.system_prompt, cfg.data.max_prompt_tokens)
+            counts.update(f"skipped/{reason}" for _, reason in failed)
             seeds = [request_seed(cfg.rollout.seed, 0, i) for i, _ in chunk]
             groups, _, _ = roll_out(prompts, chunk_records, seeds, cfg.k, cfg.rollout.temperature)
             entries = [_entry(chunk_records[g.slot], g.rewards, grader, cfg.curriculum) for g in groups]

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from data_pipelines.chat import ChatRenderer
-from data_pipelines.processor import BadSample, VisionProcessor
-from data_pipelines.prompts import (EncodedPrompt, PromptRecord, PromptRecordError, encode_prompt_record,
+from data_pipelines.processor import VisionProcessor
+from data_pipelines.prompts import (EncodedPrompt, PromptRecord, encode_prompt_record, encode_records,
                                     load_prompt_records, sidecar_path)
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from trainer.checkpoint import resolve_hf_dir
@@ -150,12 +150,10 @@ class RLStage:
     def _roll_out_share(self, records: list[PromptRecord], seeds: list[int], n: int, temperature: float
                         ) -> tuple[list[GroupResult], list[tuple[int, str]], float, float]:
         """This rank's slots rolled out and scored: (groups, failed (slot, reason), rollout s, reward s)."""
-        mine, failed = {}, []
-        for slot in range(self.info.rank, len(records), self.info.world_size):
-            try:
-                mine[slot] = self._prompt(records, slot)
-            except (BadSample, PromptRecordError) as err:
-                failed.append((slot, getattr(err, "reason", "bad_sample")))
+        data = self.cfg.data
+        mine, failed = encode_records(records, range(self.info.rank, len(records), self.info.world_size), self.renderer,
+                                      self.image_root, data.system_prompt, data.max_prompt_tokens)
+        self.prompts.update(mine)
         results, rollout_s, reward_s = self.roll_out(mine, records, seeds, n, temperature)
         return results, failed, rollout_s, reward_s
 
