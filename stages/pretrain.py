@@ -19,6 +19,7 @@ from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from trainer.config import LoggingConfig, TrainerConfig
 from trainer.distributed import DistInfo
 from trainer.loop import Trainer
+from trainer.zero import zero3_loading_config
 from trainer.model import ModelConfig, build_model
 from trainer.supervised import PackedBatches
 
@@ -38,7 +39,7 @@ def run(cfg: PretrainConfig, run_dir: Path, info: DistInfo) -> None:
     grad_accum = cfg.trainer.accumulation(cfg.data.batch_rows, info.world_size)
     torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank
     tokenizer = load_tokenizer(cfg.model.tokenizer)
-    model = build_model(cfg.model, tokenizer)
+    model = build_model(cfg.model, tokenizer, zero3_loading_config(cfg.trainer, info))
     documents = InterleavedDocuments(tokenizer, VisionProcessor(cfg.processor))
     stream = ShardStream(cfg.data, documents, SpecialTokens.from_tokenizer(tokenizer).eos,
                          info.rank, info.world_size)

@@ -26,6 +26,7 @@ from trainer.config import LoggingConfig, TrainerConfig
 from trainer.checkpoint import resolve_hf_dir
 from trainer.distributed import DistInfo
 from trainer.loop import Trainer
+from trainer.zero import zero3_loading_config
 from trainer.model import ModelConfig, build_model
 from trainer.supervised import PackedBatches
 
@@ -84,7 +85,7 @@ def run(cfg: SFTConfig, run_dir: Path, info: DistInfo) -> None:
     torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank (random init)
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     model_cfg = dataclasses.replace(cfg.model, init=resolve_init(cfg.model.init))
-    model = build_model(model_cfg, tokenizer)
+    model = build_model(model_cfg, tokenizer, zero3_loading_config(cfg.trainer, info))
     data = cfg.data
     chat = ChatRenderer(tokenizer, VisionProcessor(cfg.processor), data.chat)
     train = RecordShards(data.train, data.records_per_shard, data.shuffle_shards, data.seed, data.format,

@@ -166,6 +166,8 @@ class Trainer:
         set_lr(self.ds.optimizer, lr)
         results = [self._update(stage, update, last=i == len(plan.updates) - 1)
                    for i, update in enumerate(plan.updates)]
+        if not plan.updates:
+            faults.maybe_kill("step", self.step + 1)
         self.step += 1
         record: dict[str, Any] = {"step": self.step, "lr": lr, **plan.metrics}
         record["loss"] = sum(r.loss for r in results) / len(results) if results else 0.0
@@ -179,6 +181,8 @@ class Trainer:
     def _update(self, stage: Stage, update: Update, last: bool) -> UpdateResult:
         """Accumulate the micro-batches' gradients, each its share of the global objective; step."""
         if not update.micro_batches:  # nothing to learn from on any rank (e.g. zero advantages)
+            if last:
+                faults.maybe_kill("step", self.step + 1)
             return UpdateResult(0.0, [], 0.0)
         # DeepSpeed divides each backward by its accumulation steps and averages over ranks:
         # undo both, so the update follows the global loss sum / normaliser.

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,10 +177,12 @@ def glm4v_config(cfg: ModelConfig, special: SpecialTokens) -> Glm4vConfig:
     )
 
 
-def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Glm4vForConditionalGeneration:
-    """The model a stage trains: loaded (cfg.init), composed (cfg.vision_init) or random."""
+def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase,
+                zero3_config: dict | None = None) -> Glm4vForConditionalGeneration:
+    """The model a stage trains: loaded (cfg.init; straight into ZeRO-3 shards given
+    `zero3_config`), composed (cfg.vision_init) or random."""
     if cfg.init:
-        model = load_model(cfg.init, cfg.dtype, cfg.attn_implementation)
+        model = load_model(cfg.init, cfg.dtype, cfg.attn_implementation, zero3_config)
     elif cfg.vision_init:
         model = compose_model(cfg.vision_init, cfg.language_init, cfg, tokenizer)
     else:
@@ -189,10 +192,11 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Glm4vFo
 
 
 def load_model(
-    path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa"
+    path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa", zero3_config: dict | None = None
 ) -> Glm4vForConditionalGeneration:
     """An HF Glm4v checkpoint directory (safetensors weights only, no remote code), or a ponder
-    checkpoint `.../checkpoints/step_N`, whose `hf/` is used (weights only)."""
+    checkpoint `.../checkpoints/step_N`, whose `hf/` is used (weights only). With a DeepSpeed
+    ZeRO-3 config the parameters are partitioned as they load (see `partitioned_loading`)."""
     path = Path(path)
     if (path / "hf" / "config.json").exists():
         path = path / "hf"
@@ -200,9 +204,28 @@ def load_model(
         raise FileNotFoundError(f"model checkpoint directory not found: {path}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} not in {sorted(DTYPES)}")
-    return Glm4vForConditionalGeneration.from_pretrained(
-        str(path), dtype=DTYPES[dtype], attn_implementation=attn_implementation, use_safetensors=True
-    )
+    with partitioned_loading(zero3_config):
+        return Glm4vForConditionalGeneration.from_pretrained(
+            str(path), dtype=DTYPES[dtype], attn_implementation=attn_implementation, use_safetensors=True
+        )
+
+
+@contextmanager
+def partitioned_loading(zero3_config: dict | None) -> Iterator[None]:
+    """`from_pretrained` inside builds the model under `deepspeed.zero.Init` and copies each loaded
+    tensor into its shard (transformers' DeepSpeed integration), so no rank ever holds the whole
+    model: on a node of 8 ranks, one model's worth of parameters instead of eight. None: a no-op."""
+    if zero3_config is None:
+        yield
+        return
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    active = HfDeepSpeedConfig(zero3_config)  # transformers holds it weakly: keep it alive while loading
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+        del active
 
 
 def check_tokenizer_fits(config: Glm4vConfig, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -49,6 +49,14 @@ def deepspeed_config(cfg: TrainerConfig, micro_batch_rows: int, grad_accum: int,
     return config
 
 
+def zero3_loading_config(cfg: TrainerConfig, info: DistInfo) -> dict | None:
+    """The config `model.init` is loaded under so that it lands in ZeRO-3 shards (trainer.model.
+    partitioned_loading); None where nothing is partitioned (another stage, a world of one)."""
+    if cfg.zero_stage != 3 or info.world_size == 1:
+        return None
+    return deepspeed_config(cfg, 1, 1, info.world_size)
+
+
 def apply_freezing(model: torch.nn.Module, cfg: TrainerConfig) -> None:
     if cfg.freeze_vision:
         model.model.visual.requires_grad_(False)

@@ -49,7 +49,7 @@ class GroupRoller:
         slots = list(prompts)
         started = time.perf_counter()
         groups = rollout(self.engine, [prompts[s] for s in slots], self.cfg, self.special, [seeds[s] for s in slots],
-                         n=n, temperature=temperature) if slots else []
+                         n=n, temperature=temperature)
         rollout_s = time.perf_counter() - started
         started = time.perf_counter()
         items = [RewardItem(records[s].domain, completion_text(c.token_ids, self.tokenizer, self.special),

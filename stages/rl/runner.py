@@ -29,6 +29,7 @@ from trainer.checkpoint import resolve_hf_dir
 from trainer.distributed import DistInfo, all_reduce_sum
 from trainer.loop import StepPlan, Trainer, UpdateResult
 from trainer.loss import batch_losses
+from trainer.zero import zero3_loading_config
 
 from .batching import PolicyMicroBatch, fill_old_logprobs, plan_updates
 from .config import RLConfig
@@ -85,6 +86,7 @@ class RLStage:
         self.prompts = {}
         local, failed, rollout_s, reward_s = self._roll_out_share(records, seeds, cfg.rollout.group_size,
                                                                   cfg.rollout.temperature)
+        self.roll_out.engine.sleep()  # the update gets the engine's memory; the weight sync wakes it
         times = all_reduce_sum(torch.tensor([rollout_s, reward_s], device=info.device)) / info.world_size
         results, failures = gather_groups(local, failed, info.world_size)
         for slot, reason in failures:
@@ -188,7 +190,8 @@ def run(cfg: RLConfig, run_dir: Path, info: DistInfo) -> None:
         raise ValueError("set data.path to the prompt records (JSONL or HF dataset)")
     torch.manual_seed(cfg.trainer.seed)
     hf_dir = resolve_hf_dir(cfg.model.init)
-    policy = load_policy(hf_dir, cfg.model.dtype, cfg.model.attn_implementation)
+    policy = load_policy(hf_dir, cfg.model.dtype, cfg.model.attn_implementation,
+                         zero3_loading_config(cfg.trainer, info))
     trainer = Trainer(cfg.trainer, cfg.logging, run_dir, info, policy, load_tokenizer(hf_dir), micro_rows=1, grad_accum=None,
                       run_config=cfg)
     stage = RLStage(cfg, run_dir, info, trainer, hf_dir)

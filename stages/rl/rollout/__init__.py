@@ -20,7 +20,7 @@ def build_rollout_engine(cfg: RolloutConfig, hf_dir: str | Path, special: Specia
     if cfg.engine == "vllm":
         from .vllm_engine import VLLMEngine
 
-        return VLLMEngine(hf_dir, cfg, special, dtype=model.dtype, seed=seed + info.rank)
+        return VLLMEngine(hf_dir, cfg, special, dtype=model.dtype, seed=seed)  # + its engine index
     from ..policy import load_policy
     from .hf_engine import HFEngine
 

@@ -13,6 +13,7 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -33,6 +34,8 @@ class RolloutConfig:
     forced_answer_tokens: int = 64
     seed: int = 0
     # vLLM
+    tensor_parallel_size: int = 1  # ranks one engine spans (within a node); 1: one engine per rank
+    sleep_between_steps: Optional[bool] = None  # free the engine's weights + KV cache during updates; None: on with CUDA
     gpu_memory_utilization: float = 0.5  # on CPU it sizes the KV cache in RAM: use ~0.2
     max_model_len: int = 32768
     enforce_eager: bool = False
@@ -46,6 +49,10 @@ class RolloutConfig:
             raise ValueError(f"rollout.engine must be one of {ENGINES}, got {self.engine!r}")
         if self.group_size < 2:
             raise ValueError("rollout.group_size must be >= 2 (group advantages need a group)")
+        if self.tensor_parallel_size < 1:
+            raise ValueError("rollout.tensor_parallel_size must be >= 1")
+        if self.engine != "vllm" and (self.tensor_parallel_size > 1 or self.sleep_between_steps):
+            raise ValueError("rollout.tensor_parallel_size and rollout.sleep_between_steps apply to rollout.engine=vllm")
         if self.max_new_tokens < 1 or self.forced_answer_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError("rollout: need max_new_tokens, forced_answer_tokens >= 1, temperature >= 0, top_p in (0, 1]")
 
@@ -104,6 +111,10 @@ class RolloutEngine(ABC):
     def load_weights(self, state_dict: dict[str, torch.Tensor] | None = None, path: str | Path | None = None) -> None:
         """New policy weights (HF parameter names); clears prefix / multimodal caches."""
 
+    def sleep(self) -> None:
+        """Free what generation holds (weights, KV cache) until the next `load_weights`: called
+        after a step's rollouts, before the update. A no-op for engines that cannot."""
+
     def close(self) -> None:
         """Release the engine's resources."""
 
@@ -134,7 +145,10 @@ def rollout(
     n: int | None = None,
     temperature: float | None = None,
 ) -> list[list[Completion]]:
-    """n (default G) completions per prompt, with forced answering at the length cap."""
+    """n (default G) completions per prompt, with forced answering at the length cap.
+
+    Both `generate` calls are made even with nothing to generate: an engine spanning several ranks
+    (tensor parallel) needs every rank of its group in each call."""
     n = cfg.group_size if n is None else n
     temp = cfg.temperature if temperature is None else temperature
     spec = SamplingSpec(temp, cfg.top_p, cfg.max_new_tokens)
@@ -146,8 +160,6 @@ def rollout(
     inserted = [special.think_end, special.answer_start]
     todo = [(g, j) for g, group in enumerate(out) for j, c in enumerate(group)
             if c.truncated and _inside_think(c.token_ids, special)]
-    if not todo:
-        return out
     requests = [GenerationRequest(prompts[g], 1, seeds[g] + 7919 * (j + 1), out[g][j].token_ids + inserted)
                 for g, j in todo]
     answers = engine.generate(requests, SamplingSpec(temp, cfg.top_p, cfg.forced_answer_tokens))
