@@ -1,0 +1,140 @@
+"""Files in public dataset layouts, written the way their publishers' tools write them (not in
+ponder's own schema), for the readers of every stage to be tested on.
+
+- img2dataset (LAION, COYO, DataComp): `NNNNN.tar` of `KEY.jpg` + `KEY.txt` + `KEY.json`, with a
+  `NNNNN.parquet` and `NNNNN_stats.json` beside each tar (img2dataset's webdataset writer).
+- OBELICS: parquet rows {images, metadata, general_metadata, texts}, position-aligned lists.
+- ShareGPT / LLaVA / OpenAI chat records; HF prompt sets with their usual column names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+from pathlib import Path
+
+from PIL import Image
+
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
+
+
+def png(colour: str, size: tuple[int, int] = (56, 56)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpeg(colour: str, size: tuple[int, int] = (56, 84)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def write_img2dataset(out_dir: Path, shards: int, per_shard: int, seed: int = 0,
+                      failed_every: int = 0, no_caption_every: int = 0) -> list[Path]:
+    """img2dataset `output_format=webdataset`: per shard `{shard:05d}.tar` with members
+    `{key}.jpg`, `{key}.txt`, `{key}.json` (key = shard id + index, zero-padded to 9 digits), plus
+    the shard's `.parquet` of metadata and `_stats.json`. `no_caption_every`: captionless pairs
+    (an empty `.txt` and a null json caption), which LAION does hold."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    rng = random.Random(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tars = []
+    for shard in range(shards):
+        rows = []
+        path = out_dir / f"{shard:05d}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for i in range(per_shard):
+                key = f"{shard:05d}{i:04d}"
+                colour = rng.choice(COLOURS)
+                caption = f"a photo of a {colour} square number {shard * per_shard + i}"
+                if no_caption_every and i % no_caption_every == no_caption_every - 1:
+                    caption = None
+                image = jpeg(colour)
+                meta = {
+                    "url": f"https://example.com/img/{key}.jpg", "caption": caption, "key": key,
+                    "status": "success", "error_message": None, "width": 56, "height": 84,
+                    "original_width": 112, "original_height": 168, "exif": "{}",
+                    "sha256": hashlib.sha256(image).hexdigest(),
+                }
+                rows.append(meta)
+                sample = {"__key__": key, "jpg": image, "txt": caption or "", "json": json.dumps(meta, indent=4)}
+                if failed_every and i % failed_every == failed_every - 1:
+                    # img2dataset keeps failed downloads out of the tar, in the parquet only.
+                    rows[-1] = {**meta, "status": "failed_to_download", "error_message": "HTTP 404",
+                                "width": None, "height": None, "sha256": None}
+                    continue
+                sink.write(sample)
+        pq.write_table(pa.Table.from_pylist(rows), out_dir / f"{shard:05d}.parquet")
+        (out_dir / f"{shard:05d}_stats.json").write_text(json.dumps(
+            {"count": per_shard, "successes": sum(r["status"] == "success" for r in rows)}))
+        tars.append(path)
+    return tars
+
+
+def obelics_rows(n: int, images: str, image_dir: Path | None = None, seed: int = 0) -> list[dict]:
+    """OBELICS rows: `texts` and `images` aligned by position (one of the two null at each).
+    `images`: "bytes" (raw encoded bytes), "hf" ({bytes, path} dicts, HF's Image storage), "path"
+    (file names under `image_dir`) or "url" (as OBELICS is published: URLs to download)."""
+    rng = random.Random(seed)
+    rows = []
+    for d in range(n):
+        texts, imgs = [], []
+        for p in range(rng.randint(2, 4)):
+            if p % 2 == 1:
+                colour = rng.choice(COLOURS)
+                data = png(colour)
+                if images == "bytes":
+                    value = data
+                elif images == "hf":
+                    value = {"bytes": data, "path": f"{d}-{p}.png"}
+                elif images == "path":
+                    (image_dir / f"{d}-{p}.png").write_bytes(data)
+                    value = f"{d}-{p}.png"
+                else:
+                    value = f"https://example.com/{d}-{p}.png"
+                texts.append(None)
+                imgs.append(value)
+            else:
+                texts.append(f"Paragraph {p} of page {d} talks about {rng.choice(COLOURS)} things.")
+                imgs.append(None)
+        meta = [None if t is not None else {"src": i if isinstance(i, str) else "x"} for t, i in zip(texts, imgs)]
+        rows.append({
+            "images": imgs, "metadata": json.dumps(meta), "general_metadata": json.dumps(
+                {"url": f"https://example.com/page/{d}", "warc_filename": "x.warc.gz"}), "texts": texts,
+        })
+    return rows
+
+
+def write_obelics_parquet(path: Path, n: int, images: str, seed: int = 0) -> Path:
+    """An OBELICS-style parquet; "hf" images are written through `datasets` (a Sequence of
+    `Image` features, as `push_to_hub` stores image datasets)."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = obelics_rows(n, images, path.parent, seed)
+    if images == "hf":
+        features = datasets.Features({
+            "images": datasets.Sequence(datasets.Image()), "metadata": datasets.Value("string"),
+            "general_metadata": datasets.Value("string"), "texts": datasets.Sequence(datasets.Value("string"))})
+        datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def write_text_jsonl(path: Path, n: int, seed: int = 0, field: str = "text") -> Path:
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for i in range(n):
+            words = " ".join(rng.choice(COLOURS) for _ in range(rng.randint(5, 30)))
+            f.write(json.dumps({field: f"Text {i}: {words}.", "id": f"t{i}", "meta": {"lang": "en"}}) + "\n")
+    return path
