@@ -138,3 +138,60 @@ def write_text_jsonl(path: Path, n: int, seed: int = 0, field: str = "text") -> 
             words = " ".join(rng.choice(COLOURS) for _ in range(rng.randint(5, 30)))
             f.write(json.dumps({field: f"Text {i}: {words}.", "id": f"t{i}", "meta": {"lang": "en"}}) + "\n")
     return path
+
+
+# -- SFT chat layouts ----------------------------------------------------------------------------
+RESPONSE = "<think>I look at the square: it is {c}.</think><answer>It is <|begin_of_box|>{c}<|end_of_box|>.</answer>"
+
+
+def write_sft_layouts(root: Path, n: int = 6) -> dict[str, Path]:
+    """The same conversations in each public layout (images as files under `root/coco/`, or
+    inline) plus, per layout, what ponder's own record of each conversation is (`ponder.jsonl`).
+    Record i shows colour COLOURS[i % 6]; every third record has two images."""
+    import base64
+
+    import datasets
+
+    (root / "coco" / "train2017").mkdir(parents=True, exist_ok=True)
+    ponder, sharegpt, llava, openai, sharegpt_rows = [], [], [], [], []
+    for i in range(n):
+        c, c2 = COLOURS[i % 6], COLOURS[(i + 1) % 6]
+        rel = [f"coco/train2017/{i:012d}.png"] + ([f"coco/train2017/{i:012d}_b.png"] if i % 3 == 0 else [])
+        for r, colour in zip(rel, (c, c2)):
+            (root / r).write_bytes(png(colour))
+        question = "What colour is the square?" if len(rel) == 1 else "What colour is the first square?"
+        answer = RESPONSE.format(c=c)
+        ponder.append({"id": f"r{i}", "messages": [
+            {"role": "user", "content": [*({"type": "image", "image": r} for r in rel), {"type": "text", "text": question}]},
+            {"role": "assistant", "content": answer}]})
+        placeholders = "<image>" * len(rel)
+        sharegpt.append({"id": f"r{i}", "conversations": [{"from": "human", "value": placeholders + question},
+                                                           {"from": "gpt", "value": answer}], "images": rel})
+        llava.append({"id": f"r{i}", "image": rel[0] if len(rel) == 1 else rel,
+                      "conversations": [{"from": "human", "value": placeholders + question},
+                                        {"from": "gpt", "value": answer}]})
+        url = "data:image/png;base64," + base64.b64encode((root / rel[0]).read_bytes()).decode()
+        items = [{"type": "image_url", "image_url": {"url": url}}]
+        items += [{"type": "image_url", "image_url": {"url": f"file://{root / r}"}} for r in rel[1:]]
+        openai.append({"id": f"r{i}", "messages": [{"role": "user", "content": [*items, {"type": "text", "text": question}]},
+                                                  {"role": "assistant", "content": answer}]})
+        sharegpt_rows.append({**sharegpt[-1], "images": [{"bytes": (root / r).read_bytes(), "path": r} for r in rel]})
+    out = {"ponder": root / "ponder.jsonl", "sharegpt": root / "sharegpt.jsonl", "llava": root / "llava_instruct.json",
+           "openai": root / "openai.jsonl"}
+    out["ponder"].write_text("".join(json.dumps(r) + "\n" for r in ponder))
+    out["sharegpt"].write_text("".join(json.dumps(r) + "\n" for r in sharegpt))
+    out["llava"].write_text(json.dumps(llava, indent=2))  # LLaVA ships one JSON array
+    out["openai"].write_text("".join(json.dumps(r) + "\n" for r in openai))
+    features = datasets.Features({
+        "id": datasets.Value("string"),
+        "conversations": [{"from": datasets.Value("string"), "value": datasets.Value("string")}],
+        "images": datasets.Sequence(datasets.Image())})
+    (root / "sharegpt_parquet").mkdir(exist_ok=True)
+    datasets.Dataset.from_list(sharegpt_rows, features=features).to_parquet(str(root / "sharegpt_parquet" / "train.parquet"))
+    out["sharegpt_parquet"] = root / "sharegpt_parquet"
+    # Arrow needs one type per column: every content a list of items, as HF chat datasets store it.
+    listed = [{**r, "messages": [{**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m["content"], str)
+                                 else m for m in r["messages"]]} for r in openai]
+    datasets.Dataset.from_list(listed).save_to_disk(str(root / "openai_disk"))
+    out["openai_disk"] = root / "openai_disk"
+    return out
