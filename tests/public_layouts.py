@@ -195,3 +195,79 @@ def write_sft_layouts(root: Path, n: int = 6) -> dict[str, Path]:
     datasets.Dataset.from_list(listed).save_to_disk(str(root / "openai_disk"))
     out["openai_disk"] = root / "openai_disk"
     return out
+
+
+# -- RL / eval prompt sets ----------------------------------------------------------------------
+def write_prompt_sets(root: Path) -> dict[str, Path]:
+    """Small prompt sets in the column layouts of well-known HF datasets, written through
+    `datasets` with the features they are published with."""
+    import datasets
+
+    root.mkdir(parents=True, exist_ok=True)
+    img = lambda c: {"bytes": png(c), "path": None}  # noqa: E731  (HF Image storage)
+    out = {}
+    # ScienceQA: image (nullable), question, choices, answer = index of the right choice, no id.
+    scienceqa = [
+        {"image": img("red"), "question": "Which colour is the square?", "choices": ["blue", "red"], "answer": 1,
+         "hint": "", "subject": "natural science", "lecture": "", "solution": "It is red."},
+        {"image": None, "question": "Which is a mammal?", "choices": ["trout", "otter", "frog"], "answer": 1,
+         "hint": "", "subject": "natural science", "lecture": "", "solution": "Otters are mammals."},
+        {"image": None, "question": "Which word is spelled right?", "choices": ["recieve", "recieve"], "answer": 0,
+         "hint": "", "subject": "language science", "lecture": "", "solution": ""},
+    ]
+    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
+                                  "choices": datasets.Sequence(datasets.Value("string")),
+                                  "answer": datasets.Value("int64"), "hint": datasets.Value("string"),
+                                  "subject": datasets.Value("string"), "lecture": datasets.Value("string"),
+                                  "solution": datasets.Value("string")})
+    datasets.Dataset.from_list(scienceqa, features=features).to_parquet(str(root / "scienceqa.parquet"))
+    out["scienceqa"] = root / "scienceqa.parquet"
+    # MathVista (testmini): pid, question, image = a relative path, decoded_image, choices or null, answer text.
+    (root / "images").mkdir(exist_ok=True)
+    (root / "images" / "1.png").write_bytes(png("green"))
+    (root / "images" / "2.png").write_bytes(png("blue"))
+    mathvista = [
+        {"pid": "1", "question": "What colour is the image?", "image": "images/1.png", "decoded_image": img("green"),
+         "choices": ["red", "green", "blue"], "unit": None, "precision": None, "answer": "green",
+         "question_type": "multi_choice", "answer_type": "text", "query": "Hint: ...", "metadata": {"source": "x"}},
+        {"pid": "2", "question": "How many squares are there?", "image": "images/2.png", "decoded_image": img("blue"),
+         "choices": None, "unit": None, "precision": None, "answer": "1", "question_type": "free_form",
+         "answer_type": "integer", "query": "Hint: ...", "metadata": {"source": "y"}},
+    ]
+    datasets.Dataset.from_list(mathvista, features=datasets.Features({
+        "pid": datasets.Value("string"), "question": datasets.Value("string"), "image": datasets.Value("string"),
+        "decoded_image": datasets.Image(), "choices": datasets.Sequence(datasets.Value("string")),
+        "unit": datasets.Value("string"), "precision": datasets.Value("float64"), "answer": datasets.Value("string"),
+        "question_type": datasets.Value("string"), "answer_type": datasets.Value("string"),
+        "query": datasets.Value("string"), "metadata": {"source": datasets.Value("string")}})
+    ).save_to_disk(str(root / "mathvista"))
+    out["mathvista"] = root / "mathvista"
+    # MMMU: id, question, options as the Python text of a list, answer letter, image_1 .. image_7.
+    mmmu = [{"id": "validation_Art_1", "question": "<image 1> <image 2> Which image is red?",
+             "options": "['The first', 'The second', 'Both of them']", "explanation": "", "answer": "A",
+             **{f"image_{k}": None for k in range(1, 8)}, "img_type": "['Photographs']", "question_type": "multiple-choice"}]
+    mmmu[0]["image_1"], mmmu[0]["image_2"] = img("red"), img("blue")
+    mmmu.append({**mmmu[0], "id": "validation_Art_2", "answer": "C", "image_2": img("red")})
+    datasets.Dataset.from_list(mmmu, features=datasets.Features({
+        "id": datasets.Value("string"), "question": datasets.Value("string"), "options": datasets.Value("string"),
+        "explanation": datasets.Value("string"), "answer": datasets.Value("string"),
+        **{f"image_{k}": datasets.Image() for k in range(1, 8)}, "img_type": datasets.Value("string"),
+        "question_type": datasets.Value("string")})).to_parquet(str(root / "mmmu.parquet"))
+    out["mmmu"] = root / "mmmu.parquet"
+    # MATH: problem, solution (worked, with the boxed answer), level, type.
+    (root / "math.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"problem": "What is $2+3$?", "solution": "We add: $2+3=\\boxed{5}$.", "level": "Level 1", "type": "Algebra"},
+        {"problem": "What is $4 \\cdot 2$?", "solution": "$\\boxed{8}$", "level": "Level 1", "type": "Algebra"}]))
+    out["math"] = root / "math.jsonl"
+    # verl's RL parquet: prompt as chat turns, the ground truth nested in reward_model.
+    verl = [{"data_source": "gsm8k", "prompt": [{"role": "user", "content": "Tom has 3 apples and buys 4. How many?"}],
+             "ability": "math", "reward_model": {"ground_truth": "7", "style": "rule"},
+             "extra_info": {"index": 0, "split": "train"}}]
+    datasets.Dataset.from_list(verl).to_parquet(str(root / "verl.parquet"))
+    out["verl"] = root / "verl.parquet"
+    # A generic MC set whose question lists its options in the text.
+    (root / "mc.jsonl").write_text(json.dumps(
+        {"id": "mc1", "question": "Which planet is largest?\nChoices:\n(A) Mars\n(B) Jupiter\n(C) Venus",
+         "choices": ["Mars", "Jupiter", "Venus"], "answer": "(B)", "domain": "general"}) + "\n")
+    out["mc"] = root / "mc.jsonl"
+    return out

@@ -1,0 +1,94 @@
+"""RL / eval prompt sets in the column layouts of well-known HF datasets (ScienceQA, MathVista,
+MMMU, MATH, verl's parquet), data.columns, and multiple choice -> fill in the blank."""
+
+from __future__ import annotations
+
+import pytest
+
+from data_pipelines.chat import ChatRenderer
+from data_pipelines.processor import ProcessorConfig, VisionProcessor
+from data_pipelines.prompt_columns import PromptColumns, PromptLayout
+from data_pipelines.prompts import encode_prompt_record, load_prompt_records
+from tests.public_layouts import write_prompt_sets
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    return write_prompt_sets(tmp_path_factory.mktemp("prompt_sets"))
+
+
+@pytest.fixture(scope="module")
+def renderer(tokenizer):
+    return ChatRenderer(tokenizer, VisionProcessor(ProcessorConfig(max_pixels=56 * 56 * 4)))
+
+
+def text_of(record) -> str:
+    content = record.messages[-1]["content"]
+    return content if isinstance(content, str) else "".join(i.get("text", "") for i in content)
+
+
+def encoded_images(record, renderer, root) -> int:
+    prompt = encode_prompt_record(record, renderer, image_root=root)
+    return sum(kind == "image" for _, _, kind in prompt.document.atomic_spans)
+
+
+def test_scienceqa_as_multiple_choice_and_as_blanks(sets, renderer):
+    mc, skipped = load_prompt_records(sets["scienceqa"], PromptLayout(domain="science", options_in_prompt=True))
+    assert not skipped and [r.id for r in mc] == ["row-0", "row-1", "row-2"]
+    assert mc[0].answer == "B" and mc[0].info["options"] == ["blue", "red"]  # index 1 -> its letter
+    assert text_of(mc[0]) == "Which colour is the square?\nA. blue\nB. red"
+    assert [encoded_images(r, renderer, sets["scienceqa"].parent) for r in mc] == [1, 0, 0]
+    blanks, _ = load_prompt_records(sets["scienceqa"], PromptLayout(domain="science", mc_to_blank=True))
+    assert [(text_of(r), r.answer, "options" in r.info) for r in blanks] == [
+        ("Which colour is the square?", "red", False),
+        ("Which is a mammal?", "otter", False),
+        ("Which word is spelled right?", "A", True),  # two identical choices: not a unique answer, kept
+    ]
+    assert blanks[1].info["solution"] == "Otters are mammals."  # other columns reach the verifier
+
+
+def test_rows_without_a_domain_need_data_domain(sets):
+    records, skipped = load_prompt_records(sets["scienceqa"])
+    assert records == [] and skipped == {"malformed_record": 3}
+
+
+def test_mathvista_save_to_disk(sets, renderer):
+    records, skipped = load_prompt_records(sets["mathvista"], PromptLayout(domain="math", mc_to_blank=True))
+    assert not skipped and [r.id for r in records] == ["1", "2"]
+    assert (records[0].answer, "options" in records[0].info) == ("green", False)
+    assert records[1].answer == "1" and "options" not in records[1].info  # free-form: null choices dropped
+    assert [encoded_images(r, renderer, sets["mathvista"].parent) for r in records] == [1, 1]
+    # The decoded image column instead of the path column: the same pixels.
+    decoded, _ = load_prompt_records(sets["mathvista"], PromptLayout(
+        domain="math", columns=PromptColumns(images="decoded_image")))
+    a = encode_prompt_record(records[0], renderer, image_root=sets["mathvista"].parent)
+    b = encode_prompt_record(decoded[0], renderer)
+    assert a.input_ids == b.input_ids and (a.pixel_values == b.pixel_values).all()
+
+
+def test_mmmu_options_text_and_image_columns(sets, renderer):
+    layout = PromptLayout(domain="art", mc_to_blank=True,
+                          columns=PromptColumns(images=",".join(f"image_{k}" for k in range(1, 8))))
+    records, skipped = load_prompt_records(sets["mmmu"], layout)
+    assert not skipped
+    first, both = records
+    assert (first.answer, "options" in first.info) == ("The first", False)
+    assert (both.answer, both.info["options"]) == ("C", ["The first", "The second", "Both of them"])  # refers to others
+    assert [encoded_images(r, renderer, None) for r in records] == [2, 2]
+
+
+def test_math_and_verl_layouts(sets):
+    math, _ = load_prompt_records(sets["math"], PromptLayout(domain="math"))
+    assert [(r.id, text_of(r), r.answer) for r in math] == [
+        ("row-0", "What is $2+3$?", "We add: $2+3=\\boxed{5}$."), ("row-1", "What is $4 \\cdot 2$?", "$\\boxed{8}$")]
+    layout = PromptLayout(columns=PromptColumns(domain="ability", answer="reward_model.ground_truth", id="extra_info.index"))
+    verl, skipped = load_prompt_records(sets["verl"], layout)
+    assert not skipped and (verl[0].id, verl[0].domain, verl[0].answer) == ("0", "math", "7")
+    assert verl[0].messages == [{"role": "user", "content": "Tom has 3 apples and buys 4. How many?"}]
+
+
+def test_options_listed_in_the_question_are_removed(sets):
+    records, _ = load_prompt_records(sets["mc"], PromptLayout(mc_to_blank=True))
+    assert (text_of(records[0]), records[0].answer) == ("Which planet is largest?", "Jupiter")
+    kept, _ = load_prompt_records(sets["mc"])
+    assert kept[0].answer == "(B)" and kept[0].info["options"] == ["Mars", "Jupiter", "Venus"]
