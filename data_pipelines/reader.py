@@ -94,6 +94,24 @@ def _probe_url(url: str) -> None:
         raise FileNotFoundError(f"shard {url} cannot be read: {exc}") from exc
 
 
+def check_usable(label: str, source: SampleSource, to_document: Callable[[Any], Document], samples: int = 16) -> None:
+    """Stop at start when the first `samples` samples of the first shard are all unusable (the
+    wrong layout, a wrong field name, images only as URLs), naming the skip reasons, instead of
+    after a whole epoch of skips."""
+    reasons: Counter = Counter()
+    for n, sample in enumerate(source.samples(0, _CountingHandler(reasons))):
+        if n == samples:
+            break
+        try:
+            to_document(sample)
+            return
+        except BadSample as exc:
+            reasons[exc.reason] += 1
+    detail = ", ".join(f"{r}: {k}" for r, k in reasons.most_common()) or "no samples"
+    raise ValueError(f"{label} ({source.name(0)}): none of its first samples is usable ({detail}); "
+                     "see docs/data.md for the layouts each reader takes")
+
+
 class _CountingHandler:
     """webdataset error handler: count and continue (a bad member or a truncated tar)."""
 

@@ -14,7 +14,6 @@ record paths take what `records.RecordShards` reads. Missing data fails at start
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +23,7 @@ from .chat import _media
 from .document import Document, DocumentBuilder
 from .interleaved import InterleavedDocuments, MalformedSample
 from .processor import BadSample, VisionProcessor
-from .reader import MixturePart, ReaderConfig, TarShards
+from .reader import MixturePart, ReaderConfig, TarShards, check_usable
 from .records import FORMATS, RecordShards
 
 KINDS = ("interleaved", "captions", "obelics", "text")
@@ -211,29 +210,8 @@ def build_part(cfg: SourceConfig, tokenizer: PreTrainedTokenizerBase, processor:
         documents = ObelicsDocuments(tokenizer, processor)
     else:
         documents = TextDocuments(tokenizer, processor, cfg.text_field)
-    _probe(cfg, source, documents)
+    check_usable(f"data.sources[{cfg.name}] ({cfg.kind})", source, documents)
     return MixturePart(cfg.name, source, documents, cfg.weight)
-
-
-PROBE_SAMPLES = 16
-
-
-def _probe(cfg: SourceConfig, source: Any, documents: Any) -> None:
-    """Stop at start when the first samples of the first shard are all unusable (URL-only OBELICS,
-    the wrong caption field, ...) instead of after a whole epoch of skips."""
-    reasons: Counter = Counter()
-    handler = lambda exc: reasons.update(["corrupt_tar"]) or True  # noqa: E731
-    for n, sample in enumerate(source.samples(0, handler)):
-        if n == PROBE_SAMPLES:
-            break
-        try:
-            documents(sample)
-            return
-        except BadSample as exc:
-            reasons[exc.reason] += 1
-    detail = ", ".join(f"{r}: {k}" for r, k in reasons.most_common()) or "no samples"
-    raise ValueError(f"data.sources[{cfg.name}] ({cfg.kind}, {source.name(0)}): none of its first samples is "
-                     f"usable ({detail}); see docs/data.md for what this kind reads")
 
 
 def build_mixture(sources: list[SourceConfig], tokenizer: PreTrainedTokenizerBase, processor: VisionProcessor,

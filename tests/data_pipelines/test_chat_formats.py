@@ -91,3 +91,69 @@ def test_mismatched_records_are_counted_by_the_loader(layouts, chat, tmp_path):
     path.write_text("\n".join([lines[0], json.dumps(broken), *lines[2:]]) + "\n")
     got, skipped = documents(path, chat, image_root=str(layouts["ponder"].parent))
     assert skipped == Counter(image_mismatch=1) and len(got) == N - 1
+
+
+def test_bad_sharegpt_records_stream_through_with_a_counter_each(layouts, chat, tmp_path, tokenizer):
+    """Every kind of bad record is counted under its reason; the good ones all train."""
+    import io
+
+    from PIL import Image
+
+    root = layouts["ponder"].parent
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    wide = io.BytesIO()
+    Image.new("RGB", (3000, 10), "red").save(wide, format="PNG")  # 300:1
+    (tmp_path / "wide.png").write_bytes(wide.getvalue())
+    good = [json.loads(line) for line in layouts["sharegpt"].read_text().splitlines()]
+    img = str(root / good[1]["images"][0])
+
+    def conv(human, gpt, **extra):
+        return {"conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": gpt}], **extra}
+
+    answer = good[1]["conversations"][1]["value"]
+    bad = {
+        "malformed_chat": [
+            conv("Q", answer, id="b-role") | {"conversations": [{"from": "function_call", "value": "f()"},
+                                                                 {"from": "gpt", "value": answer}]},
+            {"id": "b-missing", "question": "no turns"},
+            conv(5, answer, id="b-type"),  # a value that is not text
+            {"id": "b-last", "conversations": [{"from": "gpt", "value": answer}, {"from": "human", "value": "Q"}]},
+        ],
+        "image_mismatch": [conv("<image>Q", answer, id="b-more-images", images=[img, img]),
+                           conv("<image><image>Q", answer, id="b-more-tags", images=[img])],
+        "missing_image": [conv("<image>Q", answer, id="b-nofile", images=["nowhere/x.png"])],
+        "undecodable_image": [conv("<image>Q", answer, id="b-broken", images=[str(tmp_path / "broken.png")])],
+        "aspect_ratio": [conv("<image>Q", answer, id="b-wide", images=[str(tmp_path / "wide.png")])],
+        "remote_image": [{"id": "b-url", "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x.org/a.png"}}]},
+            {"role": "assistant", "content": answer}]}],
+        "bad_format": [conv("Q", "", id="b-empty"), conv("Q", "just text", id="b-noformat")],
+        "longer_than_seq_len": [conv("Q " * 3000, answer, id="b-long")],
+    }
+    lines = [json.dumps(r) for r in good]
+    for records in bad.values():
+        lines += [json.dumps(r) for r in records]
+    raw = "\n".join(lines).encode() + b"\n\xff\xfe not utf-8\n{not json\n"
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(raw)
+
+    cfg = SFTDataConfig(train=str(path), seed=0, records_per_shard=4, max_epochs=1, image_root=str(root),
+                        packing=PackingConfig(seq_len=1024, split_documents=False))
+    source = RecordShards(cfg.train, cfg.records_per_shard, cfg.shuffle_shards, cfg.seed, cfg.format, cfg.image_root)
+    loader = PackedLoader(ShardStream(cfg, chat, chat.special.eos, source=source))
+    keys = [k for batch in loader for k in batch.doc_keys]
+    expected = Counter({reason: len(records) for reason, records in bad.items()})
+    expected["malformed_chat"] += 2  # the invalid UTF-8 line and the line that is not JSON
+    assert Counter(loader.stats()["skipped"]) == expected
+    assert sorted(keys) == sorted(r["id"] for r in good)
+    assert sum(expected.values()) == 15  # 15 defects of 14 kinds under 8 reasons
+
+
+def test_a_file_in_no_known_layout_stops_at_start(chat, tmp_path):
+    from data_pipelines.reader import check_usable
+
+    path = tmp_path / "alpaca.jsonl"  # Alpaca's instruction/input/output: not a chat layout
+    path.write_text("".join(json.dumps({"instruction": f"Say {i}", "input": "", "output": f"{i}"}) + "\n"
+                            for i in range(40)))
+    with pytest.raises(ValueError, match=r"data.train \(.*\): none of its first samples is usable \(malformed_chat: 16\)"):
+        check_usable("data.train", RecordShards(str(path), records_per_shard=20), chat)
