@@ -92,3 +92,18 @@ def test_options_listed_in_the_question_are_removed(sets):
     assert (text_of(records[0]), records[0].answer) == ("Which planet is largest?", "Jupiter")
     kept, _ = load_prompt_records(sets["mc"])
     assert kept[0].answer == "(B)" and kept[0].info["options"] == ["Mars", "Jupiter", "Venus"]
+
+
+def test_normalised_records_grade_with_the_verifiers(sets):
+    from stages.rl.rewards.scoring import score
+
+    def response(answer: str) -> str:
+        return f"<think>...</think><answer>It is <|begin_of_box|>{answer}<|end_of_box|>.</answer>"
+
+    mc, _ = load_prompt_records(sets["scienceqa"], PromptLayout(domain="science"))
+    assert score("multiple_choice", response("red"), mc[0].answer, **mc[0].info).reward == 1.0
+    assert score("multiple_choice", response("B"), mc[0].answer, **mc[0].info).reward == 1.0
+    assert score("multiple_choice", response("A"), mc[0].answer, **mc[0].info).reward == 0.0
+    math, _ = load_prompt_records(sets["math"], PromptLayout(domain="math"))  # a worked solution as ground truth
+    assert [score("math", response(a), r.answer).reward for r, a in zip(math, ["5", "8"])] == [1.0, 1.0]
+    assert score("math", response("6"), math[0].answer).reward == 0.0
