@@ -105,12 +105,12 @@ def _raw_records(path: Path) -> tuple[list[Any], Counter]:
     bad = Counter()
     if path.is_file() and path.suffix == ".jsonl":
         rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_bytes().splitlines():  # bytes: one line of bad UTF-8 is one skip, not a crash
             if not line.strip():
                 continue
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError:
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError
                 bad["malformed_json"] += 1
         return rows, bad
     import datasets  # only for HF datasets: it is slow to import

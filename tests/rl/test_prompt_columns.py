@@ -107,3 +107,44 @@ def test_normalised_records_grade_with_the_verifiers(sets):
     math, _ = load_prompt_records(sets["math"], PromptLayout(domain="math"))  # a worked solution as ground truth
     assert [score("math", response(a), r.answer).reward for r, a in zip(math, ["5", "8"])] == [1.0, 1.0]
     assert score("math", response("6"), math[0].answer).reward == 0.0
+
+
+def test_bad_prompt_rows_are_counted_by_reason(tmp_path, renderer):
+    """Bad rows of an HF-style prompt set: each counted under its reason at load or at encoding
+    (what RL, grading and evaluation skip), the good ones kept."""
+    import io
+    import json
+
+    from PIL import Image
+
+    from data_pipelines.prompts import encode_records
+    from tests.public_layouts import png
+
+    (tmp_path / "ok.png").write_bytes(png("red"))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    wide = io.BytesIO()
+    Image.new("RGB", (4200, 20), "red").save(wide, format="PNG")  # 210:1 (200:1 itself is the largest allowed)
+    (tmp_path / "wide.png").write_bytes(wide.getvalue())
+    rows = [
+        {"problem": "1+1?", "solution": "2"},  # good
+        {"question": "What colour?", "image": "ok.png", "answer": "red"},  # good
+        {"question": "No answer here"},  # missing_answer
+        {"question": 7, "answer": "7"},  # malformed_record: a question that is not text
+        {"answer": "3"},  # malformed_record: no question at all
+        {"id": "dup", "question": "a?", "answer": "a"}, {"id": "dup", "question": "b?", "answer": "b"},  # duplicate_id
+        {"messages": [{"role": "user", "content": [{"type": "image"}]}], "images": ["ok.png", "ok.png"],
+         "answer": "x"},  # image_count_mismatch: more images than placeholders
+        {"question": "Which?", "image": "nowhere.png", "answer": "x"},  # missing_image (at encoding)
+        {"question": "Which?", "image": "broken.png", "answer": "x"},  # undecodable_image
+        {"question": "Which?", "image": "wide.png", "answer": "x"},  # aspect_ratio
+        {"question": "long " * 400, "answer": "x"},  # prompt_too_long
+    ]
+    path = tmp_path / "set.jsonl"
+    path.write_bytes(b"\n".join(json.dumps(r).encode() for r in rows) + b"\n\xff\xfe{bad utf-8\n{not json\n")
+    records, skipped = load_prompt_records(path, PromptLayout(domain="general"))
+    assert skipped == {"missing_answer": 1, "malformed_record": 2, "duplicate_id": 1, "image_count_mismatch": 1,
+                       "malformed_json": 2}
+    encoded, failed = encode_records(records, range(len(records)), renderer, image_root=tmp_path, max_tokens=256)
+    assert sorted(reason for _, reason in failed) == ["aspect_ratio", "missing_image", "prompt_too_long",
+                                                     "undecodable_image"]
+    assert sorted(records[i].id for i in encoded) == ["dup", "row-0", "row-1"]
