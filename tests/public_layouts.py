@@ -204,7 +204,7 @@ def write_prompt_sets(root: Path) -> dict[str, Path]:
     import datasets
 
     root.mkdir(parents=True, exist_ok=True)
-    img = lambda c: {"bytes": png(c), "path": None}  # noqa: E731  (HF Image storage)
+    img = lambda c: {"bytes": png(c), "path": None}
     out = {}
     # ScienceQA: image (nullable), question, choices, answer = index of the right choice, no id.
     scienceqa = [

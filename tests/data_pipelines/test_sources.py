@@ -4,7 +4,6 @@ shard specs (globs, brace ranges, pipe:, http://), and the weighted mixture with
 import functools
 import http.server
 import itertools
-import shutil
 import threading
 from collections import Counter
 
@@ -13,11 +12,26 @@ import torch
 
 from data_pipelines.packing import PackingConfig
 from data_pipelines.processor import ProcessorConfig, VisionProcessor
-from data_pipelines.reader import PackedLoader, ReaderConfig, ShardStream, TarShards, resolve_shards
+from data_pipelines.reader import (
+    PackedLoader,
+    ReaderConfig,
+    ShardStream,
+    TarShards,
+    resolve_shards,
+)
 from data_pipelines.shards import write_shards
-from data_pipelines.sources import CaptionDocuments, SourceConfig, build_mixture, build_part
+from data_pipelines.sources import (
+    CaptionDocuments,
+    SourceConfig,
+    build_mixture,
+    build_part,
+)
 from data_pipelines.synthetic import make_interleaved_corpus
-from tests.public_layouts import write_img2dataset, write_obelics_parquet, write_text_jsonl
+from tests.public_layouts import (
+    write_img2dataset,
+    write_obelics_parquet,
+    write_text_jsonl,
+)
 
 PROCESSOR = VisionProcessor(ProcessorConfig(max_pixels=56 * 56 * 4))
 
@@ -78,14 +92,13 @@ def test_failed_status_and_missing_members_are_counted(tokenizer):
 
 @pytest.mark.parametrize("layout", ["bytes", "hf", "path"])
 def test_obelics_parquet(data, tokenizer, layout):
-    part = build_part(SourceConfig(name="o", kind="obelics", path=str(data / f"obelics{'' if layout == 'bytes' else '_' + layout}")),
-                      tokenizer, PROCESSOR)
+    folder = data / {"bytes": "obelics", "hf": "obelics_hf", "path": "obelics_path"}[layout]
+    part = build_part(SourceConfig(name="o", kind="obelics", path=str(folder)), tokenizer, PROCESSOR)
     docs, skipped = read_all(part, tokenizer)
     assert len(docs) == 6 and not skipped
     import pyarrow.parquet as pq
 
-    path = next((data / f"obelics{'' if layout == 'bytes' else '_' + layout}").glob("*.parquet"))
-    rows = pq.read_table(path).to_pylist()
+    rows = pq.read_table(next(folder.glob("*.parquet"))).to_pylist()
     by_text = {tokenizer.decode(d.input_ids.tolist()).split("<|begin_of_image|>")[0]: d for d in docs}
     for row in rows:  # each page: its texts in order, one image span per non-null image
         doc = by_text[row["texts"][0]]
@@ -121,9 +134,8 @@ def test_shard_specs(data, tmp_path):
         resolve_shards(str(laion / "{00000..00005}.tar"))
     with pytest.raises(FileNotFoundError, match="no .tar shards"):
         resolve_shards(str(tmp_path))
-    with pytest.raises(FileNotFoundError):
-        SourceConfig(name="x", kind="captions", path=str(tmp_path / "nope-{0..3}.tar")) and TarShards(
-            str(tmp_path / "nope-{0..3}.tar"))
+    with pytest.raises(FileNotFoundError, match="4 missing"):
+        TarShards(str(tmp_path / "nope-{0..3}.tar"))
 
 
 def _keys(source: TarShards) -> list[str]:
@@ -216,4 +228,3 @@ def test_missing_source_fails_at_start(data, tokenizer, tmp_path):
     sources = mixture_sources(data) + [SourceConfig(name="gone", kind="text", path=str(tmp_path / "gone.jsonl"))]
     with pytest.raises(FileNotFoundError, match="gone.jsonl"):
         build_mixture(sources, tokenizer, PROCESSOR)
-    shutil.rmtree(tmp_path)

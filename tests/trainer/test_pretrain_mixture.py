@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.public_layouts import write_img2dataset, write_obelics_parquet, write_text_jsonl
+from tests.public_layouts import (
+    write_img2dataset,
+    write_obelics_parquet,
+    write_text_jsonl,
+)
 from tests.trainer.launching import check, launch, metrics
 
 STEPS = 6
