@@ -122,6 +122,20 @@ def test_text_records(data, tokenizer):
     docs, skipped = read_all(part, tokenizer)
     assert len(docs) == 400 and not skipped
     assert all(tokenizer.decode(d.input_ids.tolist()).startswith("Text ") for d in docs)
+    # The same records as parquet, under another field name.
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in (data / "text" / "c4.jsonl").read_text().splitlines()]
+    (data / "text_parquet").mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist([{"content": r["text"], "id": r["id"]} for r in rows]),
+                   data / "text_parquet" / "train-00000-of-00001.parquet")
+    part = build_part(SourceConfig(name="p", kind="text", path=str(data / "text_parquet"), text_field="content",
+                                   records_per_shard=50), tokenizer, PROCESSOR)
+    from_parquet, _ = read_all(part, tokenizer)
+    assert sorted(d.input_ids.tolist() for d in from_parquet) == sorted(d.input_ids.tolist() for d in docs)
 
 
 def test_shard_specs(data, tmp_path):
