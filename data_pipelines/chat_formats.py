@@ -3,7 +3,8 @@
 - ShareGPT: `{"conversations": [{"from": "human" | "gpt" | "system", "value": str}], "images": [...]}`
   (or one `image`), each `<image>` in a value standing for the next image;
 - LLaVA: the same with `human` / `gpt` and one `image` path (llava_instruct_150k.json, a JSON array);
-- OpenAI: `{"messages": [{"role", "content": str | [{"type": "text" | "image_url" | "image", ...}]}]}`,
+- OpenAI: `{"messages": [{"role", "content": str | [{"type": "text" | "image_url" | "image", ...}]}]}`
+  (also the Responses API's `input_text` / `input_image`),
   `image_url.url` a `data:` URL, a `file://` URL or a path; string contents may hold `<image>`
   placeholders filled from a top-level `images` list (LLaMA-Factory's layout);
 - ponder: OpenAI's shape with `{"type": "image", "image": IMG}` items (chat.py), passed through.
@@ -56,8 +57,8 @@ def _needs_conversion(content: Any) -> bool:
     if isinstance(content, str):
         return PLACEHOLDER in content
     if isinstance(content, list):
-        return any(isinstance(i, dict) and (i.get("type") == "image_url" or (i.get("type") == "image" and
-                                                                               i.get("image") is None))
+        return any(isinstance(i, dict) and (i.get("type") in ("image_url", "input_image", "input_text")
+                                            or (i.get("type") == "image" and i.get("image") is None))
                    for i in content)
     return False
 
@@ -133,7 +134,9 @@ def _item(item: Any, next_image, key: str) -> Any:
         return item
     item = {k: v for k, v in item.items() if v is not None}  # HF rows carry every struct field
     kind = item.get("type")
-    if kind == "image_url":
+    if kind == "input_text":  # the Responses API's names
+        return {"type": "text", "text": item.get("text")}
+    if kind in ("image_url", "input_image"):
         url = item.get("image_url")
         url = url.get("url") if isinstance(url, dict) else url
         return {"type": "image", "image": _from_url(url, key)}

@@ -157,3 +157,13 @@ def test_a_file_in_no_known_layout_stops_at_start(chat, tmp_path):
                             for i in range(40)))
     with pytest.raises(ValueError, match=r"data.train \(.*\): none of its first samples is usable \(malformed_chat: 16\)"):
         check_usable("data.train", RecordShards(str(path), records_per_shard=20), chat)
+
+
+def test_responses_api_items(layouts):
+    root = layouts["ponder"].parent
+    record = {"messages": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": f"file://{root}/coco/train2017/000000000001.png"},
+        {"type": "input_text", "text": "What colour is the square?"}]}, {"role": "assistant", "content": "x"}]}
+    assert to_ponder(record)["messages"][0]["content"] == [
+        {"type": "image", "image": f"{root}/coco/train2017/000000000001.png"},
+        {"type": "text", "text": "What colour is the square?"}]
