@@ -71,6 +71,12 @@ def resolve_shards(spec: str) -> list[str]:
         if not paths:
             raise FileNotFoundError(f"no .tar shards found in the directory {spec!r}")
         return paths
+    return expand_paths(spec, "data shards")
+
+
+def expand_paths(spec: str, what: str) -> list[str]:
+    """The files of a brace pattern of globs, sorted; every expansion without glob characters must
+    exist and every glob must match, else FileNotFoundError lists what is missing."""
     paths, missing = [], []
     for pattern in braceexpand.braceexpand(spec):
         found = glob.glob(pattern) if glob.has_magic(pattern) else ([pattern] if os.path.isfile(pattern) else [])
@@ -79,7 +85,7 @@ def resolve_shards(spec: str) -> list[str]:
         paths += found
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise FileNotFoundError(f"data shards {spec!r}: {len(missing)} missing: {shown}")
+        raise FileNotFoundError(f"{what} {spec!r}: {len(missing)} missing: {shown}")
     return sorted(dict.fromkeys(paths))
 
 

@@ -136,6 +136,12 @@ def test_text_records(data, tokenizer):
                                    records_per_shard=50), tokenizer, PROCESSOR)
     from_parquet, _ = read_all(part, tokenizer)
     assert sorted(d.input_ids.tolist() for d in from_parquet) == sorted(d.input_ids.tolist() for d in docs)
+    ranged = str(data / "text_parquet" / "train-{00000..00000}-of-00001.parquet")  # record paths take brace ranges
+    assert read_all(build_part(SourceConfig(name="r", kind="text", path=ranged, text_field="content",
+                                            records_per_shard=50), tokenizer, PROCESSOR), tokenizer)[0][0].key == from_parquet[0].key
+    with pytest.raises(FileNotFoundError, match="records .*1 missing: .*train-00001-of-00001.parquet"):
+        build_part(SourceConfig(name="r", kind="text", path=ranged.replace("00000..00000", "00000..00001"),
+                                text_field="content"), tokenizer, PROCESSOR)
 
 
 def test_shard_specs(data, tmp_path):
