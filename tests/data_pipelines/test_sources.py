@@ -248,3 +248,15 @@ def test_missing_source_fails_at_start(data, tokenizer, tmp_path):
     sources = mixture_sources(data) + [SourceConfig(name="gone", kind="text", path=str(tmp_path / "gone.jsonl"))]
     with pytest.raises(FileNotFoundError, match="gone.jsonl"):
         build_mixture(sources, tokenizer, PROCESSOR)
+
+
+def test_each_rank_reads_its_own_share_of_every_source(data, tokenizer):
+    parts = build_mixture(mixture_sources(data)[:2], tokenizer, PROCESSOR, seed=1)  # captions 0.3, web 0.2
+    seen = []
+    for rank in (0, 1):
+        stream = ShardStream(ReaderConfig(seed=1), None, tokenizer.eos_token_id, rank=rank, world_size=2, mixture=parts)
+        cursors = [{"next": (0, 0, 0), "skipped": Counter(), "documents": 0, "tokens": 0} for _ in parts]
+        docs = list(itertools.islice(stream._mixed_documents(0, cursors), 10))
+        assert Counter(d.origin[0] for d in docs) == {0: 6, 1: 4}  # 0.3 : 0.2 on every rank
+        seen.append({(d.origin[0], d.key) for d in docs})
+    assert not seen[0] & seen[1]  # disjoint shards per rank, per source
