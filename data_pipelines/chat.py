@@ -35,6 +35,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .answer_format import format_violation
+from .chat_formats import CHAT_FORMATS, to_ponder
 from .document import Document, Visual
 from .processor import (
     BadSample,
@@ -61,8 +62,11 @@ class ChatConfig:
     train_turns: str = "last"  # "last": the final assistant turn; "all": every assistant turn
     skip_bad_format: bool = True  # skip (and count) records whose trained responses break the format
     require_box: bool = True  # the format needs exactly one non-empty <|begin_of_box|>...<|end_of_box|>
+    format: str = "auto"  # record layout: auto (detected per record) | ponder | sharegpt | llava | openai
 
     def __post_init__(self) -> None:
+        if self.format not in CHAT_FORMATS:
+            raise ValueError(f"chat.format must be one of {CHAT_FORMATS}, got {self.format!r}")
         if self.train_turns not in TRAIN_TURNS:
             raise ValueError(f"chat.train_turns must be one of {TRAIN_TURNS}, got {self.train_turns!r}")
 
@@ -157,6 +161,7 @@ class ChatRenderer:
         if record.get("id") is not None:
             key = str(record["id"])
         key = key or "record"
+        record = to_ponder(record, self.cfg.format, key)  # ShareGPT / LLaVA / OpenAI layouts
         raw = record.get("messages")
         if not isinstance(raw, list) or not raw:
             raise MalformedChat(f"{key}: `messages` must be a non-empty list")

@@ -49,17 +49,26 @@ class InterleavedDocuments:
                 text = segment["text"]
                 if not isinstance(text, str):
                     raise MalformedSample(f"{doc.key}: text segment is not a string")
-                doc.add_tokens(self.tokenizer.encode(text, add_special_tokens=False), train=True)
+                self.add_text(doc, text)
             elif "image" in segment:
-                image = self.processor.process_image(_member(sample, str(segment["image"]), doc.key))
-                n = int(image.grid_thw.prod()) // self.processor.cfg.merge_size**2
-                ids = image_token_ids(n, self.special)
-                types = [0] + [1] * n + [0]
-                doc.add_visual(ids, types, Visual(image.pixel_values, image.grid_thw), "image")
+                self.add_image(doc, _member(sample, str(segment["image"]), doc.key))
             else:
                 raise MalformedSample(f"{doc.key}: segment has neither text nor image")
         doc.add_tokens([self.special.eos], train=True)
         return doc.build()
+
+    # Shared with the other pretraining sources (data_pipelines.sources): one way to add each part.
+    def add_text(self, doc: DocumentBuilder, text: str) -> None:
+        """Text is trained on."""
+        doc.add_tokens(self.tokenizer.encode(text, add_special_tokens=False), train=True)
+
+    def add_image(self, doc: DocumentBuilder, source: Any) -> None:
+        """An image span (bytes, path or PIL image), never trained on and never cut."""
+        image = self.processor.process_image(source)
+        n = int(image.grid_thw.prod()) // self.processor.cfg.merge_size**2
+        ids = image_token_ids(n, self.special)
+        types = [0] + [1] * n + [0]
+        doc.add_visual(ids, types, Visual(image.pixel_values, image.grid_thw), "image")
 
 
 def _member(sample: dict[str, Any], name: str, key: str) -> bytes:

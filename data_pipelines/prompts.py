@@ -31,6 +31,7 @@ from PIL import Image, ImageOps
 
 from .chat import ChatRenderer
 from .processor import BadSample
+from .prompt_columns import PromptLayout, normalize_row
 from .document import Document, Visual
 
 KNOWN_FIELDS = ("id", "domain", "messages", "question", "images", "answer", "difficulty")
@@ -104,12 +105,12 @@ def _raw_records(path: Path) -> tuple[list[Any], Counter]:
     bad = Counter()
     if path.is_file() and path.suffix == ".jsonl":
         rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_bytes().splitlines():  # bytes: one line of bad UTF-8 is one skip, not a crash
             if not line.strip():
                 continue
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError:
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError
                 bad["malformed_json"] += 1
         return rows, bad
     import datasets  # only for HF datasets: it is slow to import
@@ -125,16 +126,18 @@ def _raw_records(path: Path) -> tuple[list[Any], Counter]:
     return list(dataset), bad
 
 
-def load_prompt_records(path: str | Path) -> tuple[list[PromptRecord], Counter]:
-    """All usable records of a prompt file, and counts of the skipped ones by reason."""
+def load_prompt_records(path: str | Path, layout: PromptLayout | None = None) -> tuple[list[PromptRecord], Counter]:
+    """All usable records of a prompt file, and counts of the skipped ones by reason. `layout`:
+    where the fields are (common HF column names by default) and the multiple-choice conversion."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"prompt data not found: {path}")
+    layout = layout if layout is not None else PromptLayout()
     rows, skipped = _raw_records(path)
     records, seen = [], set()
-    for raw in rows:
+    for row, raw in enumerate(rows):
         try:
-            record = parse_record(raw)
+            record = parse_record(normalize_row(raw, row, layout))
         except PromptRecordError as err:
             skipped[err.reason] += 1
             continue

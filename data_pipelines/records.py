@@ -41,6 +41,10 @@ def resolve_records(spec: str, fmt: str = "auto") -> tuple[str, list[Path]]:
         files = [path]
     elif path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
+    elif "{" in spec:  # a brace range of files or globs ("part-{00000..00009}.parquet"): each must exist
+        from .reader import expand_paths
+
+        files = [Path(p) for p in expand_paths(spec, "records") if os.path.isfile(p)]
     else:
         files = sorted(Path(p) for p in glob.glob(spec) if os.path.isfile(p))
     if fmt == "auto":

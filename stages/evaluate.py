@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from data_pipelines.chat import ChatRenderer
 from data_pipelines.processor import ProcessorConfig, VisionProcessor
+from data_pipelines.prompt_columns import PromptLayout
 from data_pipelines.prompts import (
     PromptRecord,
     encode_records,
@@ -53,7 +54,9 @@ PROMPT_FILE_SUFFIXES = (".jsonl", ".parquet", ".json")  # what load_prompt_recor
 
 
 @dataclass
-class EvalDataConfig:
+class EvalDataConfig(PromptLayout):
+    """Prompt sets, and (PromptLayout) where their fields are: columns, domain, mc_to_blank."""
+
     paths: list[str] = field(default_factory=list)  # prompt sets: .jsonl, .parquet, .json, save_to_disk dirs
     image_root: Optional[str] = None  # relative image paths resolve here; default: each set's own directory
     system_prompt: Optional[str] = None
@@ -217,7 +220,7 @@ class SetEvaluator:
     def __call__(self, set_index: int, name: str, path: str) -> Metrics:
         """Metrics of one prompt set (identical on every rank)."""
         started = time.perf_counter()
-        records, load_skipped = load_prompt_records(path)
+        records, load_skipped = load_prompt_records(path, self.cfg.data)
         records = records[: self.cfg.data.max_prompts]
         image_root = self.cfg.data.image_root or str(Path(path).resolve().parent)
         everyone = gather(self._run_share(set_index, name, records, image_root), self.info)

@@ -14,7 +14,8 @@ import torch
 
 from data_pipelines.interleaved import InterleavedDocuments
 from data_pipelines.processor import ProcessorConfig, VisionProcessor
-from data_pipelines.reader import PackedLoader, ReaderConfig, ShardStream
+from data_pipelines.reader import PackedLoader, ShardStream
+from data_pipelines.sources import PretrainDataConfig, build_mixture
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from trainer.config import LoggingConfig, TrainerConfig
 from trainer.distributed import DistInfo
@@ -27,7 +28,7 @@ from trainer.supervised import PackedBatches
 @dataclass
 class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: ReaderConfig = field(default_factory=ReaderConfig)
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
     processor: ProcessorConfig = field(default_factory=ProcessorConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -40,9 +41,13 @@ def run(cfg: PretrainConfig, run_dir: Path, info: DistInfo) -> None:
     torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     model = build_model(cfg.model, tokenizer, zero3_loading_config(cfg.trainer, info))
-    documents = InterleavedDocuments(tokenizer, VisionProcessor(cfg.processor))
+    processor = VisionProcessor(cfg.processor)
+    # data.sources: a weighted mixture of published layouts; else ponder's interleaved shards.
+    mixture = (build_mixture(cfg.data.sources, tokenizer, processor, cfg.data.seed, cfg.data.shuffle_shards)
+               if cfg.data.sources else None)
+    documents = None if mixture else InterleavedDocuments(tokenizer, processor)
     stream = ShardStream(cfg.data, documents, SpecialTokens.from_tokenizer(tokenizer).eos,
-                         info.rank, info.world_size)
+                         info.rank, info.world_size, mixture=mixture)
     trainer = Trainer(cfg.trainer, cfg.logging, run_dir, info, model, tokenizer, cfg.data.batch_rows, grad_accum,
                       run_config=cfg)
     stage = PackedBatches("pretrain", PackedLoader(stream), info, trainer.grad_accum, cfg.data.batch_rows,

@@ -19,7 +19,7 @@ import torch
 from data_pipelines.chat import ChatConfig, ChatRenderer
 from data_pipelines.packing import PackingConfig
 from data_pipelines.processor import ProcessorConfig, VisionProcessor
-from data_pipelines.reader import PackedLoader, ReaderConfig, ShardStream
+from data_pipelines.reader import PackedLoader, ReaderConfig, ShardStream, check_usable
 from data_pipelines.records import FORMATS, RecordShards
 from data_pipelines.tokenizer import load_tokenizer
 from trainer.config import LoggingConfig, TrainerConfig
@@ -90,6 +90,7 @@ def run(cfg: SFTConfig, run_dir: Path, info: DistInfo) -> None:
     chat = ChatRenderer(tokenizer, VisionProcessor(cfg.processor), data.chat)
     train = RecordShards(data.train, data.records_per_shard, data.shuffle_shards, data.seed, data.format,
                          data.image_root)
+    check_usable("data.train", train, chat)  # a file in no layout the renderer reads stops here
     stream = ShardStream(data, chat, chat.special.eos, info.rank, info.world_size, source=train)
     trainer = Trainer(cfg.trainer, cfg.logging, run_dir, info, model, tokenizer, data.batch_rows, grad_accum,
                       run_config=cfg)

@@ -65,9 +65,18 @@ class PackedBatches:
         everyone: list = [None] * self.info.world_size
         dist.all_gather_object(everyone, self.loader.stats())
         skipped: Counter = Counter()
+        sources: dict[str, dict] = {}  # a mixture's per-source counters (data.sources)
         for stats in everyone:
             skipped.update(stats["skipped"])
-        return {"skipped": dict(skipped), "documents": sum(s.get("documents", 0) for s in everyone)}
+            for name, src in stats.get("sources", {}).items():
+                into = sources.setdefault(name, {"documents": 0, "tokens": 0, "skipped": Counter()})
+                into["documents"] += src["documents"]
+                into["tokens"] += src["tokens"]
+                into["skipped"].update(src["skipped"])
+        out = {"skipped": dict(skipped), "documents": sum(s.get("documents", 0) for s in everyone)}
+        if sources:
+            out["sources"] = {n: {**v, "skipped": dict(v["skipped"])} for n, v in sorted(sources.items())}
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"data": self.loader.state_dict()}

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from data_pipelines.processor import ProcessorConfig
+from data_pipelines.prompt_columns import PromptLayout
 from stages.rl.rewards import RewardConfig
 from trainer.config import LoggingConfig, TrainerConfig
 from trainer.model import ModelConfig
@@ -17,7 +18,9 @@ from .rollout.base import RolloutConfig
 
 
 @dataclass
-class PromptDataConfig:
+class PromptDataConfig(PromptLayout):
+    """Prompt records, and (PromptLayout) where their fields are: columns, domain, mc_to_blank."""
+
     path: str = ""  # JSONL or HF dataset of prompt records (docs/rl.md)
     image_root: Optional[str] = None  # image paths are relative to this; default: the data's directory
     difficulty: Optional[str] = None  # offline pass-rate sidecar; default: next to the data

@@ -67,7 +67,7 @@ def grade(cfg: GradeConfig, info: DistInfo) -> dict[str, int]:
     hf_dir = resolve_hf_dir(cfg.model.init)
     grader = cfg.grader or str(cfg.model.init)
     out = Path(cfg.data.difficulty or sidecar_path(cfg.data.path))
-    records, skipped = load_prompt_records(cfg.data.path)
+    records, skipped = load_prompt_records(cfg.data.path, cfg.data)
     done = {k for k, e in read_sidecar(out).items() if e.samples >= cfg.k and e.grader == grader}
     todo = [(i, r) for i, r in enumerate(records) if r.id not in done]
     log.info("grading %d of %d prompts (k=%d) with %s -> %s", len(todo), len(records), cfg.k, grader, out)

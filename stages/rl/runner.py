@@ -55,12 +55,12 @@ class RLStage:
         self.tokenizer = trainer.tokenizer
         self.special = SpecialTokens.from_tokenizer(self.tokenizer)
         self.renderer = ChatRenderer(self.tokenizer, VisionProcessor(cfg.processor))
-        self.records, skipped = load_prompt_records(cfg.data.path)
+        self.records, skipped = load_prompt_records(cfg.data.path, cfg.data)
         self.skipped: Counter = Counter({f"data/{k}": v for k, v in skipped.items()})
         self.image_root = cfg.data.image_root or str(Path(cfg.data.path).resolve().parent)
         self.sampler = sampler_for(self.records, cfg.curriculum, cfg.data.difficulty or sidecar_path(cfg.data.path),
                                    cfg.trainer.seed, cfg.trainer.max_steps)
-        self.eval_records = load_prompt_records(cfg.eval.path)[0][: cfg.eval.max_prompts] if cfg.eval.path else []
+        self.eval_records = load_prompt_records(cfg.eval.path, cfg.data)[0][: cfg.eval.max_prompts] if cfg.eval.path else []
         self.evaluate = self._evaluate if self.eval_records else None
         self.eval_every = cfg.eval.every
         engine = build_rollout_engine(cfg.rollout, hf_dir, self.special, cfg.model, info, cfg.trainer.seed)

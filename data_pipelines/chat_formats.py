@@ -1,0 +1,161 @@
+"""Chat records in the layouts SFT data is published in -> ponder's `messages` (docs/data.md).
+
+- ShareGPT: `{"conversations": [{"from": "human" | "gpt" | "system", "value": str}], "images": [...]}`
+  (or one `image`), each `<image>` in a value standing for the next image;
+- LLaVA: the same with `human` / `gpt` and one `image` path (llava_instruct_150k.json, a JSON array);
+- OpenAI: `{"messages": [{"role", "content": str | [{"type": "text" | "image_url" | "image", ...}]}]}`
+  (also the Responses API's `input_text` / `input_image`),
+  `image_url.url` a `data:` URL, a `file://` URL or a path; string contents may hold `<image>`
+  placeholders filled from a top-level `images` list (LLaMA-Factory's layout);
+- ponder: OpenAI's shape with `{"type": "image", "image": IMG}` items (chat.py), passed through.
+
+A record whose placeholders and images disagree raises `ImageMismatch` (counted `image_mismatch`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from .processor import BadSample
+
+CHAT_FORMATS = ("auto", "ponder", "sharegpt", "llava", "openai")
+PLACEHOLDER = "<image>"
+ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
+                "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
+
+
+class ImageMismatch(BadSample):
+    reason = "image_mismatch"
+
+
+class UnknownChatLayout(BadSample):
+    reason = "malformed_chat"
+
+
+class RemoteImage(BadSample):
+    reason = "remote_image"
+
+
+def detect(record: dict) -> str:
+    """`sharegpt` (also LLaVA: `conversations` or from/value turns), `openai` (messages with
+    image_url items, `<image>` placeholders or top-level images) or `ponder`."""
+    if isinstance(record.get("conversations"), list):
+        return "sharegpt"
+    turns = record.get("messages")
+    if not isinstance(turns, list):
+        return "ponder"  # the renderer reports what is missing
+    if any(isinstance(t, dict) and "from" in t and "role" not in t for t in turns):
+        return "sharegpt"
+    if _top_images(record) or any(_needs_conversion(t.get("content")) for t in turns if isinstance(t, dict)):
+        return "openai"
+    return "ponder"
+
+
+def _needs_conversion(content: Any) -> bool:
+    if isinstance(content, str):
+        return PLACEHOLDER in content
+    if isinstance(content, list):
+        return any(isinstance(i, dict) and (i.get("type") in ("image_url", "input_image", "input_text")
+                                            or (i.get("type") == "image" and i.get("image") is None))
+                   for i in content)
+    return False
+
+
+def _top_images(record: dict) -> list[Any]:
+    """The record's top-level images: `images` (a list) or `image` (one, or a list); None-free."""
+    images = record.get("images")
+    if images is None:
+        images = record.get("image")
+    if images is None:
+        return []
+    return [i for i in (images if isinstance(images, list) else [images]) if i is not None]
+
+
+def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
+    """The record with ponder `messages` (image items carrying their images); unchanged if it is
+    already ponder's. Raises `ImageMismatch` / `UnknownChatLayout` (counted skips)."""
+    if fmt not in CHAT_FORMATS:
+        raise ValueError(f"chat format must be one of {CHAT_FORMATS}, got {fmt!r}")
+    if fmt == "auto":
+        fmt = detect(record)
+    if fmt == "ponder":
+        return record
+    turns = record.get("conversations") if fmt in ("sharegpt", "llava") else record.get("messages")
+    if not isinstance(turns, list) and fmt in ("sharegpt", "llava"):
+        turns = record.get("messages")  # ShareGPT turns under `messages` (LLaMA-Factory)
+    if not isinstance(turns, list) or not turns:
+        raise UnknownChatLayout(f"{key}: no {fmt} turns")
+    images = _top_images(record)
+    used = 0
+    messages = []
+    system = record.get("system")
+    if isinstance(system, str) and system:  # ShareGPT's top-level system prompt
+        messages.append({"role": "system", "content": system})
+
+    def next_image() -> Any:
+        nonlocal used
+        used += 1
+        if used > len(images):
+            raise ImageMismatch(f"{key}: more {PLACEHOLDER} placeholders than the {len(images)} images")
+        return images[used - 1]
+
+    for turn in turns:
+        if not isinstance(turn, dict):
+            raise UnknownChatLayout(f"{key}: a turn is not an object")
+        role = turn.get("role") if turn.get("role") is not None else turn.get("from")
+        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
+        content = turn.get("content") if turn.get("content") is not None else turn.get("value")
+        if isinstance(content, str):
+            pieces = content.split(PLACEHOLDER)
+            if len(pieces) == 1:
+                messages.append({"role": role, "content": content})
+                continue
+            items: list[dict] = []
+            for i, piece in enumerate(pieces):
+                if i:
+                    items.append({"type": "image", "image": next_image()})
+                if piece.strip():
+                    items.append({"type": "text", "text": piece})
+            messages.append({"role": role, "content": items})
+        elif isinstance(content, list):
+            messages.append({"role": role, "content": [_item(i, next_image, key) for i in content]})
+        else:
+            messages.append({"role": role, "content": content})  # the renderer reports it
+    if used != len(images):
+        raise ImageMismatch(f"{key}: {len(images)} images but {used} placeholders")
+    out = {k: v for k, v in record.items() if k not in ("conversations", "messages", "images", "image", "system")}
+    return {**out, "messages": messages}
+
+
+def _item(item: Any, next_image, key: str) -> Any:
+    if not isinstance(item, dict):
+        return item
+    item = {k: v for k, v in item.items() if v is not None}  # HF rows carry every struct field
+    kind = item.get("type")
+    if kind == "input_text":  # the Responses API's names
+        return {"type": "text", "text": item.get("text")}
+    if kind in ("image_url", "input_image"):
+        url = item.get("image_url")
+        url = url.get("url") if isinstance(url, dict) else url
+        return {"type": "image", "image": _from_url(url, key)}
+    if kind == "image" and "image" not in item:
+        return {"type": "image", "image": next_image()}
+    return item
+
+
+def _from_url(url: Any, key: str) -> Any:
+    """An OpenAI image URL as a processor input: `data:` -> bytes, `file://` or a bare path -> path."""
+    if not isinstance(url, str) or not url:
+        raise UnknownChatLayout(f"{key}: image_url without a url")
+    if url.startswith("data:"):
+        try:
+            return base64.b64decode(url.split(",", 1)[1], validate=True)
+        except (IndexError, binascii.Error) as exc:
+            raise UnknownChatLayout(f"{key}: bad data URL ({exc})") from exc
+    if url.startswith("file://"):
+        return url[len("file://"):]
+    if url.startswith(("http://", "https://")):
+        raise RemoteImage(f"{key}: {url[:80]} is remote; download the images first")
+    return url

@@ -1,0 +1,179 @@
+"""Prompt sets in the columns HF datasets use -> ponder's prompt record (docs/data.md, "Prompt sets").
+
+A row's fields are found under ponder's names first, then under the common names
+(`question` | `problem` | `prompt` | `query`, `answer` | `solution` | `ground_truth` | ..., `image`
+| `images`, `options` | `choices`, `id` | `pid` | ...), or under the columns `data.columns` names.
+`data.mc_to_blank` turns a multiple-choice row whose answer is one unique option into a
+fill-in-the-blank one: the options leave the prompt and the answer becomes the option's text.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import string
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+CANDIDATES = {
+    "id": ("id", "pid", "uid", "idx", "question_id", "index"),
+    "domain": ("domain",),
+    "question": ("question", "problem", "prompt", "query"),
+    "answer": ("answer", "solution", "ground_truth", "gt_answer", "label"),
+    "images": ("images", "image"),
+    "options": ("options", "choices"),
+}
+# An option that refers to the others cannot stand alone as a blank's answer.
+_REFERS_TO_OTHERS = re.compile(r"\b(all|none|both|neither) of (the )?(above|these|them|options)\b"
+                               r"|^\(?[a-h]\)?\s*(,|and|&)\s*\(?[a-h]\)?$", re.IGNORECASE)
+_LETTER = re.compile(r"^\(?([A-Za-z])\)?[.:)]?$")
+
+
+@dataclass
+class PromptColumns:
+    """The column holding each field of a prompt record; null: ponder's name, then the common names."""
+
+    # A nested field is a dotted path ("reward_model.ground_truth"); images may name several columns
+    # separated by commas ("image_1,image_2").
+    id: Optional[str] = None  # default: id, pid, uid, idx, question_id, index; else the row number
+    domain: Optional[str] = None  # default: domain; else data.domain
+    question: Optional[str] = None  # default: question, problem, prompt, query (a list of chat turns = messages)
+    answer: Optional[str] = None  # default: answer, solution, ground_truth, gt_answer, label
+    images: Optional[str] = None  # default: images, image (one image or a list)
+    options: Optional[str] = None  # default: options, choices (a list, a dict by letter, or its Python text)
+
+
+@dataclass
+class PromptLayout:
+    """How the rows of a prompt set map onto prompt records (shared by RL, grading, evaluation)."""
+
+    columns: PromptColumns = field(default_factory=PromptColumns)
+    domain: Optional[str] = None  # the domain of rows without one (a verifier or rewards.domain_verifiers key)
+    mc_to_blank: bool = False  # unique-answer multiple choice -> fill in the blank (options out of the prompt)
+    options_in_prompt: bool = False  # list the options ("A. red") under questions that keep them
+
+
+def _column(raw: dict, name: str, layout: PromptLayout) -> Optional[str]:
+    chosen = getattr(layout.columns, name)
+    if chosen is not None:
+        return chosen
+    return next((c for c in CANDIDATES[name] if raw.get(c) is not None), None)
+
+
+def _value(raw: dict, column: str) -> Any:
+    """raw[column], or a dotted path into nested objects (`reward_model.ground_truth`)."""
+    if column in raw:
+        return raw[column]
+    value: Any = raw
+    for part in column.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
+    """The row with ponder's field names (a row already in ponder's layout comes back equal)."""
+    if not isinstance(raw, dict):
+        return raw
+    out = dict(raw)
+    for name in CANDIDATES:
+        if name == "question" and out.get("messages") is not None:
+            continue
+        column = _column(raw, name, layout)
+        if column is None or column == name:
+            continue
+        if "," in column:  # several columns, in order (MMMU's image_1 .. image_7)
+            out[name] = [v for c in column.split(",") if (v := _value(raw, c.strip())) is not None]
+            for c in column.split(","):
+                out.pop(c.strip(), None)
+        elif column in out:
+            out[name] = out.pop(column)
+        elif "." in column:  # a nested field: reward_model.ground_truth
+            out[name] = _value(raw, column)
+    if out.get("id") is None and not any(c in raw for c in CANDIDATES["id"]):
+        out["id"] = f"row-{row}"  # HF sets often have no id column: the row number is stable
+    elif isinstance(out.get("id"), int) and not isinstance(out["id"], bool):
+        out["id"] = str(out["id"])
+    if out.get("domain") is None and layout.domain:
+        out["domain"] = layout.domain
+    question = out.get("question")
+    if isinstance(question, list) and question and all(isinstance(t, dict) and "role" in t for t in question):
+        out["messages"] = out.pop("question")  # `prompt` as chat turns (verl and TRL layouts)
+    images = out.get("images")
+    if images is not None and not isinstance(images, list):
+        out["images"] = [images]
+    elif isinstance(images, list):
+        out["images"] = [i for i in images if i is not None]
+    options = out.get("options")
+    if isinstance(options, str) and options.strip().startswith(("[", "{")):
+        try:
+            out["options"] = ast.literal_eval(options)  # MMMU / MathVerse store the list's Python text
+        except (ValueError, SyntaxError):
+            pass
+    if out.get("options") is None:
+        out.pop("options", None)
+    elif isinstance(out.get("question"), str):
+        letters = _lettered(out["options"])
+        index = _answer_index(out.get("answer"), letters) if letters else None
+        if layout.mc_to_blank and index is not None and _unique(letters, index):
+            out["question"] = _without_options(out["question"], list(letters.values()))
+            out["answer"] = list(letters.values())[index]
+            out.pop("options")
+        else:
+            if isinstance(out.get("answer"), int) and index is not None:  # ScienceQA's index: the letter
+                out["answer"] = list(letters)[index]  # (the multiple-choice verifier grades letters or texts)
+            if layout.options_in_prompt and letters:
+                out["question"] = out["question"].rstrip() + "\n" + "\n".join(f"{k}. {v}" for k, v in letters.items())
+    return out
+
+
+def _lettered(options: Any) -> dict[str, str]:
+    """{"A": text, ...} of a list (in order) or a dict keyed by letter; {} if neither."""
+    if isinstance(options, dict):
+        return {str(k).strip().upper(): str(v) for k, v in options.items()}
+    if isinstance(options, (list, tuple)) and 2 <= len(options) <= 26:
+        return {string.ascii_uppercase[i]: str(v) for i, v in enumerate(options)}
+    return {}
+
+
+def _answer_index(answer: Any, letters: dict[str, str]) -> Optional[int]:
+    """The option the answer names: its text, its letter ("B", "(B)", "b."), or its 0-based index."""
+    texts = [_norm(v) for v in letters.values()]
+    if isinstance(answer, bool) or answer is None:
+        return None
+    if isinstance(answer, int):
+        return answer if 0 <= answer < len(texts) else None
+    answer = str(answer).strip()
+    if texts.count(_norm(answer)) == 1:
+        return texts.index(_norm(answer))
+    match = _LETTER.match(answer)
+    if match and match.group(1).upper() in letters:
+        return list(letters).index(match.group(1).upper())
+    if answer.isdigit() and int(answer) < len(texts):
+        return int(answer)
+    return None
+
+
+def _unique(letters: dict[str, str], index: int) -> bool:
+    """The answer's text is one option only and means something on its own."""
+    texts = [_norm(v) for v in letters.values()]
+    answer = texts[index]
+    return bool(answer) and texts.count(answer) == 1 and not _REFERS_TO_OTHERS.search(answer)
+
+
+def _norm(text: str) -> str:
+    return " ".join(str(text).split()).casefold()
+
+
+def _without_options(question: str, options: list[str]) -> str:
+    """The question without lines that list an option ("A. red", "(B) blue", "C: green") or
+    introduce them ("Choices:")."""
+    listed = {_norm(o) for o in options}
+    kept = []
+    for line in question.splitlines():
+        body = re.sub(r"^\s*\(?[A-Za-z]\)?[.:)]\s*|^\s*\([A-Za-z]\)\s*", "", line)
+        if _norm(body) in listed and body != line:
+            continue
+        if re.fullmatch(r"\s*(choices|options|answer choices)\s*:?\s*", line, re.IGNORECASE):
+            continue
+        kept.append(line)
+    return "\n".join(kept).strip()

@@ -1,0 +1,219 @@
+"""Pretraining sources read as published, and their weighted mixture (docs/data.md, "Sources").
+
+Kinds (each a `reader.SampleSource` plus a sample -> Document function):
+- `interleaved`: ponder's tar shards (`python -m data_pipelines.shards write`);
+- `captions`: img2dataset / LAION / DataComp tar shards, `KEY.jpg` + `KEY.txt` + `KEY.json`: one short
+  document per pair, the image then its caption;
+- `obelics`: OBELICS-style records (parquet, JSON(L), HF `save_to_disk`) with position-aligned
+  `texts` and `images` lists, exactly one of the two non-null at each position;
+- `text`: plain text records (JSONL / parquet / ...) with a `text` field, for the text-only share.
+Tar paths take directories, globs, brace ranges and webdataset URLs (`pipe:`, `http(s)://`);
+record paths take what `records.RecordShards` reads. Missing data fails at start.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from .chat import _media
+from .document import Document, DocumentBuilder
+from .interleaved import InterleavedDocuments, MalformedSample
+from .processor import BadSample, VisionProcessor
+from .reader import MixturePart, ReaderConfig, TarShards, check_usable
+from .records import FORMATS, RecordShards
+
+KINDS = ("interleaved", "captions", "obelics", "text")
+TAR_KINDS = ("interleaved", "captions")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+
+
+class NoImage(BadSample):
+    reason = "no_image"
+
+
+class NoCaption(BadSample):
+    reason = "no_caption"
+
+
+class FailedDownload(BadSample):
+    reason = "failed_download"
+
+
+class NoText(BadSample):
+    reason = "no_text"
+
+
+class RemoteImage(BadSample):
+    reason = "remote_image"
+
+
+@dataclass
+class SourceConfig:
+    """One entry of `data.sources`."""
+
+    name: str = ""  # unique; the key of this source's counters in metrics.jsonl and its state in checkpoints
+    kind: str = "interleaved"  # interleaved | captions | obelics | text
+    path: str = ""  # tar kinds: dir / glob / brace range / pipe: or http(s):// URL; records: file, dir, glob
+    weight: float = 1.0  # share of the documents (relative; normalised over the sources)
+    caption_field: str = "txt"  # captions: "txt" (the KEY.txt member) or a key of KEY.json ("caption")
+    text_field: str = "text"  # text: the record field holding the document
+    format: str = "auto"  # record kinds: auto | jsonl | parquet | json | disk
+    image_root: str | None = None  # obelics: relative image paths resolve here (default: the data dir)
+    records_per_shard: int = 256  # record kinds: records per virtual shard (the unit dealt to streams)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("every data.sources entry needs a name")
+        if self.kind not in KINDS:
+            raise ValueError(f"data.sources[{self.name}].kind must be one of {KINDS}, got {self.kind!r}")
+        if not self.path:
+            raise ValueError(f"data.sources[{self.name}].path is empty")
+        if not self.weight > 0:
+            raise ValueError(f"data.sources[{self.name}].weight must be > 0, got {self.weight}")
+        if self.format not in FORMATS:
+            raise ValueError(f"data.sources[{self.name}].format must be one of {FORMATS}, got {self.format!r}")
+
+
+@dataclass
+class PretrainDataConfig(ReaderConfig):
+    """The reader over `shards` (ponder's interleaved tars) or over a weighted mixture of `sources`."""
+
+    sources: list[SourceConfig] = field(default_factory=list)  # [{name, kind, path, weight, ...}]
+
+    def __post_init__(self) -> None:
+        if self.sources and self.shards:
+            raise ValueError("give data.shards or data.sources, not both")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.sources names must be unique, got {names}")
+
+
+class CaptionDocuments(InterleavedDocuments):
+    """An img2dataset sample (`jpg`/`png`/`webp` + `txt` + `json`) -> image, caption, `<|endoftext|>`."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, processor: VisionProcessor, caption_field: str = "txt"):
+        super().__init__(tokenizer, processor)
+        self.caption_field = caption_field
+
+    def __call__(self, sample: dict[str, Any]) -> Document:
+        key = str(sample.get("__key__"))
+        meta: dict = {}
+        if "json" in sample:
+            try:
+                meta = json.loads(sample["json"])
+            except (TypeError, ValueError) as exc:  # also UnicodeDecodeError
+                raise MalformedSample(f"{key}: bad json member ({exc})") from exc
+            if not isinstance(meta, dict):
+                raise MalformedSample(f"{key}: json member is not an object")
+        # img2dataset writes only successes into tars; other writers may keep the failures' json.
+        if meta.get("status") not in (None, "success"):
+            raise FailedDownload(f"{key}: status {meta.get('status')!r}")
+        image = next((sample[ext] for ext in IMAGE_EXTENSIONS if isinstance(sample.get(ext), bytes)), None)
+        if image is None:
+            raise NoImage(f"{key}: no image member ({', '.join(IMAGE_EXTENSIONS)})")
+        caption = _caption(sample, meta, self.caption_field)
+        if not caption:
+            raise NoCaption(f"{key}: no {self.caption_field} caption")
+        doc = DocumentBuilder(key)
+        self.add_image(doc, image)
+        self.add_text(doc, caption)
+        doc.add_tokens([self.special.eos], train=True)
+        return doc.build()
+
+
+def _caption(sample: dict[str, Any], meta: dict, field_name: str) -> str:
+    if field_name == "txt":
+        raw = sample.get("txt")
+        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    else:
+        text = meta.get(field_name)
+    return text.strip() if isinstance(text, str) else ""
+
+
+def _record(sample: Any) -> tuple[dict, str, str | None]:
+    """(record, key, image root) of a `RecordShards` sample; JSONL records arrive as bytes."""
+    record, key, root = sample["record"], str(sample.get("__key__")), sample.get("root")
+    if isinstance(record, (bytes, bytearray, str)):
+        try:
+            record = json.loads(record)
+        except ValueError as exc:  # also UnicodeDecodeError
+            raise MalformedSample(f"{key}: not JSON ({exc})") from exc
+    if not isinstance(record, dict):
+        raise MalformedSample(f"{key}: a record must be an object")
+    return record, key, root
+
+
+class ObelicsDocuments(InterleavedDocuments):
+    """An OBELICS-style record -> its texts and images in position order, then `<|endoftext|>`.
+
+    `texts[i]` and `images[i]` describe position i; exactly one is non-null. An image is bytes, an
+    HF `Image` value (PIL or `{"bytes", "path"}`) or a path (relative to the image root)."""
+
+    def __call__(self, sample: Any) -> Document:
+        record, key, root = _record(sample)
+        texts, images = record.get("texts"), record.get("images")
+        if not isinstance(texts, list) or not isinstance(images, list) or len(texts) != len(images):
+            raise MalformedSample(f"{key}: texts and images must be lists of one length")
+        doc = DocumentBuilder(str(record.get("id") or key))
+        for i, (text, image) in enumerate(zip(texts, images)):
+            if (text is None) == (image is None):
+                raise MalformedSample(f"{key}: position {i} needs exactly one of text / image")
+            if text is not None:
+                if not isinstance(text, str):
+                    raise MalformedSample(f"{key}: texts[{i}] is not a string")
+                self.add_text(doc, text)
+                continue
+            url = image.get("path") if isinstance(image, dict) and not image.get("bytes") else image
+            if isinstance(url, str) and url.startswith(("http://", "https://")):
+                raise RemoteImage(f"{key}: images[{i}] is a URL; download the images first")
+            self.add_image(doc, _media(image, root, key))
+        if not doc.ids:
+            raise MalformedSample(f"{key}: empty document")
+        doc.add_tokens([self.special.eos], train=True)
+        return doc.build()
+
+
+class TextDocuments(InterleavedDocuments):
+    """A plain-text record -> its text, then `<|endoftext|>`."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, processor: VisionProcessor, text_field: str = "text"):
+        super().__init__(tokenizer, processor)
+        self.text_field = text_field
+
+    def __call__(self, sample: Any) -> Document:
+        record, key, _ = _record(sample)
+        text = record.get(self.text_field)
+        if not isinstance(text, str) or not text.strip():
+            raise NoText(f"{key}: no non-empty string {self.text_field!r}")
+        doc = DocumentBuilder(str(record.get("id") or key))
+        self.add_text(doc, text)
+        doc.add_tokens([self.special.eos], train=True)
+        return doc.build()
+
+
+def build_part(cfg: SourceConfig, tokenizer: PreTrainedTokenizerBase, processor: VisionProcessor,
+               seed: int = 0, shuffle: bool = True) -> MixturePart:
+    """The sample source and document builder of one `data.sources` entry (missing data fails here)."""
+    if cfg.kind in TAR_KINDS:
+        source: Any = TarShards(cfg.path)
+    else:
+        source = RecordShards(cfg.path, cfg.records_per_shard, shuffle, seed, cfg.format, cfg.image_root)
+    if cfg.kind == "interleaved":
+        documents: Any = InterleavedDocuments(tokenizer, processor)
+    elif cfg.kind == "captions":
+        documents = CaptionDocuments(tokenizer, processor, cfg.caption_field)
+    elif cfg.kind == "obelics":
+        documents = ObelicsDocuments(tokenizer, processor)
+    else:
+        documents = TextDocuments(tokenizer, processor, cfg.text_field)
+    check_usable(f"data.sources[{cfg.name}] ({cfg.kind})", source, documents)
+    return MixturePart(cfg.name, source, documents, cfg.weight)
+
+
+def build_mixture(sources: list[SourceConfig], tokenizer: PreTrainedTokenizerBase, processor: VisionProcessor,
+                  seed: int = 0, shuffle: bool = True) -> list[MixturePart]:
+    return [build_part(s, tokenizer, processor, seed, shuffle) for s in sources]

@@ -1,0 +1,169 @@
+"""SFT records in ShareGPT, LLaVA and OpenAI layouts (JSONL, JSON array, parquet, save_to_disk)
+read through the SFT loader: each renders exactly as ponder's own record of the conversation."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from data_pipelines.chat import ChatConfig, ChatRenderer
+from data_pipelines.chat_formats import detect, to_ponder
+from data_pipelines.packing import PackingConfig
+from data_pipelines.processor import BadSample, ProcessorConfig, VisionProcessor
+from data_pipelines.reader import PackedLoader, ShardStream
+from data_pipelines.records import RecordShards
+from stages.sft import SFTDataConfig
+from tests.public_layouts import write_sft_layouts
+
+N = 6
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    return write_sft_layouts(tmp_path_factory.mktemp("sft_layouts"), N)
+
+
+@pytest.fixture(scope="module")
+def chat(tokenizer):
+    return ChatRenderer(tokenizer, VisionProcessor(ProcessorConfig(max_pixels=56 * 56 * 4)))
+
+
+def documents(path, chat, image_root=None):
+    """Every document the SFT loader reads from `path` (keyed by record id), and its skip counts."""
+    cfg = SFTDataConfig(train=str(path), seed=0, records_per_shard=2, max_epochs=1, shuffle_shards=False,
+                        image_root=image_root, packing=PackingConfig(seq_len=1024, split_documents=False))
+    source = RecordShards(cfg.train, cfg.records_per_shard, cfg.shuffle_shards, cfg.seed, cfg.format, cfg.image_root)
+    stream = ShardStream(cfg, chat, chat.special.eos, source=source)
+    cursor = {"next": (0, 0, 0), "skipped": Counter(), "documents": 0, "tokens": 0}
+    return {d.key: d for d in stream._part_documents(0, 0, cursor)}, cursor["skipped"]
+
+
+def same(a, b):
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.loss_mask, b.loss_mask)
+    assert len(a.images) == len(b.images)
+    for x, y in zip(a.images, b.images):
+        assert torch.equal(x.pixel_values, y.pixel_values)
+
+
+@pytest.mark.parametrize("layout", ["sharegpt", "llava", "openai", "sharegpt_parquet", "openai_disk"])
+def test_layout_renders_as_ponders_record(layouts, chat, layout):
+    reference, _ = documents(layouts["ponder"], chat)
+    got, skipped = documents(layouts[layout], chat, image_root=str(layouts["ponder"].parent))
+    assert not skipped and sorted(got) == sorted(reference) and len(got) == N
+    for key in reference:
+        same(got[key], reference[key])
+    assert sum(len(d.images) for d in got.values()) == N + (N + 2) // 3
+
+
+def test_detection_and_declared_format():
+    assert detect({"conversations": [{"from": "human", "value": "x"}]}) == "sharegpt"
+    assert detect({"messages": [{"from": "human", "value": "x"}], "images": ["a.png"]}) == "sharegpt"
+    assert detect({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "a"}}]}]}) == "openai"
+    plain = {"messages": [{"role": "user", "content": "hi <image>"}, {"role": "assistant", "content": "x"}]}
+    assert detect(plain) == "openai" and to_ponder(plain, "ponder") is plain
+    ponder = {"messages": [{"role": "user", "content": [{"type": "image", "image": "a.png"}]}]}
+    assert to_ponder(ponder) is ponder  # ponder's own records pass untouched
+    with pytest.raises(ValueError, match="chat.format"):
+        ChatConfig(format="alpaca")
+
+
+@pytest.mark.parametrize("record", [
+    {"conversations": [{"from": "human", "value": "<image><image>Q"}, {"from": "gpt", "value": "A"}], "images": ["a.png"]},
+    {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}], "image": "a.png"},
+    {"messages": [{"role": "user", "content": "<image> Q"}, {"role": "assistant", "content": "A"}], "images": []},
+    {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q"}]},
+                  {"role": "assistant", "content": "A"}], "images": ["a.png", "b.png"]},
+])
+def test_placeholders_that_disagree_with_images_are_skipped(record):
+    with pytest.raises(BadSample) as err:
+        to_ponder(record, "auto", "k")
+    assert err.value.reason == "image_mismatch"
+
+
+def test_mismatched_records_are_counted_by_the_loader(layouts, chat, tmp_path):
+    lines = layouts["sharegpt"].read_text().splitlines()
+    broken = json.loads(lines[1])
+    broken["images"] = broken["images"] + broken["images"]  # one placeholder, two images
+    path = tmp_path / "sharegpt.jsonl"
+    path.write_text("\n".join([lines[0], json.dumps(broken), *lines[2:]]) + "\n")
+    got, skipped = documents(path, chat, image_root=str(layouts["ponder"].parent))
+    assert skipped == Counter(image_mismatch=1) and len(got) == N - 1
+
+
+def test_bad_sharegpt_records_stream_through_with_a_counter_each(layouts, chat, tmp_path, tokenizer):
+    """Every kind of bad record is counted under its reason; the good ones all train."""
+    import io
+
+    from PIL import Image
+
+    root = layouts["ponder"].parent
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    wide = io.BytesIO()
+    Image.new("RGB", (3000, 10), "red").save(wide, format="PNG")  # 300:1
+    (tmp_path / "wide.png").write_bytes(wide.getvalue())
+    good = [json.loads(line) for line in layouts["sharegpt"].read_text().splitlines()]
+    img = str(root / good[1]["images"][0])
+
+    def conv(human, gpt, **extra):
+        return {"conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": gpt}], **extra}
+
+    answer = good[1]["conversations"][1]["value"]
+    bad = {
+        "malformed_chat": [
+            conv("Q", answer, id="b-role") | {"conversations": [{"from": "function_call", "value": "f()"},
+                                                                 {"from": "gpt", "value": answer}]},
+            {"id": "b-missing", "question": "no turns"},
+            conv(5, answer, id="b-type"),  # a value that is not text
+            {"id": "b-last", "conversations": [{"from": "gpt", "value": answer}, {"from": "human", "value": "Q"}]},
+        ],
+        "image_mismatch": [conv("<image>Q", answer, id="b-more-images", images=[img, img]),
+                           conv("<image><image>Q", answer, id="b-more-tags", images=[img])],
+        "missing_image": [conv("<image>Q", answer, id="b-nofile", images=["nowhere/x.png"])],
+        "undecodable_image": [conv("<image>Q", answer, id="b-broken", images=[str(tmp_path / "broken.png")])],
+        "aspect_ratio": [conv("<image>Q", answer, id="b-wide", images=[str(tmp_path / "wide.png")])],
+        "remote_image": [{"id": "b-url", "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x.org/a.png"}}]},
+            {"role": "assistant", "content": answer}]}],
+        "bad_format": [conv("Q", "", id="b-empty"), conv("Q", "just text", id="b-noformat")],
+        "longer_than_seq_len": [conv("Q " * 3000, answer, id="b-long")],
+    }
+    lines = [json.dumps(r) for r in good]
+    for records in bad.values():
+        lines += [json.dumps(r) for r in records]
+    raw = "\n".join(lines).encode() + b"\n\xff\xfe not utf-8\n{not json\n"
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(raw)
+
+    cfg = SFTDataConfig(train=str(path), seed=0, records_per_shard=4, max_epochs=1, image_root=str(root),
+                        packing=PackingConfig(seq_len=1024, split_documents=False))
+    source = RecordShards(cfg.train, cfg.records_per_shard, cfg.shuffle_shards, cfg.seed, cfg.format, cfg.image_root)
+    loader = PackedLoader(ShardStream(cfg, chat, chat.special.eos, source=source))
+    keys = [k for batch in loader for k in batch.doc_keys]
+    expected = Counter({reason: len(records) for reason, records in bad.items()})
+    expected["malformed_chat"] += 2  # the invalid UTF-8 line and the line that is not JSON
+    assert Counter(loader.stats()["skipped"]) == expected
+    assert sorted(keys) == sorted(r["id"] for r in good)
+    assert sum(expected.values()) == 15  # 15 defects of 14 kinds under 8 reasons
+
+
+def test_a_file_in_no_known_layout_stops_at_start(chat, tmp_path):
+    from data_pipelines.reader import check_usable
+
+    path = tmp_path / "alpaca.jsonl"  # Alpaca's instruction/input/output: not a chat layout
+    path.write_text("".join(json.dumps({"instruction": f"Say {i}", "input": "", "output": f"{i}"}) + "\n"
+                            for i in range(40)))
+    with pytest.raises(ValueError, match=r"data.train \(.*\): none of its first samples is usable \(malformed_chat: 16\)"):
+        check_usable("data.train", RecordShards(str(path), records_per_shard=20), chat)
+
+
+def test_responses_api_items(layouts):
+    root = layouts["ponder"].parent
+    record = {"messages": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": f"file://{root}/coco/train2017/000000000001.png"},
+        {"type": "input_text", "text": "What colour is the square?"}]}, {"role": "assistant", "content": "x"}]}
+    assert to_ponder(record)["messages"][0]["content"] == [
+        {"type": "image", "image": f"{root}/coco/train2017/000000000001.png"},
+        {"type": "text", "text": "What colour is the square?"}]

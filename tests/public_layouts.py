@@ -1,0 +1,273 @@
+"""Files in public dataset layouts, written the way their publishers' tools write them (not in
+ponder's own schema), for the readers of every stage to be tested on.
+
+- img2dataset (LAION, COYO, DataComp): `NNNNN.tar` of `KEY.jpg` + `KEY.txt` + `KEY.json`, with a
+  `NNNNN.parquet` and `NNNNN_stats.json` beside each tar (img2dataset's webdataset writer).
+- OBELICS: parquet rows {images, metadata, general_metadata, texts}, position-aligned lists.
+- ShareGPT / LLaVA / OpenAI chat records; HF prompt sets with their usual column names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+from pathlib import Path
+
+from PIL import Image
+
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
+
+
+def png(colour: str, size: tuple[int, int] = (56, 56)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpeg(colour: str, size: tuple[int, int] = (56, 84)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def write_img2dataset(out_dir: Path, shards: int, per_shard: int, seed: int = 0,
+                      failed_every: int = 0, no_caption_every: int = 0) -> list[Path]:
+    """img2dataset `output_format=webdataset`: per shard `{shard:05d}.tar` with members
+    `{key}.jpg`, `{key}.txt`, `{key}.json` (key = shard id + index, zero-padded to 9 digits), plus
+    the shard's `.parquet` of metadata and `_stats.json`. `no_caption_every`: captionless pairs
+    (an empty `.txt` and a null json caption), which LAION does hold."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    rng = random.Random(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tars = []
+    for shard in range(shards):
+        rows = []
+        path = out_dir / f"{shard:05d}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for i in range(per_shard):
+                key = f"{shard:05d}{i:04d}"
+                colour = rng.choice(COLOURS)
+                caption = f"a photo of a {colour} square number {shard * per_shard + i}"
+                if no_caption_every and i % no_caption_every == no_caption_every - 1:
+                    caption = None
+                image = jpeg(colour)
+                meta = {
+                    "url": f"https://example.com/img/{key}.jpg", "caption": caption, "key": key,
+                    "status": "success", "error_message": None, "width": 56, "height": 84,
+                    "original_width": 112, "original_height": 168, "exif": "{}",
+                    "sha256": hashlib.sha256(image).hexdigest(),
+                }
+                rows.append(meta)
+                sample = {"__key__": key, "jpg": image, "txt": caption or "", "json": json.dumps(meta, indent=4)}
+                if failed_every and i % failed_every == failed_every - 1:
+                    # img2dataset keeps failed downloads out of the tar, in the parquet only.
+                    rows[-1] = {**meta, "status": "failed_to_download", "error_message": "HTTP 404",
+                                "width": None, "height": None, "sha256": None}
+                    continue
+                sink.write(sample)
+        pq.write_table(pa.Table.from_pylist(rows), out_dir / f"{shard:05d}.parquet")
+        (out_dir / f"{shard:05d}_stats.json").write_text(json.dumps(
+            {"count": per_shard, "successes": sum(r["status"] == "success" for r in rows)}))
+        tars.append(path)
+    return tars
+
+
+def obelics_rows(n: int, images: str, image_dir: Path | None = None, seed: int = 0) -> list[dict]:
+    """OBELICS rows: `texts` and `images` aligned by position (one of the two null at each).
+    `images`: "bytes" (raw encoded bytes), "hf" ({bytes, path} dicts, HF's Image storage), "path"
+    (file names under `image_dir`) or "url" (as OBELICS is published: URLs to download)."""
+    rng = random.Random(seed)
+    rows = []
+    for d in range(n):
+        texts, imgs = [], []
+        for p in range(rng.randint(2, 4)):
+            if p % 2 == 1:
+                colour = rng.choice(COLOURS)
+                data = png(colour)
+                if images == "bytes":
+                    value = data
+                elif images == "hf":
+                    value = {"bytes": data, "path": f"{d}-{p}.png"}
+                elif images == "path":
+                    (image_dir / f"{d}-{p}.png").write_bytes(data)
+                    value = f"{d}-{p}.png"
+                else:
+                    value = f"https://example.com/{d}-{p}.png"
+                texts.append(None)
+                imgs.append(value)
+            else:
+                texts.append(f"Paragraph {p} of page {d} talks about {rng.choice(COLOURS)} things.")
+                imgs.append(None)
+        meta = [None if t is not None else {"src": i if isinstance(i, str) else "x"} for t, i in zip(texts, imgs)]
+        rows.append({
+            "images": imgs, "metadata": json.dumps(meta), "general_metadata": json.dumps(
+                {"url": f"https://example.com/page/{d}", "warc_filename": "x.warc.gz"}), "texts": texts,
+        })
+    return rows
+
+
+def write_obelics_parquet(path: Path, n: int, images: str, seed: int = 0) -> Path:
+    """An OBELICS-style parquet; "hf" images are written through `datasets` (a Sequence of
+    `Image` features, as `push_to_hub` stores image datasets)."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = obelics_rows(n, images, path.parent, seed)
+    if images == "hf":
+        features = datasets.Features({
+            "images": datasets.Sequence(datasets.Image()), "metadata": datasets.Value("string"),
+            "general_metadata": datasets.Value("string"), "texts": datasets.Sequence(datasets.Value("string"))})
+        datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def write_text_jsonl(path: Path, n: int, seed: int = 0, field: str = "text") -> Path:
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for i in range(n):
+            words = " ".join(rng.choice(COLOURS) for _ in range(rng.randint(5, 30)))
+            f.write(json.dumps({field: f"Text {i}: {words}.", "id": f"t{i}", "meta": {"lang": "en"}}) + "\n")
+    return path
+
+
+# -- SFT chat layouts ----------------------------------------------------------------------------
+RESPONSE = "<think>I look at the square: it is {c}.</think><answer>It is <|begin_of_box|>{c}<|end_of_box|>.</answer>"
+
+
+def write_sft_layouts(root: Path, n: int = 6) -> dict[str, Path]:
+    """The same conversations in each public layout (images as files under `root/coco/`, or
+    inline) plus, per layout, what ponder's own record of each conversation is (`ponder.jsonl`).
+    Record i shows colour COLOURS[i % 6]; every third record has two images."""
+    import base64
+
+    import datasets
+
+    (root / "coco" / "train2017").mkdir(parents=True, exist_ok=True)
+    ponder, sharegpt, llava, openai, sharegpt_rows = [], [], [], [], []
+    for i in range(n):
+        c, c2 = COLOURS[i % 6], COLOURS[(i + 1) % 6]
+        rel = [f"coco/train2017/{i:012d}.png"] + ([f"coco/train2017/{i:012d}_b.png"] if i % 3 == 0 else [])
+        for r, colour in zip(rel, (c, c2)):
+            (root / r).write_bytes(png(colour))
+        question = "What colour is the square?" if len(rel) == 1 else "What colour is the first square?"
+        answer = RESPONSE.format(c=c)
+        ponder.append({"id": f"r{i}", "messages": [
+            {"role": "user", "content": [*({"type": "image", "image": r} for r in rel), {"type": "text", "text": question}]},
+            {"role": "assistant", "content": answer}]})
+        placeholders = "<image>" * len(rel)
+        sharegpt.append({"id": f"r{i}", "conversations": [{"from": "human", "value": placeholders + question},
+                                                           {"from": "gpt", "value": answer}], "images": rel})
+        llava.append({"id": f"r{i}", "image": rel[0] if len(rel) == 1 else rel,
+                      "conversations": [{"from": "human", "value": placeholders + question},
+                                        {"from": "gpt", "value": answer}]})
+        url = "data:image/png;base64," + base64.b64encode((root / rel[0]).read_bytes()).decode()
+        items = [{"type": "image_url", "image_url": {"url": url}}]
+        items += [{"type": "image_url", "image_url": {"url": f"file://{root / r}"}} for r in rel[1:]]
+        openai.append({"id": f"r{i}", "messages": [{"role": "user", "content": [*items, {"type": "text", "text": question}]},
+                                                  {"role": "assistant", "content": answer}]})
+        sharegpt_rows.append({**sharegpt[-1], "images": [{"bytes": (root / r).read_bytes(), "path": r} for r in rel]})
+    out = {"ponder": root / "ponder.jsonl", "sharegpt": root / "sharegpt.jsonl", "llava": root / "llava_instruct.json",
+           "openai": root / "openai.jsonl"}
+    out["ponder"].write_text("".join(json.dumps(r) + "\n" for r in ponder))
+    out["sharegpt"].write_text("".join(json.dumps(r) + "\n" for r in sharegpt))
+    out["llava"].write_text(json.dumps(llava, indent=2))  # LLaVA ships one JSON array
+    out["openai"].write_text("".join(json.dumps(r) + "\n" for r in openai))
+    features = datasets.Features({
+        "id": datasets.Value("string"),
+        "conversations": [{"from": datasets.Value("string"), "value": datasets.Value("string")}],
+        "images": datasets.Sequence(datasets.Image())})
+    (root / "sharegpt_parquet").mkdir(exist_ok=True)
+    datasets.Dataset.from_list(sharegpt_rows, features=features).to_parquet(str(root / "sharegpt_parquet" / "train.parquet"))
+    out["sharegpt_parquet"] = root / "sharegpt_parquet"
+    # Arrow needs one type per column: every content a list of items, as HF chat datasets store it.
+    listed = [{**r, "messages": [{**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m["content"], str)
+                                 else m for m in r["messages"]]} for r in openai]
+    datasets.Dataset.from_list(listed).save_to_disk(str(root / "openai_disk"))
+    out["openai_disk"] = root / "openai_disk"
+    return out
+
+
+# -- RL / eval prompt sets ----------------------------------------------------------------------
+def write_prompt_sets(root: Path) -> dict[str, Path]:
+    """Small prompt sets in the column layouts of well-known HF datasets, written through
+    `datasets` with the features they are published with."""
+    import datasets
+
+    root.mkdir(parents=True, exist_ok=True)
+    img = lambda c: {"bytes": png(c), "path": None}
+    out = {}
+    # ScienceQA: image (nullable), question, choices, answer = index of the right choice, no id.
+    scienceqa = [
+        {"image": img("red"), "question": "Which colour is the square?", "choices": ["blue", "red"], "answer": 1,
+         "hint": "", "subject": "natural science", "lecture": "", "solution": "It is red."},
+        {"image": None, "question": "Which is a mammal?", "choices": ["trout", "otter", "frog"], "answer": 1,
+         "hint": "", "subject": "natural science", "lecture": "", "solution": "Otters are mammals."},
+        {"image": None, "question": "Which word is spelled right?", "choices": ["recieve", "recieve"], "answer": 0,
+         "hint": "", "subject": "language science", "lecture": "", "solution": ""},
+    ]
+    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
+                                  "choices": datasets.Sequence(datasets.Value("string")),
+                                  "answer": datasets.Value("int64"), "hint": datasets.Value("string"),
+                                  "subject": datasets.Value("string"), "lecture": datasets.Value("string"),
+                                  "solution": datasets.Value("string")})
+    datasets.Dataset.from_list(scienceqa, features=features).to_parquet(str(root / "scienceqa.parquet"))
+    out["scienceqa"] = root / "scienceqa.parquet"
+    # MathVista (testmini): pid, question, image = a relative path, decoded_image, choices or null, answer text.
+    (root / "images").mkdir(exist_ok=True)
+    (root / "images" / "1.png").write_bytes(png("green"))
+    (root / "images" / "2.png").write_bytes(png("blue"))
+    mathvista = [
+        {"pid": "1", "question": "What colour is the image?", "image": "images/1.png", "decoded_image": img("green"),
+         "choices": ["red", "green", "blue"], "unit": None, "precision": None, "answer": "green",
+         "question_type": "multi_choice", "answer_type": "text", "query": "Hint: ...", "metadata": {"source": "x"}},
+        {"pid": "2", "question": "How many squares are there?", "image": "images/2.png", "decoded_image": img("blue"),
+         "choices": None, "unit": None, "precision": None, "answer": "1", "question_type": "free_form",
+         "answer_type": "integer", "query": "Hint: ...", "metadata": {"source": "y"}},
+    ]
+    datasets.Dataset.from_list(mathvista, features=datasets.Features({
+        "pid": datasets.Value("string"), "question": datasets.Value("string"), "image": datasets.Value("string"),
+        "decoded_image": datasets.Image(), "choices": datasets.Sequence(datasets.Value("string")),
+        "unit": datasets.Value("string"), "precision": datasets.Value("float64"), "answer": datasets.Value("string"),
+        "question_type": datasets.Value("string"), "answer_type": datasets.Value("string"),
+        "query": datasets.Value("string"), "metadata": {"source": datasets.Value("string")}})
+    ).save_to_disk(str(root / "mathvista"))
+    out["mathvista"] = root / "mathvista"
+    # MMMU: id, question, options as the Python text of a list, answer letter, image_1 .. image_7.
+    mmmu = [{"id": "validation_Art_1", "question": "<image 1> <image 2> Which image is red?",
+             "options": "['The first', 'The second', 'Both of them']", "explanation": "", "answer": "A",
+             **{f"image_{k}": None for k in range(1, 8)}, "img_type": "['Photographs']", "question_type": "multiple-choice"}]
+    mmmu[0]["image_1"], mmmu[0]["image_2"] = img("red"), img("blue")
+    mmmu.append({**mmmu[0], "id": "validation_Art_2", "answer": "C", "image_2": img("red")})
+    datasets.Dataset.from_list(mmmu, features=datasets.Features({
+        "id": datasets.Value("string"), "question": datasets.Value("string"), "options": datasets.Value("string"),
+        "explanation": datasets.Value("string"), "answer": datasets.Value("string"),
+        **{f"image_{k}": datasets.Image() for k in range(1, 8)}, "img_type": datasets.Value("string"),
+        "question_type": datasets.Value("string")})).to_parquet(str(root / "mmmu.parquet"))
+    out["mmmu"] = root / "mmmu.parquet"
+    # MATH: problem, solution (worked, with the boxed answer), level, type.
+    (root / "math.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"problem": "What is $2+3$?", "solution": "We add: $2+3=\\boxed{5}$.", "level": "Level 1", "type": "Algebra"},
+        {"problem": "What is $4 \\cdot 2$?", "solution": "$\\boxed{8}$", "level": "Level 1", "type": "Algebra"}]))
+    out["math"] = root / "math.jsonl"
+    # verl's RL parquet: prompt as chat turns, the ground truth nested in reward_model.
+    verl = [{"data_source": "gsm8k", "prompt": [{"role": "user", "content": "Tom has 3 apples and buys 4. How many?"}],
+             "ability": "math", "reward_model": {"ground_truth": "7", "style": "rule"},
+             "extra_info": {"index": 0, "split": "train"}}]
+    datasets.Dataset.from_list(verl).to_parquet(str(root / "verl.parquet"))
+    out["verl"] = root / "verl.parquet"
+    # A generic MC set whose question lists its options in the text.
+    (root / "mc.jsonl").write_text(json.dumps(
+        {"id": "mc1", "question": "Which planet is largest?\nChoices:\n(A) Mars\n(B) Jupiter\n(C) Venus",
+         "choices": ["Mars", "Jupiter", "Venus"], "answer": "(B)", "domain": "general"}) + "\n")
+    out["mc"] = root / "mc.jsonl"
+    return out

@@ -1,0 +1,150 @@
+"""RL / eval prompt sets in the column layouts of well-known HF datasets (ScienceQA, MathVista,
+MMMU, MATH, verl's parquet), data.columns, and multiple choice -> fill in the blank."""
+
+from __future__ import annotations
+
+import pytest
+
+from data_pipelines.chat import ChatRenderer
+from data_pipelines.processor import ProcessorConfig, VisionProcessor
+from data_pipelines.prompt_columns import PromptColumns, PromptLayout
+from data_pipelines.prompts import encode_prompt_record, load_prompt_records
+from tests.public_layouts import write_prompt_sets
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    return write_prompt_sets(tmp_path_factory.mktemp("prompt_sets"))
+
+
+@pytest.fixture(scope="module")
+def renderer(tokenizer):
+    return ChatRenderer(tokenizer, VisionProcessor(ProcessorConfig(max_pixels=56 * 56 * 4)))
+
+
+def text_of(record) -> str:
+    content = record.messages[-1]["content"]
+    return content if isinstance(content, str) else "".join(i.get("text", "") for i in content)
+
+
+def encoded_images(record, renderer, root) -> int:
+    prompt = encode_prompt_record(record, renderer, image_root=root)
+    return sum(kind == "image" for _, _, kind in prompt.document.atomic_spans)
+
+
+def test_scienceqa_as_multiple_choice_and_as_blanks(sets, renderer):
+    mc, skipped = load_prompt_records(sets["scienceqa"], PromptLayout(domain="science", options_in_prompt=True))
+    assert not skipped and [r.id for r in mc] == ["row-0", "row-1", "row-2"]
+    assert mc[0].answer == "B" and mc[0].info["options"] == ["blue", "red"]  # index 1 -> its letter
+    assert text_of(mc[0]) == "Which colour is the square?\nA. blue\nB. red"
+    assert [encoded_images(r, renderer, sets["scienceqa"].parent) for r in mc] == [1, 0, 0]
+    blanks, _ = load_prompt_records(sets["scienceqa"], PromptLayout(domain="science", mc_to_blank=True))
+    assert [(text_of(r), r.answer, "options" in r.info) for r in blanks] == [
+        ("Which colour is the square?", "red", False),
+        ("Which is a mammal?", "otter", False),
+        ("Which word is spelled right?", "A", True),  # two identical choices: not a unique answer, kept
+    ]
+    assert blanks[1].info["solution"] == "Otters are mammals."  # other columns reach the verifier
+
+
+def test_rows_without_a_domain_need_data_domain(sets):
+    records, skipped = load_prompt_records(sets["scienceqa"])
+    assert records == [] and skipped == {"malformed_record": 3}
+
+
+def test_mathvista_save_to_disk(sets, renderer):
+    records, skipped = load_prompt_records(sets["mathvista"], PromptLayout(domain="math", mc_to_blank=True))
+    assert not skipped and [r.id for r in records] == ["1", "2"]
+    assert (records[0].answer, "options" in records[0].info) == ("green", False)
+    assert records[1].answer == "1" and "options" not in records[1].info  # free-form: null choices dropped
+    assert [encoded_images(r, renderer, sets["mathvista"].parent) for r in records] == [1, 1]
+    # The decoded image column instead of the path column: the same pixels.
+    decoded, _ = load_prompt_records(sets["mathvista"], PromptLayout(
+        domain="math", columns=PromptColumns(images="decoded_image")))
+    a = encode_prompt_record(records[0], renderer, image_root=sets["mathvista"].parent)
+    b = encode_prompt_record(decoded[0], renderer)
+    assert a.input_ids == b.input_ids and (a.pixel_values == b.pixel_values).all()
+
+
+def test_mmmu_options_text_and_image_columns(sets, renderer):
+    layout = PromptLayout(domain="art", mc_to_blank=True,
+                          columns=PromptColumns(images=",".join(f"image_{k}" for k in range(1, 8))))
+    records, skipped = load_prompt_records(sets["mmmu"], layout)
+    assert not skipped
+    first, both = records
+    assert (first.answer, "options" in first.info) == ("The first", False)
+    assert (both.answer, both.info["options"]) == ("C", ["The first", "The second", "Both of them"])  # refers to others
+    assert [encoded_images(r, renderer, None) for r in records] == [2, 2]
+
+
+def test_math_and_verl_layouts(sets):
+    math, _ = load_prompt_records(sets["math"], PromptLayout(domain="math"))
+    assert [(r.id, text_of(r), r.answer) for r in math] == [
+        ("row-0", "What is $2+3$?", "We add: $2+3=\\boxed{5}$."), ("row-1", "What is $4 \\cdot 2$?", "$\\boxed{8}$")]
+    layout = PromptLayout(columns=PromptColumns(domain="ability", answer="reward_model.ground_truth", id="extra_info.index"))
+    verl, skipped = load_prompt_records(sets["verl"], layout)
+    assert not skipped and (verl[0].id, verl[0].domain, verl[0].answer) == ("0", "math", "7")
+    assert verl[0].messages == [{"role": "user", "content": "Tom has 3 apples and buys 4. How many?"}]
+
+
+def test_options_listed_in_the_question_are_removed(sets):
+    records, _ = load_prompt_records(sets["mc"], PromptLayout(mc_to_blank=True))
+    assert (text_of(records[0]), records[0].answer) == ("Which planet is largest?", "Jupiter")
+    kept, _ = load_prompt_records(sets["mc"])
+    assert kept[0].answer == "(B)" and kept[0].info["options"] == ["Mars", "Jupiter", "Venus"]
+
+
+def test_normalised_records_grade_with_the_verifiers(sets):
+    from stages.rl.rewards.scoring import score
+
+    def response(answer: str) -> str:
+        return f"<think>...</think><answer>It is <|begin_of_box|>{answer}<|end_of_box|>.</answer>"
+
+    mc, _ = load_prompt_records(sets["scienceqa"], PromptLayout(domain="science"))
+    assert score("multiple_choice", response("red"), mc[0].answer, **mc[0].info).reward == 1.0
+    assert score("multiple_choice", response("B"), mc[0].answer, **mc[0].info).reward == 1.0
+    assert score("multiple_choice", response("A"), mc[0].answer, **mc[0].info).reward == 0.0
+    math, _ = load_prompt_records(sets["math"], PromptLayout(domain="math"))  # a worked solution as ground truth
+    assert [score("math", response(a), r.answer).reward for r, a in zip(math, ["5", "8"])] == [1.0, 1.0]
+    assert score("math", response("6"), math[0].answer).reward == 0.0
+
+
+def test_bad_prompt_rows_are_counted_by_reason(tmp_path, renderer):
+    """Bad rows of an HF-style prompt set: each counted under its reason at load or at encoding
+    (what RL, grading and evaluation skip), the good ones kept."""
+    import io
+    import json
+
+    from PIL import Image
+
+    from data_pipelines.prompts import encode_records
+    from tests.public_layouts import png
+
+    (tmp_path / "ok.png").write_bytes(png("red"))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    wide = io.BytesIO()
+    Image.new("RGB", (4200, 20), "red").save(wide, format="PNG")  # 210:1 (200:1 itself is the largest allowed)
+    (tmp_path / "wide.png").write_bytes(wide.getvalue())
+    rows = [
+        {"problem": "1+1?", "solution": "2"},  # good
+        {"question": "What colour?", "image": "ok.png", "answer": "red"},  # good
+        {"question": "No answer here"},  # missing_answer
+        {"question": 7, "answer": "7"},  # malformed_record: a question that is not text
+        {"answer": "3"},  # malformed_record: no question at all
+        {"id": "dup", "question": "a?", "answer": "a"}, {"id": "dup", "question": "b?", "answer": "b"},  # duplicate_id
+        {"messages": [{"role": "user", "content": [{"type": "image"}]}], "images": ["ok.png", "ok.png"],
+         "answer": "x"},  # image_count_mismatch: more images than placeholders
+        {"question": "Which?", "image": "nowhere.png", "answer": "x"},  # missing_image (at encoding)
+        {"question": "Which?", "image": "broken.png", "answer": "x"},  # undecodable_image
+        {"question": "Which?", "image": "wide.png", "answer": "x"},  # aspect_ratio
+        {"question": "long " * 400, "answer": "x"},  # prompt_too_long
+    ]
+    path = tmp_path / "set.jsonl"
+    path.write_bytes(b"\n".join(json.dumps(r).encode() for r in rows) + b"\n\xff\xfe{bad utf-8\n{not json\n")
+    records, skipped = load_prompt_records(path, PromptLayout(domain="general"))
+    assert skipped == {"missing_answer": 1, "malformed_record": 2, "duplicate_id": 1, "image_count_mismatch": 1,
+                       "malformed_json": 2}
+    encoded, failed = encode_records(records, range(len(records)), renderer, image_root=tmp_path, max_tokens=256)
+    assert sorted(reason for _, reason in failed) == ["aspect_ratio", "missing_image", "prompt_too_long",
+                                                     "undecodable_image"]
+    assert sorted(records[i].id for i in encoded) == ["dup", "row-0", "row-1"]
