@@ -250,9 +250,15 @@ def ponder_varlen_attention(
     ((B, L, Hq, D), None). Packed training calls attend within each document of each row;
     every other call is transformers' sdpa."""
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    shard = kwargs.pop("sequence_parallel", None)  # a trainer.sequence_parallel.SequenceShard
     if not _is_training_call(attention_mask, is_causal, query, key):
+        if shard is not None:
+            raise ValueError("a sequence-parallel forward must be a packed training call (no mask, no cache)")
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
+    if shard is not None:  # Ulysses: the whole row for this rank's share of the heads
+        query, key, value = shard.split_heads(query, key, value)
+        position_ids = shard.text_positions
     rows, query_heads, length, head_dim = query.shape
     segments = _SEGMENTS.get(position_ids, rows, length, query.device)
     q = query.transpose(1, 2).reshape(rows * length, query_heads, head_dim)
@@ -265,7 +271,8 @@ def ponder_varlen_attention(
         if q.is_cuda:
             _warn_fallback_once(reason)
         out = reference_varlen_attention(q, k, v, segments.bounds, scaling, dropout)
-    return out.reshape(rows, length, query_heads, out.shape[-1]), None
+    out = out.reshape(rows, length, query_heads, out.shape[-1])
+    return (out if shard is None else shard.sequence_to_heads(out)), None
 
 
 def ponder_varlen_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,

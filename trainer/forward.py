@@ -36,8 +36,10 @@ class UniformVisionForward(nn.Module):
     def forward(self, batch: Batch, per_token_loss: bool = False) -> torch.Tensor:
         """Logits `(B, L, V)`, or with `per_token_loss` the cross-entropy of `batch.labels` `(B, L)`."""
         if per_token_loss:
+            # A sequence-parallel slice hands the attention its SequenceShard (trainer/sequence_parallel.py).
+            extra = {"sequence_parallel": batch.shard} if getattr(batch, "shard", None) is not None else {}
             hidden = self.model.model(inputs_embeds=self.embed(batch), position_ids=batch.position_ids,
-                                      use_cache=False).last_hidden_state
+                                      use_cache=False, **extra).last_hidden_state
             return chunked_token_losses(hidden, batch.labels, self.model.lm_head, self.loss_chunk_tokens)
         out = self.model(inputs_embeds=self.embed(batch), position_ids=batch.position_ids, use_cache=False)
         return out.logits
@@ -52,8 +54,15 @@ class UniformVisionForward(nn.Module):
         if batch.pixel_values is None and batch.pixel_values_videos is None:
             return embeds + 0.0 * features.sum()
         self.images_seen += len(grids)
-        n_image = int((batch.mm_token_type_ids == 1).sum())
         embeds = embeds.clone()
+        index = getattr(batch, "feature_index", None)
+        if index is not None:  # a sequence-parallel slice: the features of its own tokens
+            visual = index >= 0
+            embeds[visual] = features[index[visual]]
+            # All features stay in the graph (weight 0 for other slices'): the tower runs its backward
+            # on every rank even when this slice holds no vision token (ZeRO-3 reduces every gradient).
+            return embeds + 0.0 * features.sum()
+        n_image = int((batch.mm_token_type_ids == 1).sum())
         embeds[batch.mm_token_type_ids == 1] = features[:n_image]
         embeds[batch.mm_token_type_ids == 2] = features[n_image:]
         return embeds
