@@ -139,8 +139,10 @@ def reference_varlen_attention(query: torch.Tensor, key: torch.Tensor, value: to
     key, value = repeat_kv_heads(key, query.shape[1]), repeat_kv_heads(value, query.shape[1])
     pieces = []
     for start, end in pairwise(bounds):
-        q, k, v = (x[start:end].transpose(0, 1) for x in (query, key, value))
-        pieces.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale))
+        # 4-D (1, H, n, D): on CPU only 4-D inputs reach sdpa's flash kernel, O(n) memory; 3-D ones
+        # take the math path, which builds the n x n scores (6 GB for one 16k-token document).
+        q, k, v = (x[start:end].transpose(0, 1)[None] for x in (query, key, value))
+        pieces.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale)[0])
     return torch.cat(pieces, dim=1).transpose(0, 1)
 
 
