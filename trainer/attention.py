@@ -17,6 +17,11 @@ implementations whose name contains "flash", so the tower splits per image and c
 `is_causal=False`, exactly as with "sdpa"), and generation (padding masks, KV-cache decoding),
 for which the registered mask function builds sdpa's mask.
 
+Sequence parallelism. A training forward whose rows are split over ranks
+(trainer/sequence_parallel.py) passes `sequence_parallel=<SequenceShard>` through transformers'
+attention kwargs: the query/key/value of the local slice are exchanged (Ulysses all-to-all) into
+the whole row for this rank's heads, attended with the whole row's documents, and exchanged back.
+
 Backends. On CUDA with fp16/bf16 and a torch that has `varlen_attn`, the kernel runs. Otherwise
 (CPU, fp32, dropout, or a torch without `varlen_attn`) a reference path runs sdpa once per
 document on the same segments: exact, memory-light, slower. On CUDA that fallback logs a warning
