@@ -25,6 +25,7 @@ import webdataset as wds
 from PIL import Image
 
 from .processor import BadSample, image_size
+from . import video
 from .video import VIDEO_EXTENSIONS, probe_video
 
 SCHEMA_VERSION = 1
@@ -122,6 +123,8 @@ def _load_video(image_root: Path, rel: str) -> tuple[bytes, dict[str, Any], str]
     ext = path.suffix[1:].lower()
     if ext not in VIDEO_EXTENSIONS:
         raise SkipDocument("bad_video", f"{rel}: extension {ext!r} is not one of {VIDEO_EXTENSIONS}")
+    if path.stat().st_size > video.MAX_VIDEO_BYTES:
+        raise SkipDocument("bad_video", f"{rel}: {path.stat().st_size} bytes > {video.MAX_VIDEO_BYTES}")
     data = path.read_bytes()
     try:
         info = probe_video(data)

@@ -26,6 +26,10 @@ from .processor import BadVideoError, ProcessedVideo, VisionProcessor, sample_fr
 # Frames above this are refused, not decoded: 8K UHD (7680 x 4320) passes, a corrupt or hostile
 # header claiming 100k x 100k does not (PIL's decompression-bomb limit is of the same order).
 MAX_FRAME_PIXELS = 7680 * 4320
+# Files above this are refused by the shard writer before reading (one sample is held in memory
+# while a shard is written and read): 2 GiB is over an hour of 1080p at usual bitrates, and the
+# model keeps at most 600 frames of any video.
+MAX_VIDEO_BYTES = 2 * 1024**3
 VIDEO_EXTENSIONS = ("mp4", "mkv", "webm", "avi", "mov", "m4v", "mpg", "mpeg", "ts", "gif")
 
 

@@ -142,7 +142,7 @@ def test_corpus_with_videos_streams_whole_videos_counts_bad_ones_and_resumes_exa
             assert torch.equal(a.pixel_values_videos, b.pixel_values_videos)
 
 
-def test_the_writer_skips_bad_videos_with_a_reason(tmp_path):
+def test_the_writer_skips_bad_videos_with_a_reason(tmp_path, monkeypatch):
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "junk.mp4").write_bytes(b"junk" * 100)
     (tmp_path / "v" / "clip.txt").write_bytes(b"junk")
@@ -157,10 +157,13 @@ def test_the_writer_skips_bad_videos_with_a_reason(tmp_path):
         {"id": "missing", "segments": [{"video": "v/none.mp4"}]},
         {"id": "nofps", "segments": [{"video": ["v/f0.jpg"]}]},
         {"id": "missing_frame", "segments": [{"video": ["v/f0.jpg", "v/f9.jpg"], "fps": 2}]},
+        {"id": "huge", "segments": [{"video": "v/huge.mp4"}]},
     ]
+    write_mp4(moving_shape_frames(random.Random(4), 40)[0], tmp_path / "v" / "huge.mp4", 4)  # larger than ok.mp4
+    monkeypatch.setattr(video_module, "MAX_VIDEO_BYTES", (tmp_path / "v" / "ok.mp4").stat().st_size)
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     stats = write_shards(tmp_path / "docs.jsonl", tmp_path, tmp_path / "shards", samples_per_shard=10)
     assert stats.written == 2 and stats.videos == 2
-    assert dict(stats.skipped) == {"bad_video": 4, "missing_video": 1}
+    assert dict(stats.skipped) == {"bad_video": 5, "missing_video": 1}
     index = json.loads((tmp_path / "shards" / "index.json").read_text())
-    assert index["skipped"] == {"bad_video": 4, "missing_video": 1}
+    assert index["skipped"] == {"bad_video": 5, "missing_video": 1}
