@@ -49,7 +49,7 @@ class UniformVisionForward(nn.Module):
         on a dummy when there are no visuals). Generation prefills from these too."""
         inner = self.model.model
         embeds = inner.get_input_embeddings()(batch.input_ids)
-        pixels, grids = _visual_inputs(batch, embeds.device)
+        pixels, grids = visual_inputs(batch, embeds.device)
         features = torch.cat(inner.get_image_features(pixels, grids).pooler_output).to(embeds.dtype)
         if batch.pixel_values is None and batch.pixel_values_videos is None:
             return embeds + 0.0 * features.sum()
@@ -68,7 +68,7 @@ class UniformVisionForward(nn.Module):
         return embeds
 
 
-def _visual_inputs(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def visual_inputs(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Image patches then video-frame patches, with per-image / per-frame (1, h, w) grids."""
     pixels, grids = [], []
     if batch.pixel_values is not None:

@@ -13,10 +13,11 @@ without SP (read from the full row's `position_ids` row 0), then a second all-to
 output back to the local slice. Key/value heads that do not divide by `size` (GQA: 2 KV heads at
 sp=4) are repeated to the query heads first.
 
-Vision. Every rank of a group runs the vision tower on all images and video frames of its rows
-(the same modules on every rank, as ZeRO-3 requires) and keeps the features whose tokens lie in
-its slice; the tower's gradient then comes only through those tokens, and the sum over the group
-is the full gradient.
+Vision. Each rank runs the vision tower on the images and video frames that have at least one
+token in its slice (one cut by the boundary runs on both neighbours; a slice without any runs the
+tower on forward.py's dummy, so every rank runs the same modules, as ZeRO-3 requires) and places
+their features on its tokens; the tower's gradient comes only through those tokens, and the sum
+over the group is the full gradient.
 
 Loss. Labels are shifted on the data side, so each slice's loss is a plain token sum; the
 normaliser is summed over slices, and the trainer's `x world size` undoes DeepSpeed's average over
@@ -33,6 +34,7 @@ import torch.distributed as dist
 from data_pipelines.batch import Batch
 
 from .distributed import DistInfo
+from .forward import visual_inputs
 
 
 @dataclass(frozen=True)
@@ -147,12 +149,13 @@ class SequenceShard:
 
 @dataclass
 class ShardedBatch(Batch):
-    """A Batch cut to this rank's slice of every row (per-position fields), with what the forward
-    needs from the whole rows: all their pixels (kept whole), the index of each local image /
-    video-frame token among the row's vision features, and the attention's SequenceShard."""
+    """A Batch cut to this rank's slice of every row (per-position fields). Its pixels are those of
+    the images / video frames with tokens in the slice, all given as (1, h, w) image grids (the
+    tower treats a frame pair as one item either way); `feature_index` maps each local vision
+    token to its row in the tower's output."""
 
     shard: SequenceShard | None = None
-    feature_index: torch.Tensor | None = None  # (B, L/size) index into the tower's features; -1 on text
+    feature_index: torch.Tensor | None = None  # (B, L/size) row of the tower's features; -1 on text
 
 
 def shard_batch(batch: Batch, sp: SequenceParallel) -> ShardedBatch:
@@ -160,13 +163,41 @@ def shard_batch(batch: Batch, sp: SequenceParallel) -> ShardedBatch:
     length = batch.input_ids.shape[1]
     width = length // sp.size
     cut = slice(sp.rank * width, (sp.rank + 1) * width)
-    # Features come images first, then video frames, each in row-major token order (forward.embed).
+    fields = {name: getattr(batch, name)[..., cut] for name in
+              ("input_ids", "labels", "position_ids", "mm_token_type_ids", "doc_ids", "label_weights")}
+    rest = {k: v for k, v in vars(batch).items()
+            if k not in fields and k not in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")}
+    pixels, grids, index = _slice_visuals(batch, cut)
+    return ShardedBatch(**fields, **rest, pixel_values=pixels, image_grid_thw=grids,
+                        shard=SequenceShard(sp, batch.position_ids[0]), feature_index=index)
+
+
+def _slice_visuals(batch: Batch, cut: slice) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """(patches, (1, h, w) grids) of the visual items with tokens in `cut`, and each local token's
+    row among their features (-1 on text). The unsplit forward's order: images, then frames, each
+    in row-major token order (forward.embed)."""
     types = batch.mm_token_type_ids
     image = (types == 1).flatten().cumsum(0).view_as(types) - 1
     video = (types == 2).flatten().cumsum(0).view_as(types) - 1 + int((types == 1).sum())
-    index = torch.where(types == 1, image, torch.where(types == 2, video, torch.full_like(types, -1)))
-    fields = {name: getattr(batch, name)[..., cut] for name in
-              ("input_ids", "labels", "position_ids", "mm_token_type_ids", "doc_ids", "label_weights")}
-    whole = {k: v for k, v in vars(batch).items() if k not in fields}
-    return ShardedBatch(**fields, **whole, shard=SequenceShard(sp, batch.position_ids[0]),
-                        feature_index=index[:, cut])
+    index = torch.where(types == 1, image, torch.where(types == 2, video, torch.full_like(types, -1)))[:, cut]
+    if batch.pixel_values is None and batch.pixel_values_videos is None:
+        return None, None, index
+    pixels, grids = visual_inputs(batch, batch.input_ids.device)
+    patches = grids.prod(dim=1)  # per item: its patch rows in `pixels`
+    # Whole rows hold every item's tokens, so patches per token (merge**2) is the ratio of totals.
+    merge_sq = int(patches.sum()) // int((types > 0).sum())
+    tokens = patches // merge_sq
+    token_end, patch_end = tokens.cumsum(0), patches.cumsum(0)
+    token_start, patch_start = token_end - tokens, patch_end - patches
+    local = index[index >= 0]
+    item = torch.searchsorted(token_end, local, right=True)  # the item each local token belongs to
+    keep = torch.unique(item)  # sorted: the subset keeps the unsplit order
+    if keep.numel() == 0:
+        return None, None, index
+    new_start = (tokens[keep].cumsum(0) - tokens[keep])
+    remap = torch.full_like(tokens, -1)
+    remap[keep] = torch.arange(keep.numel(), device=keep.device)
+    index = index.clone()
+    index[index >= 0] = local - token_start[item] + new_start[remap[item]]
+    rows = torch.cat([torch.arange(int(patch_start[i]), int(patch_end[i])) for i in keep.tolist()])
+    return pixels[rows.to(pixels.device)], grids[keep], index

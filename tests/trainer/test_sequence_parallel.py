@@ -90,3 +90,54 @@ def test_other_stages_refuse_a_split():
     with pytest.raises(ValueError, match="serves pretraining only, not SFT"):
         pretraining_only(2, "SFT")
     pretraining_only(1, "SFT")
+
+
+def test_each_slice_embeds_exactly_its_part_of_the_whole_row():
+    """Images and video frames cut by slice boundaries (sp=2 and sp=4): every slice's embeddings,
+    from the tower run on its own items only, equal that slice of the unsplit embeddings."""
+    import random
+
+    import torch
+
+    from data_pipelines.batch import collate_rows
+    from data_pipelines.document import DocumentBuilder, Visual
+    from data_pipelines.processor import image_token_ids, video_token_ids
+    from data_pipelines.synthetic import make_image, moving_shape_frames
+    from data_pipelines.tokenizer import build_tiny_tokenizer
+    from trainer.forward import UniformVisionForward
+    from trainer.model import build_model, load_preset
+    from trainer.sequence_parallel import SequenceParallel, shard_batch
+
+    tokenizer, processor = build_tiny_tokenizer(), VisionProcessor()
+    special = SpecialTokens.from_tokenizer(tokenizer)
+    rng = random.Random(0)
+
+    def document(key: str, video: bool) -> object:
+        doc = DocumentBuilder(key)
+        doc.add_tokens(tokenizer.encode("words " * rng.randint(5, 60), add_special_tokens=False), train=True)
+        image = processor.process_image(make_image(rng)[0])
+        n = int(image.grid_thw.prod()) // 4
+        doc.add_visual(image_token_ids(n, special), [0] + [1] * n + [0], Visual(image.pixel_values, image.grid_thw), "image")
+        if video:
+            clip = processor.process_video(moving_shape_frames(rng, 12)[0], 4.0)
+            ids, types = video_token_ids(clip.grid_thw, clip.timestamps, special, tokenizer)
+            doc.add_visual(ids, types, Visual(clip.pixel_values, clip.grid_thw), "video")
+        doc.add_tokens([special.eos], train=True)
+        return doc.build()
+
+    rows = [[document("a", True), document("b", False)], [document("c", False), document("d", True)]]
+    seq_len = 8 * ((max(sum(len(d) for d in r) for r in rows) + 7) // 8)
+    batch = collate_rows(rows, seq_len, special.eos)
+    torch.manual_seed(0)
+    forward = UniformVisionForward(build_model(load_preset("tiny"), tokenizer)).eval()
+    with torch.no_grad():
+        whole = forward.embed(batch)
+        cut_items = 0
+        for size in (2, 4):
+            for rank in range(size):
+                part = shard_batch(batch, SequenceParallel(size, rank, None, 0, 1))
+                width = seq_len // size
+                assert torch.allclose(forward.embed(part), whole[:, rank * width:(rank + 1) * width], atol=1e-6)
+                cut_items += 0 if part.image_grid_thw is None else len(part.image_grid_thw)
+    total_items = len(batch.image_grid_thw) + int(batch.video_grid_thw[:, 0].sum())
+    assert cut_items > 2 * total_items  # items cut by a boundary ran on more than one slice
