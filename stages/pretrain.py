@@ -1,7 +1,9 @@
-"""Interleaved image-text pretraining: webdataset shards -> packed rows -> ZeRO-3 steps.
+"""Interleaved image-text(-video) pretraining: webdataset shards -> packed rows -> ZeRO-3 steps.
 
 Paper recipe (9B): 8,192-token packed rows, global batch 1,536 rows (`trainer.global_batch`), 120k steps, all modalities but
-video; recipes/recipe/pretrain_9b.yaml. Documents are split at text (never inside an image) to
+video; recipes/recipe/pretrain_9b.yaml. The long-context stage runs here too (pretrain_long_9b:
+32,768-token rows with video, each row split over `trainer.sequence_parallel_size` ranks,
+trainer/sequence_parallel.py). Documents are split at text (never inside an image or a video) to
 fill rows; loss is the token mean over the global batch.
 """
 

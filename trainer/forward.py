@@ -59,8 +59,8 @@ class UniformVisionForward(nn.Module):
         if index is not None:  # a sequence-parallel slice: the features of its own tokens
             visual = index >= 0
             embeds[visual] = features[index[visual]]
-            # All features stay in the graph (weight 0 for other slices'): the tower runs its backward
-            # on every rank even when this slice holds no vision token (ZeRO-3 reduces every gradient).
+            # The slice's pixels are those of its own items (sequence_parallel._slice_visuals); rows of
+            # an item cut by the slice boundary that land on the neighbour's tokens join at weight 0.
             return embeds + 0.0 * features.sum()
         n_image = int((batch.mm_token_type_ids == 1).sum())
         embeds[batch.mm_token_type_ids == 1] = features[:n_image]
