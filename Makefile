@@ -15,7 +15,7 @@ setup:
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q torch==2.13.0 "$(VLLM)" "transformers>=5.17,<5.20" accelerate deepspeed datasets \
 		webdataset wandb hydra-core hydra-submitit-launcher math-verify pillow safetensors tokenizers \
-		matplotlib pytest
+		matplotlib pytest "av>=14,<20"
 	# CUDA-linked wheels break `import Glm4vForConditionalGeneration` on CPU torch.
 	$(if $(HAS_GPU),,$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .

@@ -1,8 +1,12 @@
-"""Interleaved image-text samples (as written by `shards.py`) -> Documents for pretraining.
+"""Interleaved image-text-video samples (as written by `shards.py`) -> Documents for pretraining.
 
-A sample is webdataset's dict: `json` (the document: id + segments) and one member per image.
-Text is trained on; image spans (`<|begin_of_image|>` + N x `<|image|>` + `<|end_of_image|>`)
-are not, and the document ends with `<|endoftext|>`.
+A sample is webdataset's dict: `json` (the document: id + segments) and one member per image,
+video file or video frame. Text is trained on; image spans (`<|begin_of_image|>` + N x
+`<|image|>` + `<|end_of_image|>`) and whole videos (`<|begin_of_video|>`, per frame pair an image
+span and its timestamp, `<|end_of_video|>`) are not, and the document ends with `<|endoftext|>`.
+A video segment is `{"video": "vid000.mp4"}` (a file, decoded at 2 fps by data_pipelines/video.py)
+or `{"video": ["vid000.f000.jpg", ...], "fps": F}` (frames already extracted at F frames per
+second; frame i is at i / F seconds), both processed as Glm4vProcessor does.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from .document import Document, DocumentBuilder, Visual
-from .processor import BadSample, VisionProcessor, image_token_ids
+from .processor import (BadSample, BadVideoError, EmptyImageError, ImageDecodeError, VisionProcessor, image_token_ids,
+                        sample_frame_indices, video_token_ids)
 from .tokenizer import SpecialTokens
+from .video import decode_video
 
 
 class MalformedSample(BadSample):
@@ -52,8 +58,13 @@ class InterleavedDocuments:
                 self.add_text(doc, text)
             elif "image" in segment:
                 self.add_image(doc, _member(sample, str(segment["image"]), doc.key))
+            elif "video" in segment:
+                video = self._video(sample, segment, doc.key)
+                ids, types = video_token_ids(video.grid_thw, video.timestamps, self.special, self.tokenizer,
+                                             self.processor.cfg.merge_size)
+                doc.add_visual(ids, types, Visual(video.pixel_values, video.grid_thw), "video")
             else:
-                raise MalformedSample(f"{doc.key}: segment has neither text nor image")
+                raise MalformedSample(f"{doc.key}: segment has neither text, image nor video")
         doc.add_tokens([self.special.eos], train=True)
         return doc.build()
 
@@ -71,9 +82,27 @@ class InterleavedDocuments:
         doc.add_visual(ids, types, Visual(image.pixel_values, image.grid_thw), "image")
 
 
+    def _video(self, sample: dict[str, Any], segment: dict[str, Any], key: str):
+        """A video file member, or a list of frame members at `fps` -> the processed video."""
+        source = segment["video"]
+        if isinstance(source, str):
+            return decode_video(_member(sample, source, key), self.processor)
+        fps = segment.get("fps")
+        if not isinstance(source, list) or not source or not all(isinstance(f, str) for f in source):
+            raise BadVideoError(f"{key}: a video is a file member or a non-empty list of frame members")
+        if isinstance(fps, bool) or not isinstance(fps, int | float) or not fps > 0:
+            raise BadVideoError(f"{key}: video frames need a positive fps, got {fps!r}")
+        indices = sample_frame_indices(len(source), float(fps), self.processor.cfg)
+        frames = [_member(sample, source[i], key) for i in indices]
+        try:
+            return self.processor.process_sampled_video(frames, indices, float(fps))
+        except (ImageDecodeError, EmptyImageError) as exc:  # one bad frame spoils the video
+            raise BadVideoError(f"{key}: {exc}") from exc
+
+
 def _member(sample: dict[str, Any], name: str, key: str) -> bytes:
-    """Bytes of an image member named `img000.jpg` or `KEY.img000.jpg` (webdataset drops the key)."""
+    """Bytes of a member named `img000.jpg` or `KEY.img000.jpg` (webdataset drops the key)."""
     for candidate in (name.lower(), name.split(".", 1)[-1].lower()):
         if candidate in sample and isinstance(sample[candidate], bytes):
             return sample[candidate]
-    raise MissingImage(f"{key}: image member {name} missing")
+    raise MissingImage(f"{key}: member {name} missing")

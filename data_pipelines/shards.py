@@ -1,7 +1,10 @@
-"""Interleaved documents (JSONL + image files) -> webdataset tar shards + `index.json`.
+"""Interleaved documents (JSONL + image and video files) -> webdataset tar shards + `index.json`.
 
-One sample per document: `KEY.json` (the document, images replaced by member references with
-their sizes) and `KEY.img000.jpg`, `KEY.img001.png`, ... holding the original image bytes.
+One sample per document: `KEY.json` (the document, images and videos replaced by member
+references with their sizes) and `KEY.img000.jpg`, `KEY.img001.png`, ... holding the original
+image bytes. A video segment is a file (`{"video": "clips/a.mp4"}`, stored as `KEY.vid000.mp4`,
+probed with PyAV: size, frame count, fps) or frames already extracted at a known rate
+(`{"video": ["f/0.jpg", "f/1.jpg", ...], "fps": 2}`, stored as `KEY.vid000.f000.jpg`, ...).
 Bad documents are counted by reason and skipped; see docs/data.md for the schema and policy.
 """
 
@@ -21,7 +24,9 @@ from typing import Any, Iterator
 import webdataset as wds
 from PIL import Image
 
-from .processor import image_size
+from .processor import BadSample, image_size
+from . import video
+from .video import VIDEO_EXTENSIONS, probe_video
 
 SCHEMA_VERSION = 1
 INDEX_NAME = "index.json"
@@ -44,11 +49,13 @@ class SkipDocument(Exception):
 class WriteStats:
     written: int = 0
     images: int = 0
+    videos: int = 0
     shards: list[dict[str, Any]] = field(default_factory=list)  # [{"name", "samples"}] as in index.json
     skipped: Counter = field(default_factory=Counter)  # reason -> count
 
     def summary(self) -> str:
-        lines = [f"wrote {self.written} documents ({self.images} images) into {len(self.shards)} shards"]
+        media = f"{self.images} images" + (f", {self.videos} videos" if self.videos else "")
+        lines = [f"wrote {self.written} documents ({media}) into {len(self.shards)} shards"]
         if self.skipped:
             lines.append(f"skipped {sum(self.skipped.values())} documents:")
             lines += [f"  {reason}: {n}" for reason, n in sorted(self.skipped.items())]
@@ -79,22 +86,56 @@ def _parse_line(raw: bytes) -> dict[str, Any]:
     if not isinstance(segments, list) or not segments:
         raise SkipDocument("no_segments", doc["id"])
     for seg in segments:
-        # Exactly one of text / image, both strings: the reader dispatches on which key is present.
-        if not isinstance(seg, dict) or len(seg.keys() & {"text", "image"}) != 1:
-            raise SkipDocument("malformed_json", f"{doc['id']}: segment {seg!r:.80} needs text xor image")
-        if not isinstance(seg.get("text", seg.get("image")), str):
+        # Exactly one of text / image / video: the reader dispatches on which key is present.
+        if not isinstance(seg, dict) or len(seg.keys() & {"text", "image", "video"}) != 1:
+            raise SkipDocument("malformed_json", f"{doc['id']}: segment {seg!r:.80} needs one of text, image, video")
+        if "video" in seg:
+            _check_video_segment(doc["id"], seg)
+        elif not isinstance(seg.get("text", seg.get("image")), str):
             raise SkipDocument("malformed_json", f"{doc['id']}: segment value is not a string")
     return doc
 
 
-def _load_image(image_root: Path, rel: str) -> tuple[bytes, int, int, str]:
-    """Original bytes, width, height and lower-case extension of one image file."""
+def _check_video_segment(doc_id: str, seg: dict[str, Any]) -> None:
+    video = seg["video"]
+    if isinstance(video, str):
+        return
+    if not isinstance(video, list) or not video or not all(isinstance(f, str) for f in video):
+        raise SkipDocument("malformed_json", f"{doc_id}: video is a path or a non-empty list of frame paths")
+    fps = seg.get("fps")
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not fps > 0:
+        raise SkipDocument("bad_video", f"{doc_id}: video frames need a positive fps, got {fps!r}")
+
+
+def _media_path(image_root: Path, rel: str, kind: str) -> Path:
     root = image_root.resolve()
     path = (root / rel).resolve()
     if not path.is_relative_to(root):
-        raise SkipDocument("bad_image_path", f"{rel} is outside the image root")
+        raise SkipDocument(f"bad_{kind}_path", f"{rel} is outside the image root")
     if not path.is_file():
-        raise SkipDocument("missing_image", rel)
+        raise SkipDocument(f"missing_{kind}", rel)
+    return path
+
+
+def _load_video(image_root: Path, rel: str) -> tuple[bytes, dict[str, Any], str]:
+    """Original bytes, probed header (width, height, frames, fps) and extension of a video file."""
+    path = _media_path(image_root, rel, "video")
+    ext = path.suffix[1:].lower()
+    if ext not in VIDEO_EXTENSIONS:
+        raise SkipDocument("bad_video", f"{rel}: extension {ext!r} is not one of {VIDEO_EXTENSIONS}")
+    if path.stat().st_size > video.MAX_VIDEO_BYTES:
+        raise SkipDocument("bad_video", f"{rel}: {path.stat().st_size} bytes > {video.MAX_VIDEO_BYTES}")
+    data = path.read_bytes()
+    try:
+        info = probe_video(data)
+    except BadSample as exc:  # undecodable, no frames, no rate, absurd size, ...
+        raise SkipDocument("bad_video", f"{rel}: {exc}") from exc
+    return data, {"width": info.width, "height": info.height, "frames": info.frames, "fps": info.fps}, ext
+
+
+def _load_image(image_root: Path, rel: str) -> tuple[bytes, int, int, str]:
+    """Original bytes, width, height and lower-case extension of one image file."""
+    path = _media_path(image_root, rel, "image")
     data = path.read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -120,6 +161,9 @@ def build_sample(doc: dict[str, Any], image_root: Path) -> dict[str, Any]:
         if "text" in seg:
             segments.append({"text": seg["text"]})
             continue
+        if "video" in seg:
+            segments.append(_video_members(seg, f"vid{sum('video' in s for s in segments):03d}", image_root, sample))
+            continue
         data, width, height, ext = _load_image(image_root, seg["image"])
         name = f"img{sum('image' in s for s in segments):03d}.{ext}"
         sample[name] = data
@@ -128,6 +172,23 @@ def build_sample(doc: dict[str, Any], image_root: Path) -> dict[str, Any]:
     record = {**doc, "segments": segments}
     sample["json"] = json.dumps(record, ensure_ascii=False).encode("utf-8")
     return sample
+
+
+def _video_members(seg: dict[str, Any], stem: str, image_root: Path, sample: dict[str, Any]) -> dict[str, Any]:
+    """Add one video's members to `sample`; its segment as the reader expects it."""
+    if isinstance(seg["video"], str):
+        data, info, ext = _load_video(image_root, seg["video"])
+        sample[f"{stem}.{ext}"] = data
+        return {"video": f"{stem}.{ext}", **info}
+    names = []
+    for i, rel in enumerate(seg["video"]):
+        try:
+            data, _, _, ext = _load_image(image_root, rel)
+        except SkipDocument as exc:  # a bad frame makes the whole video bad
+            raise SkipDocument("bad_video", f"frame {rel}: {exc}") from exc
+        names.append(f"{stem}.f{i:03d}.{ext}")
+        sample[names[-1]] = data
+    return {"video": names, "fps": float(seg["fps"])}
 
 
 def _documents(input_jsonl: Path, image_root: Path, stats: WriteStats) -> Iterator[dict[str, Any]]:
@@ -189,6 +250,7 @@ def write_shards(
         stats.shards[-1]["samples"] += 1
         stats.written += 1
         stats.images += sum(name.startswith("img") for name in sample)
+        stats.videos += len({name.split(".", 1)[0] for name in sample if name.startswith("vid")})
     if writer is not None:
         writer.close()
 

@@ -168,17 +168,78 @@ def _save(img: Image.Image, path: Path, fmt: str) -> None:
         img.save(path, format="PNG")
 
 
+def moving_shape_frames(rng: random.Random, num_frames: int, size: tuple[int, int] = (112, 84)
+                        ) -> tuple[list[Image.Image], str]:
+    """A short clip: one coloured shape crossing the frame, and the sentence describing it."""
+    kind, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
+    w, h = size
+    r = rng.randint(8, 14)
+    left_to_right = rng.random() < 0.5
+    y = rng.randint(r, h - r)
+    frames = []
+    for i in range(num_frames):
+        x0 = r + (w - 2 * r) * i / max(1, num_frames - 1)
+        x = x0 if left_to_right else w - x0
+        img = Image.new("RGB", size, (245, 245, 240))
+        draw = ImageDraw.Draw(img)
+        box = (x - r, y - r, x + r, y + r)
+        if kind == "square":
+            draw.rectangle(box, fill=COLOURS[colour])
+        elif kind == "circle":
+            draw.ellipse(box, fill=COLOURS[colour])
+        else:
+            draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=COLOURS[colour])
+        frames.append(img)
+    way = "from left to right" if left_to_right else "from right to left"
+    return frames, f"A {colour} {kind} moves {way}."
+
+
+def write_mp4(frames: list[Image.Image], path: Path, fps: int) -> None:
+    """Encode frames as an MPEG-4 Part 2 .mp4 with PyAV (FFmpeg's own encoder, in every wheel)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height = frames[0].size
+        stream.pix_fmt = "yuv420p"
+        for img in frames:
+            for packet in stream.encode(av.VideoFrame.from_image(img)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _video_segment(rng: random.Random, out_dir: Path, name: str) -> tuple[dict, str]:
+    """A 2-4 s moving-shape clip: an .mp4 file (half the time) or its frames as JPEGs at 4 fps."""
+    fps = 4
+    frames, caption = moving_shape_frames(rng, fps * rng.randint(2, 4))
+    if rng.random() < 0.5:
+        rel = f"videos/{name}.mp4"
+        write_mp4(frames, out_dir / rel, fps)
+        return {"video": rel}, caption
+    paths = []
+    for i, img in enumerate(frames):
+        paths.append(f"videos/{name}/{i:03d}.jpg")
+        _save(img, out_dir / paths[-1], "jpg")
+    return {"video": paths, "fps": fps}, caption
+
+
 def make_interleaved_corpus(
     out_dir: str | Path,
     num_docs: int,
     seed: int,
     images_per_doc: tuple[int, int] = (0, 3),
     text_words: tuple[int, int] = (20, 400),
+    video_fraction: float = 0.0,
 ) -> Path:
     """Write `out_dir/docs.jsonl` + `out_dir/images/` in the shard writer's input format.
 
-    Each image is followed by the text describing it; prose fills the rest. Returns the path of
-    docs.jsonl; image paths in it are relative to `out_dir` (the writer's image root).
+    Each image is followed by the text describing it; prose fills the rest. With `video_fraction`
+    > 0 that share of the documents also holds a short moving-shape video (`out_dir/videos/`, an
+    .mp4 written with PyAV or a list of frames with their fps), followed by its description.
+    Returns the path of docs.jsonl; media paths in it are relative to `out_dir` (the writer's
+    image root).
     """
     out_dir = Path(out_dir)
     rng = random.Random(seed)
@@ -198,6 +259,9 @@ def make_interleaved_corpus(
                 _save(img, out_dir / rel, rel.rsplit(".", 1)[1])
                 segments.append({"image": rel})
                 segments.append({"text": f"{caption} {_prose(rng, chunk_words)}"})
+            if video_fraction > 0 and rng.random() < video_fraction:  # no draw otherwise: old corpora unchanged
+                video, caption = _video_segment(rng, out_dir, doc_id)
+                segments += [video, {"text": f"{caption} {_prose(rng, chunk_words)}"}]
             f.write(json.dumps({"id": doc_id, "segments": segments}) + "\n")
     return path
 
@@ -531,7 +595,8 @@ def rl_task_response(domain: str, answer: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m data_pipelines.synthetic interleaved|vqa|sft --out DIR [--num N] [--seed S] [--name F]`"""
+    """`python -m data_pipelines.synthetic interleaved|vqa|sft --out DIR [--num N] [--seed S] [--name F]
+    [--videos FRACTION --min-words N --max-words N]`"""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m data_pipelines.synthetic")
@@ -540,9 +605,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num", type=int, default=400, help="documents or records")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="sft.jsonl", help="sft: the JSONL file name under --out")
+    parser.add_argument("--videos", type=float, default=0.0, help="interleaved: share of documents with a video")
+    parser.add_argument("--min-words", type=int, default=20, help="interleaved: words per document, at least")
+    parser.add_argument("--max-words", type=int, default=400, help="interleaved: words per document, at most")
     args = parser.parse_args(argv)
     if args.kind == "interleaved":
-        path = make_interleaved_corpus(args.out, args.num, args.seed)
+        path = make_interleaved_corpus(args.out, args.num, args.seed, text_words=(args.min_words, args.max_words),
+                                       video_fraction=args.videos)
     elif args.kind == "vqa":
         path = make_vqa_records(args.out, args.num, args.seed)
     else:

@@ -63,7 +63,7 @@ class PlanOptions:
     nodes: int = 1
     gpus_per_node: int = 8
     gpu_memory_gib: float = 80.0
-    sequence_parallel: int = 1  # ranks sharing one row (planned; divides activations and logits)
+    sequence_parallel: int = 0  # ranks sharing one row (divides activations and logits); 0: the recipe's trainer.sequence_parallel_size
     image_fraction: float = 0.25  # share of a row's tokens that are image tokens (assumed)
     document_tokens: int = 0  # packed document length where attention is n^2 per document; 0: the row
     reserve_gib: float = 2.0  # CUDA context, NCCL, allocator fragmentation (assumed)
@@ -149,7 +149,8 @@ def settings(stage: Stage, sections: dict[str, Any], options: PlanOptions
     common = dict(precision=precision, activation_checkpointing=trainer.activation_checkpointing,
                   loss_chunk_tokens=trainer.loss_chunk_tokens, image_fraction=options.image_fraction,
                   document_tokens=options.document_tokens,
-                  sequence_parallel=options.sequence_parallel, device=options.device,
+                  sequence_parallel=options.sequence_parallel or getattr(trainer, "sequence_parallel_size", 1),
+                  device=options.device,
                   reserve_gib=options.reserve_gib)
     if stage.name != "rl":
         data = sections["data"]

@@ -1,12 +1,15 @@
-"""Interleaved image-text pretraining: webdataset shards -> packed rows -> ZeRO-3 steps.
+"""Interleaved image-text(-video) pretraining: webdataset shards -> packed rows -> ZeRO-3 steps.
 
 Paper recipe (9B): 8,192-token packed rows, global batch 1,536 rows (`trainer.global_batch`), 120k steps, all modalities but
-video; recipes/recipe/pretrain_9b.yaml. Documents are split at text (never inside an image) to
+video; recipes/recipe/pretrain_9b.yaml. The long-context stage runs here too (pretrain_long_9b:
+32,768-token rows with video, each row split over `trainer.sequence_parallel_size` ranks,
+trainer/sequence_parallel.py). Documents are split at text (never inside an image or a video) to
 fill rows; loss is the token mean over the global batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +20,13 @@ from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.reader import PackedLoader, ShardStream
 from data_pipelines.sources import PretrainDataConfig, build_mixture
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
+from trainer.checkpoint import resolve_hf_dir
 from trainer.config import LoggingConfig, TrainerConfig
 from trainer.distributed import DistInfo
 from trainer.loop import Trainer
 from trainer.zero import zero3_loading_config
 from trainer.model import ModelConfig, build_model
+from trainer.sequence_parallel import check_model, init_sequence_parallel
 from trainer.supervised import PackedBatches
 
 
@@ -36,20 +41,27 @@ class PretrainConfig:
 
 
 def run(cfg: PretrainConfig, run_dir: Path, info: DistInfo) -> None:
-    # Stops here, before any work, when trainer.global_batch does not divide over this world.
-    grad_accum = cfg.trainer.accumulation(cfg.data.batch_rows, info.world_size)
+    # Stops here, before any work, on a split this world or model cannot serve, or when
+    # trainer.global_batch does not divide over the data-parallel replicas.
+    sp_size = cfg.trainer.sequence_parallel_size
+    check_model(sp_size, cfg.model.attn_implementation, cfg.model.text_num_attention_heads, cfg.data.packing.seq_len)
+    sp = init_sequence_parallel(info, sp_size)
+    grad_accum = cfg.trainer.accumulation(cfg.data.batch_rows, sp.data_world)
     torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank
     tokenizer = load_tokenizer(cfg.model.tokenizer)
-    model = build_model(cfg.model, tokenizer, zero3_loading_config(cfg.trainer, info))
+    # model.init may name a run or a step_N of an earlier stage (the long-context stage starts from
+    # pretraining's last checkpoint), as in SFT.
+    init = str(resolve_hf_dir(cfg.model.init)) if cfg.model.init else None
+    model = build_model(dataclasses.replace(cfg.model, init=init), tokenizer, zero3_loading_config(cfg.trainer, info))
     processor = VisionProcessor(cfg.processor)
     # data.sources: a weighted mixture of published layouts; else ponder's interleaved shards.
     mixture = (build_mixture(cfg.data.sources, tokenizer, processor, cfg.data.seed, cfg.data.shuffle_shards)
                if cfg.data.sources else None)
     documents = None if mixture else InterleavedDocuments(tokenizer, processor)
     stream = ShardStream(cfg.data, documents, SpecialTokens.from_tokenizer(tokenizer).eos,
-                         info.rank, info.world_size, mixture=mixture)
+                         sp.data_rank, sp.data_world, mixture=mixture)
     trainer = Trainer(cfg.trainer, cfg.logging, run_dir, info, model, tokenizer, cfg.data.batch_rows, grad_accum,
                       run_config=cfg)
     stage = PackedBatches("pretrain", PackedLoader(stream), info, trainer.grad_accum, cfg.data.batch_rows,
-                          cfg.data.packing.seq_len)
+                          cfg.data.packing.seq_len, sp=sp)
     trainer.fit(stage, cfg.resume)

@@ -29,6 +29,7 @@ from trainer.loop import Trainer
 from trainer.zero import zero3_loading_config
 from trainer.model import ModelConfig, build_model
 from trainer.supervised import PackedBatches
+from trainer.sequence_parallel import pretraining_only
 
 from .sft_eval import EvalConfig, SFTEvaluator
 
@@ -81,6 +82,7 @@ def resolve_init(init: str | None) -> str | None:
 
 def run(cfg: SFTConfig, run_dir: Path, info: DistInfo) -> None:
     # Stops here, before any work, when trainer.global_batch does not divide over this world.
+    pretraining_only(cfg.trainer.sequence_parallel_size, "SFT")
     grad_accum = cfg.trainer.accumulation(cfg.data.batch_rows, info.world_size)
     torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank (random init)
     tokenizer = load_tokenizer(cfg.model.tokenizer)

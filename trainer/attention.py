@@ -17,6 +17,11 @@ implementations whose name contains "flash", so the tower splits per image and c
 `is_causal=False`, exactly as with "sdpa"), and generation (padding masks, KV-cache decoding),
 for which the registered mask function builds sdpa's mask.
 
+Sequence parallelism. A training forward whose rows are split over ranks
+(trainer/sequence_parallel.py) passes `sequence_parallel=<SequenceShard>` through transformers'
+attention kwargs: the query/key/value of the local slice are exchanged (Ulysses all-to-all) into
+the whole row for this rank's heads, attended with the whole row's documents, and exchanged back.
+
 Backends. On CUDA with fp16/bf16 and a torch that has `varlen_attn`, the kernel runs. Otherwise
 (CPU, fp32, dropout, or a torch without `varlen_attn`) a reference path runs sdpa once per
 document on the same segments: exact, memory-light, slower. On CUDA that fallback logs a warning
@@ -139,8 +144,10 @@ def reference_varlen_attention(query: torch.Tensor, key: torch.Tensor, value: to
     key, value = repeat_kv_heads(key, query.shape[1]), repeat_kv_heads(value, query.shape[1])
     pieces = []
     for start, end in pairwise(bounds):
-        q, k, v = (x[start:end].transpose(0, 1) for x in (query, key, value))
-        pieces.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale))
+        # 4-D (1, H, n, D): on CPU only 4-D inputs reach sdpa's flash kernel, O(n) memory; 3-D ones
+        # take the math path, which builds the n x n scores (6 GB for one 16k-token document).
+        q, k, v = (x[start:end].transpose(0, 1)[None] for x in (query, key, value))
+        pieces.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale)[0])
     return torch.cat(pieces, dim=1).transpose(0, 1)
 
 
@@ -250,9 +257,15 @@ def ponder_varlen_attention(
     ((B, L, Hq, D), None). Packed training calls attend within each document of each row;
     every other call is transformers' sdpa."""
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    shard = kwargs.pop("sequence_parallel", None)  # a trainer.sequence_parallel.SequenceShard
     if not _is_training_call(attention_mask, is_causal, query, key):
+        if shard is not None:
+            raise ValueError("a sequence-parallel forward must be a packed training call (no mask, no cache)")
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
+    if shard is not None:  # Ulysses: the whole row for this rank's share of the heads
+        query, key, value = shard.split_heads(query, key, value)
+        position_ids = shard.text_positions
     rows, query_heads, length, head_dim = query.shape
     segments = _SEGMENTS.get(position_ids, rows, length, query.device)
     q = query.transpose(1, 2).reshape(rows * length, query_heads, head_dim)
@@ -265,7 +278,8 @@ def ponder_varlen_attention(
         if q.is_cuda:
             _warn_fallback_once(reason)
         out = reference_varlen_attention(q, k, v, segments.bounds, scaling, dropout)
-    return out.reshape(rows, length, query_heads, out.shape[-1]), None
+    out = out.reshape(rows, length, query_heads, out.shape[-1])
+    return (out if shard is None else shard.sequence_to_heads(out)), None
 
 
 def ponder_varlen_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,

@@ -44,6 +44,9 @@ class TrainerConfig:
     # Positions per chunk of the per-token loss: full-vocabulary logits exist for one chunk at a
     # time (2,048 x 151,552 x 4 B = 1.2 GB in fp32), never for a whole row. 0: the whole row.
     loss_chunk_tokens: int = 2048
+    # Ranks that share each packed row (Ulysses sequence parallelism, trainer/sequence_parallel.py):
+    # each holds seq_len / N positions; data parallelism runs over world size / N. Pretraining only.
+    sequence_parallel_size: int = 1
     freeze_vision: bool = False
     freeze_language: bool = False
     save_every: int = 1000
@@ -65,6 +68,8 @@ class TrainerConfig:
             raise ValueError(f"trainer.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.loss_chunk_tokens < 0:
             raise ValueError("trainer.loss_chunk_tokens must be >= 0 (0: no chunking)")
+        if self.sequence_parallel_size < 1:
+            raise ValueError("trainer.sequence_parallel_size must be >= 1")
         if self.keep_last < 1:
             raise ValueError("trainer.keep_last must be >= 1")
         if self.freeze_vision and self.freeze_language:

@@ -36,8 +36,10 @@ class UniformVisionForward(nn.Module):
     def forward(self, batch: Batch, per_token_loss: bool = False) -> torch.Tensor:
         """Logits `(B, L, V)`, or with `per_token_loss` the cross-entropy of `batch.labels` `(B, L)`."""
         if per_token_loss:
+            # A sequence-parallel slice hands the attention its SequenceShard (trainer/sequence_parallel.py).
+            extra = {"sequence_parallel": batch.shard} if getattr(batch, "shard", None) is not None else {}
             hidden = self.model.model(inputs_embeds=self.embed(batch), position_ids=batch.position_ids,
-                                      use_cache=False).last_hidden_state
+                                      use_cache=False, **extra).last_hidden_state
             return chunked_token_losses(hidden, batch.labels, self.model.lm_head, self.loss_chunk_tokens)
         out = self.model(inputs_embeds=self.embed(batch), position_ids=batch.position_ids, use_cache=False)
         return out.logits
@@ -47,19 +49,26 @@ class UniformVisionForward(nn.Module):
         on a dummy when there are no visuals). Generation prefills from these too."""
         inner = self.model.model
         embeds = inner.get_input_embeddings()(batch.input_ids)
-        pixels, grids = _visual_inputs(batch, embeds.device)
+        pixels, grids = visual_inputs(batch, embeds.device)
         features = torch.cat(inner.get_image_features(pixels, grids).pooler_output).to(embeds.dtype)
         if batch.pixel_values is None and batch.pixel_values_videos is None:
             return embeds + 0.0 * features.sum()
         self.images_seen += len(grids)
-        n_image = int((batch.mm_token_type_ids == 1).sum())
         embeds = embeds.clone()
+        index = getattr(batch, "feature_index", None)
+        if index is not None:  # a sequence-parallel slice: the features of its own tokens
+            visual = index >= 0
+            embeds[visual] = features[index[visual]]
+            # The slice's pixels are those of its own items (sequence_parallel._slice_visuals); rows of
+            # an item cut by the slice boundary that land on the neighbour's tokens join at weight 0.
+            return embeds + 0.0 * features.sum()
+        n_image = int((batch.mm_token_type_ids == 1).sum())
         embeds[batch.mm_token_type_ids == 1] = features[:n_image]
         embeds[batch.mm_token_type_ids == 2] = features[n_image:]
         return embeds
 
 
-def _visual_inputs(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def visual_inputs(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Image patches then video-frame patches, with per-image / per-frame (1, h, w) grids."""
     pixels, grids = [], []
     if batch.pixel_values is not None:

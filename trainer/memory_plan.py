@@ -101,7 +101,7 @@ class TrainSettings:
     # Tokens per packed document, for attention paths whose memory grows with n^2 per document
     # (ponder_varlen's per-document reference path); 0: one document fills the row (worst case).
     document_tokens: int = 0
-    sequence_parallel: int = 1  # ranks sharing one row (Ulysses-style; not in ponder yet)
+    sequence_parallel: int = 1  # ranks sharing one row (trainer.sequence_parallel_size, Ulysses)
     device: str = "gpu"  # the target: picks the attention path (trainer/attention.py)
     reserve_gib: float = 2.0  # CUDA context, NCCL buffers, allocator fragmentation (assumed)
 

@@ -15,6 +15,7 @@ from data_pipelines.batch import Batch
 from .distributed import DistInfo, all_reduce_sum
 from .loop import StepPlan, Update, UpdateResult
 from .loss import weighted_loss_sum
+from .sequence_parallel import SequenceParallel, shard_batch
 
 
 class StatefulLoader(Protocol):
@@ -31,11 +32,14 @@ class PackedBatches:
     eval_at_start = False
 
     def __init__(self, name: str, loader: StatefulLoader, info: DistInfo, grad_accum: int, rows: int, seq_len: int,
-                 evaluate: Callable[[], dict[str, Any]] | None = None, eval_every: int = 0):
-        """`rows`: packed rows per micro-batch on a rank, each `seq_len` tokens."""
+                 evaluate: Callable[[], dict[str, Any]] | None = None, eval_every: int = 0,
+                 sp: SequenceParallel | None = None):
+        """`rows`: packed rows per micro-batch on a rank, each `seq_len` tokens. With `sp` active the
+        ranks of a group read the same rows and each trains on its slice of them."""
         self.name, self.loader, self.info, self.grad_accum = name, loader, info, grad_accum
         self.evaluate, self.eval_every = evaluate, eval_every
-        self.slots_per_step = rows * grad_accum * info.world_size * seq_len
+        self.sp = sp if sp is not None and sp.active else None
+        self.slots_per_step = rows * grad_accum * info.world_size * seq_len // (self.sp.size if self.sp else 1)
         self.progress = {"tokens": 0}
         self.batches: Iterator[Batch] | None = None  # opened at the first step, after any resume
 
@@ -46,6 +50,8 @@ class PackedBatches:
         if self.batches is None:
             self.batches = iter(self.loader)
         micro = [next(self.batches).to(self.info.device) for _ in range(self.grad_accum)]
+        if self.sp is not None:  # weights and tokens below then count each slice once
+            micro = [shard_batch(b, self.sp) for b in micro]
         local = torch.tensor([float(sum(b.label_weights.sum() for b in micro)),
                               float(sum(b.num_tokens for b in micro))], device=self.info.device)
         weight_total, tokens = all_reduce_sum(local).tolist()
@@ -64,6 +70,8 @@ class PackedBatches:
         """Data counters summed over ranks (each rank reads its own streams)."""
         everyone: list = [None] * self.info.world_size
         dist.all_gather_object(everyone, self.loader.stats())
+        if self.sp is not None:  # the ranks of a group read the same rows: count each group once
+            everyone = everyone[:: self.sp.size]
         skipped: Counter = Counter()
         sources: dict[str, dict] = {}  # a mixture's per-source counters (data.sources)
         for stats in everyone:

@@ -30,6 +30,7 @@ from trainer.distributed import DistInfo, all_reduce_sum
 from trainer.loop import StepPlan, Trainer, UpdateResult
 from trainer.loss import batch_losses
 from trainer.zero import zero3_loading_config
+from trainer.sequence_parallel import pretraining_only
 
 from .batching import PolicyMicroBatch, fill_old_logprobs, plan_updates
 from .config import RLConfig
@@ -184,6 +185,7 @@ class RLStage:
 
 
 def run(cfg: RLConfig, run_dir: Path, info: DistInfo) -> None:
+    pretraining_only(cfg.trainer.sequence_parallel_size, "RL")
     if not cfg.model.init:
         raise ValueError("RL starts from a trained policy: set model.init=<SFT checkpoint or HF directory>")
     if not cfg.data.path:

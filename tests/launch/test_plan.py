@@ -102,3 +102,11 @@ def test_bad_input_is_one_line_and_exit_2(capsys):
         assert code == 2 and "per rank" not in out, (argv, out)
         errors = [line for line in err.splitlines() if line.startswith("ponder plan:")]
         assert len(errors) == 1 and message in errors[0], (argv, err)
+
+
+def test_the_long_context_recipe_plans_with_its_own_sequence_parallelism(capsys):
+    code, out, _ = run_plan(["recipe=pretrain_long_9b", "nodes=8", "gpus_per_node=8", "gpu_memory_gib=80"], capsys)
+    assert code == 0
+    assert "sequence parallel 4" in out  # trainer.sequence_parallel_size, not the planner's default
+    assert "1 x 32,768 tokens (data.batch_rows x data.packing.seq_len) -> 8,192 tokens per rank" in out
+    assert "batch    1,536 rows per step = 1 x 16 data-parallel ranks x 96 accumulation" in out
