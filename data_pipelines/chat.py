@@ -47,6 +47,7 @@ from .processor import (
     video_token_ids,
 )
 from .tokenizer import SpecialTokens
+from .video import decode_video
 
 TRAIN_TURNS = ("last", "all")
 ROLES = ("system", "user", "assistant")
@@ -88,7 +89,7 @@ class _Message:
     role: str
     text_or_items: str | list[dict]  # what the template renders
     images: list[Any]  # image sources in order of appearance
-    videos: list[tuple[list[Any], float]]  # (frame sources, fps)
+    videos: list[tuple[list[Any] | Any, float | None]]  # (frame sources, fps), or (a video file, None)
 
 
 @dataclass
@@ -142,7 +143,7 @@ class ChatRenderer:
         return self._build(key, messages[:-1], root, add_generation_prompt=True, trained=set()).document
 
     def render_prompt(self, messages: list[dict], images: Sequence[Any] = (),
-                      videos: Sequence[tuple[list[Any], float]] = (), root: str | Path | None = None,
+                      videos: Sequence[tuple[list[Any] | Any, float | None]] = (), root: str | Path | None = None,
                       key: str = "prompt") -> Rendered:
         """A generation prompt from chat turns whose image / video items are bare (`{"type":
         "image"}`), with the images and (frames, fps) videos given in order of appearance."""
@@ -259,7 +260,9 @@ class ChatRenderer:
         return Rendered(document, raw_ids, media)
 
     # -- media -----------------------------------------------------------------------------------
-    def _video(self, frames: list[Any], fps: float, root: str | Path | None, key: str) -> ProcessedVideo:
+    def _video(self, frames: list[Any] | Any, fps: float | None, root: str | Path | None, key: str) -> ProcessedVideo:
+        if not isinstance(frames, list):  # a video file (path or bytes)
+            return decode_video(_media(frames, root, key), self.processor)
         indices = sample_frame_indices(len(frames), fps, self.processor.cfg)  # decode only these
         return self.processor.process_sampled_video([_media(frames[i], root, key) for i in indices], indices, fps)
 
@@ -289,6 +292,9 @@ def _message(raw: Any, key: str) -> _Message:
         elif kind == "image" and "image" in item:
             items.append({"type": "image"})
             images.append(item["image"])
+        elif kind == "video" and isinstance(item.get("video"), (str, Path, bytes)) and item["video"]:
+            items.append({"type": "video"})  # a video file: decoded at 2 fps (data_pipelines/video.py)
+            videos.append((item["video"], None))
         elif kind == "video" and isinstance(item.get("video"), list) and item["video"]:
             fps = item.get("fps", DEFAULT_VIDEO_FPS)
             if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
@@ -341,7 +347,7 @@ def _visual_spans(ids: list[int], sp: SpecialTokens, n_images: int, n_videos: in
     return spans
 
 
-def _attach_media(messages: list[dict], images: Sequence[Any], videos: Sequence[tuple[list[Any], float]],
+def _attach_media(messages: list[dict], images: Sequence[Any], videos: Sequence[tuple[list[Any] | Any, float | None]],
                   key: str) -> list[dict]:
     """Turns whose image (video) items take the given images (videos) in order of appearance; with
     none given, items keep their own `image` / `video` payloads."""

@@ -29,12 +29,12 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from .chat import ChatRenderer
+from .chat import DEFAULT_VIDEO_FPS, ChatRenderer
 from .processor import BadSample
 from .prompt_columns import PromptLayout, normalize_row
 from .document import Document, Visual
 
-KNOWN_FIELDS = ("id", "domain", "messages", "question", "images", "answer", "difficulty")
+KNOWN_FIELDS = ("id", "domain", "messages", "question", "images", "videos", "answer", "difficulty")
 
 
 class PromptRecordError(ValueError):
@@ -52,16 +52,40 @@ class PromptRecord:
     messages: list[dict]
     answer: Any
     images: list[Any] = field(default_factory=list)  # paths (relative to the image root), bytes or PIL images
+    # each (frames, fps) — frames as paths / bytes / PIL images — or (a video file, None)
+    videos: list[tuple[Any, float | None]] = field(default_factory=list)
     difficulty: float | str | None = None  # human label: pass rate or tier name
     info: dict[str, Any] = field(default_factory=dict)  # extra fields, passed to the verifier
 
 
-def _count_image_items(messages: list[dict]) -> int:
+def _count_items(messages: list[dict], kind: str) -> int:
     n = 0
     for msg in messages:
         if isinstance(msg.get("content"), list):
-            n += sum(1 for item in msg["content"] if isinstance(item, dict) and item.get("type") == "image")
+            n += sum(1 for item in msg["content"] if isinstance(item, dict) and item.get("type") == kind)
     return n
+
+
+def parse_video(raw: Any, rid: str) -> tuple[Any, float | None]:
+    """A record's video: a file (path or bytes; decoded at 2 fps), or `{"frames": [...], "fps": F}`,
+    or `{"frames": [...], "timestamps": [seconds, ...]}` (evenly spaced; fps from their spacing)."""
+    if isinstance(raw, (str, bytes)) and raw:
+        return raw, None
+    frames = raw.get("frames") if isinstance(raw, dict) else None
+    if not isinstance(frames, list) or not frames:
+        raise PromptRecordError("malformed_record", f"{rid}: a video is a file or {{frames, fps | timestamps}}")
+    fps, stamps = raw.get("fps"), raw.get("timestamps")
+    if stamps is not None:
+        if (not isinstance(stamps, list) or len(stamps) != len(frames)
+                or not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in stamps)
+                or any(b <= a for a, b in zip(stamps, stamps[1:]))):
+            raise PromptRecordError("malformed_record", f"{rid}: video timestamps must increase, one per frame")
+        fps = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else DEFAULT_VIDEO_FPS
+    if fps is None:
+        fps = DEFAULT_VIDEO_FPS
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+        raise PromptRecordError("malformed_record", f"{rid}: video fps must be a positive number")
+    return frames, float(fps)
 
 
 def parse_record(raw: dict[str, Any]) -> PromptRecord:
@@ -79,25 +103,32 @@ def parse_record(raw: dict[str, Any]) -> PromptRecord:
     images = raw.get("images") or []
     if not isinstance(images, list):
         raise PromptRecordError("malformed_record", f"{rid}: images must be a list")
+    videos = raw.get("videos") or []
+    if not isinstance(videos, list):
+        raise PromptRecordError("malformed_record", f"{rid}: videos must be a list")
+    videos = [parse_video(v, rid) for v in videos]
+    if images and videos:  # transformers' Glm4v takes one kind per forward (its placeholders share an id)
+        raise PromptRecordError("image_and_video", f"{rid}: a prompt holds images or videos, not both")
     messages, question = raw.get("messages"), raw.get("question")
     if (messages is None) == (question is None):
         raise PromptRecordError("malformed_record", f"{rid}: give exactly one of messages or question")
     if question is not None:
         if not isinstance(question, str) or not question.strip():
             raise PromptRecordError("malformed_record", f"{rid}: question must be a non-empty string")
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
+        content = ([{"type": "image"} for _ in images] + [{"type": "video"} for _ in videos]
+                   + [{"type": "text", "text": question}])
         messages = [{"role": "user", "content": content}]
     elif not isinstance(messages, list) or not messages or not all(
         isinstance(m, dict) and m.get("role") in ("system", "user", "assistant", "observation") for m in messages
     ):
         raise PromptRecordError("malformed_record", f"{rid}: messages must be a list of chat turns")
-    elif _count_image_items(messages) != len(images):
-        raise PromptRecordError("image_count_mismatch", f"{rid}: image items in messages != len(images)")
+    elif _count_items(messages, "image") != len(images) or _count_items(messages, "video") != len(videos):
+        raise PromptRecordError("image_count_mismatch", f"{rid}: image / video items in messages != images / videos")
     difficulty = raw.get("difficulty")
     if difficulty is not None and not isinstance(difficulty, (int, float, str)):
         raise PromptRecordError("malformed_record", f"{rid}: difficulty must be a number or a tier name")
     info = {k: v for k, v in raw.items() if k not in KNOWN_FIELDS}
-    return PromptRecord(rid, domain, messages, raw["answer"], list(images), difficulty, info)
+    return PromptRecord(rid, domain, messages, raw["answer"], list(images), videos, difficulty, info)
 
 
 def _raw_records(path: Path) -> tuple[list[Any], Counter]:
@@ -206,7 +237,7 @@ def encode_prompt_record(record: PromptRecord, renderer: ChatRenderer, image_roo
     messages = record.messages
     if system_prompt and messages[0].get("role") != "system":
         messages = [{"role": "system", "content": system_prompt}, *messages]
-    rendered = renderer.render_prompt(messages, record.images, root=image_root, key=record.id)
+    rendered = renderer.render_prompt(messages, record.images, record.videos, root=image_root, key=record.id)
     if max_tokens is not None and len(rendered.document) > max_tokens:
         raise PromptRecordError("prompt_too_long", f"{record.id}: {len(rendered.document)} tokens")
     return EncodedPrompt(record, rendered.document, rendered.raw_ids, rendered.images)
@@ -214,11 +245,15 @@ def encode_prompt_record(record: PromptRecord, renderer: ChatRenderer, image_roo
 
 def encode_records(records: list[PromptRecord], slots: Iterable[int], renderer: ChatRenderer,
                    image_root: str | Path | None = None, system_prompt: str | None = None,
-                   max_tokens: int | None = None) -> tuple[dict[int, EncodedPrompt], list[tuple[int, str]]]:
+                   max_tokens: int | None = None, takes_videos: bool = True
+                   ) -> tuple[dict[int, EncodedPrompt], list[tuple[int, str]]]:
     """The records at `slots` encoded (by slot), and the (slot, reason) of those that cannot be used:
-    what RL, grading and evaluation count and skip."""
+    what RL, grading and evaluation count and skip (`takes_videos`: the rollout engine's)."""
     prompts, failed = {}, []
     for slot in slots:
+        if records[slot].videos and not takes_videos:
+            failed.append((slot, "video_unsupported"))
+            continue
         try:
             prompts[slot] = encode_prompt_record(records[slot], renderer, image_root, system_prompt, max_tokens)
         except (BadSample, PromptRecordError) as err:

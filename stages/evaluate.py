@@ -244,9 +244,13 @@ class SetEvaluator:
         mine = list(range(info.rank, len(records), info.world_size))
         local: dict[str, list[PromptOutcome]] = {d.name: [] for d in self.decodings}
         failed: list[tuple[int, str]] = []
-        for start in range(0, len(mine), cfg.chunk_prompts):
+        # Every rank makes as many rollout calls as the rank with the largest share (an engine spanning
+        # ranks, tensor parallel, needs all of them in each call).
+        most = -(-len(records) // info.world_size)
+        for start in range(0, most, cfg.chunk_prompts):
             prompts, bad = encode_records(records, mine[start : start + cfg.chunk_prompts], self.renderer, image_root,
-                                          cfg.data.system_prompt, cfg.data.max_prompt_tokens)
+                                          cfg.data.system_prompt, cfg.data.max_prompt_tokens,
+                                          self.roller.engine.takes_videos)
             failed += bad
             for d in self.decodings:
                 groups, _, _ = self.roller(prompts, records, seeds, d.n, d.temperature)

@@ -84,7 +84,7 @@ def grade(cfg: GradeConfig, info: DistInfo) -> dict[str, int]:
             chunk = todo[start : start + cfg.chunk_prompts]
             chunk_records = [r for _, r in chunk]
             prompts, failed = encode_records(chunk_records, range(len(chunk_records)), renderer, image_root,
-                                             cfg.data.system_prompt, cfg.data.max_prompt_tokens)
+                                             cfg.data.system_prompt, cfg.data.max_prompt_tokens, engine.takes_videos)
             counts.update(f"skipped/{reason}" for _, reason in failed)
             seeds = [request_seed(cfg.rollout.seed, 0, i) for i, _ in chunk]
             groups, _, _ = roll_out(prompts, chunk_records, seeds, cfg.k, cfg.rollout.temperature)

@@ -155,7 +155,8 @@ class RLStage:
         """This rank's slots rolled out and scored: (groups, failed (slot, reason), rollout s, reward s)."""
         data = self.cfg.data
         mine, failed = encode_records(records, range(self.info.rank, len(records), self.info.world_size), self.renderer,
-                                      self.image_root, data.system_prompt, data.max_prompt_tokens)
+                                      self.image_root, data.system_prompt, data.max_prompt_tokens,
+                                      self.roll_out.engine.takes_videos)
         self.prompts.update(mine)
         results, rollout_s, reward_s = self.roll_out(mine, records, seeds, n, temperature)
         return results, failed, rollout_s, reward_s

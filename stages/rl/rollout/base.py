@@ -102,6 +102,8 @@ class RolloutEngine(ABC):
     loads_from_files = False
     #: Images handed to the model with the prompts so far (one per image per sequence): metrics.
     images_seen = 0
+    #: Whether prompts may hold videos (others are skipped as `video_unsupported` before rollout).
+    takes_videos = True
 
     @abstractmethod
     def generate(self, requests: list[GenerationRequest], spec: SamplingSpec) -> list[list[RawCompletion]]:

@@ -52,13 +52,13 @@ class HFEngine(RolloutEngine):
         rows = [(i, req) for i, req in enumerate(requests) for _ in range(req.n)]
         results: list[list[RawCompletion]] = [[] for _ in requests]
         for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start : start + self.batch_size]
-            # One seed per generate call, from its first request: the same call replays exactly.
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(chunk[0][1].seed + start)
-                completions = self._generate_batch([req for _, req in chunk], spec)
-            for (i, _), completion in zip(chunk, completions):
-                results[i].append(completion)
+            for chunk in _one_kind_of_media(rows[start : start + self.batch_size]):
+                # One seed per generate call, from its first request: the same call replays exactly.
+                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                    torch.manual_seed(chunk[0][1].seed + start)
+                    completions = self._generate_batch([req for _, req in chunk], spec)
+                for (i, _), completion in zip(chunk, completions):
+                    results[i].append(completion)
         return results
 
     @torch.no_grad()
@@ -79,6 +79,11 @@ class HFEngine(RolloutEngine):
             self.images_seen += len(visuals)
             inputs["pixel_values"] = torch.cat([v.pixel_values for v in visuals]).to(device, self.model.dtype)
             inputs["image_grid_thw"] = torch.stack([v.grid_thw for v in visuals]).to(device)
+        videos = [v for req in requests for v in req.prompt.document.videos]
+        if videos:  # frames in temporal pairs: one grid (t, h, w) per video
+            self.images_seen += sum(int(v.grid_thw[0]) * 2 for v in videos)  # frames
+            inputs["pixel_values_videos"] = torch.cat([v.pixel_values for v in videos]).to(device, self.model.dtype)
+            inputs["video_grid_thw"] = torch.stack([v.grid_thw for v in videos]).to(device)
         sampling = spec.temperature > 0
         config = GenerationConfig(
             do_sample=sampling, temperature=spec.temperature if sampling else None,
@@ -99,3 +104,12 @@ class HFEngine(RolloutEngine):
             reason = "stop" if stop is not None else "length"
             completions.append(RawCompletion(ids[:end], chosen[row, :end].tolist(), reason))
         return completions
+
+
+def _one_kind_of_media(rows: list[tuple[int, GenerationRequest]]) -> list[list[tuple[int, GenerationRequest]]]:
+    """The rows as they are, or split in two where they mix image and video prompts: transformers'
+    Glm4v places image and video features on the same placeholder id, one kind per call."""
+    videos = [row for row in rows if row[1].prompt.document.videos]
+    if not videos or len(videos) == len(rows):
+        return [rows]
+    return [[row for row in rows if not row[1].prompt.document.videos], videos]

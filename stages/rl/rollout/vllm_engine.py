@@ -43,6 +43,7 @@ from .base import GenerationRequest, RawCompletion, RolloutConfig, RolloutEngine
 
 class VLLMEngine(RolloutEngine):
     loads_from_files = True
+    takes_videos = False  # vLLM's Glm4v video input (frames + sampling metadata) is not wired yet
 
     def __init__(self, model_dir: str | Path, cfg: RolloutConfig, special: SpecialTokens, dtype: str = "auto",
                  seed: int = 0):
