@@ -16,6 +16,7 @@ from data_pipelines.interleaved import InterleavedDocuments
 from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.reader import PackedLoader, ReaderConfig, ShardStream
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
+from trainer.checkpoint import resolve_model_init
 from trainer.config import LoggingConfig, TrainerConfig
 from trainer.distributed import DistInfo
 from trainer.loop import Trainer
@@ -32,13 +33,18 @@ class PretrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     resume: str = "auto"  # auto: continue from checkpoints/latest if any; never; or a step dir
 
+    def __post_init__(self) -> None:
+        self.model.require_tokenizer()
+
 
 def run(cfg: PretrainConfig, run_dir: Path, info: DistInfo) -> None:
     # Stops here, before any work, when trainer.global_batch does not divide over this world.
     grad_accum = cfg.trainer.accumulation(cfg.data.batch_rows, info.world_size)
     torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank
-    tokenizer = load_tokenizer(cfg.model.tokenizer)
-    model = build_model(cfg.model, tokenizer)
+    # model.init in any form (run dir, step_N, HF dir); the tokenizer given or the one init carries
+    model_cfg = resolve_model_init(cfg.model)
+    tokenizer = load_tokenizer(model_cfg.tokenizer)
+    model = build_model(model_cfg, tokenizer)
     documents = InterleavedDocuments(tokenizer, VisionProcessor(cfg.processor))
     stream = ShardStream(cfg.data, documents, SpecialTokens.from_tokenizer(tokenizer).eos,
                          info.rank, info.world_size)
