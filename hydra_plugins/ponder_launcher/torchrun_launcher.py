@@ -117,7 +117,10 @@ class _TorchrunLauncher(BaseSubmititLauncher):
     def _wait(job: Any, handle: Any) -> JobReturn:
         ret = JobReturn(overrides=job.overrides, working_dir=str(job.run_dir), task_name=Path(job.script).stem)
         try:
-            ret.return_value = handle.result()
+            # A job over N nodes is N submitit tasks (one torchrun agent each): `result()` asserts a
+            # single task, `results()` waits for all and raises the first failure. Task 0's value is
+            # the job's, as in hydra-submitit-launcher.
+            ret.return_value = handle.results()[0]
             ret.status = JobStatus.COMPLETED
         except Exception as exc:  # reported by Hydra's sweeper once every job is over
             ret.return_value = exc

@@ -132,3 +132,33 @@ def test_cpu_and_local_launchers_run_one_worker_per_job(tmp_path):
     assert local.nproc_per_node == 2 and local._executor().cluster == "local"
     with pytest.raises(InstantiationException, match="tasks_per_node must be 1"):
         _launcher(tmp_path, "slurm_cpu", "hydra.launcher.tasks_per_node=2")
+
+
+@pytest.mark.parametrize("nodes", [1, 4])
+def test_launcher_reports_a_multi_node_jobs_real_outcome(tmp_path, nodes):
+    """A job over N nodes is a submitit job of N tasks (what `SlurmExecutor.submit` returns with
+    nodes=N, tasks_per_node=1); each task writes its own result pickle, as submitit's job process does."""
+    from hydra.core.utils import JobStatus
+    from submitit.core.utils import cloudpickle_dump
+    from submitit.slurm.slurm import SlurmJob
+
+    from hydra_plugins.ponder_launcher.torchrun_launcher import _TorchrunLauncher
+
+    sweep = SweepJob("/r/launch/pretrain.py", ["trainer.seed=1"], tmp_path / "0", 8)
+    for outcome in ("success", "error"):
+        folder = tmp_path / outcome
+        handle = SlurmJob(folder, "4242", tasks=tuple(range(nodes)))
+        handle._results_timeout_s = 0
+        assert handle.num_tasks == nodes
+        for task in range(nodes):
+            paths = SlurmJob(folder, "4242", tasks=(task,)).paths
+            paths.folder.mkdir(parents=True, exist_ok=True)
+            failed = outcome == "error" and task == nodes - 1  # the last node's torchrun failed
+            cloudpickle_dump(("error", "TorchrunFailed: exit 1") if failed else ("success", str(sweep.run_dir)),
+                             paths.result_pickle)
+        ret = _TorchrunLauncher._wait(sweep, handle)
+        if outcome == "success":
+            assert (ret.status, ret.return_value) == (JobStatus.COMPLETED, str(sweep.run_dir))
+        else:
+            assert ret.status == JobStatus.FAILED and "TorchrunFailed" in str(ret._return_value)  # raised by Hydra
+        assert ret.working_dir == str(sweep.run_dir) and ret.overrides == ["trainer.seed=1"]
