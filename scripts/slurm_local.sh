@@ -6,7 +6,7 @@
 #   scripts/slurm_local.sh stop DIR      stop the daemons started above, by the PIDs in DIR
 #
 # Then point every client at the instance: `export SLURM_CONF=DIR/slurm.conf` (sbatch, squeue, submitit).
-# Runs as root without systemd or cgroups (see ../shared/docs/slurm-local.md for the measured facts).
+# Runs as root without systemd or cgroups (see docs/slurm-local.md for the measured facts).
 # Everything lives under DIR: its own munge key and socket, free TCP ports, state, spool, logs, pidfiles,
 # so it never touches a system Slurm or munge.
 set -euo pipefail
