@@ -105,5 +105,11 @@ def sweep_logs(sweep_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def completed_steps(run_dir: Path) -> int:
+    """Steps in metrics.jsonl so far, counting whole lines only (the writer may be mid-line)."""
+    path = run_dir / "metrics.jsonl"
+    return path.read_text().count("\n") if path.exists() else 0
+
+
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

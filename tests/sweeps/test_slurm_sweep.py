@@ -20,7 +20,7 @@ from data_pipelines.shards import write_shards
 from data_pipelines.synthetic import make_interleaved_corpus
 from launch import compare
 from tests.rl.helpers import save_policy, task_data, tiny_policy
-from tests.sweeps.slurm import array_job_id, finish_sweep, job_log, local_slurm, metrics, start_sweep, wait_for
+from tests.sweeps.slurm import array_job_id, completed_steps, finish_sweep, job_log, local_slurm, metrics, start_sweep, wait_for
 
 SCHEDULES = ("easy_to_hard", "flat", "hard_first")  # the named schedules of stages/rl/curriculum.py
 SWEEP = "curriculum.schedule=" + ",".join(SCHEDULES)
@@ -103,8 +103,7 @@ def test_preempted_and_requeued_jobs_save_and_resume_like_an_uninterrupted_one(s
     driver = start_sweep(slurm, "pretrain.py", overrides, sweep_dir)
 
     def past_step(num: int, step: int) -> bool:  # between two regular saves: only a preemption save helps
-        path = sweep_dir / str(num) / "metrics.jsonl"
-        return path.exists() and any(m["step"] >= step for m in metrics(sweep_dir / str(num)))
+        return completed_steps(sweep_dir / str(num)) >= step
 
     try:
         wait_for(lambda: past_step(1, 1), 300, "job 1's first step")
