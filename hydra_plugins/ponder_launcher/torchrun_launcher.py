@@ -4,17 +4,17 @@ The stock launchers run the Hydra task function inside the job: one process per 
 torchrun. These subclasses submit the same way (one array task per sweep point, submitit's folders,
 resources and requeue), but compose each point's config here, in the submitting process, and submit
 a `launch.job.SweepJob`: torchrun over the job's nodes and devices running the stage script with the
-point's overrides and `hydra.run.dir=<the point's directory>`. Preemption stops torchrun and requeues
-the same job, which resumes from its newest complete checkpoint (`resume=auto`).
+point's overrides and `hydra.run.dir=<the point's directory>`. On preemption every rank saves the step
+it finished and the same job is requeued, resuming there (`resume=auto`; launch/job.py). A job over N
+nodes is N submitit tasks; its outcome is that of all of them.
 
 Configs: hydra/launcher=torchrun_slurm | torchrun_local, extended by recipes/hydra/launcher/*.yaml.
 """
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from dataclasses import field
 from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
@@ -109,8 +109,8 @@ class _TorchrunLauncher(BaseSubmititLauncher):
         additional = dict(self.params.get("additional_parameters") or {})
         if self.exclusive:
             extras["slurm_exclusive"] = True
-            if self.params.get("mem_gb") is None and not {"mem", "mem_per_cpu", "mem_per_gpu"} & set(additional) \
-                    and not self.params.get("mem_per_cpu") and not self.params.get("mem_per_gpu"):
+            asked = [self.params.get(k) for k in ("mem_gb", "mem_per_cpu", "mem_per_gpu")]
+            if not any(asked) and not {"mem", "mem_per_cpu", "mem_per_gpu"} & set(additional):
                 additional["mem"] = 0  # all of the node's memory
         if additional:
             extras["slurm_additional_parameters"] = additional
