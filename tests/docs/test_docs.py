@@ -4,12 +4,15 @@ with its recipe exactly as its launcher would, so a key that does not exist, a m
 launcher field fails here. The data-making commands run for real (at small sizes). Links stay inside
 the repository and point at files and headings that exist.
 
-What is checked, not run: stage commands (the tiny ones run in each stage's own tests with the same
-recipes; the 9B ones need GPUs and a cluster), `make`, and the Slurm helpers.
+Run as well, when PONDER_DOCS_RUN=1 (expensive: 10 min measured on 2 loaded CPUs): the README's CPU
+walk-through in order, data -> pretrain -> SFT -> grade -> RLCS -> eval, each stage cut to 1-2 steps.
+Checked, not run: the 9B/cluster commands (they need GPUs and a Slurm cluster), `make`, the Slurm
+helpers and sweeps (run in tests/sweeps).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -225,3 +228,47 @@ def test_links_stay_inside_the_repository_and_resolve():
                 anchors = {_anchor(h) for h in HEADING.findall(resolved.read_text())}
                 assert anchor in anchors, f"{doc.name}: {target}: no heading #{anchor} in {resolved.name}"
         assert "../shared/" not in doc.read_text(), f"{doc.name} refers to ../shared/, outside the repository"
+
+
+# Per-stage overrides that make a documented tiny command finish in seconds; appended, so every key
+# the docs wrote is still parsed and used.
+SHORT = {
+    "pretrain": ["trainer.max_steps=2", "trainer.save_every=2"],
+    "sft": ["trainer.max_steps=2", "trainer.save_every=2", "eval.every=0", "data.records_per_shard=8"],
+    "grade": ["k=2", "rollout.max_new_tokens=8"],
+    "rl": ["trainer.max_steps=1", "trainer.save_every=1", "batch.prompts_per_step=4", "rollout.group_size=2",
+           "rollout.max_new_tokens=8", "eval.path=null"],
+    "eval": ["samples=2", "ks=[1,2]", "rollout.max_new_tokens=8"],
+}
+
+
+@pytest.mark.skipif(not os.environ.get("PONDER_DOCS_RUN"), reason="expensive (~4 min on 2 CPUs): set PONDER_DOCS_RUN=1")
+def test_readme_cpu_commands_run_in_order(tmp_path):
+    """The README's CPU walk-through as written, in order, with each stage cut to 1-2 steps (SHORT)
+    and the data cut to a few records; the Slurm sweep lines are checked above, run in tests/sweeps."""
+    ran = []
+    for command in (c for c in COMMANDS if c.doc == "README.md"):
+        words = _words(command.text)
+        if words[:2] == ["python", "-m"] and words[2] in DATA_MODULES:
+            args = words[1:]
+            for flag in ("--num", "--samples-per-shard"):
+                if flag in args:
+                    args[args.index(flag) + 1] = "24" if flag == "--num" else "8"
+            cmd = [sys.executable, *args]
+        elif words[:1] == ["torchrun"] or (words[:1] == ["python"] and words[1:2] and SCRIPT.search(words[1])):
+            if "-m" in words[1:3] or "hydra/launcher=slurm_cpu" in words:
+                continue  # a Slurm sweep: tests/sweeps
+            (stage, _, _), = stage_invocations(command)
+            start = [i for i, w in enumerate(words) if SCRIPT.search(w)][0]
+            runner = [sys.executable, "-m", "torch.distributed.run", *words[1:start]] if words[0] == "torchrun" \
+                else [sys.executable]
+            args = [re.sub(r"checkpoints/step_\d+$", "checkpoints/step_2", w) for w in words[start + 1:]]
+            cmd = [*runner, str(REPO / words[start]), *args, *SHORT[stage]]
+        else:
+            continue
+        done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
+        ran.append(command.text.split()[:3])
+    assert len(ran) >= 10, ran
+    assert (tmp_path / "runs" / "rlcs_tiny" / "checkpoints" / "step_1" / "COMPLETE").exists()
