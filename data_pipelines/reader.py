@@ -27,6 +27,8 @@ import braceexpand
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from trainer.preemption import data_worker_init
+
 from .batch import Batch
 from .document import Document
 from .packing import Packer, PackingConfig, packed_batches
@@ -374,6 +376,7 @@ class PackedLoader:
             collate_fn=_identity,
             prefetch_factor=self.dataset.cfg.prefetch_factor if workers else None,
             persistent_workers=False,
+            worker_init_fn=data_worker_init,  # a job's SIGTERM must not kill them mid-save
         )
         for batch, stream, state in loader:
             self.states[stream] = state

@@ -128,6 +128,9 @@ def typed_sections(raw: DictConfig) -> tuple[dict[str, Any], list[str]]:
     for key in sorted(OmegaConf.missing_keys(raw)):
         notes.append(f"{key} is not set")
         OmegaConf.update(raw, key, "<unset>", force_add=True)
+    if "model" in raw and raw.model.get("tokenizer", "tiny") is None and not raw.model.get("init"):
+        notes.append("model.tokenizer is not set (or model.init carrying one)")  # the shapes do not need it
+        raw.model.tokenizer = "<unset>"
     try:
         OmegaConf.to_object(raw)  # the whole stage config: cross-field checks
     except (ValueError, TypeError) as exc:

@@ -3,10 +3,13 @@
 #
 #   scripts/slurm_local.sh install       apt-get install slurm-wlm munge unless already there
 #   scripts/slurm_local.sh start DIR     write DIR/slurm.conf, start munged, slurmctld, slurmd; wait for idle
+#   scripts/slurm_local.sh start2 DIR    the same with two nodes, ponder-n1 and ponder-n2: each slurmd in its
+#                                        own UTS and mount namespace (own hostname, own /etc/hosts naming
+#                                        both nodes), at 127.0.0.2 / 127.0.0.3, own port, spool, pid and log
 #   scripts/slurm_local.sh stop DIR      stop the daemons started above, by the PIDs in DIR
 #
 # Then point every client at the instance: `export SLURM_CONF=DIR/slurm.conf` (sbatch, squeue, submitit).
-# Runs as root without systemd or cgroups (see ../shared/docs/slurm-local.md for the measured facts).
+# Runs as root without systemd or cgroups (see docs/slurm-local.md for the measured facts).
 # Everything lives under DIR: its own munge key and socket, free TCP ports, state, spool, logs, pidfiles,
 # so it never touches a system Slurm or munge.
 set -euo pipefail
@@ -54,7 +57,7 @@ wait_pidfile() {  # wait_pidfile FILE NAME LOG: a daemonized process writes its 
   die "$2 did not start; last lines of $3: $(tail -n 5 "$3" 2>/dev/null)"
 }
 
-start() {
+start() {  # start DIR NODES
   local dir host cpus mem
   dir=$(mkdir -p "$1" && cd "$1" && pwd)
   install_slurm
@@ -79,11 +82,27 @@ start() {
     --log-file="$dir/munge/munged.log" --seed-file="$dir/munge/munged.seed"
   wait_pidfile "$dir/munge/munged.pid" munged "$dir/munge/munged.log"
 
+  local nodes_conf
+  if [ "${2:-1}" = 2 ]; then
+    # Two nodes of one CPU each; slurmd finds its NodeName from its (namespaced) hostname.
+    nodes_conf="SlurmdPidFile=$dir/slurmd-%n.pid
+SlurmdSpoolDir=$dir/spool-%n
+SlurmdLogFile=$dir/log/slurmd-%n.log
+NodeName=ponder-n1 NodeAddr=127.0.0.2 NodeHostname=ponder-n1 Port=$(free_port) CPUs=$(( cpus / 2 > 0 ? cpus / 2 : 1 )) RealMemory=$(( mem / 2 )) State=UNKNOWN
+NodeName=ponder-n2 NodeAddr=127.0.0.3 NodeHostname=ponder-n2 Port=$(free_port) CPUs=$(( cpus / 2 > 0 ? cpus / 2 : 1 )) RealMemory=$(( mem / 2 )) State=UNKNOWN
+PartitionName=debug Nodes=ponder-n[1-2] Default=YES MaxTime=INFINITE State=UP"
+  else
+    nodes_conf="SlurmdPort=$(free_port)
+SlurmdPidFile=$dir/slurmd.pid
+SlurmdSpoolDir=$dir/spool
+SlurmdLogFile=$dir/log/slurmd.log
+NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP"
+  fi
   cat >"$dir/slurm.conf" <<EOF
 ClusterName=ponder-local
 SlurmctldHost=$host
 SlurmctldPort=$(free_port)
-SlurmdPort=$(free_port)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -102,21 +121,30 @@ JobCompType=jobcomp/none
 ReturnToService=2
 SchedulerParameters=bf_interval=1,sched_interval=2
 StateSaveLocation=$dir/state
-SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pid
-SlurmdPidFile=$dir/slurmd.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
-SlurmdLogFile=$dir/log/slurmd.log
-NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+$nodes_conf
 EOF
   export SLURM_CONF="$dir/slurm.conf"
   slurmctld -c  # -c: a clean start, no state from an earlier instance in this DIR
   wait_pidfile "$dir/slurmctld.pid" slurmctld "$dir/log/slurmctld.log"
-  slurmd
-  wait_pidfile "$dir/slurmd.pid" slurmd "$dir/log/slurmd.log"
+  local want=idle
+  if [ "${2:-1}" = 2 ]; then
+    { cat /etc/hosts; printf '127.0.0.2 ponder-n1\n127.0.0.3 ponder-n2\n'; } >"$dir/hosts"
+    mkdir -p "$dir/spool-ponder-n1" "$dir/spool-ponder-n2"
+    for n in 1 2; do
+      # A private hostname and /etc/hosts for this slurmd and every job step it starts.
+      unshare --uts --mount sh -c "hostname ponder-n$n && mount --bind '$dir/hosts' /etc/hosts && exec slurmd"
+      wait_pidfile "$dir/slurmd-ponder-n$n.pid" "slurmd ponder-n$n" "$dir/log/slurmd-ponder-n$n.log"
+    done
+    want="idle
+idle"
+  else
+    slurmd
+    wait_pidfile "$dir/slurmd.pid" slurmd "$dir/log/slurmd.log"
+  fi
   for _ in $(seq 100); do
-    if [ "$(sinfo -h -N -o %t 2>/dev/null)" = idle ]; then
+    if [ "$(sinfo -h -N -o %t 2>/dev/null)" = "$want" ]; then
       echo "slurm_local: up (SLURM_CONF=$SLURM_CONF, node $host, $cpus CPUs, ${mem} MB)"
       return 0
     fi
@@ -147,6 +175,8 @@ stop() {
   local dir=$1
   [ -d "$dir" ] || die "no such directory: $dir"
   stop_pid "$dir/slurmd.pid"
+  stop_pid "$dir/slurmd-ponder-n1.pid"
+  stop_pid "$dir/slurmd-ponder-n2.pid"
   stop_pid "$dir/slurmctld.pid"
   stop_pid "$dir/munge/munged.pid"
   echo "slurm_local: stopped ($dir)"
@@ -154,7 +184,8 @@ stop() {
 
 case "${1:-}" in
   install) install_slurm ;;
-  start) [ $# = 2 ] || die "usage: $0 start DIR"; start "$2" ;;
+  start) [ $# = 2 ] || die "usage: $0 start DIR"; start "$2" 1 ;;
+  start2) [ $# = 2 ] || die "usage: $0 start2 DIR"; start "$2" 2 ;;
   stop) [ $# = 2 ] || die "usage: $0 stop DIR"; stop "$2" ;;
-  *) die "usage: $0 install | start DIR | stop DIR" ;;
+  *) die "usage: $0 install | start DIR | start2 DIR | stop DIR" ;;
 esac

@@ -9,7 +9,6 @@ fill rows; loss is the token mean over the global batch.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.reader import PackedLoader, ShardStream
 from data_pipelines.sources import PretrainDataConfig, build_mixture
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
-from trainer.checkpoint import resolve_hf_dir
+from trainer.checkpoint import resolve_model_init
 from trainer.config import LoggingConfig, TrainerConfig
 from trainer.distributed import DistInfo
 from trainer.loop import Trainer
@@ -39,6 +38,9 @@ class PretrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     resume: str = "auto"  # auto: continue from checkpoints/latest if any; never; or a step dir
 
+    def __post_init__(self) -> None:
+        self.model.require_tokenizer()
+
 
 def run(cfg: PretrainConfig, run_dir: Path, info: DistInfo) -> None:
     # Stops here, before any work, on a split this world or model cannot serve, or when
@@ -48,11 +50,10 @@ def run(cfg: PretrainConfig, run_dir: Path, info: DistInfo) -> None:
     sp = init_sequence_parallel(info, sp_size)
     grad_accum = cfg.trainer.accumulation(cfg.data.batch_rows, sp.data_world)
     torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank
-    tokenizer = load_tokenizer(cfg.model.tokenizer)
-    # model.init may name a run or a step_N of an earlier stage (the long-context stage starts from
-    # pretraining's last checkpoint), as in SFT.
-    init = str(resolve_hf_dir(cfg.model.init)) if cfg.model.init else None
-    model = build_model(dataclasses.replace(cfg.model, init=init), tokenizer, zero3_loading_config(cfg.trainer, info))
+    # model.init in any form (run dir, step_N, HF dir); the tokenizer given or the one init carries
+    model_cfg = resolve_model_init(cfg.model)
+    tokenizer = load_tokenizer(model_cfg.tokenizer)
+    model = build_model(model_cfg, tokenizer, zero3_loading_config(cfg.trainer, info))
     processor = VisionProcessor(cfg.processor)
     # data.sources: a weighted mixture of published layouts; else ponder's interleaved shards.
     mixture = (build_mixture(cfg.data.sources, tokenizer, processor, cfg.data.seed, cfg.data.shuffle_shards)

@@ -10,7 +10,6 @@ optimizer); `resume=auto` continues this run exactly.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from data_pipelines.reader import PackedLoader, ReaderConfig, ShardStream, check
 from data_pipelines.records import FORMATS, RecordShards
 from data_pipelines.tokenizer import load_tokenizer
 from trainer.config import LoggingConfig, TrainerConfig
-from trainer.checkpoint import resolve_hf_dir
+from trainer.checkpoint import resolve_model_init
 from trainer.distributed import DistInfo
 from trainer.loop import Trainer
 from trainer.zero import zero3_loading_config
@@ -68,16 +67,11 @@ class SFTConfig:
     resume: str = "auto"  # auto: continue from this run's checkpoints/latest if any; never; or a step dir
 
     def __post_init__(self) -> None:
+        self.model.require_tokenizer()
         if not self.data.train:
             raise ValueError("data.train is empty: give chat records (.jsonl, parquet/json directory, ...)")
         if self.eval.every and not self.data.eval:
             raise ValueError("eval.every > 0 needs held-out records in data.eval")
-
-
-def resolve_init(init: str | None) -> str | None:
-    """A run directory (one with checkpoints/) means its latest complete checkpoint; a step_N its
-    `hf/` (trainer.checkpoint.resolve_hf_dir, shared with RL, grading and evaluation)."""
-    return str(resolve_hf_dir(init)) if init else init
 
 
 def run(cfg: SFTConfig, run_dir: Path, info: DistInfo) -> None:
@@ -85,8 +79,9 @@ def run(cfg: SFTConfig, run_dir: Path, info: DistInfo) -> None:
     pretraining_only(cfg.trainer.sequence_parallel_size, "SFT")
     grad_accum = cfg.trainer.accumulation(cfg.data.batch_rows, info.world_size)
     torch.manual_seed(cfg.trainer.seed)  # the same initial weights on every rank (random init)
-    tokenizer = load_tokenizer(cfg.model.tokenizer)
-    model_cfg = dataclasses.replace(cfg.model, init=resolve_init(cfg.model.init))
+    # model.init in any form (run dir, step_N, HF dir); the tokenizer given or the one init carries
+    model_cfg = resolve_model_init(cfg.model)
+    tokenizer = load_tokenizer(model_cfg.tokenizer)
     model = build_model(model_cfg, tokenizer, zero3_loading_config(cfg.trainer, info))
     data = cfg.data
     chat = ChatRenderer(tokenizer, VisionProcessor(cfg.processor), data.chat)

@@ -13,6 +13,7 @@ and renamed once all ranks are done, so a run killed mid-save resumes from the p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -28,7 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from . import faults
 from .distributed import DistInfo
-from .model import save_hf_checkpoint
+from .model import ModelConfig, save_hf_checkpoint
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -94,6 +95,22 @@ def resolve_hf_dir(path: str | Path) -> Path:
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"model.init={path}: not an HF checkpoint directory (no config.json)")
     return path
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def resolve_model_init(cfg: ModelConfig) -> ModelConfig:
+    """cfg with `init` resolved to its HF directory (any of the three forms, as `resolve_hf_dir`)
+    and, when `tokenizer` is unset, the tokenizer saved in that directory."""
+    init = str(resolve_hf_dir(cfg.init)) if cfg.init else cfg.init
+    tokenizer = cfg.tokenizer
+    if tokenizer is None:
+        if not init or not any((Path(init) / name).is_file() for name in TOKENIZER_FILES):
+            raise FileNotFoundError(f"model.tokenizer is unset and model.init={cfg.init} carries no tokenizer "
+                                    f"(no {' or '.join(TOKENIZER_FILES)}): set model.tokenizer=<directory>")
+        tokenizer = init
+    return dataclasses.replace(cfg, init=init, tokenizer=tokenizer)
 
 
 class Checkpointer:

@@ -35,6 +35,7 @@ from .distributed import DistInfo, all_reduce_sum
 from .logging import MetricsLogger, log
 from .lr_schedule import lr_at, set_lr
 from .model import count_parameters
+from .preemption import PREEMPTED_EXIT, PreemptionWatch
 from .zero import wrap_deepspeed
 
 
@@ -98,6 +99,7 @@ class Trainer:
         self.grad_accum = grad_accum or 1
         self.ds = wrap_deepspeed(model, cfg, micro_rows, self.grad_accum, info, self.managed)
         self.checkpoints = Checkpointer(run_dir, info, cfg.keep_last)
+        self.preemption = PreemptionWatch.from_env()  # inside a sweep job: save on its signal
         self.step = 0
 
     @property
@@ -154,8 +156,15 @@ class Trainer:
                         f"{nonfinite_in_a_row} non-finite steps in a row (last at step {self.step}); "
                         f"checkpoint saved under {self.checkpoints.root}. Lower the LR or inspect the data."
                     )
-                if self.step % cfg.save_every == 0 or last:
+                saved = self.step % cfg.save_every == 0 or last
+                if saved:
                     self.save(stage)
+                if not last and self.preemption.agreed():
+                    if not saved:
+                        self.save(stage)
+                    log.warning("step %d: preempted: checkpoint saved, stopping (the requeued job resumes here)",
+                                self.step)
+                    raise SystemExit(PREEMPTED_EXIT)
         finally:
             metrics.close()
 

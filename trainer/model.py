@@ -62,7 +62,10 @@ class ModelConfig:
     init: str | None = None
     vision_init: str | None = None
     language_init: str | None = None
-    tokenizer: str = "tiny"
+    # "tiny" (the 2,048-token test tokenizer), a tokenizer directory, or None: the tokenizer saved
+    # with model.init's checkpoint. Presets with the real 151,552-token vocabulary set None, so one
+    # of the two must be given (checked here, at config time).
+    tokenizer: str | None = "tiny"
     attn_implementation: str = "sdpa"  # any transformers name, or "ponder_varlen" (trainer/attention.py)
     dtype: str = "float32"
     # vision tower (Glm4vVisionConfig)
@@ -116,6 +119,17 @@ class ModelConfig:
             errors.append("vision_image_size must be a multiple of vision_patch_size")
         if errors:
             raise ValueError("invalid ModelConfig: " + "; ".join(errors))
+
+    def require_tokenizer(self) -> None:
+        """For the stages that build their tokenizer from this config (pretrain, SFT): a preset with
+        the real vocabulary sets none, so one must be given. RL, grading and evaluation read the
+        tokenizer saved with model.init, which they require anyway."""
+        if self.tokenizer is None and not self.init:
+            raise ValueError(
+                f"model.tokenizer is required: this model has a {self.vocab_size:,}-token vocabulary "
+                "(presets glm41v_1b, glm41v_9b) that the tiny tokenizer does not fit; set "
+                "model.tokenizer=<the released GLM-4.1V tokenizer directory> or model.init=<a checkpoint "
+                "that carries one> (a run dir, checkpoints/step_N or an HF dir)")
 
     @property
     def text_head_dim(self) -> int:

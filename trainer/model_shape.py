@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import Glm4vConfig, Glm4vForConditionalGeneration
 
 from data_pipelines.tokenizer import SpecialTokens
 
+from .checkpoint import resolve_hf_dir
 from .model import ModelConfig, count_parameters, glm4v_config
 
 VISUAL = "model.visual."
@@ -82,10 +82,10 @@ def transformers_config(cfg: ModelConfig) -> Glm4vConfig:
     """The Glm4vConfig the run would build: `cfg.init`'s config.json when it is on disk (a
     ponder checkpoint's hf/ or an HF directory), else the size fields (preset)."""
     if cfg.init:
-        path = Path(cfg.init)
-        for candidate in (path / "hf" / "config.json", path / "config.json"):
-            if candidate.is_file():
-                return Glm4vConfig(**json.loads(candidate.read_text()))
+        try:  # any model.init form: a run dir, checkpoints/step_N, an HF dir
+            return Glm4vConfig(**json.loads((resolve_hf_dir(cfg.init) / "config.json").read_text()))
+        except FileNotFoundError:
+            pass  # not on disk (yet): plan from the preset's size fields
     return glm4v_config(cfg, _stand_in_special_tokens())
 
 

@@ -20,9 +20,10 @@ SLURM_LOCAL = REPO / "scripts" / "slurm_local.sh"
 
 
 @contextmanager
-def local_slurm() -> Iterator[dict[str, str]]:
+def local_slurm(nodes: int = 1) -> Iterator[dict[str, str]]:
     """Install Slurm when missing (skip, saying why, only if that is impossible), start it, stop it.
 
+    nodes=2: two slurmd, ponder-n1 and ponder-n2, each in its own UTS/mount namespace (needs root).
     Yields the environment that points clients (sbatch, squeue, submitit) at the instance.
     """
     installed = subprocess.run([str(SLURM_LOCAL), "install"], capture_output=True, text=True, timeout=900)
@@ -32,7 +33,8 @@ def local_slurm() -> Iterator[dict[str, str]]:
         pytest.skip(reason)
     # Under /tmp, not pytest's private tmp dirs: munged runs as the munge user and must reach it.
     state = Path(tempfile.mkdtemp(prefix="ponder-slurm-", dir="/tmp"))
-    started = subprocess.run([str(SLURM_LOCAL), "start", str(state)], capture_output=True, text=True, timeout=120)
+    command = "start" if nodes == 1 else "start2"
+    started = subprocess.run([str(SLURM_LOCAL), command, str(state)], capture_output=True, text=True, timeout=120)
     env = {**os.environ, "SLURM_CONF": str(state / "slurm.conf"), "PYTHONUNBUFFERED": "1"}
     env.pop("PONDER_FAULT", None)
     try:
@@ -101,6 +103,12 @@ def sweep_logs(sweep_dir: Path) -> str:
         for path in sorted(folder.glob("*_log.*")):
             parts.append(f"--- {folder.name}/{path.name} ---\n{path.read_text(errors='replace')[-3000:]}")
     return "\n".join(parts)
+
+
+def completed_steps(run_dir: Path) -> int:
+    """Steps in metrics.jsonl so far, counting whole lines only (the writer may be mid-line)."""
+    path = run_dir / "metrics.jsonl"
+    return path.read_text().count("\n") if path.exists() else 0
 
 
 def metrics(run_dir: Path) -> list[dict]:

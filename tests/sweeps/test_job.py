@@ -28,10 +28,12 @@ def test_torchrun_command_single_and_multi_node(tmp_path):
     assert one == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "8",
                    "/r/launch/rl.py", "recipe=rlcs_tiny", "curriculum.schedule=flat", f"hydra.run.dir={tmp_path / '0'}"]
     place = Placement(4, 3, "node-a", "41_2")
-    assert place.master_port == 20000 + 412  # the same on every node: derived from the job id
-    many = torchrun_command("/r/launch/rl.py", ["recipe=rlcs_tiny"], tmp_path / "1", 8, place)
-    assert many[3:15] == ["--nnodes", "4", "--node_rank", "3", "--master_addr", "node-a", "--master_port", "20412",
-                          "--nproc_per_node", "8", "/r/launch/rl.py", "recipe=rlcs_tiny"]
+    assert place.master_port == 15000 + 412  # the same on every node: derived from the job id
+    many = torchrun_command("/r/launch/rl.py", ["recipe=rlcs_tiny"], tmp_path / "1", 8, place, 1200)
+    assert many[3:17] == ["--nnodes", "4", "--node_rank", "3", "--master_addr", "node-a", "--master_port", "15412",
+                          "--rdzv_conf", "timeout=1200", "--nproc_per_node", "8", "/r/launch/rl.py", "recipe=rlcs_tiny"]
+    # below the ephemeral range (32768-60999) for every job id
+    assert all(15000 <= Placement(2, 0, "a", str(j)).master_port < 30000 for j in range(0, 10**6, 997))
 
 
 def _state(pid: int) -> str | None:
@@ -121,8 +123,22 @@ def test_gpu_launcher_config_reaches_sbatch(tmp_path, monkeypatch):
     assert launcher.nproc_per_node == 8  # one worker per GPU
     sbatch = launcher._executor()._executor._make_submission_file_text("CMD", "uid")
     for line in ("--nodes=4", "--gpus-per-node=8", "--ntasks-per-node=1", "--cpus-per-task=64",
-                 "--partition=h100", "--account=vlm", "--time=720", "--signal=USR2@300", "--open-mode=append"):
+                 "--partition=h100", "--account=vlm", "--time=720", "--signal=USR2@300", "--open-mode=append",
+                 "--exclusive", "--mem=0"):
         assert f"#SBATCH {line}\n" in sbatch
+    srun = [line for line in sbatch.splitlines() if line.startswith("srun ")]
+    assert len(srun) == 1 and "--cpus-per-task=64" in srun[0].split()  # srun does not inherit it (22.05-23.02)
+    assert launcher.env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
+    assert (launcher.stop_grace_s, launcher.preempt_signal, launcher.rendezvous_timeout_s) == (240, "USR2", 1800)
+    # module/environment setup and fabric settings are recipe fields; an explicit memory wins over --mem=0
+    custom = _launcher(tmp_path, "slurm_gpu", "hydra.launcher.mem_gb=900", "+hydra.launcher.env.NCCL_SOCKET_IFNAME=ib0",
+                       "hydra.launcher.setup=[module load cuda/12.4,source /shared/venv/bin/activate]")
+    sbatch = custom._executor()._executor._make_submission_file_text("CMD", "uid")
+    assert "#SBATCH --mem=900GB\n" in sbatch and "--mem=0" not in sbatch
+    assert "# setup\nmodule load cuda/12.4\nsource /shared/venv/bin/activate\n" in sbatch
+    assert custom.env["NCCL_SOCKET_IFNAME"] == "ib0"
+    with pytest.raises(InstantiationException, match="stop_grace_s=300 must be under signal_delay_s=300"):
+        _launcher(tmp_path, "slurm_gpu", "hydra.launcher.stop_grace_s=300")
 
 
 def test_cpu_and_local_launchers_run_one_worker_per_job(tmp_path):
@@ -132,3 +148,33 @@ def test_cpu_and_local_launchers_run_one_worker_per_job(tmp_path):
     assert local.nproc_per_node == 2 and local._executor().cluster == "local"
     with pytest.raises(InstantiationException, match="tasks_per_node must be 1"):
         _launcher(tmp_path, "slurm_cpu", "hydra.launcher.tasks_per_node=2")
+
+
+@pytest.mark.parametrize("nodes", [1, 4])
+def test_launcher_reports_a_multi_node_jobs_real_outcome(tmp_path, nodes):
+    """A job over N nodes is a submitit job of N tasks (what `SlurmExecutor.submit` returns with
+    nodes=N, tasks_per_node=1); each task writes its own result pickle, as submitit's job process does."""
+    from hydra.core.utils import JobStatus
+    from submitit.core.utils import cloudpickle_dump
+    from submitit.slurm.slurm import SlurmJob
+
+    from hydra_plugins.ponder_launcher.torchrun_launcher import _TorchrunLauncher
+
+    sweep = SweepJob("/r/launch/pretrain.py", ["trainer.seed=1"], tmp_path / "0", 8)
+    for outcome in ("success", "error"):
+        folder = tmp_path / outcome
+        handle = SlurmJob(folder, "4242", tasks=tuple(range(nodes)))
+        handle._results_timeout_s = 0
+        assert handle.num_tasks == nodes
+        for task in range(nodes):
+            paths = SlurmJob(folder, "4242", tasks=(task,)).paths
+            paths.folder.mkdir(parents=True, exist_ok=True)
+            failed = outcome == "error" and task == nodes - 1  # the last node's torchrun failed
+            cloudpickle_dump(("error", "TorchrunFailed: exit 1") if failed else ("success", str(sweep.run_dir)),
+                             paths.result_pickle)
+        ret = _TorchrunLauncher._wait(sweep, handle)
+        if outcome == "success":
+            assert (ret.status, ret.return_value) == (JobStatus.COMPLETED, str(sweep.run_dir))
+        else:
+            assert ret.status == JobStatus.FAILED and "TorchrunFailed" in str(ret._return_value)  # raised by Hydra
+        assert ret.working_dir == str(sweep.run_dir) and ret.overrides == ["trainer.seed=1"]

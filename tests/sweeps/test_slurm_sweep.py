@@ -20,7 +20,7 @@ from data_pipelines.shards import write_shards
 from data_pipelines.synthetic import make_interleaved_corpus
 from launch import compare
 from tests.rl.helpers import save_policy, task_data, tiny_policy
-from tests.sweeps.slurm import array_job_id, finish_sweep, job_log, local_slurm, metrics, start_sweep, wait_for
+from tests.sweeps.slurm import array_job_id, completed_steps, finish_sweep, job_log, local_slurm, metrics, start_sweep, wait_for
 
 SCHEDULES = ("easy_to_hard", "flat", "hard_first")  # the named schedules of stages/rl/curriculum.py
 SWEEP = "curriculum.schedule=" + ",".join(SCHEDULES)
@@ -91,18 +91,24 @@ def test_schedule_sweep_runs_every_job_to_the_end_and_compares(slurm, rl_base, t
         assert (sweep_dir / "compare" / name).stat().st_size > 20_000
 
 
-def test_preempted_and_requeued_jobs_resume_and_end_like_an_uninterrupted_one(slurm, shards, tmp_path):
-    """Three identical pretraining points: #0 runs through, #1 gets the preemption signal, #2 is
-    requeued by Slurm. Pretraining, because every step changes the weights and the data position."""
+def test_preempted_and_requeued_jobs_save_and_resume_like_an_uninterrupted_one(slurm, shards, tmp_path):
+    """Three identical pretraining points: #0 runs through, #1 gets the preemption warning (submitit's
+    USR2), #2 is requeued by Slurm (SIGTERM, then SIGKILL after KillWait; preempt_signal=TERM). Both
+    finish their step, save within the grace time and resume from that very step: no step is lost.
+    Pretraining, because every step changes the weights and the data position."""
     sweep_dir = tmp_path / "sweep"
     steps = 12
-    overrides = PRETRAIN + [f"data.shards={shards}", f"trainer.max_steps={steps}", "trainer.save_every=3",
-                            "trainer.seed=0,0,0"]
+    overrides = PRETRAIN + [f"data.shards={shards}", f"trainer.max_steps={steps}", "trainer.save_every=5",
+                            "trainer.seed=0,0,0", "hydra.launcher.preempt_signal=TERM"]
     driver = start_sweep(slurm, "pretrain.py", overrides, sweep_dir)
+
+    def past_step(num: int, step: int) -> bool:  # between two regular saves: only a preemption save helps
+        return completed_steps(sweep_dir / str(num)) >= step
+
     try:
-        wait_for(lambda: (sweep_dir / "1/checkpoints/step_3/COMPLETE").exists(), 300, "job 1's first checkpoint")
+        wait_for(lambda: past_step(1, 1), 300, "job 1's first step")
         subprocess.run(["scancel", "--signal=USR2", array_job_id(sweep_dir, 1)], env=slurm, check=True)
-        wait_for(lambda: (sweep_dir / "2/checkpoints/step_3/COMPLETE").exists(), 300, "job 2's first checkpoint")
+        wait_for(lambda: past_step(2, 6), 300, "job 2's sixth step")
         subprocess.run(["scontrol", "requeue", array_job_id(sweep_dir, 2)], env=slurm, check=True)
     finally:
         finish_sweep(driver, sweep_dir, timeout=480)
@@ -110,12 +116,18 @@ def test_preempted_and_requeued_jobs_resume_and_end_like_an_uninterrupted_one(sl
     reference = [{k: v for k, v in m.items() if k not in TIMING} for m in metrics(sweep_dir / "0")]
     assert [m["step"] for m in reference] == list(range(1, steps + 1))
     assert len({m["loss"] for m in reference}) == steps  # every step trained
-    for num, how in ((1, "ponder sweep job: preempted, stopping torchrun and requeueing"),
-                     (2, "ponder sweep job: SIGTERM from the scheduler, stopping torchrun")):
+    for num, how in ((1, "ponder sweep job: preempted, saving and requeueing"),
+                     (2, "ponder sweep job: SIGTERM from the scheduler, the workers save")):
         log = job_log(sweep_dir, num)
         assert how in log
         assert log.count("Starting with JobEnvironment") == 2  # the same job ran twice
+        stopped = [int(s) for s in re.findall(r"step (\d+): preempted: checkpoint saved", log)]
         resumed = [int(s) for s in re.findall(r"resumed from \S+/step_\d+ at step (\d+)", log)]
-        assert len(resumed) == 1 and 3 <= resumed[0] < steps, log[-3000:]
+        assert len(stopped) == len(resumed) == 1, log[-3000:]
+        lost = stopped[0] - resumed[0]  # steps completed before the stop that the requeued job ran again
+        print(f"job {num}: stopped after step {stopped[0]}, resumed at step {resumed[0]}: {lost} steps lost")
+        assert lost == 0 and 1 <= resumed[0] < steps
+        if num == 2:  # signalled after step 6: the regular save (step 5) is not where it resumed
+            assert resumed[0] >= 6
         got = [{k: v for k, v in m.items() if k not in TIMING} for m in metrics(sweep_dir / str(num))]
         assert got == reference  # every step's loss, grad norm, LR, tokens, data counters: exact

@@ -124,6 +124,7 @@ def test_non_finite_steps_are_skipped_then_stop_with_a_checkpoint(shards, tmp_pa
     ("trainer.bogus=1", "Key 'bogus' not in 'TrainerConfig'"),
     ("trainer.max_steps=abc", "could not be converted to Integer"),
     ("data.packing.seq_len=4", "packing.seq_len must be >= 16"),
+    ("model=glm41v_1b", "model.tokenizer is required"),  # never the tiny tokenizer under a real vocabulary
 ])
 def test_bad_recipe_values_stop_before_any_work(override, message, tmp_path):
     proc = launch("pretrain.py", ["recipe=pretrain_tiny", override, f"hydra.run.dir={tmp_path / 'run'}"])
