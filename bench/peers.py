@@ -297,7 +297,7 @@ def eval_loss(model_dir: Path, records: Path) -> float:
 def run_cmd(cmd: list[str], log: Path, nproc: int = 1) -> float:
     """Run a stage or worker (under torchrun when nproc > 1); its output goes to `log`. Wall seconds."""
     launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
-                                                     f"--nproc_per_node={nproc}", "--master_port=0"]
+                                                     f"--nproc_per_node={nproc}", "--standalone"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
     with log.open("w") as f:
@@ -326,13 +326,29 @@ def steady(lines: list[dict], counter: str) -> dict[str, float]:
 # ---- workers: the peers' side, run as `peers.py --worker NAME --spec FILE` (torchrun for ranks) ---
 
 def _train_args(spec: dict, cls: Any, **extra: Any) -> Any:
-    """The optimizer, schedule and logging ponder's recipes use, as HF TrainingArguments fields."""
-    return cls(output_dir=spec["out"], max_steps=spec["steps"], learning_rate=spec["lr"],
-               lr_scheduler_type=spec.get("schedule", "cosine_with_min_lr"),
-               lr_scheduler_kwargs=spec.get("schedule_kwargs", {"min_lr_rate": 0.1}),
-               warmup_steps=spec["warmup"], weight_decay=spec.get("weight_decay", 0.1), adam_beta1=0.9,
-               adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
-               report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0, disable_tqdm=True, **extra)
+    """HF TrainingArguments for a peer: logging every step, no checkpoints, CPU. The optimizer and
+    LR schedule come from `ponder_optimizer`."""
+    return cls(output_dir=spec["out"], max_steps=spec["steps"], learning_rate=spec["lr"], max_grad_norm=1.0,
+               logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=0,
+               dataloader_num_workers=0, disable_tqdm=True, **extra)
+
+
+def ponder_optimizer(model: Any, spec: dict) -> tuple[Any, Any]:
+    """ponder's own AdamW (no decay on 1-D parameters, betas 0.9 / 0.95) and LR schedule (`lr_at`:
+    warm-up from lr / warmup at the first step, cosine to 0.1x, or constant), handed to the peer's
+    Trainer, so only the frameworks differ (HF's own warm-up would start from 0)."""
+    import torch
+
+    from trainer.config import OptimConfig
+    from trainer.lr_schedule import lr_at
+    from trainer.zero import param_groups
+
+    cfg = OptimConfig(lr=spec["lr"], warmup_steps=spec["warmup"], schedule=spec.get("schedule", "cosine"),
+                      weight_decay=spec.get("weight_decay", 0.1))
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                  eps=cfg.eps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, spec["steps"], cfg) / cfg.lr)
+    return optimizer, schedule
 
 
 def _timed(base: type) -> type:
@@ -384,7 +400,8 @@ def worker_trl_sft(spec: dict) -> None:
     args = _train_args(spec, SFTConfig, per_device_train_batch_size=spec["rows"], packing=True,
                        packing_strategy="bfd", padding_free=True, max_length=spec["seq_len"],
                        completion_only_loss=True, dataset_num_proc=None)
-    trainer = _timed(SFTTrainer)(model=model, args=args, train_dataset=data, processing_class=tok)
+    trainer = _timed(SFTTrainer)(model=model, args=args, train_dataset=data, processing_class=tok,
+                                 optimizers=ponder_optimizer(model, spec))
     trainer.train()
     trainer.save_model(str(Path(spec["out"]) / "final"))
     _write_timing(trainer, spec)
@@ -427,7 +444,7 @@ def worker_hf_pretrain(spec: dict) -> None:
     flatten = DataCollatorWithFlattening(return_position_ids=True)
     model = Glm4ForCausalLM.from_pretrained(spec["init"], attn_implementation="sdpa")
     args = _train_args(spec, TrainingArguments, per_device_train_batch_size=1, remove_unused_columns=False)
-    trainer = _timed(Trainer)(model=model, args=args, train_dataset=batches,
+    trainer = _timed(Trainer)(model=model, args=args, train_dataset=batches, optimizers=ponder_optimizer(model, spec),
                               data_collator=lambda items: flatten([{"input_ids": p} for p in items[0]]))
     trainer.train()
     _write_timing(trainer, spec)
@@ -471,7 +488,7 @@ def worker_trl_grpo(spec: dict) -> None:
                        use_vllm=spec["vllm"], vllm_mode="colocate", vllm_gpu_memory_utilization=0.2,
                        vllm_max_model_length=128)
     trainer = _timed(GRPOTrainer)(model=model, reward_funcs=reward, args=args, train_dataset=data,
-                                  processing_class=tok)
+                                  processing_class=tok, optimizers=ponder_optimizer(model, spec))
     trainer.train()
     final = Path(spec["out"]) / "final"
     trainer.save_model(str(final))
@@ -586,7 +603,7 @@ def line_rl(root: Path, paths: dict[str, Path], s: Settings, label: str) -> list
     for vllm in (True, False):
         out = root / f"rl_trl_{'vllm' if vllm else 'generate'}"
         spec = dict(out=str(out), init=str(paths["rl_policy"]), train=str(paths["rl_train"]),
-                    steps=s.rl_steps * s.mini_batches, lr=s.rl_lr, warmup=0, schedule="constant", schedule_kwargs={},
+                    steps=s.rl_steps * s.mini_batches, lr=s.rl_lr, warmup=0, schedule="constant",
                     weight_decay=0.0, prompts=s.prompts, group=s.group, mini_batches=s.mini_batches,
                     response_tokens=s.response_tokens, vllm=vllm, world=1)
         try:
