@@ -8,10 +8,10 @@ Lines (every system starts from the same weights, reads the same token ids and i
 way: wall time of the steps after the first, which is warm-up):
 - sft: ponder `launch/sft.py` vs TRL `SFTTrainer` (packing + padding-free), 1 and 2 ranks: samples/s,
   real tokens/s, and the held-out loss of the final weights, measured here by one evaluator
-  (response-token mean cross-entropy) on both. Text-only: ponder trains its Glm4v (tiny vision
-  tower, the ~20M decoder) on text records, TRL the same decoder as a `Glm4ForCausalLM` (weights
-  copied; on text M-RoPE equals GLM-4's RoPE, checked below). The Glm4v-with-images line is tried
-  and reported as skipped with the error when TRL cannot build its processor here.
+  (response-token mean cross-entropy) on both. Text-only: both train the same `Glm4ForCausalLM`
+  (the ~20M decoder of ponder's Glm4v init, copied; on text M-RoPE equals GLM-4's RoPE, checked
+  in `prepare`). The Glm4v-with-images line is tried and reported as skipped with the error when
+  TRL cannot build its processor here.
 - pretrain: ponder `launch/pretrain.py` vs transformers `Trainer` with `DataCollatorWithFlattening`
   on the very rows ponder's reader packs (text documents): real tokens/s.
 - rl: ponder `launch/rl.py` (HF and vLLM engines, uniform sampling: the same P prompts per step) vs
@@ -537,7 +537,7 @@ def line_sft(root: Path, paths: dict[str, Path], s: Settings, label: str) -> lis
     rows = []
     for ranks in s.ranks:
         run = root / f"sft_ponder_r{ranks}"
-        run_cmd([str(REPO / "launch" / "sft.py"), "recipe=sft_tiny", f"model.init={paths['init_vlm']}",
+        run_cmd([str(REPO / "launch" / "sft.py"), "recipe=sft_tiny", f"model.init={paths['init_text']}",
                  *s.shape.overrides(), f"data.train={paths['sft_train']}", "eval.every=0",
                  f"data.packing.seq_len={s.seq_len}", f"data.batch_rows={s.rows}", f"trainer.max_steps={s.sft_steps}",
                  f"trainer.save_every={s.sft_steps}", f"trainer.optim.lr={s.lr}",
@@ -561,7 +561,7 @@ def line_sft(root: Path, paths: dict[str, Path], s: Settings, label: str) -> lis
 
 
 def line_pretrain(root: Path, paths: dict[str, Path], s: Settings, label: str) -> list[dict]:
-    overrides = ["recipe=pretrain_tiny", f"model.init={paths['init_vlm']}", *s.shape.overrides(),
+    overrides = ["recipe=pretrain_tiny", f"model.init={paths['init_text']}", *s.shape.overrides(),
                  f"data.shards={paths['shards']}", f"data.packing.seq_len={s.seq_len}", f"data.batch_rows={s.rows}",
                  f"trainer.max_steps={s.sft_steps}", f"trainer.save_every={s.sft_steps + 1}",
                  f"trainer.optim.lr={s.lr}", f"trainer.optim.warmup_steps={s.warmup}"]
