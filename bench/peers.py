@@ -67,20 +67,20 @@ class Settings:
     shape: Shape = field(default_factory=Shape)
     ranks: tuple[int, ...] = (1, 2)  # SFT world sizes
     seq_len: int = 512  # packed row length (tokens), SFT and pretraining
-    rows: int = 2  # packed rows per rank per step
-    sft_steps: int = 12  # optimizer steps (SFT and pretraining)
-    sft_records: int = 600  # training chat records
-    eval_records: int = 64  # held-out records / prompts
+    rows: int = 1  # packed rows per rank per step
+    sft_steps: int = 6  # optimizer steps (SFT and pretraining)
+    sft_records: int = 400  # training chat records
+    eval_records: int = 32  # held-out records / prompts
     lr: float = 2e-3  # SFT / pretraining peak LR (cosine to 0.1x after `warmup` steps)
-    warmup: int = 3  # warm-up steps (SFT / pretraining)
+    warmup: int = 2  # warm-up steps (SFT / pretraining)
     prompts: int = 8  # RL: P prompts per step
     group: int = 4  # RL: G responses per prompt
     response_tokens: int = 24  # RL: max new tokens per response
-    rl_steps: int = 4  # RL steps (rollout + mini_batches optimizer steps each)
+    rl_steps: int = 3  # RL steps (rollout + mini_batches optimizer steps each)
     mini_batches: int = 2  # RL optimizer steps per rollout batch
     rl_lr: float = 1e-4  # RL LR (constant)
-    warm_steps: int = 20  # supervised steps of the RL starting policy
-    eval_samples: int = 4  # RL held-out: responses per prompt (T = 1)
+    warm_steps: int = 12  # supervised steps of the RL starting policy
+    eval_samples: int = 2  # RL held-out: responses per prompt (T = 1)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Settings]:
