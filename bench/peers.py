@@ -566,7 +566,7 @@ def line_pretrain(root: Path, paths: dict[str, Path], s: Settings, label: str) -
                  f"trainer.max_steps={s.sft_steps}", f"trainer.save_every={s.sft_steps + 1}",
                  f"trainer.optim.lr={s.lr}", f"trainer.optim.warmup_steps={s.warmup}",
                  # The reader inline, inside the timed step (pretrain_tiny's one worker process
-                 # competes for the 2 shared cores: 0.66 s vs 0.1 s per tiny step, measured).
+                 # competes for the 2 shared cores: 0.66 s vs 0.1-0.2 s per tiny step, measured).
                  "data.num_workers=0"]
     run = root / "pretrain_ponder"
     run_cmd([str(REPO / "launch" / "pretrain.py"), *overrides, f"hydra.run.dir={run}", *QUIET],
