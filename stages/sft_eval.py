@@ -117,7 +117,9 @@ def greedy_decode(wrapper: UniformVisionForward, prompts: list[Document], max_ne
 
 def _deal(items: list, rank: int, world: int) -> list[tuple[Any, bool]]:
     """This rank's share of `items`, padded so every rank gets as many: (item, counts)."""
-    per_rank = math.ceil(len(items) / world) if items else 0
+    if not items:  # eval.generations=0: no prompts to deal (items[0] below would not exist)
+        return []
+    per_rank = math.ceil(len(items) / world)
     mine = [(item, True) for item in items[rank::world]]
     return mine + [(items[0], False)] * (per_rank - len(mine))
 

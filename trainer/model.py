@@ -10,6 +10,7 @@ Every stage gets its model from `build_model(cfg, tokenizer)`:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -205,12 +206,17 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase,
     return model
 
 
+TEXT_ONLY = "Glm4ForCausalLM"  # a decoder-only GLM-4 checkpoint (trained on text, served by vLLM on CPU)
+
+
 def load_model(
     path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa", zero3_config: dict | None = None
 ) -> Glm4vForConditionalGeneration:
     """An HF Glm4v checkpoint directory (safetensors weights only, no remote code), or a ponder
-    checkpoint `.../checkpoints/step_N`, whose `hf/` is used (weights only). With a DeepSpeed
-    ZeRO-3 config the parameters are partitioned as they load (see `partitioned_loading`)."""
+    checkpoint `.../checkpoints/step_N`, whose `hf/` is used (weights only). A text-only GLM-4
+    checkpoint (`Glm4ForCausalLM`) loads as that class: pretraining and SFT then train the decoder
+    alone on text (trainer/forward.py `TextForward`), with no vision tower to run or partition.
+    With a DeepSpeed ZeRO-3 config the parameters are partitioned as they load (`partitioned_loading`)."""
     path = Path(path)
     if (path / "hf" / "config.json").exists():
         path = path / "hf"
@@ -218,8 +224,10 @@ def load_model(
         raise FileNotFoundError(f"model checkpoint directory not found: {path}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} not in {sorted(DTYPES)}")
+    config = path / "config.json"
+    text_only = config.exists() and (json.loads(config.read_text()).get("architectures") or [""])[0] == TEXT_ONLY
     with partitioned_loading(zero3_config):
-        return Glm4vForConditionalGeneration.from_pretrained(
+        return (Glm4ForCausalLM if text_only else Glm4vForConditionalGeneration).from_pretrained(
             str(path), dtype=DTYPES[dtype], attn_implementation=attn_implementation, use_safetensors=True
         )
 
@@ -244,6 +252,11 @@ def partitioned_loading(zero3_config: dict | None) -> Iterator[None]:
 
 def check_tokenizer_fits(config: Glm4vConfig, tokenizer: PreTrainedTokenizerBase) -> None:
     """Raise if the model's special token ids or vocabulary disagree with the tokenizer."""
+    if not hasattr(config, "vision_config"):  # a text-only GLM-4 decoder: only the vocabulary matters
+        if len(tokenizer) > config.vocab_size:
+            raise ValueError(f"model and tokenizer disagree: tokenizer has {len(tokenizer)} tokens > "
+                             f"vocab_size {config.vocab_size}")
+        return
     special = SpecialTokens.from_tokenizer(tokenizer)
     expected = {
         "image_token_id": special.image, "video_token_id": special.video,

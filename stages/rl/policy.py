@@ -3,32 +3,19 @@ or a text-only Glm4 (what vLLM serves on CPU)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from transformers import Glm4Config, Glm4ForCausalLM, PreTrainedModel
 
 from data_pipelines.tokenizer import SpecialTokens
 from trainer.checkpoint import resolve_hf_dir
-from trainer.model import DTYPES, ModelConfig, load_model, partitioned_loading
-
-TEXT_ONLY = "Glm4ForCausalLM"
-
-
-def architecture(hf_dir: Path) -> str:
-    architectures = json.loads((hf_dir / "config.json").read_text()).get("architectures") or []
-    return architectures[0] if architectures else ""
-
+from trainer.model import DTYPES, ModelConfig, load_model
 
 def load_policy(path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa",
                 zero3_config: dict | None = None) -> PreTrainedModel:
-    """The policy at `path` (any `model.init` form); straight into ZeRO-3 shards given `zero3_config`."""
-    hf_dir = resolve_hf_dir(path)
-    if architecture(hf_dir) == TEXT_ONLY:
-        with partitioned_loading(zero3_config):
-            return Glm4ForCausalLM.from_pretrained(str(hf_dir), dtype=DTYPES[dtype],
-                                                   attn_implementation=attn_implementation, use_safetensors=True)
-    return load_model(hf_dir, dtype, attn_implementation, zero3_config)
+    """The policy at `path` (any `model.init` form), Glm4v or text-only Glm4 (trainer.model.load_model);
+    straight into ZeRO-3 shards given `zero3_config`."""
+    return load_model(resolve_hf_dir(path), dtype, attn_implementation, zero3_config)
 
 
 def text_policy(cfg: ModelConfig, special: SpecialTokens) -> Glm4ForCausalLM:
