@@ -28,6 +28,8 @@ setup:
 	# CUDA-linked wheels break `import Glm4vForConditionalGeneration` on CPU torch.
 	$(if $(HAS_GPU),,$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	# DeepSpeed's CPU comm op, compiled once here rather than by the first run that needs it.
+	$(if $(HAS_GPU),,$(BIN)/python -c "from trainer.distributed import prebuild_ops; prebuild_ops()")
 	$(BIN)/python -c "import torch, transformers, deepspeed, webdataset, hydra; from transformers import Glm4vForConditionalGeneration; print('ponder ready: torch', torch.__version__, 'transformers', transformers.__version__)"
 
 test:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +31,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def use_own_extension_cache() -> None:
+    """DeepSpeed JIT-builds its CPU comm op into torch's extension cache on first use. One cache per
+    virtualenv: environments sharing ~/.cache rebuild it over each other's build, and a process
+    killed mid-build leaves the cache's lock behind, on which every later start waits forever."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+
+
+def prebuild_ops() -> None:
+    """Build DeepSpeed's CPU comm op now (`make setup`), so no run compiles at start."""
+    use_own_extension_cache()
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
+
+
 def init_distributed() -> DistInfo:
     """Join the torchrun group (NCCL on GPU, gloo on CPU), or make a group of one."""
+    use_own_extension_cache()
     if "RANK" not in os.environ:  # plain `python launch/...`: a world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
