@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Mapping, Sequence
 
+from trainer.lifetime import die_with_parent
+
 from .config import RewardConfig
 from .registry import Verifier, resolve_verifier
 from .scoring import DEFAULT_CONFIG, score_with
@@ -39,6 +41,7 @@ class RewardItem:
 
 def _worker_main(conn: Connection, config: RewardConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller decides when workers stop
+    die_with_parent()  # the forkserver (or a spawning caller) dies with the trainer: so does this worker
     if config.worker_memory_mb is not None:
         _cap_address_space(config.worker_memory_mb)
     while True:
