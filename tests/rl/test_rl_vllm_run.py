@@ -9,30 +9,13 @@ import signal
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from tests.rl.helpers import TASK_VERIFIERS, save_policy, task_data, tiny_policy, warm_start
-from tests.trainer.launching import REPO, launch_command, launch_env, metrics
+from tests.trainer.launching import REPO, launch_command, launch_env, metrics, tagged_processes
 
 pytest.importorskip("vllm")
-
-
-def _tagged_processes(tag: str) -> list[int]:
-    """PIDs of live processes whose environment carries `PONDER_TEST_TAG=tag` (children inherit it)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if f"PONDER_TEST_TAG={tag}".encode() in environ.split(b"\0") and state != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 def test_vllm_rollouts_follow_every_update_and_sigterm_stops_the_engine(tmp_path):
@@ -61,16 +44,16 @@ def test_vllm_rollouts_follow_every_update_and_sigterm_stops_the_engine(tmp_path
             assert proc.poll() is None, tail()
             assert time.monotonic() < deadline, "no 3 RL steps within 400 s"
             time.sleep(1)
-        assert len(_tagged_processes(tag)) >= 2  # the trainer and vLLM's engine process(es)
+        assert len(tagged_processes(tag)) >= 2  # the trainer and vLLM's engine process(es)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
         assert proc.returncode == 128 + signal.SIGTERM, tail()
         deadline = time.monotonic() + 30
-        while _tagged_processes(tag) and time.monotonic() < deadline:
+        while tagged_processes(tag) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert _tagged_processes(tag) == [], "vLLM processes outlived the stopped run"
+        assert tagged_processes(tag) == [], "vLLM processes outlived the stopped run"
     finally:
-        for pid in _tagged_processes(tag):  # whatever a failure left behind
+        for pid in tagged_processes(tag):  # whatever a failure left behind
             os.kill(pid, signal.SIGKILL)
 
     lines = metrics(run)

@@ -51,3 +51,19 @@ def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def tagged_processes(tag: str, key: str = "PONDER_TEST_TAG") -> list[int]:
+    """PIDs of live processes whose environment carries `key=tag` (children inherit it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if f"{key}={tag}".encode() in environ.split(b"\0") and state != "Z":
+            found.append(int(entry.name))
+    return found
