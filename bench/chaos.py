@@ -128,21 +128,24 @@ def _finish(proc: subprocess.Popen, tag: str, timeout: float) -> int:
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_job(proc)
         for pid in tagged_processes(tag, "PONDER_CHAOS_TAG"):
             os.kill(pid, signal.SIGKILL)
+        proc.wait()
         return -1
 
 
-def _kill_job(proc: subprocess.Popen) -> None:
-    """SIGKILL the launcher and its workers (torchrun's children) at once: a cgroup kill of the job.
-    Their own children (engines, loaders, reward workers) are left for the run to take down."""
+def _kill_job(proc: subprocess.Popen, nproc: int) -> None:
+    """SIGKILL the launcher and its workers (torchrun's children; with one rank the launcher is the
+    worker) at once, as a job kill reaches the processes a job script knows. Their own children
+    (vLLM engine, DataLoader and reward workers) are left for the run's own lifetime rules."""
     import psutil
 
-    try:
-        targets = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children()]
-    except psutil.NoSuchProcess:
-        targets = [proc.pid]
+    targets = [proc.pid]
+    if nproc > 1:
+        try:
+            targets += [c.pid for c in psutil.Process(proc.pid).children()]
+        except psutil.NoSuchProcess:
+            pass
     for pid in targets:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -216,7 +219,7 @@ def trial(spec: Stage, out: Path, index: int, kill_at_s: float, want: list[dict]
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     result.finished_before_kill = proc.poll() is not None
-    _kill_job(proc)
+    _kill_job(proc, spec.nproc)
     result.left_after_kill = _left(tag, grace_s)
     result.steps_before_kill = len(_metrics(run))
     result.unreadable = _unreadable(run)
