@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from bench.reward_stress import adversarial_items, report, stress
-from stages.rl.rewards import RewardConfig, RewardItem, RewardPool
+from stages.rl.rewards import RewardConfig, RewardItem, RewardPool, score
 
 from .helpers import respond
 
@@ -45,3 +45,12 @@ def test_the_benchmark_reports_rate_and_hangs():
     assert result["hangs"] == 0 and result["rate"] > 0
     assert sum(sum(r.values()) for r in result["per_kind"].values()) == 24
     assert "| kind | items | timeouts | reasons |" in report(result, 2)
+
+
+def test_huge_and_deep_answers_are_wrong_answers_not_verifier_errors():
+    click = {"action_type": "click", "box_2d": [[1, 2, 3, 4]]}
+    cases = [("counting", "1" * 6000, 7, "wrong:number_too_long"),
+             ("grounding", "1" * 6000, [[1, 2, 3, 4]], "wrong:malformed_boxes(number too long)"),
+             ("gui", "[" * 9000 + "1", click, "wrong:malformed_action(nested too deeply)")]
+    for domain, box, truth, reason in cases:
+        assert score(domain, respond(box), truth, config=CONFIG).reason == reason
