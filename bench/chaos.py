@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.same_metrics import TIMING  # noqa: E402
-from tests.trainer.launching import launch_command, launch_env, tagged_processes  # noqa: E402
+from tests.trainer.launching import descendants, launch_command, launch_env, tagged_processes  # noqa: E402
 from trainer.checkpoint import complete_steps  # noqa: E402
 from trainer.manifest import check_share  # noqa: E402
 
@@ -138,14 +138,7 @@ def _kill_job(proc: subprocess.Popen, nproc: int) -> None:
     """SIGKILL the launcher and its workers (torchrun's children; with one rank the launcher is the
     worker) at once, as a job kill reaches the processes a job script knows. Their own children
     (vLLM engine, DataLoader and reward workers) are left for the run's own lifetime rules."""
-    import psutil
-
-    targets = [proc.pid]
-    if nproc > 1:
-        try:
-            targets += [c.pid for c in psutil.Process(proc.pid).children()]
-        except psutil.NoSuchProcess:
-            pass
+    targets = [proc.pid] + (descendants(proc.pid, recursive=False) if nproc > 1 else [])
     for pid in targets:
         try:
             os.kill(pid, signal.SIGKILL)

@@ -11,18 +11,17 @@ import sys
 import textwrap
 import time
 
-import psutil
 import pytest
 
-from tests.trainer.launching import REPO, launch, launch_command, launch_env, metrics
+from tests.trainer.launching import REPO, descendants, launch, launch_command, launch_env, metrics, running
 from trainer.run_lock import LOCK_NAME, RunDirLocked, RunLock
 
 
-def _gone(procs: list[psutil.Process], within_s: float) -> list[psutil.Process]:
-    """The processes still running (not zombies) after up to within_s seconds."""
+def _gone(pids: list[int], within_s: float) -> list[int]:
+    """The processes still running after up to within_s seconds."""
     deadline = time.monotonic() + within_s
     while True:
-        alive = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        alive = running(pids)
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.2)
@@ -51,8 +50,8 @@ def test_sigkill_of_torchrun_alone_takes_its_workers_and_the_lock_refuses_a_seco
             assert first.poll() is None and time.monotonic() < deadline, "the first run did not start training"
             time.sleep(0.5)
         owner = json.loads((run / LOCK_NAME).read_text())
-        workers = psutil.Process(first.pid).children(recursive=True)
-        assert owner["pid"] in [w.pid for w in workers]  # rank 0 holds the lock
+        workers = descendants(first.pid)
+        assert owner["pid"] in workers  # rank 0 holds the lock
 
         second = launch("pretrain.py", args + ["trainer.max_steps=2"], timeout=240)
         assert second.returncode != 0
@@ -66,8 +65,8 @@ def test_sigkill_of_torchrun_alone_takes_its_workers_and_the_lock_refuses_a_seco
         time.sleep(1.0)
         assert len(metrics(run)) <= steps_before + 2  # nobody trains into the directory any more
     finally:
-        for p in psutil.Process(first.pid).children(recursive=True) if first.poll() is None else []:
-            p.kill()
+        for pid in running(descendants(first.pid)) if first.poll() is None else []:
+            os.kill(pid, signal.SIGKILL)
         first.kill()
 
 
@@ -110,8 +109,8 @@ def test_forked_children_and_reward_workers_die_with_a_sigkilled_trainer():
         time.sleep(600)
     """)
     pids = [int(p) for p in trainer.stdout.readline().split()]
-    children = psutil.Process(trainer.pid).children(recursive=True)
-    assert {c.pid for c in children} >= set(pids) and len(children) >= 4  # + the forkserver
+    children = descendants(trainer.pid)
+    assert set(children) >= set(pids) and len(children) >= 4  # + the forkserver
     trainer.kill()
     trainer.wait()
     assert _gone(children, within_s=10) == []
