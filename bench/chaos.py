@@ -55,6 +55,7 @@ class Trial:
     finished_before_kill: bool = False
     left_after_kill: int = 0
     left_after_resume: int = 0
+    left_names: list[str] = field(default_factory=list)  # command names of what was left, for diagnosis
     unreadable: list[str] = field(default_factory=list)
     resumed_ok: bool = False
     mismatches: list[str] = field(default_factory=list)
@@ -179,11 +180,16 @@ def _unreadable(run: Path) -> list[str]:
     return bad
 
 
-def _left(tag: str, grace_s: float) -> int:
+def _left(tag: str, grace_s: float, names: list[str] | None = None) -> int:
     deadline = time.monotonic() + grace_s
     while (left := tagged_processes(tag, "PONDER_CHAOS_TAG")) and time.monotonic() < deadline:
         time.sleep(0.25)
     for pid in left:  # count them, then clean up for the next trial
+        if names is not None:
+            try:
+                names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+            except OSError:
+                pass
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -213,14 +219,14 @@ def trial(spec: Stage, out: Path, index: int, kill_at_s: float, want: list[dict]
         time.sleep(0.05)
     result.finished_before_kill = proc.poll() is not None
     _kill_job(proc, spec.nproc)
-    result.left_after_kill = _left(tag, grace_s)
+    result.left_after_kill = _left(tag, grace_s, result.left_names)
     result.steps_before_kill = len(_metrics(run))
     result.unreadable = _unreadable(run)
     tag = uuid.uuid4().hex
     with log.open("a") as f:
         f.write(f"\n===== chaos: killed at {kill_at_s:.1f} s; resuming =====\n")
     result.resumed_ok = _finish(_start(spec, run, tag, log), tag, timeout) == 0
-    result.left_after_resume = _left(tag, grace_s)
+    result.left_after_resume = _left(tag, grace_s, result.left_names)
     result.mismatches = _compare(_metrics(run), want) if result.resumed_ok else ["resume failed"]
     return result
 
