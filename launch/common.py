@@ -15,8 +15,16 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+import torch.distributed as dist  # noqa: E402
+
+from trainer import lifetime  # noqa: E402
 from trainer.distributed import DistInfo, init_distributed, shared_run_dir  # noqa: E402
-from trainer.logging import setup_log_lines  # noqa: E402
+from trainer.logging import log, setup_log_lines  # noqa: E402
+from trainer.run_lock import RunDirLocked, RunLock  # noqa: E402
+
+# A child a trainer spawned (vLLM's engine core on GPU) imports this module again as its main
+# module's import: it dies with its parent from here on.
+lifetime.follow_parent()
 
 
 # DeepSpeed still calls torch.distributed's renamed collectives; one warning per call drowns the log.
@@ -36,6 +44,7 @@ def exit_on_sigterm() -> None:
 def start(raw: DictConfig) -> tuple[Any, Path, DistInfo]:
     """Typed config (bad values stop here, before any work), process group, shared run dir."""
     exit_on_sigterm()
+    lifetime.adopt()  # die with torchrun; this process's children die with it
     try:
         cfg = OmegaConf.to_object(raw)  # runs the dataclasses' validation
     except (ValueError, TypeError) as exc:
@@ -43,6 +52,23 @@ def start(raw: DictConfig) -> tuple[Any, Path, DistInfo]:
     info = init_distributed()
     setup_log_lines(info.is_main)
     run_dir = shared_run_dir(HydraConfig.get().runtime.output_dir, info)
+    lock_run_dir(run_dir, info)
     if info.is_main:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(raw, resolve=True))
     return cfg, run_dir, info
+
+
+def lock_run_dir(run_dir: Path, info: DistInfo) -> None:
+    """Rank 0 takes the run directory's lock; every rank stops when a live run holds it."""
+    refusal = [None]
+    if info.is_main:
+        try:
+            lock = RunLock(run_dir).acquire()
+            if lock.previous:
+                log.info("took over %s from a run that is gone (host %s, pid %s)", lock.path,
+                         lock.previous.get("host"), lock.previous.get("pid"))
+        except RunDirLocked as err:
+            refusal = [str(err)]
+    dist.broadcast_object_list(refusal, src=0)
+    if refusal[0]:
+        sys.exit(f"ponder: {refusal[0]}")

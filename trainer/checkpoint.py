@@ -6,9 +6,13 @@ Layout of `<run_dir>/checkpoints/step_<N>/`:
     rank_<r>.pt          per-rank RNG states (weights_only-loadable)
     rank_<r>.json        per-rank stage state: data reader position or RL sampler
     trainer_state.json   step, the stage's progress counters (tokens, samples), world size
+    MANIFEST.json        every file above with its size and SHA-256 (manifest.py)
     COMPLETE             written last; a directory without it is never resumed from
 `checkpoints/latest` names the newest complete step. Everything is written into `step_<N>.tmp/`
-and renamed once all ranks are done, so a run killed mid-save resumes from the previous step.
+and renamed once all ranks are done, so a run killed mid-save resumes from the previous step, and
+a save that fails (a full disk, an exception) stops the run with `latest` unchanged. At resume a
+checkpoint whose files do not match its manifest is skipped for the newest intact one, with a
+warning naming what is wrong.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from transformers import PreTrainedTokenizerBase
 
 from . import faults
 from .distributed import DistInfo
+from .logging import log
+from .manifest import check_share, digest_share, list_files, write_manifest
 from .model import ModelConfig, save_hf_checkpoint
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -67,17 +73,29 @@ def complete_steps(root: Path) -> list[int]:
     return sorted(steps)
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run (the `latest` pointer, checked; else a scan).
-    Reads files only: any process, no process group."""
-    root = Path(run_dir) / "checkpoints"
+class CheckpointSaveError(RuntimeError):
+    pass
+
+
+def candidates(root: Path) -> list[Path]:
+    """Complete checkpoints, newest first: the one `latest` names, then the others by step."""
+    out = []
     pointer = root / "latest"
     if pointer.exists():
-        candidate = root / pointer.read_text().strip()
-        if (candidate / "COMPLETE").exists():
+        named = root / pointer.read_text().strip()
+        if (named / "COMPLETE").exists():
+            out.append(named)
+    out += [root / f"step_{s}" for s in reversed(complete_steps(root)) if root / f"step_{s}" not in out]
+    return out
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run whose files are all there at their manifest's
+    sizes (checksums are checked at resume). Reads files only: any process, no process group."""
+    for candidate in candidates(Path(run_dir) / "checkpoints"):
+        if not check_share(candidate, checksums=False):
             return candidate
-    steps = complete_steps(root)
-    return root / f"step_{steps[-1]}" if steps else None
+    return None
 
 
 def resolve_hf_dir(path: str | Path) -> Path:
@@ -126,15 +144,40 @@ class Checkpointer:
     def latest(self) -> Path | None:
         return latest_checkpoint(self.root.parent)
 
+    def verify(self, path: Path) -> list[str]:
+        """Collective: what is wrong with a checkpoint's files (each rank hashes its share)."""
+        found: list[list[str]] = [[] for _ in range(self.info.world_size)]
+        dist.all_gather_object(found, check_share(path, self.info.rank, self.info.world_size))
+        return sorted(set(sum(found, [])))
+
     def resume_point(self, resume: str) -> Path | None:
-        """`auto`: the latest complete checkpoint if any; `never`: none; else a checkpoint dir."""
+        """Collective. `auto`: the newest intact checkpoint if any (a damaged newer one is skipped,
+        saying so); `never`: none; else that checkpoint dir, which must be intact."""
         if resume == "never":
             return None
         if resume == "auto":
-            return self.latest()
+            damaged = []
+            for candidate in candidates(self.root):
+                problems = self.verify(candidate)
+                if not problems:
+                    if damaged and self.info.is_main:
+                        log.warning("resuming from %s, the newest intact checkpoint (skipped: %s)",
+                                    candidate.name, ", ".join(damaged))
+                    return candidate
+                damaged.append(candidate.name)
+                if self.info.is_main:
+                    log.warning("checkpoint %s is damaged (%s): falling back to an older one",
+                                candidate, "; ".join(problems[:5]))
+            if damaged:
+                raise RuntimeError(f"no intact checkpoint under {self.root} (damaged: {', '.join(damaged)}); "
+                                   "restore one, or start over with resume=never")
+            return None
         path = Path(resume)
         if not (path / "COMPLETE").exists():
             raise FileNotFoundError(f"resume={resume}: not a complete checkpoint directory")
+        problems = self.verify(path)
+        if problems:
+            raise RuntimeError(f"resume={resume}: the checkpoint is damaged ({'; '.join(problems[:5])})")
         return path
 
     # -- saving --------------------------------------------------------------------------------
@@ -146,32 +189,58 @@ class Checkpointer:
         client_state: dict[str, Any],
         tokenizer: PreTrainedTokenizerBase,
     ) -> Path:
-        """Collective: every rank calls it. Returns the final directory."""
+        """Collective: every rank calls it. Returns the final directory. A failure on any rank
+        raises CheckpointSaveError there (the other ranks fail in their next collective, and torchrun
+        stops the job); `latest` still names the previous checkpoint."""
         final = self.root / f"step_{step}"
         tmp = self.root / f"step_{step}.tmp"
+        try:
+            self._write(step, tmp, final, ds, trainer_state, client_state, tokenizer)
+        except Exception as err:
+            previous = self.latest()
+            raise CheckpointSaveError(
+                f"saving the checkpoint of step {step} failed on rank {self.info.rank}: {err}. "
+                f"Nothing is lost: {previous.name if previous else 'no checkpoint'} stays the latest "
+                f"({self.root}), and the partial {tmp.name} is removed by the next save. Fix the cause "
+                "(free disk space) and rerun with resume=auto.") from err
+        return final
+
+    def _write(self, step: int, tmp: Path, final: Path, ds, trainer_state: dict[str, Any],
+               client_state: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> None:
         if self.info.is_main:
             shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that was killed
             tmp.mkdir(parents=True)
         dist.barrier()
-        ds.save_checkpoint(str(tmp / "state"), tag="zero", save_latest=False)
+        with faults.disk_full(step):
+            ds.save_checkpoint(str(tmp / "state"), tag="zero", save_latest=False)
         export_hf(ds, tokenizer, tmp / "hf", self.info)
         torch.save(_rng_state(), tmp / f"rank_{self.info.rank}.pt")
         _write_json(tmp / f"rank_{self.info.rank}.json", client_state)
         faults.maybe_kill("save", step)
-        dist.barrier()
         if self.info.is_main:
             _write_json(tmp / "trainer_state.json", {**trainer_state, "world_size": self.info.world_size})
+        dist.barrier()
+        # Every file is written: the manifest, each rank hashing its share of them.
+        files = [list_files(tmp) if self.info.is_main else None]
+        dist.broadcast_object_list(files, src=0)
+        shares: list[dict[str, Any]] = [{} for _ in range(self.info.world_size)]
+        dist.all_gather_object(shares, digest_share(tmp, files[0], self.info.rank, self.info.world_size))
+        if self.info.is_main:
+            faults.maybe_raise("save", step)
+            write_manifest(tmp, {k: v for share in shares for k, v in share.items()})
             (tmp / "COMPLETE").write_text("ok\n")
+            old = final.with_name(final.name + ".old")
             if final.exists():  # a complete save of this step already exists: replace it
-                shutil.rmtree(final)
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
             os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
             pointer = self.root / "latest.tmp"
             pointer.write_text(final.name)
             os.replace(pointer, self.root / "latest")
-            for old in self.complete_steps()[: -self.keep_last]:
-                shutil.rmtree(self.root / f"step_{old}", ignore_errors=True)
+            for old_step in self.complete_steps()[: -self.keep_last]:
+                shutil.rmtree(self.root / f"step_{old_step}", ignore_errors=True)
         dist.barrier()
-        return final
 
     # -- loading -------------------------------------------------------------------------------
     def load(self, path: Path, ds) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 import math
 import sys
@@ -23,6 +24,15 @@ def setup_log_lines(is_main: bool) -> None:
         stream=sys.stderr,
         force=True,
     )
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    """A logged record, or None for a blank line or the torn last line of a killed run."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "step" in record else None
 
 
 class MetricsLogger:
@@ -62,9 +72,11 @@ class MetricsLogger:
         """After a resume, drop lines of steps the killed run logged past its checkpoint."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [line for line in self.path.read_text(errors="replace").splitlines()
+                if (record := _parse(line)) is not None and record["step"] <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")  # a kill now leaves the old log, never half of it
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
 
     def log(self, metrics: dict[str, Any]) -> None:
         if not self.is_main:

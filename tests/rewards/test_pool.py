@@ -52,13 +52,13 @@ def test_batch_equals_single_scores_in_order(pool):
     assert score_batch(MIXED, CONFIG, num_workers=0) == results[:len(MIXED)]
 
 
-def test_pathological_latex_times_out_in_the_worker_which_survives(pool):
+def test_pathological_latex_times_out_and_its_worker_is_replaced(pool):
     restarts = pool.restarts
     start = time.perf_counter()
     results = pool.score_batch([RewardItem("math", respond("9^{9^{9}}"), "1"), RewardItem("math", respond("2"), "2")])
     assert time.perf_counter() - start < 0.5 + 1.0
     assert [(r.reward, r.reason) for r in results] == [(0.0, "timeout"), (1.0, "correct")]
-    assert pool.restarts == restarts  # the in-worker limit fired: no kill needed
+    assert pool.restarts == restarts + 1  # an interrupted worker is never reused (its state may be half-built)
 
 
 def test_uninterruptible_verifier_is_killed_at_the_hard_limit(pool):

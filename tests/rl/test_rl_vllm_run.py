@@ -4,43 +4,25 @@ killed mid-save resumes exactly, and no process outlives a run."""
 
 from __future__ import annotations
 
+import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 
 from tests.rl.helpers import TASK_VERIFIERS, save_policy, task_data, tiny_policy, warm_start
-from tests.trainer.launching import check, launch_command, launch_env, metrics, REPO
+from tests.trainer.launching import REPO, check, launch_command, launch_env, metrics, tagged_processes
 
 pytest.importorskip("vllm")
 
 STEPS = 3
 
 
-def _tagged_processes(tag: str) -> list[int]:
-    """PIDs of live processes whose environment carries `PONDER_TEST_TAG=tag` (children inherit it)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if f"PONDER_TEST_TAG={tag}".encode() in environ.split(b"\0") and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
-def _run(args: list[str], fault: str | None = None):
-    import subprocess
-
+def _run(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess:
     tag = uuid.uuid4().hex
     env = launch_env(fault, PONDER_TEST_TAG=tag)
     proc = subprocess.run(launch_command("rl.py", args, nproc=2), env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=600)
-    assert _tagged_processes(tag) == [], "processes outlived the run"
+    assert tagged_processes(tag) == [], "processes outlived the run"
     return proc
 
 

@@ -51,3 +51,48 @@ def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def tagged_processes(tag: str, key: str = "PONDER_TEST_TAG") -> list[int]:
+    """PIDs of live processes whose environment carries `key=tag` (children inherit it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if f"{key}={tag}".encode() in environ.split(b"\0") and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time in ticks) of a live process, None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def descendants(pid: int, recursive: bool = True) -> list[int]:
+    """PIDs of a process's children (and theirs), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            parents.setdefault(stat[1], []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        out += kids
+        if recursive:
+            todo += kids
+    return out
+
+
+def running(pids: list[int]) -> list[int]:
+    """Those of pids still running (zombies are dead)."""
+    return [p for p in pids if (stat := _stat(p)) is not None and stat[0] != "Z"]

@@ -1,7 +1,8 @@
 """Batch scoring in worker processes with a hard per-item time limit.
 
 Each worker scores one item at a time. Inside the worker `score_with` already interrupts a slow
-verifier at time_limit_s (SIGALRM); a worker still busy at time_limit_s + kill_grace_s (stuck in C
+verifier at time_limit_s (SIGALRM), and that worker is then replaced (the interrupted verifier may
+have left its state half-built); a worker still busy at time_limit_s + kill_grace_s (stuck in C
 code, or a verifier that blocks signals) is SIGKILLed and replaced, and its item gets reason
 "timeout". A worker that dies (os._exit, segfault, out of memory) gives its item "verifier_crashed"
 and is replaced. Neither stalls nor kills the caller. Workers start from a forkserver that has
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Mapping, Sequence
 
+from trainer.lifetime import die_with_parent
+
 from .config import RewardConfig
 from .registry import Verifier, resolve_verifier
 from .scoring import DEFAULT_CONFIG, score_with
@@ -39,6 +42,7 @@ class RewardItem:
 
 def _worker_main(conn: Connection, config: RewardConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller decides when workers stop
+    die_with_parent()  # the forkserver (or a spawning caller) dies with the trainer: so does this worker
     if config.worker_memory_mb is not None:
         _cap_address_space(config.worker_memory_mb)
     while True:
@@ -116,7 +120,7 @@ class RewardPool:
             raise ValueError("RewardPool needs num_workers >= 1 (use score_batch(num_workers=0) to score inline)")
         self._ctx = multiprocessing.get_context(self.config.start_method)
         if self.config.start_method == "forkserver":
-            self._ctx.set_forkserver_preload([__name__])
+            self._ctx.set_forkserver_preload([__name__, f"{__package__}.warmup"])
         self._workers = [_Worker(self._ctx, self.config) for _ in range(num_workers)]
         self._close = weakref.finalize(self, _stop_all, self._workers)
         self.restarts = 0  # workers replaced after a timeout or a crash, over the pool's life
@@ -227,7 +231,13 @@ class RewardPool:
                 if result is None:  # it died, or it is stuck past the hard limit: a fresh worker takes its place
                     result = RewardResult(self.config.min_reward, False, None, failure)
                     worker = self._replace(worker)
-                idle.append(worker)  # a worker whose own time limit fired answered "timeout": reusable
+                elif result.reason == "timeout":
+                    # Its own time limit fired: an exception raised from a signal handler anywhere in
+                    # sympy or a parser can leave their caches half-built, and later verdicts of that
+                    # process wrong (measured: \infty^{\infty} scored "correct" against 1/2 after such
+                    # a timeout). A fresh worker costs a fork.
+                    worker = self._replace(worker)
+                idle.append(worker)
                 results[index] = result
 
     def _receive(self, worker: _Worker, index: int) -> RewardResult | None:

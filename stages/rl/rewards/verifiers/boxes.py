@@ -28,8 +28,14 @@ def loads_strict(text: str) -> Any:
     """JSON without NaN/Infinity and without duplicate object keys."""
     try:
         return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
+    except BoxFormatError:
+        raise
     except json.JSONDecodeError as err:
         raise BoxFormatError(f"not JSON: {err.msg}") from None
+    except ValueError:  # an integer longer than Python converts (4,300 digits)
+        raise BoxFormatError("number too long") from None
+    except RecursionError:  # "[[[[..." thousands deep
+        raise BoxFormatError("nested too deeply") from None
 
 
 def as_box(value: Any) -> Box:

@@ -51,7 +51,10 @@ def verify_count(answer: str, ground_truth: Any, config: RewardConfig, **info: A
     if numbers:
         if not is_plain_integer(numbers[0]):
             return Verdict(0.0, "wrong:not_integer")
-        value = int(numbers[0].replace(",", ""))
+        digits = numbers[0].replace(",", "")
+        if len(digits.lstrip("+-0")) > 100:  # no count is that long; int() refuses past 4,300 digits
+            return Verdict(0.0, "wrong:number_too_long")
+        value = int(digits)
     else:
         value = words[0]
     return Verdict(1.0, "correct") if value == gold else Verdict(0.0, "wrong")
