@@ -11,6 +11,7 @@ from data_pipelines.tokenizer import SpecialTokens
 from trainer.checkpoint import resolve_hf_dir
 from trainer.model import DTYPES, ModelConfig, load_model
 
+
 def load_policy(path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa",
                 zero3_config: dict | None = None) -> PreTrainedModel:
     """The policy at `path` (any `model.init` form), Glm4v or text-only Glm4 (trainer.model.load_model);
