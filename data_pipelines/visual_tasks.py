@@ -227,6 +227,19 @@ def summary(shapes: list[Shape]) -> str:
     return f"There {'is' if first == 1 else 'are'} {body}."  # the verb agrees with the first group
 
 
+def tally(shapes: list[Shape]) -> str:
+    """'I see 2 red, 1 blue and 3 green shapes.' — colours in the fixed palette order.
+
+    Why this and not a listing: each number is an aggregate over the image (how many cells hold a
+    colour), which one attention layer reads off at once; a row-by-row listing needs the k-th shape
+    in reading order for every k, which the tiny model does not learn in the demo's minutes (it
+    copied the question's colour into every item instead)."""
+    counts = Counter(s.colour for s in shapes)
+    parts = [f"{counts[c]} {c}" for c in COLOUR_OPTIONS if counts[c]]
+    body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"I see {body} {_noun(len(shapes), 'shape')}."
+
+
 def boxed_answer(domain: str, answer: Any) -> str:
     """The text a correct response boxes for a ground truth (grounding: compact JSON boxes)."""
     if domain == "visual_ground":
@@ -270,12 +283,11 @@ def count_task(rng: random.Random, level: int, canvas: Canvas) -> VisualTask:
     shapes, palette = _scene(rng, level, canvas, _random_kinds(rng), _random_colours(rng))
     colour = rng.choice([c for c in palette if any(s.colour == c for s in shapes)])
     count = sum(s.colour == colour for s in shapes)
-    ticks = ", ".join(str(i) for i in range(1, count + 1))
     verb = "is" if count == 1 else "are"
     return VisualTask(
         "visual_count", level, draw_scene(canvas, shapes, rng), f"How many {colour} shapes are there?", str(count),
-        f"{listing(shapes)} I count {colour}: {ticks}.", f"There {verb} {{}} {colour} {_noun(count, 'shape')}.",
-        f"{listing(shapes)} {summary(shapes)} {count} of them {verb} {colour}.",
+        tally(shapes), f"There {verb} {{}} {colour} {_noun(count, 'shape')}.",
+        f"{tally(shapes)} {listing(shapes)} {summary(shapes)} {count} of them {verb} {colour}.",
     )
 
 
@@ -294,13 +306,11 @@ def majority_task(rng: random.Random, level: int, canvas: Canvas) -> VisualTask:
     """Which colour most shapes have (multiple choice over every colour name, answered by name)."""
     shapes, palette = _scene(rng, level, canvas, _random_kinds(rng), _majority_colours(rng))
     counts = Counter(s.colour for s in shapes)
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], palette.index(kv[0])))
-    colour = ranked[0][0]
-    tally = ", ".join(f"{c} {n}" for c, n in ranked)
+    colour = counts.most_common(1)[0][0]  # unique: the colours were drawn without a tied top
     return VisualTask(
         "visual_majority", level, draw_scene(canvas, shapes, rng), "Which colour do most shapes have?", colour,
-        f"{listing(shapes)} I count {tally}.", "Most shapes are {}.",
-        f"{listing(shapes)} {summary(shapes)} Most shapes are {colour}.", {"options": list(COLOUR_OPTIONS)},
+        tally(shapes), "Most shapes are {}.",
+        f"{tally(shapes)} {listing(shapes)} {summary(shapes)} Most shapes are {colour}.", {"options": list(COLOUR_OPTIONS)},
     )
 
 

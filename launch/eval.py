@@ -17,7 +17,7 @@ register("eval_schema", EvalRunConfig)
 @hydra.main(config_path="../recipes", config_name="eval", version_base="1.3")
 def main(raw: DictConfig) -> None:
     cfg, run_dir, info = start(raw)
-    results = evaluate(cfg, info)
+    results = evaluate(cfg, info, run_dir / "responses.jsonl" if info.is_main else None)
     if info.is_main:
         print(write_report(results, run_dir), flush=True)
 

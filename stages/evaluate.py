@@ -43,7 +43,7 @@ from stages.rl.pass_at_k import mean_pass_at_k
 from trainer.checkpoint import resolve_hf_dir
 from stages.rl.rewards import RewardConfig
 from stages.rl.rollout import RolloutConfig, build_rollout_engine
-from stages.rl.rollout.base import request_seed
+from stages.rl.rollout.base import completion_text, request_seed
 from stages.rl.scorer import Scorer
 from trainer.distributed import DistInfo
 from trainer.logging import log
@@ -84,6 +84,7 @@ class EvalRunConfig:
     ks: list[int] = field(default_factory=lambda: [1, 4, 8])  # pass@k of the sampled responses
     pass_threshold: float = 1.0  # a response is correct when its reward reaches this
     chunk_prompts: int = 256  # prompts per rollout call on a rank (bounds memory: encoded images, responses)
+    save_responses: bool = False  # also write responses.jsonl: every response's text and reward, per decoding
 
     def __post_init__(self) -> None:
         if not self.model.init:
@@ -143,12 +144,13 @@ class PromptOutcome:
     lengths: list[int]  # response tokens
     truncated: list[bool]  # the final generation hit its cap
     forced: list[bool]  # `</think><answer>` was inserted at max_new_tokens
+    texts: list[str] = field(default_factory=list)  # the responses, only with save_responses (all-gathered)
 
 
-def outcome_of(group: GroupResult, record: PromptRecord) -> PromptOutcome:
+def outcome_of(group: GroupResult, record: PromptRecord, texts: list[str] | None = None) -> PromptOutcome:
     c = group.completions
     return PromptOutcome(group.slot, record.id, record.domain, list(group.rewards), list(group.format_ok),
-                         [len(x) for x in c], [x.truncated for x in c], [x.forced for x in c])
+                         [len(x) for x in c], [x.truncated for x in c], [x.forced for x in c], texts or [])
 
 
 def decoding_metrics(outcomes: list[PromptOutcome], ks: tuple[int, ...], pass_threshold: float) -> Metrics:
@@ -213,6 +215,8 @@ class SetEvaluator:
         tokenizer = load_tokenizer(hf_dir)
         special = SpecialTokens.from_tokenizer(tokenizer)
         self.renderer = ChatRenderer(tokenizer, VisionProcessor(cfg.processor))
+        self.tokenizer, self.special = tokenizer, special
+        self.responses: list[dict[str, Any]] = []  # save_responses: every set's responses, in slot order
         engine = build_rollout_engine(cfg.rollout, hf_dir, special, cfg.model, info, cfg.rollout.seed)
         self.roller = GroupRoller(engine, Scorer(cfg.rewards), cfg.rollout, tokenizer, special)
         self.decodings = decodings(cfg)
@@ -232,6 +236,9 @@ class SetEvaluator:
         for d in self.decodings:
             outcomes = sorted((o for outs, _ in everyone for o in outs[d.name]), key=lambda o: o.slot)
             out[d.name] = grouped_metrics(outcomes, d.ks, self.cfg.pass_threshold)
+            self.responses += [{"set": name, "id": o.id, "domain": o.domain, "decoding": d.name, "sample": i,
+                                "response": text, "reward": o.rewards[i], "format_ok": o.format_ok[i]}
+                               for o in outcomes for i, text in enumerate(o.texts)]
         out["time_s"] = time.perf_counter() - started
         return out
 
@@ -254,23 +261,31 @@ class SetEvaluator:
             failed += bad
             for d in self.decodings:
                 groups, _, _ = self.roller(prompts, records, seeds, d.n, d.temperature)
-                local[d.name] += [outcome_of(g, records[g.slot]) for g in groups]
+                local[d.name] += [outcome_of(g, records[g.slot], self._texts(g)) for g in groups]
             log.info("%s: %d / %d prompts on rank %d", name, min(start + cfg.chunk_prompts, len(mine)), len(mine),
                      info.rank)
         return local, failed
+
+    def _texts(self, group: GroupResult) -> list[str] | None:
+        if not self.cfg.save_responses:
+            return None
+        return [completion_text(c.token_ids, self.tokenizer, self.special) for c in group.completions]
 
     def close(self) -> None:
         self.roller.close()
 
 
-def evaluate(cfg: EvalRunConfig, info: DistInfo) -> Metrics:
-    """Every prompt set evaluated; the returned dict (what eval.json holds) is the same on every rank."""
+def evaluate(cfg: EvalRunConfig, info: DistInfo, responses_path: Path | None = None) -> Metrics:
+    """Every prompt set evaluated; the returned dict (what eval.json holds) is the same on every rank.
+    With cfg.save_responses, `responses_path` (if given) gets one JSON line per response."""
     hf_dir = resolve_hf_dir(cfg.model.init)
     started = time.perf_counter()
     log.info("evaluating %s on %d prompt set(s), %d rank(s)", hf_dir, len(cfg.data.paths), info.world_size)
     evaluator = SetEvaluator(cfg, info, hf_dir)
     try:
         sets = {name: evaluator(i, name, path) for i, (name, path) in enumerate(set_names(cfg.data.paths))}
+        if responses_path is not None and cfg.save_responses:
+            responses_path.write_text("".join(json.dumps(r) + "\n" for r in evaluator.responses))
     finally:
         evaluator.close()
     return {
