@@ -19,7 +19,8 @@ image costs 16 tokens and each token sees one shape. Everything is a pure functi
 larger run are the n records of a smaller one.
 
     python -m data_pipelines.visual_tasks --out DIR --num N --seed S --stage pretrain|sft|rl|all \
-        [--split train] [--difficulty 1-5] [--tasks visual_count,visual_ocr] [--no-difficulty-label]
+        [--split train] [--difficulty 1-5] [--tasks visual_count,visual_ocr] [--no-difficulty-label] \
+        [--other-image-control]
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class FamilyConfig:
     canvas: Canvas = Canvas()
     label_difficulty: bool = True  # write `difficulty` (a tier name) in RL records
     images_per_doc: tuple[int, int] = (1, 3)
+    other_image_control: bool = False  # RL stage: also write <split>_other_image.jsonl (see other_image_set)
 
     def __post_init__(self) -> None:
         if self.num < 0 or not self.levels or not self.domains:
@@ -408,6 +410,21 @@ def rl_record(task: VisualTask, rid: str, image: str, label_difficulty: bool = T
     return record
 
 
+def other_image_set(records: list[dict]) -> list[dict]:
+    """The prompts again, each with the image of the next prompt of its domain (cyclically) and its
+    own answer: a control set. A policy that reads its images scores far lower here than on the
+    real set; one that answers from the question and its priors scores the same on both."""
+    by_domain: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_domain.setdefault(r["domain"], []).append(i)
+    out = [dict(r) for r in records]
+    for indices in by_domain.values():
+        for j, i in enumerate(indices):
+            out[i]["images"] = records[indices[(j + 1) % len(indices)]]["images"]
+            out[i]["id"] = records[i]["id"] + "-other-image"
+    return out
+
+
 def write_stage(out_dir: str | Path, stage: str, cfg: FamilyConfig) -> Path:
     """Write `out_dir/<split>.jsonl` of one stage with its PNGs under `out_dir/images/` (paths in
     the records are relative to `out_dir`, the image root every reader defaults to)."""
@@ -423,6 +440,8 @@ def write_stage(out_dir: str | Path, stage: str, cfg: FamilyConfig) -> Path:
             records.append(sft_record(task, rid, image))
         else:
             records.append(rl_record(task, rid, image, cfg.label_difficulty))
+    if stage == "rl" and cfg.other_image_control:
+        _write_jsonl(out_dir / f"{cfg.split}_other_image.jsonl", other_image_set(records))
     return _write_jsonl(out_dir / f"{cfg.split}.jsonl", records)
 
 
@@ -452,11 +471,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--difficulty", default="1-5", help="levels 1..5: '3', '1-3' or '1,4'")
     parser.add_argument("--tasks", default=",".join(DOMAINS), help="comma-separated domains")
     parser.add_argument("--no-difficulty-label", action="store_true", help="RL records without `difficulty`")
+    parser.add_argument("--other-image-control", action="store_true",
+                        help="RL stage: also write <split>_other_image.jsonl, each prompt with another prompt's image")
     args = parser.parse_args(argv)
     try:
         levels, tasks = parse_levels(args.difficulty), tuple(t.strip() for t in args.tasks.split(","))
         cfg = FamilyConfig(args.num, args.seed, args.split, levels, tasks,
-                           label_difficulty=not args.no_difficulty_label)
+                           label_difficulty=not args.no_difficulty_label, other_image_control=args.other_image_control)
     except ValueError as err:
         parser.error(f"{err}")
     for path in write_family(args.out, cfg, STAGES if args.stage == "all" else (args.stage,)).values():

@@ -83,13 +83,15 @@ def plan(out: Path, b: Budget) -> list[Step]:
     data = out / "data"
     vis = [sys.executable, "-m", "data_pipelines.visual_tasks", "--tasks", b.tasks, "--difficulty", b.levels]
     rl_train, rl_eval = data / "rl" / "train.jsonl", data / "rl" / "eval.jsonl"
+    control = data / "rl" / "eval_other_image.jsonl"  # the held-out prompts, each with another one's image
     pretrain, sft, rl, uniform = out / "pretrain", out / "sft", out / "rlcs", out / "rl_uniform"
     steps = [
         Step("data", lambda: (data / "shards" / "index.json").exists(), lambda: [
             vis + ["--out", str(data), "--num", str(b.train_records), "--seed", "0", "--stage", "pretrain"],
             vis + ["--out", str(data), "--num", str(b.train_records), "--seed", "0", "--stage", "sft"],
             vis + ["--out", str(data), "--num", str(b.rl_records), "--seed", "0", "--stage", "rl"],
-            vis + ["--out", str(data), "--num", str(b.eval_records), "--seed", "1", "--split", "eval", "--stage", "all"],
+            vis + ["--out", str(data), "--num", str(b.eval_records), "--seed", "1", "--split", "eval", "--stage", "all",
+                   "--other-image-control"],
             [sys.executable, "-m", "data_pipelines.shards", "write", "--input", str(data / "pretrain" / "train.jsonl"),
              "--image-root", str(data / "pretrain"), "--out", str(data / "shards"), "--samples-per-shard", "50",
              "--overwrite"]]),
@@ -97,19 +99,19 @@ def plan(out: Path, b: Budget) -> list[Step]:
             "recipe=pretrain_tiny", f"data.shards={data / 'shards'}", "data.packing.seq_len=512",
             f"trainer.max_steps={b.pretrain_steps}", f"trainer.save_every={b.pretrain_steps}",
             "trainer.optim.warmup_steps=5", f"hydra.run.dir={pretrain}"])]),
-        eval_step(out, "eval_pretrain", pretrain / "checkpoints" / f"step_{b.pretrain_steps}", rl_eval),
+        eval_step(out, "eval_pretrain", pretrain / "checkpoints" / f"step_{b.pretrain_steps}", rl_eval, control),
         Step("sft", lambda: finished(sft, b.sft_steps), lambda: [torchrun("sft.py", [
             "recipe=sft_tiny", f"model.init={pretrain}", f"data.train={data / 'sft' / 'train.jsonl'}",
             f"data.eval={data / 'sft' / 'eval.jsonl'}", "data.records_per_shard=16", "data.packing.seq_len=512",
             f"trainer.max_steps={b.sft_steps}", f"trainer.save_every={b.sft_steps}",
             f"eval.every={b.sft_steps}", "eval.max_records=32", "eval.generations=16", "eval.max_new_tokens=96",
             f"hydra.run.dir={sft}"])]),
-        eval_step(out, "eval_sft", sft / "checkpoints" / f"step_{b.sft_steps}", rl_eval),
+        eval_step(out, "eval_sft", sft / "checkpoints" / f"step_{b.sft_steps}", rl_eval, control),
         Step("grade", lambda: rl_train.with_name("train.difficulty.jsonl").exists(), lambda: [python() + [
             str(REPO / "launch" / "grade.py"), "recipe=grade_tiny", f"model.init={sft}/checkpoints/step_{b.sft_steps}",
             f"data.path={rl_train}", f"k={b.grade_k}", *VERIFIERS, *LENGTHS, f"hydra.run.dir={out / 'grade'}"]]),
         rl_step("rlcs", rl, sft / "checkpoints" / f"step_{b.sft_steps}", rl_train, rl_eval, b, lambda: b.rl_steps, []),
-        eval_step(out, "eval_rlcs", rl / "checkpoints" / f"step_{b.rl_steps}", rl_eval),
+        eval_step(out, "eval_rlcs", rl / "checkpoints" / f"step_{b.rl_steps}", rl_eval, control),
     ]
     if b.uniform:
         # The same rollout budget: as many prompts rolled out as RLCS (whose expansion draws more per step).
@@ -134,10 +136,10 @@ def rl_step(name: str, run: Path, init: Path, train: Path, held_out: Path, b: Bu
         "batch.micro_tokens=1024", *VERIFIERS, *LENGTHS, f"hydra.run.dir={run}", *extra])])
 
 
-def eval_step(out: Path, name: str, checkpoint: Path, held_out: Path) -> Step:
+def eval_step(out: Path, name: str, checkpoint: Path, held_out: Path, control: Path) -> Step:
     run = out / name
     return Step(name, lambda: (run / "eval.json").exists(), lambda: [torchrun("eval.py", [
-        "recipe=eval_tiny", f"model.init={checkpoint}", f"data.paths=[{held_out}]", "samples=8", "ks=[1,4,8]",
+        "recipe=eval_tiny", f"model.init={checkpoint}", f"data.paths=[{held_out},{control}]", "samples=8", "ks=[1,4,8]",
         *VERIFIERS, *LENGTHS, f"hydra.run.dir={run}"])])
 
 

@@ -23,12 +23,13 @@ def _metrics(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _eval(out: Path, name: str) -> dict[str, Any] | None:
+def _eval(out: Path, name: str, prompt_set: str = "eval") -> dict[str, Any] | None:
+    """One prompt set's numbers of an eval step: the held-out set, or `eval_other_image`, the same
+    prompts each shown another prompt's image (data_pipelines.visual_tasks.other_image_set)."""
     path = out / name / "eval.json"
     if not path.exists():
         return None
-    results = json.loads(path.read_text())
-    return next(iter(results["sets"].values()))
+    return json.loads(path.read_text())["sets"].get(prompt_set)
 
 
 def _pct(value: float | None) -> str:
@@ -36,17 +37,18 @@ def _pct(value: float | None) -> str:
 
 
 def table(out: Path) -> list[str]:
-    lines = ["| after stage | greedy accuracy | sampled accuracy | pass@1 | pass@4 | pass@8 | format ok (sampled) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| after stage | greedy accuracy | sampled accuracy | pass@1 | pass@4 | pass@8 | format ok (sampled) "
+             "| sampled accuracy, another prompt's image |",
+             "|---|---|---|---|---|---|---|---|"]
     for stage, eval_name in STAGES:
-        s = _eval(out, eval_name)
+        s, control = _eval(out, eval_name), _eval(out, eval_name, "eval_other_image")
         if s is None:
-            lines.append(f"| {stage} | not evaluated |  |  |  |  |  |")
+            lines.append(f"| {stage} | not evaluated |  |  |  |  |  |  |")
             continue
         greedy, sampled = s["greedy"]["all"], s["sampled"]["all"]
         lines.append(f"| {stage} | {_pct(greedy['accuracy'])} | {_pct(sampled['accuracy'])} | "
                      f"{_pct(sampled.get('pass@1'))} | {_pct(sampled.get('pass@4'))} | {_pct(sampled.get('pass@8'))} | "
-                     f"{_pct(sampled['format_ok_rate'])} |")
+                     f"{_pct(sampled['format_ok_rate'])} | {_pct(control['sampled']['all']['accuracy'] if control else None)} |")
     return lines
 
 
@@ -134,7 +136,9 @@ def write_report(out: Path, rl_steps: int, timings: dict[str, float]) -> Path:
     gains = plot_curriculum(out, plots / "curriculum_vs_uniform.png")
     lines = ["# ponder demo: pretraining → SFT → RLCS on visual verifiable tasks", "",
              "Held-out set: the visual tasks' eval split (images), graded by the reward system. Accuracy in %; "
-             "sampled = 8 responses per prompt at temperature 1; pass@k by the unbiased estimator.", "",
+             "sampled = 8 responses per prompt at temperature 1; pass@k by the unbiased estimator. The last "
+             "column asks the same questions with another prompt's image: a model that reads its images drops "
+             "there, one that answers from the question alone does not.", "",
              *table(out), "", "Per domain:", "", *domain_table(out), "",
              "![losses](plots/loss.png)", "", f"RLCS over {rl_steps} steps (2 ranks, HF engine, image prompts):", "",
              "![rl](plots/rl.png)", ""]

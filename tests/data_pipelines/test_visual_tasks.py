@@ -249,3 +249,30 @@ def test_cli_levels_tasks_and_labels(tmp_path, capsys):
     for bad in (["--difficulty", "6"], ["--tasks", "visual_colour"], ["--difficulty", "x"]):
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path), "--num", "1", *bad])
+
+
+def test_count_and_majority_reason_with_the_tally_of_the_pixels():
+    """The taught reasoning states how many shapes of each colour the image holds (palette order)."""
+    cfg = FamilyConfig(16, seed=3, domains=("visual_count", "visual_majority"))
+    for i in range(16):
+        task = make_task(cfg, "sft", i)
+        counts = {c: sum(b[0] == c for b in _blobs(task.image)) for c in COLOURS}
+        named = [f"{n} {c}" for c, n in counts.items() if n]
+        said = task.reasoning.removeprefix("I see ").removesuffix(" shapes.").removesuffix(" shape.")
+        assert said.replace(" and ", ", ").split(", ") == named
+        assert task.reasoning in task.caption  # pretraining captions open with the same tally
+
+
+def test_other_image_control_set_moves_images_within_a_domain(tmp_path):
+    argv = ["--out", str(tmp_path), "--num", "9", "--stage", "rl", "--split", "eval", "--seed", "2",
+            "--tasks", "visual_count,visual_majority,visual_ocr", "--other-image-control"]
+    assert main(argv) == 0
+    real, control = _lines(tmp_path / "rl" / "eval.jsonl"), _lines(tmp_path / "rl" / "eval_other_image.jsonl")
+    assert len(control) == len(real) and len({r["id"] for r in real + control}) == 2 * len(real)
+    for a, b in zip(real, control):
+        assert {k: v for k, v in a.items() if k not in ("id", "images")} == \
+            {k: v for k, v in b.items() if k not in ("id", "images")}
+        assert b["images"] != a["images"] and (tmp_path / "rl" / b["images"][0]).exists()
+    for domain in ("visual_count", "visual_majority", "visual_ocr"):  # each domain's images, rotated by one
+        mine = [i for i, r in enumerate(real) if r["domain"] == domain]
+        assert [control[i]["images"] for i in mine] == [real[j]["images"] for j in mine[1:] + mine[:1]]

@@ -208,21 +208,26 @@ def prompt_sets(tmp_path_factory) -> list[Path]:
     return [tasks, root / "vision.parquet"]
 
 
-def _eval(init: Path, sets: list[Path], run: Path, nproc: int) -> dict:
+def _eval(init: Path, sets: list[Path], run: Path, nproc: int, *extra: str) -> dict:
+    """eval.json's numbers, plus the lines of responses.jsonl (under "_responses") when written."""
     overrides = ["recipe=eval_tiny", f"model.init={init}", f"data.paths=[{sets[0]},{sets[1]}]",
                  f"samples={SAMPLES}", f"ks=[{','.join(map(str, KS))}]", "rollout.max_new_tokens=16",
-                 f"hydra.run.dir={run}", *TASK_VERIFIERS]
+                 f"hydra.run.dir={run}", *TASK_VERIFIERS, *extra]
     proc = check(launch("eval.py", overrides, nproc=nproc, timeout=300))
     report = (run / "eval.md").read_text()
     assert "| vision | min |" in report and "pass@4" in report and "missing_image 1" in report
     assert report in proc.stdout  # rank 0 prints the table
-    return json.loads((run / "eval.json").read_text())
+    results = json.loads((run / "eval.json").read_text())
+    if (run / "responses.jsonl").exists():
+        results["_responses"] = [json.loads(line) for line in (run / "responses.jsonl").read_text().splitlines()]
+    return results
 
 
 @pytest.fixture(scope="module")
 def two_ranks(policy_run, prompt_sets, tmp_path_factory) -> dict:
     # model.init as a checkpoint step directory
-    return _eval(policy_run / "checkpoints" / "step_3", prompt_sets, tmp_path_factory.mktemp("e2") / "run", 2)
+    return _eval(policy_run / "checkpoints" / "step_3", prompt_sets, tmp_path_factory.mktemp("e2") / "run", 2,
+                 "save_responses=true")
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +258,17 @@ def test_two_ranks_report_every_set_domain_and_k(two_ranks, policy_run):
     sampled = results["sets"]["tasks"]["sampled"]["all"]
     assert 0.0 < sampled["pass@4"] and sampled["pass@1"] < 1.0  # the warm start is right on some, not all
     assert results["settings"]["samples"] == SAMPLES and results["settings"]["ks"] == list(KS)
+
+
+def test_saved_responses_are_every_graded_response_of_every_rank(two_ranks, one_rank):
+    lines = two_ranks["_responses"]
+    assert "_responses" not in one_rank  # only written when asked for
+    for name, result in two_ranks["sets"].items():
+        for decoding, n in (("greedy", 1), ("sampled", SAMPLES)):
+            mine = [r for r in lines if r["set"] == name and r["decoding"] == decoding]
+            assert len(mine) == n * result["evaluated"] and {r["sample"] for r in mine} == set(range(n))
+            assert sum(r["reward"] for r in mine) / len(mine) == pytest.approx(result[decoding]["all"]["reward_mean"])
+            assert all(isinstance(r["response"], str) and r["response"] for r in mine)
 
 
 def test_two_ranks_give_the_one_rank_greedy_numbers(two_ranks, one_rank):

@@ -18,7 +18,7 @@ def test_quick_demo_runs_every_stage_and_reruns_as_skips(tmp_path):
     report = (out / "REPORT.md").read_text()
     for stage in ("pretrain", "sft", "rlcs"):
         row = next(line for line in report.splitlines() if line.startswith(f"| {stage} |"))
-        assert "not evaluated" not in row and row.count("|") == 8
+        assert "not evaluated" not in row and row.count("|") == 9
     for plot in ("loss.png", "rl.png"):
         assert (out / "plots" / plot).stat().st_size > 10_000
     # The RL run saw images: its prompts carry them and the image tokens reached the forward.
