@@ -1,8 +1,8 @@
 """Visual verifiable tasks: one family of drawn scenes that feeds every stage (issue #12).
 
 Why one family: the demo's stages should tell one story. Pretraining captions describe the very
-scenes SFT reasons about and RL grades, so what the tiny model learns first (naming the shapes of a
-scene row by row) is the skill the later stages build on. Every task has a difficulty knob (`level`
+scenes SFT reasons about and RL grades, so what the tiny model learns first (a caption opens with the
+tally of colours, "I see 2 red and 1 blue shapes.") is the skill the later stages build on. Every task has a difficulty knob (`level`
 1..5: more shapes and colours, longer numbers) and a ground truth in exactly the form its verifier
 grades (docs/rewards.md):
 
