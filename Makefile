@@ -24,7 +24,7 @@ setup:
 	$(BIN)/pip install -q $(TORCH) || $(MISSING_WHEEL)
 	$(BIN)/pip install -q $(TORCH) $(VLLM) $(DEEPSPEED) "transformers>=5.17,<5.20" accelerate datasets \
 		webdataset wandb hydra-core hydra-submitit-launcher math-verify pillow safetensors tokenizers \
-		matplotlib pytest "av>=14,<20" || $(MISSING_WHEEL)
+		matplotlib pytest pytest-xdist==3.8.0 "av>=14,<20" || $(MISSING_WHEEL)
 	# CUDA-linked wheels break `import Glm4vForConditionalGeneration` on CPU torch.
 	$(if $(HAS_GPU),,$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
@@ -32,8 +32,12 @@ setup:
 	$(if $(HAS_GPU),,$(BIN)/python -c "from trainer.distributed import prebuild_ops; prebuild_ops()")
 	$(BIN)/python -c "import torch, transformers, deepspeed, webdataset, hydra; from transformers import Glm4vForConditionalGeneration; print('ponder ready: torch', torch.__version__, 'transformers', transformers.__version__)"
 
+# Two pytest workers, a test file each at a time (tests/conftest.py groups them): on 2 cores the
+# suite's many single-process stretches (imports, launches, tokenizing) then overlap.
+# `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= 2
 test:
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) tests
 
 # The main job: data, pretraining, SFT, grading, RLCS on image prompts, evaluations, runs/demo/REPORT.md.
 demo:
