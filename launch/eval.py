@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from launch.common import register, start  # also puts the repo root on sys.path
 from stages.evaluate import EvalRunConfig, evaluate, write_report
+from trainer.distributed import leave_distributed
 
 register("eval_schema", EvalRunConfig)
 
@@ -20,6 +21,7 @@ def main(raw: DictConfig) -> None:
     results = evaluate(cfg, info, run_dir / "responses.jsonl" if info.is_main else None)
     if info.is_main:
         print(write_report(results, run_dir), flush=True)
+    leave_distributed()
 
 
 if __name__ == "__main__":

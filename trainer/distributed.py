@@ -65,6 +65,15 @@ def init_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
+def leave_distributed() -> None:
+    """Wait for every rank, then tear the group down. Left to interpreter exit, a rank that finished
+    first destroyed its gloo group while another rank still wrote its report, and aborted
+    ("terminate called without an active exception", seen in the demo's eval)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     value = value.clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
