@@ -16,7 +16,7 @@ def tokenizer():
     return build_tiny_tokenizer()
 
 
-# Under pytest-xdist (`make test`: -n 2 --dist loadgroup) every test file stays on one worker, so a
+# Under pytest-xdist (`make test TEST_WORKERS=2`: -n 2 --dist loadgroup) every test file stays on one worker, so a
 # module's shared fixtures (trained runs, launches) are built once; tests/sweeps/ shares the one
 # local Slurm cluster and runs on one worker as a whole.
 SERIAL_DIRS = ("sweeps",)
