@@ -65,7 +65,6 @@ class PlanOptions:
     gpu_memory_gib: float = 80.0
     sequence_parallel: int = 0  # ranks sharing one row (divides activations and logits); 0: the recipe's trainer.sequence_parallel_size
     image_fraction: float = 0.25  # share of a row's tokens that are image tokens (assumed)
-    document_tokens: int = 0  # packed document length where attention is n^2 per document; 0: the row
     reserve_gib: float = 2.0  # CUDA context, NCCL, allocator fragmentation (assumed)
     rollout_tensor_parallel: int = 1  # vLLM tensor parallel size (ponder runs 1 today)
     rollout_sleep: bool = False  # vLLM sleep mode during training (planned)
@@ -151,7 +150,6 @@ def settings(stage: Stage, sections: dict[str, Any], options: PlanOptions
         precision = "bf16" if options.device == "gpu" else "fp32"
     common = dict(precision=precision, activation_checkpointing=trainer.activation_checkpointing,
                   loss_chunk_tokens=trainer.loss_chunk_tokens, image_fraction=options.image_fraction,
-                  document_tokens=options.document_tokens,
                   sequence_parallel=options.sequence_parallel or getattr(trainer, "sequence_parallel_size", 1),
                   device=options.device,
                   reserve_gib=options.reserve_gib)

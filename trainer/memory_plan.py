@@ -98,9 +98,6 @@ class TrainSettings:
     row_tokens: int
     loss_chunk_tokens: int = 2048  # trainer.loss_chunk_tokens: positions per loss chunk, 0 = whole row
     image_fraction: float = 0.25  # share of a row's tokens that are image tokens (assumed)
-    # Tokens per packed document, for attention paths whose memory grows with n^2 per document
-    # (ponder_varlen's per-document reference path); 0: one document fills the row (worst case).
-    document_tokens: int = 0
     sequence_parallel: int = 1  # ranks sharing one row (trainer.sequence_parallel_size, Ulysses)
     device: str = "gpu"  # the target: picks the attention path (trainer/attention.py)
     reserve_gib: float = 2.0  # CUDA context, NCCL buffers, allocator fragmentation (assumed)
@@ -112,8 +109,8 @@ class TrainSettings:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.micro_rows < 1 or self.row_tokens < 1 or self.sequence_parallel < 1:
             raise ValueError("need micro_rows, row_tokens, sequence_parallel >= 1")
-        if self.loss_chunk_tokens < 0 or self.document_tokens < 0:
-            raise ValueError("need loss_chunk_tokens >= 0 and document_tokens >= 0")
+        if self.loss_chunk_tokens < 0:
+            raise ValueError("need loss_chunk_tokens >= 0")
         if not 0 <= self.image_fraction <= 1:
             raise ValueError("image_fraction must be in [0, 1]")
 
@@ -121,10 +118,6 @@ class TrainSettings:
     def tokens_per_rank(self) -> int:
         """Tokens of one row this rank holds activations for."""
         return math.ceil(self.row_tokens / self.sequence_parallel)
-
-    @property
-    def document_length(self) -> int:
-        return min(self.document_tokens or self.row_tokens, self.row_tokens)
 
 
 @dataclass(frozen=True)
@@ -237,8 +230,8 @@ class AttentionPaths:
 
     text: "kernel" (a varlen flash kernel: q, k, v, output, log-sum-exp), "sdpa_mask" (sdpa on
     packed rows: a (row x row) mask, k and v repeated to all heads, output copied) or
-    "per_document" (ponder_varlen's reference path: sdpa's math kernel per document: scaled q and
-    k, repeated v, the probabilities, no mask). vision: "kernel" (flash varlen over cu_seqlens)
+    "per_document" (ponder_varlen's reference path: sdpa per document with 4-D inputs, whose CPU
+    flash kernel keeps O(n) memory; what sdpa_mask saves, without the mask). vision: "kernel" (flash varlen over cu_seqlens)
     or "per_image" (sdpa per image, outputs concatenated).
     """
 
@@ -259,9 +252,8 @@ def attention_paths(shape: ModelShape, train: TrainSettings) -> AttentionPaths:
     return AttentionPaths("kernel" if kernel else "per_document", "per_image")
 
 
-def text_layer_saved(shape: ModelShape, act_bytes: int, path: str, document_tokens: int) -> int:
-    """Bytes per token one decoder layer saves for backward (no checkpointing), sdpa's mask aside.
-    `document_tokens`: the length of the packed documents (matters on the per-document path)."""
+def text_layer_saved(shape: ModelShape, act_bytes: int, path: str) -> int:
+    """Bytes per token one decoder layer saves for backward (no checkpointing), sdpa's mask aside."""
     e, h, f = act_bytes, shape.hidden, shape.intermediate
     q = shape.heads * shape.head_dim
     k = shape.kv_heads * shape.head_dim
@@ -270,10 +262,8 @@ def text_layer_saved(shape: ModelShape, act_bytes: int, path: str, document_toke
     lse = 4 * shape.heads
     if path == "kernel":
         attention = e * (h + 2 * q + 2 * k) + lse  # qkv input, q, k, v, output (= o_proj input)
-    elif path == "sdpa_mask":  # q, k and v repeated to all heads, output, output copied for o_proj
+    else:  # sdpa, on the row or per document: q, k and v repeated to all heads, output, output copied for o_proj
         attention = e * (h + 5 * q) + lse
-    else:  # math kernel: scaled q and k, repeated v, softmax probabilities, output copy for o_proj
-        attention = e * (h + 4 * q) + e * shape.heads * document_tokens
     return norms + mlp + attention
 
 
@@ -335,7 +325,7 @@ def activations(shape: ModelShape, train: TrainSettings) -> Activations:
     vision_on = shape.vision_trainable  # a frozen tower with pixel inputs saves nothing
 
     paths = attention_paths(shape, train)
-    text_layer = text_layer_saved(shape, e, paths.text, train.document_length) * tokens
+    text_layer = text_layer_saved(shape, e, paths.text) * tokens
     vision_block = vision_block_saved(shape, e, paths.vision) * patches if vision_on else 0
     # sdpa on packed rows: transformers builds one boolean (row x row) mask per row; torch's sdpa
     # turns it into an additive mask in the compute dtype inside every layer and saves that copy.

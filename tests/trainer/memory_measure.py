@@ -4,15 +4,14 @@ Two independent measurements:
 - `saved_bytes`: bytes of the distinct storages autograd saves for backward while `fn` runs
   (`torch.autograd.graph.saved_tensors_hooks`), parameters excluded. Deterministic. Blind to what
   non-reentrant activation checkpointing keeps (it swaps in its own hooks inside each layer).
-- `HeapSampler`: glibc's count of bytes in use (`mallinfo2`: arena + mmapped chunks), sampled at
-  every module's entry and exit and around every autograd node in backward. PyTorch's CPU
-  allocator takes tensor memory from malloc, so the samples follow tensor memory; a peak inside a
-  single op is missed, everything between ops is seen.
+- `TensorMemoryTrace`: every allocation and free PyTorch's CPU allocator reports to the profiler
+  (`profile_memory=True`), summed in order: exact tensor bytes, peaks inside an op included,
+  deterministic. (An earlier sampler read glibc's heap counters at module and autograd hooks; what
+  else ran in the same process moved its numbers, so it missed a backward peak once under xdist.)
 """
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable
 
 import torch
@@ -34,72 +33,37 @@ def saved_bytes(fn: Callable[[], object], exclude: list[torch.Tensor]) -> tuple[
     return sum(seen.values()), result
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
+MARK_AFTER_FORWARD = "ponder::after_forward"
 
 
-def heap_in_use() -> int | None:
-    """Bytes malloc has handed out and not got back (None where glibc's mallinfo2 is missing)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = _MallInfo2
-    except (OSError, AttributeError):
-        return None
-    info = libc.mallinfo2()
-    return info.uordblks + info.hblkhd
+class TensorMemoryTrace:
+    """Tensor bytes above the start over a profiled region: the peak, and the level at a mark.
 
+    Parameter gradients should exist before the region (zeroed, not None): backward then adds into
+    them, and what the trace sees are activations and working memory only.
+    """
 
-class HeapSampler:
-    """Peak heap bytes above a baseline over a forward + backward, parameter gradients excluded."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-        self.handles = []
-        self.grad_bytes = 0
-        self.base = 0
+    def __init__(self):
+        self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
         self.peak = 0
+        self.at_mark: int | None = None
 
-    def sample(self, *_args) -> None:
-        self.peak = max(self.peak, heap_in_use() - self.grad_bytes)
-
-    def __enter__(self) -> "HeapSampler":
-        for module in self.model.modules():
-            self.handles.append(module.register_forward_pre_hook(lambda m, a: self.sample()))
-            self.handles.append(module.register_forward_hook(lambda m, a, o: self.sample()))
-        for p in self.model.parameters():
-            if p.requires_grad:
-                self.handles.append(p.register_post_accumulate_grad_hook(self._grad_allocated))
-        self.base = self.peak = heap_in_use()
+    def __enter__(self) -> "TensorMemoryTrace":
+        self.profiler.__enter__()
         return self
 
-    def _grad_allocated(self, p: torch.Tensor) -> None:
-        if not getattr(p, "_sampler_counted", False):
-            p._sampler_counted = True
-            self.grad_bytes += p.grad.numel() * p.grad.element_size()
-        self.sample()
-
-    def watch_backward(self, loss: torch.Tensor) -> None:
-        """Sample before and after every autograd node that backward from `loss` will run."""
-        seen, stack = set(), [loss.grad_fn]
-        while stack:
-            node = stack.pop()
-            if node is None or node in seen:
-                continue
-            seen.add(node)
-            node.register_prehook(lambda grads: self.sample())
-            node.register_hook(lambda grads_in, grads_out: self.sample())
-            stack.extend(next_node for next_node, _ in node.next_functions)
+    @staticmethod
+    def mark() -> None:
+        """Record the level here (read back as `at_mark`)."""
+        with torch.profiler.record_function(MARK_AFTER_FORWARD):
+            pass
 
     def __exit__(self, *exc) -> None:
-        self.sample()
-        for handle in self.handles:
-            handle.remove()
-        for p in self.model.parameters():
-            if hasattr(p, "_sampler_counted"):
-                del p._sampler_counted
-
-    @property
-    def above_base(self) -> int:
-        return self.peak - self.base
+        self.profiler.__exit__(*exc)
+        level = 0
+        for event in sorted(self.profiler.profiler.kineto_results.events(), key=lambda e: e.start_ns()):
+            if event.name() == "[memory]":
+                level += event.nbytes()  # negative for a free
+                self.peak = max(self.peak, level)
+            elif event.name() == MARK_AFTER_FORWARD:
+                self.at_mark = level

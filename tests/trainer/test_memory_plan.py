@@ -1,5 +1,5 @@
 """The memory planner against measurements: ZeRO-3 states of a real 2-rank DeepSpeed run on gloo,
-saved-tensor bytes and sampled heap peaks of a real CPU forward + backward of `tiny`, and the
+saved-tensor bytes and tensor-memory peaks (the profiler's allocation trace) of a real CPU forward + backward of `tiny`, and the
 KV-cache size of a real transformers cache. Numbers are measured here, never re-derived from the
 planner's formulas."""
 
@@ -19,7 +19,7 @@ from data_pipelines.tokenizer import SpecialTokens, build_tiny_tokenizer
 from launch.plan import PlanOptions, compose_recipe, settings, stage_of, typed_sections
 from tests.data_pipelines.docs_factory import make_doc
 from tests.trainer.launching import REPO, _free_port, launch_env
-from tests.trainer.memory_measure import HeapSampler, heap_in_use, saved_bytes
+from tests.trainer.memory_measure import TensorMemoryTrace, saved_bytes
 from trainer.forward import UniformVisionForward
 from trainer.loss import batch_losses
 from trainer.memory_plan import Cluster, TrainSettings, activations, logits, plan
@@ -152,35 +152,29 @@ def measure(overrides: list[str], vocab_size: int | None = None) -> dict:
     forward = UniformVisionForward(model, train.loss_chunk_tokens)
     batch = tiny_rows(special, train.micro_rows, train.row_tokens, vocab=min(2000, cfg.vocab_size))
     image_fraction = float((batch.mm_token_type_ids == 1).float().mean())
-    # per token, the length of its document (what attention over n^2 per document averages to)
-    lengths = [torch.bincount(row[row >= 0]) for row in batch.doc_ids]
-    document_tokens = round(sum(int((n**2).sum()) for n in lengths) / batch.doc_ids.numel())
     params = list(model.parameters())
 
-    def step(sampler: HeapSampler | None) -> dict:
+    def step() -> int:
         saved, losses = saved_bytes(lambda: batch_losses(forward, batch), params)
         loss = (losses * batch.label_weights).sum()
         del losses
-        held = heap_in_use() - sampler.base if sampler else None
-        if sampler:
-            sampler.watch_backward(loss)
+        TensorMemoryTrace.mark()
         loss.backward()
-        return {"saved": saved, "held_after_forward": held}
+        return saved
 
-    step(None)  # warm-up: lazily built buffers and caches are not activations
-    model.zero_grad(set_to_none=True)
-    with HeapSampler(model) as sampler:
-        measured = step(sampler)
-    measured["peak"] = sampler.above_base
-    settings_ = dataclasses.replace(train, image_fraction=image_fraction, document_tokens=document_tokens)
+    step()  # warm-up: lazily built buffers and caches are not activations; gradients now exist
+    for p in params:
+        p.grad.zero_()  # backward adds into them: the trace sees activations and working memory only
+    with TensorMemoryTrace() as trace:
+        measured = {"saved": step()}
+    measured["peak"], measured["held_after_forward"] = trace.peak, trace.at_mark
+    settings_ = dataclasses.replace(train, image_fraction=image_fraction)
     return {"measured": measured, "acts": activations(shape, settings_), "logits": logits(shape, settings_)}
 
 
 def within(measured: float, planned: float, tolerance: float = 0.30) -> bool:
     return abs(planned - measured) <= tolerance * measured
 
-
-needs_heap = pytest.mark.skipif(heap_in_use() is None, reason="needs glibc's mallinfo2 to sample the heap")
 
 RECIPE = ["recipe=pretrain_tiny"]  # 2 rows x 1,024 tokens, fp32 on CPU, no checkpointing, sdpa
 RECIPE_AND_PATHS = [
@@ -197,7 +191,7 @@ CHECKPOINTING = [
 @pytest.mark.parametrize("extra", RECIPE_AND_PATHS)
 def test_saved_tensors_match_autograd_at_the_recipes_row_length(extra):
     """Without activation checkpointing every byte kept for backward passes through autograd's
-    saved-tensor hooks (checkpointed layers keep their inputs outside them: the heap test covers
+    saved-tensor hooks (checkpointed layers keep their inputs outside them: the peak test covers
     those): activations plus, for a whole-row loss, the log-probabilities."""
     m = measure(RECIPE + extra)
     got, planned = m["measured"]["saved"], m["acts"].saved + m["logits"].held
@@ -205,7 +199,6 @@ def test_saved_tensors_match_autograd_at_the_recipes_row_length(extra):
     assert within(got, planned)
 
 
-@needs_heap
 @pytest.mark.parametrize("extra, vocab_size", [
     *[pytest.param(p.values[0], None, id=p.id) for p in RECIPE_AND_PATHS + CHECKPOINTING],
     # a 256-token vocabulary: the layers' backward, not the loss, sets the peak
