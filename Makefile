@@ -32,12 +32,11 @@ setup:
 	$(if $(HAS_GPU),,$(BIN)/python -c "from trainer.distributed import prebuild_ops; prebuild_ops()")
 	$(BIN)/python -c "import torch, transformers, deepspeed, webdataset, hydra; from transformers import Glm4vForConditionalGeneration; print('ponder ready: torch', torch.__version__, 'transformers', transformers.__version__)"
 
-# One process by default. `make test TEST_WORKERS=2`: two pytest-xdist workers, a test file each at a
-# time (tests/conftest.py groups them), 24 -> 18 min on 2 cores; but there the sampled heap peaks of
-# tests/trainer/test_memory_plan.py can miss the peak (seen once in three runs), so CI stays serial.
-TEST_WORKERS ?= 0
+# Two pytest-xdist workers by default, a test file (all of tests/sweeps/) at a time, heaviest files
+# first (tests/conftest.py); `make test TEST_WORKERS=0` runs the suite in one process.
+TEST_WORKERS ?= 2
 test:
-	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) tests
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope) tests
 
 # The main job: data, pretraining, SFT, grading, RLCS on image prompts, evaluations, runs/demo/REPORT.md.
 demo:

@@ -36,7 +36,7 @@ def pretrained(tmp_path_factory):
     run = root / "run"
     check(launch("pretrain.py", ["recipe=pretrain_tiny", f"data.shards={root / 'shards'}", "data.packing.seq_len=512",
                                  "trainer.max_steps=2", "trainer.save_every=2", "logging.wandb_mode=disabled",
-                                 "logging.progress_bar=false", f"hydra.run.dir={run}"], nproc=2))
+                                 "logging.progress_bar=false", f"hydra.run.dir={run}"], nproc=1))
     return run
 
 
