@@ -44,19 +44,24 @@ class Budget:
     rl_steps: int = 60
     rl_eval_every: int = 10
     uniform: bool = True  # also RL with uniform sampling at the same rollout budget
+    # Responses of the visual tasks are up to ~90 tokens; a grounding box needs ~12 after a forced
+    # answer. The quick variant's barely trained policies never stop early: it cuts them at 32.
+    max_new_tokens: int = 96
+
+    @property
+    def lengths(self) -> list[str]:
+        return ["data.max_prompt_tokens=64", f"rollout.max_new_tokens={self.max_new_tokens}",
+                "rollout.forced_answer_tokens=16", "rollout.max_model_len=192"]
 
 
 FULL = Budget()
 QUICK = Budget(train_records=100, rl_records=40, eval_records=16, grade_k=2, pretrain_steps=4, sft_steps=6,
-               rl_steps=3, rl_eval_every=3, uniform=False)
+               rl_steps=3, rl_eval_every=3, uniform=False, max_new_tokens=32)
 
 # The visual tasks' domains and the verifiers that grade them (visual_tasks.DOMAIN_VERIFIERS).
 VERIFIERS = ["++rewards.domain_verifiers.visual_count=counting", "++rewards.domain_verifiers.visual_majority=multiple_choice",
              "++rewards.domain_verifiers.visual_ocr=ocr", "++rewards.domain_verifiers.visual_ground=grounding"]
-# Responses of the visual tasks are up to ~90 tokens; a grounding box needs ~12 after a forced answer.
 PROMPTS_PER_STEP = 16  # P: groups trained per RL step
-LENGTHS = ["data.max_prompt_tokens=64", "rollout.max_new_tokens=96", "rollout.forced_answer_tokens=16",
-           "rollout.max_model_len=192"]
 
 
 @dataclass
@@ -99,19 +104,19 @@ def plan(out: Path, b: Budget) -> list[Step]:
             "recipe=pretrain_tiny", f"data.shards={data / 'shards'}", "data.packing.seq_len=512",
             f"trainer.max_steps={b.pretrain_steps}", f"trainer.save_every={b.pretrain_steps}",
             "trainer.optim.warmup_steps=5", f"hydra.run.dir={pretrain}"])]),
-        eval_step(out, "eval_pretrain", pretrain / "checkpoints" / f"step_{b.pretrain_steps}", rl_eval, control),
+        eval_step(out, b, "eval_pretrain", pretrain / "checkpoints" / f"step_{b.pretrain_steps}", rl_eval, control),
         Step("sft", lambda: finished(sft, b.sft_steps), lambda: [torchrun("sft.py", [
             "recipe=sft_tiny", f"model.init={pretrain}", f"data.train={data / 'sft' / 'train.jsonl'}",
             f"data.eval={data / 'sft' / 'eval.jsonl'}", "data.records_per_shard=16", "data.packing.seq_len=512",
             f"trainer.max_steps={b.sft_steps}", f"trainer.save_every={b.sft_steps}",
-            f"eval.every={b.sft_steps}", "eval.max_records=32", "eval.generations=16", "eval.max_new_tokens=96",
+            f"eval.every={b.sft_steps}", "eval.max_records=32", "eval.generations=16", f"eval.max_new_tokens={b.max_new_tokens}",
             f"hydra.run.dir={sft}"])]),
-        eval_step(out, "eval_sft", sft / "checkpoints" / f"step_{b.sft_steps}", rl_eval, control),
+        eval_step(out, b, "eval_sft", sft / "checkpoints" / f"step_{b.sft_steps}", rl_eval, control),
         Step("grade", lambda: rl_train.with_name("train.difficulty.jsonl").exists(), lambda: [python() + [
             str(REPO / "launch" / "grade.py"), "recipe=grade_tiny", f"model.init={sft}/checkpoints/step_{b.sft_steps}",
-            f"data.path={rl_train}", f"k={b.grade_k}", *VERIFIERS, *LENGTHS, f"hydra.run.dir={out / 'grade'}"]]),
+            f"data.path={rl_train}", f"k={b.grade_k}", *VERIFIERS, *b.lengths, f"hydra.run.dir={out / 'grade'}"]]),
         rl_step("rlcs", rl, sft / "checkpoints" / f"step_{b.sft_steps}", rl_train, rl_eval, b, lambda: b.rl_steps, []),
-        eval_step(out, "eval_rlcs", rl / "checkpoints" / f"step_{b.rl_steps}", rl_eval, control),
+        eval_step(out, b, "eval_rlcs", rl / "checkpoints" / f"step_{b.rl_steps}", rl_eval, control),
     ]
     if b.uniform:
         # The same rollout budget: as many prompts rolled out as RLCS (whose expansion draws more per step).
@@ -133,14 +138,14 @@ def rl_step(name: str, run: Path, init: Path, train: Path, held_out: Path, b: Bu
         "recipe=rlcs_tiny", f"model.init={init}", f"data.path={train}", f"eval.path={held_out}",
         f"eval.every={b.rl_eval_every}", "eval.samples=4", "eval.temperature=1.0", f"trainer.max_steps={steps()}",
         f"trainer.save_every={steps()}", f"batch.prompts_per_step={PROMPTS_PER_STEP}", "trainer.optim.lr=2e-4",
-        "batch.micro_tokens=1024", *VERIFIERS, *LENGTHS, f"hydra.run.dir={run}", *extra])])
+        "batch.micro_tokens=1024", *VERIFIERS, *b.lengths, f"hydra.run.dir={run}", *extra])])
 
 
-def eval_step(out: Path, name: str, checkpoint: Path, held_out: Path, control: Path) -> Step:
+def eval_step(out: Path, b: Budget, name: str, checkpoint: Path, held_out: Path, control: Path) -> Step:
     run = out / name
     return Step(name, lambda: (run / "eval.json").exists(), lambda: [torchrun("eval.py", [
         "recipe=eval_tiny", f"model.init={checkpoint}", f"data.paths=[{held_out},{control}]", "samples=8", "ks=[1,4,8]",
-        *VERIFIERS, *LENGTHS, f"hydra.run.dir={run}"])])
+        *VERIFIERS, *b.lengths, f"hydra.run.dir={run}"])])
 
 
 def tee(command: list[str], log_path: Path) -> int:

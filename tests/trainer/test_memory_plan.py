@@ -80,22 +80,33 @@ def test_meta_counts_equal_the_architecture_by_hand(preset):
         assert counts["total"] == pytest.approx(10.3e9, rel=0.01)
 
 
-@pytest.fixture(scope="module", params=[
-    pytest.param(["recipe=pretrain_tiny"], id="fp32"),  # trainer.precision=auto is fp32 on CPU
-    pytest.param(["recipe=pretrain_tiny", "trainer.precision=bf16", "trainer.freeze_vision=true"], id="bf16-frozen"),
-])
-def zero_run(request, tmp_path_factory):
-    """A real 2-rank ZeRO-3 run (torchrun, gloo) of the recipe's model: what each rank holds."""
-    overrides = request.param
-    shape, train, result = recipe_plan(overrides)
+ZERO_CASES = {
+    "fp32": ["recipe=pretrain_tiny"],  # trainer.precision=auto is fp32 on CPU
+    "bf16-frozen": ["recipe=pretrain_tiny", "trainer.precision=bf16", "trainer.freeze_vision=true"],
+}
+
+
+@pytest.fixture(scope="module")
+def zero_probe_dir(tmp_path_factory):
+    """One real 2-rank ZeRO-3 launch (torchrun, gloo) measuring every case: what each rank holds."""
     out = tmp_path_factory.mktemp("zero_probe")
-    args = [str(out), train.precision] + (["freeze_vision"] if not shape.vision_trainable else [])
+    cases = []
+    for name, overrides in ZERO_CASES.items():
+        shape, train, _ = recipe_plan(overrides)
+        cases.append(f"{name}:{train.precision}" + ("" if shape.vision_trainable else ":freeze_vision"))
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-         str(REPO / "tests" / "trainer" / "zero_probe.py"), *args],
+         str(REPO / "tests" / "trainer" / "zero_probe.py"), str(out), *cases],
         env=launch_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = [json.loads((out / f"rank_{r}.json").read_text()) for r in range(2)]
+    return out
+
+
+@pytest.fixture(scope="module", params=list(ZERO_CASES))
+def zero_run(request, zero_probe_dir):
+    """The recipe's plan, and what each rank of the real run held."""
+    _, _, result = recipe_plan(ZERO_CASES[request.param])
+    ranks = [json.loads((zero_probe_dir / f"rank_{r}_{request.param}.json").read_text()) for r in range(2)]
     return result, ranks
 
 

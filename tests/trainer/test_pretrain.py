@@ -119,14 +119,31 @@ def test_non_finite_steps_are_skipped_then_stop_with_a_checkpoint(shards, tmp_pa
     assert (run / "checkpoints" / "step_6" / "COMPLETE").exists()
 
 
-@pytest.mark.parametrize("override, message", [
+BAD_VALUES = [
     ("trainer.zero_stage=7", "trainer.zero_stage must be 0..3"),
     ("trainer.bogus=1", "Key 'bogus' not in 'TrainerConfig'"),
     ("trainer.max_steps=abc", "could not be converted to Integer"),
     ("data.packing.seq_len=4", "packing.seq_len must be >= 16"),
     ("model=glm41v_1b", "model.tokenizer is required"),  # never the tiny tokenizer under a real vocabulary
-])
-def test_bad_recipe_values_stop_before_any_work(override, message, tmp_path):
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_VALUES)
+def test_bad_recipe_values_are_refused_by_the_composed_config(override, message):
+    """What launch/common.py's `start` runs first: Hydra's composition against the schema, then the
+    dataclasses' validation (`OmegaConf.to_object`)."""
+    from omegaconf import OmegaConf
+
+    from launch.plan import compose_recipe, stage_of
+
+    overrides = ["recipe=pretrain_tiny", override]
+    with pytest.raises(Exception) as refused:
+        OmegaConf.to_object(compose_recipe(stage_of(overrides, None), overrides))
+    assert message in f"{refused.value} {refused.value.__cause__}"
+
+
+@pytest.mark.parametrize("override, message", [BAD_VALUES[0], BAD_VALUES[1]])  # validation; composition
+def test_bad_recipe_values_stop_the_launcher_before_any_work(override, message, tmp_path):
     proc = launch("pretrain.py", ["recipe=pretrain_tiny", override, f"hydra.run.dir={tmp_path / 'run'}"])
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout

@@ -1,8 +1,8 @@
 """Measure what DeepSpeed ZeRO-3 really holds per rank for the tiny Glm4v after one step.
 
-Run under torchrun on gloo (tests/trainer/test_memory_plan.py does):
-    torchrun --nproc_per_node=2 tests/trainer/zero_probe.py <out_dir> <fp32|bf16> [freeze_vision]
-Each rank writes <out_dir>/rank_<r>.json with bytes read off DeepSpeed's own tensors:
+Run under torchrun on gloo (tests/trainer/test_memory_plan.py does), one or more cases per launch:
+    torchrun --nproc_per_node=2 tests/trainer/zero_probe.py <out_dir> <name>:<fp32|bf16>[:freeze_vision] ...
+For each case every rank writes <out_dir>/rank_<r>_<name>.json with bytes read off DeepSpeed's own tensors:
 parameter shards (`p.ds_tensor`), the flat gradient-partition buffer, the fp32 master partitions,
 Adam's state tensors, the reduce bucket, and the elements of persistent (kept-gathered) params.
 The DeepSpeed config mirrors the trainer's (trainer/zero.py deepspeed_config): ZeRO-3,
@@ -39,8 +39,7 @@ def storage_bytes(tensors) -> int:
     return sum(seen.values())
 
 
-def main(out_dir: str, precision: str, freeze_vision: bool) -> None:
-    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+def measure(out_dir: str, name: str, precision: str, freeze_vision: bool) -> None:
     tokenizer = build_tiny_tokenizer()
     special = SpecialTokens.from_tokenizer(tokenizer)
     torch.manual_seed(0)
@@ -80,9 +79,16 @@ def main(out_dir: str, precision: str, freeze_vision: bool) -> None:
         "distinct_state_bytes": storage_bytes([p.ds_tensor for p in params] + [zero.grad_partitions_flat_buffer]
                                               + list(zero.fp32_partitioned_groups_flat) + adam),
     }
-    Path(out_dir, f"rank_{dist.get_rank()}.json").write_text(json.dumps(record))
+    Path(out_dir, f"rank_{dist.get_rank()}_{name}.json").write_text(json.dumps(record))
     dist.barrier()
 
 
+def main(out_dir: str, cases: list[str]) -> None:
+    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    for case in cases:  # each builds its own model and engine: nothing carries over but the group
+        name, precision, *flags = case.split(":")
+        measure(out_dir, name, precision, "freeze_vision" in flags)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], len(sys.argv) > 3 and sys.argv[3] == "freeze_vision")
+    main(sys.argv[1], sys.argv[2:])
