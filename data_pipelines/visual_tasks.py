@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .synthetic import COLOURS, SHAPES, cot_response
 
-# The mapping a recipe puts under `rewards.domain_verifiers`.
+# The verifier of each domain (the default of `rewards.domain_verifiers`).
 DOMAIN_VERIFIERS = {
     "visual_count": "counting",
     "visual_majority": "multiple_choice",

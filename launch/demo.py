@@ -58,9 +58,6 @@ FULL = Budget()
 QUICK = Budget(train_records=100, rl_records=40, eval_records=16, grade_k=2, pretrain_steps=4, sft_steps=6,
                rl_steps=3, rl_eval_every=3, uniform=False, max_new_tokens=32)
 
-# The visual tasks' domains and the verifiers that grade them (visual_tasks.DOMAIN_VERIFIERS).
-VERIFIERS = ["++rewards.domain_verifiers.visual_count=counting", "++rewards.domain_verifiers.visual_majority=multiple_choice",
-             "++rewards.domain_verifiers.visual_ocr=ocr", "++rewards.domain_verifiers.visual_ground=grounding"]
 PROMPTS_PER_STEP = 16  # P: groups trained per RL step
 
 
@@ -114,7 +111,7 @@ def plan(out: Path, b: Budget) -> list[Step]:
         eval_step(out, b, "eval_sft", sft / "checkpoints" / f"step_{b.sft_steps}", rl_eval, control),
         Step("grade", lambda: rl_train.with_name("train.difficulty.jsonl").exists(), lambda: [python() + [
             str(REPO / "launch" / "grade.py"), "recipe=grade_tiny", f"model.init={sft}/checkpoints/step_{b.sft_steps}",
-            f"data.path={rl_train}", f"k={b.grade_k}", *VERIFIERS, *b.lengths, f"hydra.run.dir={out / 'grade'}"]]),
+            f"data.path={rl_train}", f"k={b.grade_k}", *b.lengths, f"hydra.run.dir={out / 'grade'}"]]),
         rl_step("rlcs", rl, sft / "checkpoints" / f"step_{b.sft_steps}", rl_train, rl_eval, b, lambda: b.rl_steps, []),
         eval_step(out, b, "eval_rlcs", rl / "checkpoints" / f"step_{b.rl_steps}", rl_eval, control),
     ]
@@ -138,14 +135,14 @@ def rl_step(name: str, run: Path, init: Path, train: Path, held_out: Path, b: Bu
         "recipe=rlcs_tiny", f"model.init={init}", f"data.path={train}", f"eval.path={held_out}",
         f"eval.every={b.rl_eval_every}", "eval.samples=4", "eval.temperature=1.0", f"trainer.max_steps={steps()}",
         f"trainer.save_every={steps()}", f"batch.prompts_per_step={PROMPTS_PER_STEP}", "trainer.optim.lr=2e-4",
-        "batch.micro_tokens=1024", *VERIFIERS, *b.lengths, f"hydra.run.dir={run}", *extra])])
+        "batch.micro_tokens=1024", *b.lengths, f"hydra.run.dir={run}", *extra])])
 
 
 def eval_step(out: Path, b: Budget, name: str, checkpoint: Path, held_out: Path, control: Path) -> Step:
     run = out / name
     return Step(name, lambda: (run / "eval.json").exists(), lambda: [torchrun("eval.py", [
         "recipe=eval_tiny", f"model.init={checkpoint}", f"data.paths=[{held_out},{control}]", "samples=8", "ks=[1,4,8]",
-        *VERIFIERS, *b.lengths, f"hydra.run.dir={run}"])])
+        *b.lengths, f"hydra.run.dir={run}"])])
 
 
 def tee(command: list[str], log_path: Path) -> int:

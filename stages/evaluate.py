@@ -41,7 +41,7 @@ from stages.rl.groups import GroupResult, GroupRoller
 from stages.rl.metrics import p95
 from stages.rl.pass_at_k import mean_pass_at_k
 from trainer.checkpoint import resolve_hf_dir
-from stages.rl.rewards import RewardConfig
+from stages.rl.rewards import RewardConfig, check_domains
 from stages.rl.rollout import RolloutConfig, build_rollout_engine
 from stages.rl.rollout.base import completion_text, request_seed
 from stages.rl.scorer import Scorer
@@ -221,10 +221,10 @@ class SetEvaluator:
         self.roller = GroupRoller(engine, Scorer(cfg.rewards), cfg.rollout, tokenizer, special)
         self.decodings = decodings(cfg)
 
-    def __call__(self, set_index: int, name: str, path: str) -> Metrics:
-        """Metrics of one prompt set (identical on every rank)."""
+    def __call__(self, set_index: int, name: str, path: str, loaded: tuple[list[PromptRecord], Counter]) -> Metrics:
+        """Metrics of one prompt set (identical on every rank); `loaded`: load_prompt_records' result."""
         started = time.perf_counter()
-        records, load_skipped = load_prompt_records(path, self.cfg.data)
+        records, load_skipped = loaded
         records = records[: self.cfg.data.max_prompts]
         image_root = self.cfg.data.image_root or str(Path(path).resolve().parent)
         everyone = gather(self._run_share(set_index, name, records, image_root), self.info)
@@ -281,9 +281,13 @@ def evaluate(cfg: EvalRunConfig, info: DistInfo, responses_path: Path | None = N
     hf_dir = resolve_hf_dir(cfg.model.init)
     started = time.perf_counter()
     log.info("evaluating %s on %d prompt set(s), %d rank(s)", hf_dir, len(cfg.data.paths), info.world_size)
+    named = set_names(cfg.data.paths)
+    loaded = [load_prompt_records(path, cfg.data) for _, path in named]
+    # A domain with no verifier stops here, before the engine starts, not at its first score.
+    check_domains((r.domain for records, _ in loaded for r in records[: cfg.data.max_prompts]), cfg.rewards)
     evaluator = SetEvaluator(cfg, info, hf_dir)
     try:
-        sets = {name: evaluator(i, name, path) for i, (name, path) in enumerate(set_names(cfg.data.paths))}
+        sets = {name: evaluator(i, name, path, loaded[i]) for i, (name, path) in enumerate(named)}
         if responses_path is not None and cfg.save_responses:
             responses_path.write_text("".join(json.dumps(r) + "\n" for r in evaluator.responses))
     finally:

@@ -37,6 +37,7 @@ from .config import RLConfig
 from .curriculum import GroupOutcome, sampler_for
 from .groups import GroupResult, GroupRoller, gather_groups
 from .loss import clipped_surrogate
+from .rewards import check_domains
 from .metrics import eval_metrics, rollout_metrics, update_metrics
 from .policy import load_policy
 from .rollout import build_rollout_engine
@@ -62,6 +63,8 @@ class RLStage:
         self.sampler = sampler_for(self.records, cfg.curriculum, cfg.data.difficulty or sidecar_path(cfg.data.path),
                                    cfg.trainer.seed, cfg.trainer.max_steps)
         self.eval_records = load_prompt_records(cfg.eval.path, cfg.data)[0][: cfg.eval.max_prompts] if cfg.eval.path else []
+        # A domain with no verifier stops here, before any rollout, not at its first score.
+        check_domains((r.domain for r in self.records + self.eval_records), cfg.rewards)
         self.evaluate = self._evaluate if self.eval_records else None
         self.eval_every = cfg.eval.every
         engine = build_rollout_engine(cfg.rollout, hf_dir, self.special, cfg.model, info, cfg.trainer.seed)

@@ -19,12 +19,12 @@ from data_pipelines.shards import read_index, write_shards
 from data_pipelines.synthetic import COLOURS
 from data_pipelines.tokenizer import SpecialTokens, build_tiny_tokenizer
 from data_pipelines.visual_tasks import (
-    DOMAIN_VERIFIERS, DOMAINS, LEVEL_TIERS, LEVELS, Canvas, FamilyConfig, correct_response, main, make_task,
+    DOMAINS, LEVEL_TIERS, LEVELS, Canvas, FamilyConfig, correct_response, main, make_task,
     per_mille, task_response, write_family,
 )
-from stages.rl.rewards import RewardConfig, RewardItem, UnknownVerifierError, score_batch
+from stages.rl.rewards import RewardConfig, RewardItem, score_batch
 
-REWARDS = RewardConfig(domain_verifiers=DOMAIN_VERIFIERS, num_workers=0)
+REWARDS = RewardConfig(num_workers=0)  # the visual domains are mapped by default
 IMAGE_TOKENS = 16  # a 112x112 canvas: 4x4 merged patches
 
 
@@ -142,12 +142,14 @@ def test_rl_records_parse_and_their_ground_truths_grade(family, tok):
             assert wrong.reward == 0.0
 
 
-def test_the_domains_need_the_recipe_mapping(family):
-    """Distinct domain names (per-domain metrics) that no built-in verifier answers to by itself."""
+def test_the_domains_are_graded_by_default(family):
+    """Distinct domain names (per-domain metrics), graded by the default reward config: no recipe
+    mapping needed (it was, and a missing one crashed at the first score)."""
     records, _ = load_prompt_records(family["rl"])
-    item = RewardItem(records[0].domain, correct_response(records[0].domain, records[0].answer), records[0].answer)
-    with pytest.raises(UnknownVerifierError):
-        score_batch([item], RewardConfig(num_workers=0), num_workers=0)
+    by_domain = {r.domain: r for r in records}
+    assert set(by_domain) == set(DOMAINS)
+    items = [RewardItem(d, correct_response(d, r.answer), r.answer, r.info) for d, r in by_domain.items()]
+    assert [result.reward for result in score_batch(items, RewardConfig(num_workers=0), num_workers=0)] == [1.0] * len(items)
 
 
 # ---- SFT ---------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from math import comb
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from data_pipelines.synthetic import make_rl_task_records
@@ -33,6 +34,7 @@ from tests.rl.helpers import (
     warm_start,
 )
 from tests.trainer.launching import check, launch
+from trainer.distributed import DistInfo
 from trainer.model import ModelConfig
 
 SAMPLES, KS = 4, (1, 2, 4)
@@ -171,6 +173,31 @@ def test_one_resolver_takes_a_run_dir_a_step_dir_or_an_hf_dir(tmp_path):
         resolve_hf_dir(empty)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resolve_hf_dir(tmp_path)
+
+
+def test_a_domain_without_a_verifier_stops_before_the_engine_starts(tmp_path, monkeypatch):
+    """Seen as a new user would: a set whose domain names no verifier ran every generation, then
+    crashed at the first score. Now it stops at load, naming the domains and their record counts;
+    ponder's own visual domains need no mapping, and rewards.default_verifier grades the rest."""
+    import stages.evaluate as evaluate_module
+    from stages.rl.rewards import RewardConfig, RewardConfigError, check_domains
+
+    data = tmp_path / "set.jsonl"
+    rows = [{"id": f"c{i}", "domain": "chartqa", "question": "Which bar is tallest?", "answer": "B"} for i in range(2)]
+    rows.append({"id": "v0", "domain": "visual_count", "question": "How many red shapes?", "answer": "1"})
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    hf = _checkpoint(tmp_path / "run" / "checkpoints" / "step_1")
+    cfg = EvalRunConfig(model=ModelConfig(init=str(hf)), data=EvalDataConfig(paths=[str(data)]))
+
+    def no_engine(*args, **kwargs):
+        raise AssertionError("the engine was built before the domains were checked")
+
+    monkeypatch.setattr(evaluate_module, "SetEvaluator", no_engine)
+    with pytest.raises(RewardConfigError, match=r"'chartqa' \(2 records\).*rewards.default_verifier") as refused:
+        evaluate_module.evaluate(cfg, DistInfo(0, 1, 0, torch.device("cpu")))
+    assert "visual_count" not in str(refused.value)
+    check_domains(["chartqa", "visual_count"], RewardConfig(default_verifier="multiple_choice"))
+    check_domains(["chartqa"], RewardConfig(domain_verifiers={"chartqa": "chart"}))
 
 
 # ---- end to end ----------------------------------------------------------------------------------

@@ -7,12 +7,13 @@
 from . import verifiers  # noqa: F401 - registers the built-in verifiers
 from .config import RewardConfig
 from .pool import RewardItem, RewardPool, score_batch
-from .registry import get_verifier, load_verifier, register_verifier, registered_names, resolve_verifier
+from .registry import (check_domains, get_verifier, load_verifier, register_verifier, registered_names,
+                       resolve_verifier)
 from .scoring import score, score_with
 from .types import GroundTruthError, RewardConfigError, RewardResult, UnknownVerifierError, Verdict
 
 __all__ = [
-    "GroundTruthError", "RewardConfig", "RewardConfigError", "RewardItem", "RewardPool", "RewardResult",
+    "check_domains", "GroundTruthError", "RewardConfig", "RewardConfigError", "RewardItem", "RewardPool", "RewardResult",
     "UnknownVerifierError", "Verdict", "get_verifier", "load_verifier", "register_verifier", "registered_names",
     "resolve_verifier", "score", "score_batch", "score_with",
 ]

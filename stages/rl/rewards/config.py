@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from data_pipelines.visual_tasks import DOMAIN_VERIFIERS as VISUAL_TASK_VERIFIERS
+
 START_METHODS = ("forkserver", "spawn")
 LANGUAGE_SCOPES = ("response", "answer")
 
@@ -15,7 +17,12 @@ class RewardConfig:
     min_reward: float = 0.0  # format failures, timeouts, crashes, unusable ground truth
     box_reward_nonverifiable: float = 0.1  # a box in a domain graded without one (judge)
     nonverifiable_domains: list[str] = field(default_factory=lambda: ["judge"])
-    domain_verifiers: dict[str, str] = field(default_factory=dict)  # domain -> name or "pkg.mod:attr"
+    # domain -> name or "pkg.mod:attr"; ponder's own visual tasks are graded out of the box (a recipe's
+    # entries are added to these, and may override them)
+    domain_verifiers: dict[str, str] = field(default_factory=lambda: dict(VISUAL_TASK_VERIFIERS))
+    # The verifier of a domain that is neither mapped nor a registered name; None: such a domain
+    # stops the run before any rollout, naming the domains (registry.check_domains).
+    default_verifier: Optional[str] = None
     max_response_chars: int = 200_000  # longer responses are rejected before any parsing
     max_answer_chars: int = 20_000  # longer boxed answers are rejected
     # Time and isolation

@@ -8,6 +8,8 @@ A verifier is a callable `verifier(answer: str, ground_truth, config: RewardConf
 from __future__ import annotations
 
 import importlib
+from collections import Counter
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -75,8 +77,39 @@ def load_verifier(path: str) -> Verifier:
     return _instantiate(load_object(path), path)
 
 
+def verifier_target(domain: str, config: RewardConfig) -> str:
+    """What grades a dataset domain: its entry in config.domain_verifiers (a registered name or an
+    import path), else the domain itself when it names a verifier (or is an import path), else
+    config.default_verifier."""
+    target = config.domain_verifiers.get(domain)
+    if target is None:
+        target = domain if domain in _REGISTRY or ":" in domain or not config.default_verifier else config.default_verifier
+    return target
+
+
 def resolve_verifier(domain: str, config: RewardConfig) -> Verifier:
-    """The verifier for a dataset domain: config.domain_verifiers may remap it to a registered name or an
-    import path; otherwise the domain is the registered name."""
-    target = config.domain_verifiers.get(domain, domain)
+    target = verifier_target(domain, config)
     return load_verifier(target) if ":" in target else get_verifier(target)
+
+
+def check_domains(domains: Iterable[str], config: RewardConfig) -> None:
+    """Every domain of a prompt set has a verifier, or one clear error before any rollout (not a
+    crash when the first response of that domain is scored)."""
+    counts = Counter(domains)
+    unknown, broken = [], []
+    for domain in sorted(counts):
+        try:
+            resolve_verifier(domain, config)
+        except UnknownVerifierError:
+            unknown.append(f"{domain!r} ({counts[domain]} records)")
+        except RewardConfigError as err:  # a mapping to an import path that does not load
+            broken.append(f"{domain!r}: {err}")
+    problems = []
+    if unknown:
+        problems.append(
+            f"no verifier for the domain(s) {', '.join(unknown)}: map each to a registered verifier "
+            f"({', '.join(registered_names())}) or an import path (`++rewards.domain_verifiers.<domain>=<name>`), "
+            f"or set `rewards.default_verifier=<name>`")
+    problems += broken
+    if problems:
+        raise RewardConfigError("; ".join(problems))
