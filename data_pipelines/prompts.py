@@ -96,6 +96,8 @@ def parse_record(raw: dict[str, Any]) -> PromptRecord:
     if not isinstance(rid, str) or not rid:
         raise PromptRecordError("malformed_record", "id must be a non-empty string")
     domain = raw.get("domain")
+    if domain is None:  # common in public sets: data.domain names the domain of rows without one
+        raise PromptRecordError("missing_domain", f"{rid}: no domain (set data.domain for rows without one)")
     if not isinstance(domain, str) or not domain:
         raise PromptRecordError("malformed_record", f"{rid}: domain must be a non-empty string")
     if raw.get("answer") is None:
@@ -178,6 +180,13 @@ def load_prompt_records(path: str | Path, layout: PromptLayout | None = None) ->
         seen.add(record.id)
         records.append(record)
     return records, skipped
+
+
+def require_records(path: str | Path, records: list[PromptRecord], skipped: Counter) -> None:
+    """A prompt set with no usable record is a recipe error: stop at load, saying why."""
+    if not records:
+        hint = " (set data.domain=<verifier> for rows without a domain)" if skipped.get("missing_domain") else ""
+        raise ValueError(f"prompt set {path}: no usable record; skipped: {dict(skipped)}{hint}")
 
 
 # ---- encoding ----------------------------------------------------------------------------------

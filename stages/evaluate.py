@@ -35,6 +35,7 @@ from data_pipelines.prompts import (
     PromptRecord,
     encode_records,
     load_prompt_records,
+    require_records,
 )
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from stages.rl.groups import GroupResult, GroupRoller
@@ -283,6 +284,8 @@ def evaluate(cfg: EvalRunConfig, info: DistInfo, responses_path: Path | None = N
     log.info("evaluating %s on %d prompt set(s), %d rank(s)", hf_dir, len(cfg.data.paths), info.world_size)
     named = set_names(cfg.data.paths)
     loaded = [load_prompt_records(path, cfg.data) for _, path in named]
+    for (_, path), (records, skipped) in zip(named, loaded):
+        require_records(path, records, skipped)
     # A domain with no verifier stops here, before the engine starts, not at its first score.
     check_domains((r.domain for records, _ in loaded for r in records[: cfg.data.max_prompts]), cfg.rewards)
     evaluator = SetEvaluator(cfg, info, hf_dir)

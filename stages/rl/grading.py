@@ -25,6 +25,7 @@ from data_pipelines.prompts import (
     encode_records,
     load_prompt_records,
     read_sidecar,
+    require_records,
     sidecar_path,
     write_sidecar,
 )
@@ -68,6 +69,7 @@ def grade(cfg: GradeConfig, info: DistInfo) -> dict[str, int]:
     grader = cfg.grader or str(cfg.model.init)
     out = Path(cfg.data.difficulty or sidecar_path(cfg.data.path))
     records, skipped = load_prompt_records(cfg.data.path, cfg.data)
+    require_records(cfg.data.path, records, skipped)
     check_domains((r.domain for r in records), cfg.rewards)  # before the engine starts
     done = {k for k, e in read_sidecar(out).items() if e.samples >= cfg.k and e.grader == grader}
     todo = [(i, r) for i, r in enumerate(records) if r.id not in done]

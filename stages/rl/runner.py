@@ -23,7 +23,7 @@ import torch
 from data_pipelines.chat import ChatRenderer
 from data_pipelines.processor import VisionProcessor
 from data_pipelines.prompts import (EncodedPrompt, PromptRecord, encode_prompt_record, encode_records,
-                                    load_prompt_records, sidecar_path)
+                                    load_prompt_records, require_records, sidecar_path)
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from trainer.checkpoint import resolve_hf_dir
 from trainer.distributed import DistInfo, all_reduce_sum
@@ -58,6 +58,7 @@ class RLStage:
         self.special = SpecialTokens.from_tokenizer(self.tokenizer)
         self.renderer = ChatRenderer(self.tokenizer, VisionProcessor(cfg.processor))
         self.records, skipped = load_prompt_records(cfg.data.path, cfg.data)
+        require_records(cfg.data.path, self.records, skipped)
         self.skipped: Counter = Counter({f"data/{k}": v for k, v in skipped.items()})
         self.image_root = cfg.data.image_root or str(Path(cfg.data.path).resolve().parent)
         self.sampler = sampler_for(self.records, cfg.curriculum, cfg.data.difficulty or sidecar_path(cfg.data.path),

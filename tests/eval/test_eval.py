@@ -200,6 +200,23 @@ def test_a_domain_without_a_verifier_stops_before_the_engine_starts(tmp_path, mo
     check_domains(["chartqa"], RewardConfig(domain_verifiers={"chartqa": "chart"}))
 
 
+def test_a_set_of_rows_without_a_domain_stops_with_the_fix(tmp_path):
+    """Public sets often have no domain column: every row was skipped as "malformed" and the report
+    was an empty table. Now the skip says why, and a set left empty stops at load with the fix."""
+    from data_pipelines.prompts import load_prompt_records
+    from stages.evaluate import evaluate
+
+    data = tmp_path / "set.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n"
+                            for i in range(3)))
+    hf = _checkpoint(tmp_path / "run" / "checkpoints" / "step_1")
+    with pytest.raises(ValueError, match=r"no usable record; skipped: \{'missing_domain': 3\} \(set data.domain"):
+        evaluate(EvalRunConfig(model=ModelConfig(init=str(hf)), data=EvalDataConfig(paths=[str(data)])),
+                 DistInfo(0, 1, 0, torch.device("cpu")))
+    records, skipped = load_prompt_records(data, EvalDataConfig(paths=[str(data)], domain="math"))
+    assert [r.domain for r in records] == ["math"] * 3 and not skipped
+
+
 # ---- end to end ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def policy_run(tmp_path_factory) -> Path:

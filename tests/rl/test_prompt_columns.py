@@ -49,7 +49,7 @@ def test_scienceqa_as_multiple_choice_and_as_blanks(sets, renderer):
 
 def test_rows_without_a_domain_need_data_domain(sets):
     records, skipped = load_prompt_records(sets["scienceqa"])
-    assert records == [] and skipped == {"malformed_record": 3}
+    assert records == [] and skipped == {"missing_domain": 3}
 
 
 def test_mathvista_save_to_disk(sets, renderer):
