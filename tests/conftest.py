@@ -21,19 +21,19 @@ def tokenizer():
 # pytest 9: xdist renames `item._nodeid`, which pytest 9 no longer reads.)
 SERIAL_DIRS = ("tests/sweeps",)
 
-# Files of a minute or more, heaviest first (measured, docs/design.md): they start first, so no
-# worker is left with a long file while the other has nothing to do. The rest follow in
-# collection order.
+# Files of a minute or more, heaviest first (worker seconds on two loaded cores, 2026-12-02): they
+# start first, so no worker is left with a long file while the other has nothing to do. The rest
+# follow in collection order.
 HEAVY_FIRST = (
-    "tests/sweeps",
-    "tests/trainer/test_pretrain.py",
-    "tests/rl/test_rl_run.py",
-    "tests/rl/test_rl_vllm_run.py",
-    "tests/launch/test_demo.py",
-    "tests/sft/test_sft_run.py",
-    "tests/trainer/test_memory_plan.py",
-    "tests/rl/test_rl_images.py",
-    "tests/eval/test_eval.py",
+    "tests/trainer/test_pretrain.py",  # 361
+    "tests/sweeps",  # 283
+    "tests/launch/test_demo.py",  # 235
+    "tests/rl/test_rl_vllm_run.py",  # 156
+    "tests/sft/test_sft_run.py",  # 146
+    "tests/rl/test_rl_run.py",  # 126
+    "tests/rl/test_rl_images.py",  # 117
+    "tests/trainer/test_memory_plan.py",  # ~100
+    "tests/eval/test_eval.py",  # 83
 )
 
 

@@ -14,6 +14,7 @@ One step (`RLStage.plan`, then the shared `Trainer` update, then `RLStage.finish
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -46,26 +47,41 @@ from .scorer import Scorer
 from .sync import WeightSync
 
 
+@dataclass
+class LoadedPrompts:
+    """The training and held-out prompt records, read and checked before anything else loads."""
+
+    records: list[PromptRecord]
+    skipped: Counter
+    eval_records: list[PromptRecord]
+
+    @classmethod
+    def load(cls, cfg: RLConfig) -> LoadedPrompts:
+        records, skipped = load_prompt_records(cfg.data.path, cfg.data)
+        require_records(cfg.data.path, records, skipped)
+        held_out = load_prompt_records(cfg.eval.path, cfg.data)[0][: cfg.eval.max_prompts] if cfg.eval.path else []
+        # A domain with no verifier stops the run here, not at its first score.
+        check_domains((r.domain for r in records + held_out), cfg.rewards)
+        return cls(records, skipped, held_out)
+
+
 class RLStage:
     """RLCS as a stage of `Trainer.fit`: rollouts, rewards, the curriculum and the micro-step plan."""
 
     name = "rlcs"
     eval_at_start = True
 
-    def __init__(self, cfg: RLConfig, run_dir: Path, info: DistInfo, trainer: Trainer, hf_dir: Path):
+    def __init__(self, cfg: RLConfig, run_dir: Path, info: DistInfo, trainer: Trainer, hf_dir: Path,
+                 prompts: LoadedPrompts):
         self.cfg, self.info, self.trainer = cfg, info, trainer
         self.tokenizer = trainer.tokenizer
         self.special = SpecialTokens.from_tokenizer(self.tokenizer)
         self.renderer = ChatRenderer(self.tokenizer, VisionProcessor(cfg.processor))
-        self.records, skipped = load_prompt_records(cfg.data.path, cfg.data)
-        require_records(cfg.data.path, self.records, skipped)
-        self.skipped: Counter = Counter({f"data/{k}": v for k, v in skipped.items()})
+        self.records, self.eval_records = prompts.records, prompts.eval_records
+        self.skipped: Counter = Counter({f"data/{k}": v for k, v in prompts.skipped.items()})
         self.image_root = cfg.data.image_root or str(Path(cfg.data.path).resolve().parent)
         self.sampler = sampler_for(self.records, cfg.curriculum, cfg.data.difficulty or sidecar_path(cfg.data.path),
                                    cfg.trainer.seed, cfg.trainer.max_steps)
-        self.eval_records = load_prompt_records(cfg.eval.path, cfg.data)[0][: cfg.eval.max_prompts] if cfg.eval.path else []
-        # A domain with no verifier stops here, before any rollout, not at its first score.
-        check_domains((r.domain for r in self.records + self.eval_records), cfg.rewards)
         self.evaluate = self._evaluate if self.eval_records else None
         self.eval_every = cfg.eval.every
         engine = build_rollout_engine(cfg.rollout, hf_dir, self.special, cfg.model, info, cfg.trainer.seed)
@@ -195,13 +211,14 @@ def run(cfg: RLConfig, run_dir: Path, info: DistInfo) -> None:
         raise ValueError("RL starts from a trained policy: set model.init=<SFT checkpoint or HF directory>")
     if not cfg.data.path:
         raise ValueError("set data.path to the prompt records (JSONL or HF dataset)")
+    prompts = LoadedPrompts.load(cfg)  # bad prompt sets stop here, before the policy loads
     torch.manual_seed(cfg.trainer.seed)
     hf_dir = resolve_hf_dir(cfg.model.init)
     policy = load_policy(hf_dir, cfg.model.dtype, cfg.model.attn_implementation,
                          zero3_loading_config(cfg.trainer, info))
     trainer = Trainer(cfg.trainer, cfg.logging, run_dir, info, policy, load_tokenizer(hf_dir), micro_rows=1, grad_accum=None,
                       run_config=cfg)
-    stage = RLStage(cfg, run_dir, info, trainer, hf_dir)
+    stage = RLStage(cfg, run_dir, info, trainer, hf_dir, prompts)
     try:
         trainer.fit(stage, cfg.resume)
     finally:

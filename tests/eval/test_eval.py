@@ -196,6 +196,21 @@ def test_a_domain_without_a_verifier_stops_before_the_engine_starts(tmp_path, mo
     with pytest.raises(RewardConfigError, match=r"'chartqa' \(2 records\).*rewards.default_verifier") as refused:
         evaluate_module.evaluate(cfg, DistInfo(0, 1, 0, torch.device("cpu")))
     assert "visual_count" not in str(refused.value)
+    # grading and RL stop the same way
+    from stages.rl.config import PromptDataConfig
+    from stages.rl.grading import GradeConfig, grade
+
+    monkeypatch.setattr("stages.rl.grading.build_rollout_engine", no_engine)
+    with pytest.raises(RewardConfigError, match=r"'chartqa' \(2 records\)"):
+        grade(GradeConfig(model=ModelConfig(init=str(hf)), data=PromptDataConfig(path=str(data))),
+              DistInfo(0, 1, 0, torch.device("cpu")))
+    from stages.rl.config import RLConfig
+    from stages.rl.runner import run as run_rl
+
+    monkeypatch.setattr("stages.rl.runner.load_policy", no_engine)
+    with pytest.raises(RewardConfigError, match=r"'chartqa' \(2 records\)"):  # before the policy loads
+        run_rl(RLConfig(model=ModelConfig(init=str(hf)), data=PromptDataConfig(path=str(data))), tmp_path / "rl",
+               DistInfo(0, 1, 0, torch.device("cpu")))
     check_domains(["chartqa", "visual_count"], RewardConfig(default_verifier="multiple_choice"))
     check_domains(["chartqa"], RewardConfig(domain_verifiers={"chartqa": "chart"}))
 
