@@ -106,7 +106,8 @@ def plan(out: Path, b: Budget) -> list[Step]:
             "recipe=sft_tiny", f"model.init={pretrain}", f"data.train={data / 'sft' / 'train.jsonl'}",
             f"data.eval={data / 'sft' / 'eval.jsonl'}", "data.records_per_shard=16", "data.packing.seq_len=512",
             f"trainer.max_steps={b.sft_steps}", f"trainer.save_every={b.sft_steps}",
-            f"eval.every={b.sft_steps}", "eval.max_records=32", "eval.generations=16", f"eval.max_new_tokens={b.max_new_tokens}",
+            f"eval.every={b.sft_steps}", "eval.max_records=32", "eval.generations=16",
+            f"eval.max_new_tokens={b.max_new_tokens}",
             f"hydra.run.dir={sft}"])]),
         eval_step(out, b, "eval_sft", sft / "checkpoints" / f"step_{b.sft_steps}", rl_eval, control),
         Step("grade", lambda: rl_train.with_name("train.difficulty.jsonl").exists(), lambda: [python() + [

@@ -1,7 +1,7 @@
 """The memory planner against measurements: ZeRO-3 states of a real 2-rank DeepSpeed run on gloo,
-saved-tensor bytes and tensor-memory peaks (the profiler's allocation trace) of a real CPU forward + backward of `tiny`, and the
-KV-cache size of a real transformers cache. Numbers are measured here, never re-derived from the
-planner's formulas."""
+saved-tensor bytes and tensor-memory peaks (the profiler's allocation trace) of a real CPU
+forward + backward of `tiny`, and the KV-cache size of a real transformers cache. Numbers are
+measured here, never re-derived from the planner's formulas."""
 
 from __future__ import annotations
 

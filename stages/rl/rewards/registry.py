@@ -83,7 +83,8 @@ def verifier_target(domain: str, config: RewardConfig) -> str:
     config.default_verifier."""
     target = config.domain_verifiers.get(domain)
     if target is None:
-        target = domain if domain in _REGISTRY or ":" in domain or not config.default_verifier else config.default_verifier
+        named = domain in _REGISTRY or ":" in domain
+        target = domain if named or not config.default_verifier else config.default_verifier
     return target
 
 
