@@ -31,18 +31,14 @@ import torch.distributed as dist
 from data_pipelines.chat import ChatRenderer
 from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.prompt_columns import PromptLayout
-from data_pipelines.prompts import (
-    PromptRecord,
-    encode_records,
-    load_prompt_records,
-    require_records,
-)
+from data_pipelines.prompts import PromptRecord, encode_records
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from stages.rl.groups import GroupResult, GroupRoller
 from stages.rl.metrics import p95
 from stages.rl.pass_at_k import mean_pass_at_k
 from trainer.checkpoint import resolve_hf_dir
-from stages.rl.rewards import RewardConfig, check_domains
+from stages.rl.prompt_sets import load_gradable_prompts
+from stages.rl.rewards import RewardConfig
 from stages.rl.rollout import RolloutConfig, build_rollout_engine
 from stages.rl.rollout.base import completion_text, request_seed
 from stages.rl.scorer import Scorer
@@ -223,10 +219,10 @@ class SetEvaluator:
         self.decodings = decodings(cfg)
 
     def __call__(self, set_index: int, name: str, path: str, loaded: tuple[list[PromptRecord], Counter]) -> Metrics:
-        """Metrics of one prompt set (identical on every rank); `loaded`: load_prompt_records' result."""
+        """Metrics of one prompt set (identical on every rank); `loaded`: its records (at most
+        data.max_prompts) and skip counts."""
         started = time.perf_counter()
         records, load_skipped = loaded
-        records = records[: self.cfg.data.max_prompts]
         image_root = self.cfg.data.image_root or str(Path(path).resolve().parent)
         everyone = gather(self._run_share(set_index, name, records, image_root), self.info)
         failed = [reason for _, fails in everyone for _, reason in fails]
@@ -283,11 +279,7 @@ def evaluate(cfg: EvalRunConfig, info: DistInfo, responses_path: Path | None = N
     started = time.perf_counter()
     log.info("evaluating %s on %d prompt set(s), %d rank(s)", hf_dir, len(cfg.data.paths), info.world_size)
     named = set_names(cfg.data.paths)
-    loaded = [load_prompt_records(path, cfg.data) for _, path in named]
-    for (_, path), (records, skipped) in zip(named, loaded):
-        require_records(path, records, skipped)
-    # A domain with no verifier stops here, before the engine starts, not at its first score.
-    check_domains((r.domain for records, _ in loaded for r in records[: cfg.data.max_prompts]), cfg.rewards)
+    loaded = [load_gradable_prompts(path, cfg.data, cfg.rewards, cfg.data.max_prompts) for _, path in named]
     evaluator = SetEvaluator(cfg, info, hf_dir)
     try:
         sets = {name: evaluator(i, name, path, loaded[i]) for i, (name, path) in enumerate(named)}

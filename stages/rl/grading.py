@@ -23,14 +23,13 @@ from data_pipelines.prompts import (
     PromptRecord,
     append_sidecar,
     encode_records,
-    load_prompt_records,
     read_sidecar,
-    require_records,
     sidecar_path,
     write_sidecar,
 )
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
-from stages.rl.rewards import RewardConfig, check_domains
+from stages.rl.prompt_sets import load_gradable_prompts
+from stages.rl.rewards import RewardConfig
 from trainer.checkpoint import resolve_hf_dir
 from trainer.distributed import DistInfo
 from trainer.logging import log
@@ -68,9 +67,7 @@ def grade(cfg: GradeConfig, info: DistInfo) -> dict[str, int]:
     hf_dir = resolve_hf_dir(cfg.model.init)
     grader = cfg.grader or str(cfg.model.init)
     out = Path(cfg.data.difficulty or sidecar_path(cfg.data.path))
-    records, skipped = load_prompt_records(cfg.data.path, cfg.data)
-    require_records(cfg.data.path, records, skipped)
-    check_domains((r.domain for r in records), cfg.rewards)  # before the engine starts
+    records, skipped = load_gradable_prompts(cfg.data.path, cfg.data, cfg.rewards)
     done = {k for k, e in read_sidecar(out).items() if e.samples >= cfg.k and e.grader == grader}
     todo = [(i, r) for i, r in enumerate(records) if r.id not in done]
     log.info("grading %d of %d prompts (k=%d) with %s -> %s", len(todo), len(records), cfg.k, grader, out)

@@ -14,8 +14,8 @@ One step (`RLStage.plan`, then the shared `Trainer` update, then `RLStage.finish
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,7 @@ import torch
 
 from data_pipelines.chat import ChatRenderer
 from data_pipelines.processor import VisionProcessor
-from data_pipelines.prompts import (EncodedPrompt, PromptRecord, encode_prompt_record, encode_records,
-                                    load_prompt_records, require_records, sidecar_path)
+from data_pipelines.prompts import EncodedPrompt, PromptRecord, encode_prompt_record, encode_records, sidecar_path
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from trainer.checkpoint import resolve_hf_dir
 from trainer.distributed import DistInfo, all_reduce_sum
@@ -38,9 +37,9 @@ from .config import RLConfig
 from .curriculum import GroupOutcome, sampler_for
 from .groups import GroupResult, GroupRoller, gather_groups
 from .loss import clipped_surrogate
-from .rewards import check_domains
 from .metrics import eval_metrics, rollout_metrics, update_metrics
 from .policy import load_policy
+from .prompt_sets import load_gradable_prompts
 from .rollout import build_rollout_engine
 from .rollout.base import request_seed
 from .scorer import Scorer
@@ -57,11 +56,9 @@ class LoadedPrompts:
 
     @classmethod
     def load(cls, cfg: RLConfig) -> LoadedPrompts:
-        records, skipped = load_prompt_records(cfg.data.path, cfg.data)
-        require_records(cfg.data.path, records, skipped)
-        held_out = load_prompt_records(cfg.eval.path, cfg.data)[0][: cfg.eval.max_prompts] if cfg.eval.path else []
-        # A domain with no verifier stops the run here, not at its first score.
-        check_domains((r.domain for r in records + held_out), cfg.rewards)
+        records, skipped = load_gradable_prompts(cfg.data.path, cfg.data, cfg.rewards)
+        held_out = (load_gradable_prompts(cfg.eval.path, cfg.data, cfg.rewards, cfg.eval.max_prompts)[0]
+                    if cfg.eval.path else [])
         return cls(records, skipped, held_out)
 
 
