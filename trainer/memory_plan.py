@@ -231,8 +231,8 @@ class AttentionPaths:
     text: "kernel" (a varlen flash kernel: q, k, v, output, log-sum-exp), "sdpa_mask" (sdpa on
     packed rows: a (row x row) mask, k and v repeated to all heads, output copied) or
     "per_document" (ponder_varlen's reference path: sdpa per document with 4-D inputs, whose CPU
-    flash kernel keeps O(n) memory; what sdpa_mask saves, without the mask). vision: "kernel" (flash varlen over cu_seqlens)
-    or "per_image" (sdpa per image, outputs concatenated).
+    flash kernel keeps O(n) memory; what sdpa_mask saves, without the mask). vision: "kernel"
+    (flash varlen over cu_seqlens) or "per_image" (sdpa per image, outputs concatenated).
     """
 
     text: str
@@ -262,7 +262,7 @@ def text_layer_saved(shape: ModelShape, act_bytes: int, path: str) -> int:
     lse = 4 * shape.heads
     if path == "kernel":
         attention = e * (h + 2 * q + 2 * k) + lse  # qkv input, q, k, v, output (= o_proj input)
-    else:  # sdpa, on the row or per document: q, k and v repeated to all heads, output, output copied for o_proj
+    else:  # sdpa on the row or per document: q, k, v repeated to all heads, output, its copy for o_proj
         attention = e * (h + 5 * q) + lse
     return norms + mlp + attention
 

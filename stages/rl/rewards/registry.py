@@ -77,19 +77,14 @@ def load_verifier(path: str) -> Verifier:
     return _instantiate(load_object(path), path)
 
 
-def verifier_target(domain: str, config: RewardConfig) -> str:
-    """What grades a dataset domain: its entry in config.domain_verifiers (a registered name or an
-    import path), else the domain itself when it names a verifier (or is an import path), else
+def resolve_verifier(domain: str, config: RewardConfig) -> Verifier:
+    """The verifier for a dataset domain: its entry in config.domain_verifiers (a registered name or
+    an import path), else the domain itself when it names a verifier (or is an import path), else
     config.default_verifier."""
     target = config.domain_verifiers.get(domain)
     if target is None:
         named = domain in _REGISTRY or ":" in domain
         target = domain if named or not config.default_verifier else config.default_verifier
-    return target
-
-
-def resolve_verifier(domain: str, config: RewardConfig) -> Verifier:
-    target = verifier_target(domain, config)
     return load_verifier(target) if ":" in target else get_verifier(target)
 
 
