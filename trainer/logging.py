@@ -87,8 +87,10 @@ class MetricsLogger:
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=metrics["step"])
         if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", refresh=False)
+            # Follow the step, not the records: a run's step-0 evaluation is a record of its own.
+            self.bar.update(max(0, metrics["step"] - self.bar.n))
+            if "loss" in metrics:
+                self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:
