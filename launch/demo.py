@@ -44,9 +44,9 @@ class Budget:
     rl_steps: int = 60
     rl_eval_every: int = 10
     uniform: bool = True  # also RL with uniform sampling at the same rollout budget
-    # The demo's tasks answer in at most 34 tokens (SFT records); a batch of sampled responses runs
-    # until its longest stops, so a tighter cut makes rollouts faster. The quick variant's barely
-    # trained policies never stop early: it cuts them at 32.
+    # The demo's tasks answer in at most 35 tokens (SFT records, end token included); a batch of
+    # sampled responses runs until its longest stops, so a tighter cut makes rollouts faster. The
+    # quick variant's barely trained policies never stop early: it cuts them at 32.
     max_new_tokens: int = 48
 
     @property
@@ -62,7 +62,7 @@ QUICK = Budget(train_records=100, rl_records=40, eval_records=16, grade_k=2, pre
 PROMPTS_PER_STEP = 16  # P: groups trained per RL step
 # Both RL runs (bench/RESULTS.md, "RL settings tried"): the vision tower frozen, Dr. GRPO advantages
 # (not divided by the group std), lr 6e-4 after 10 warmup steps (without warmup, 5e-4 collapsed),
-# cosine decay to 6e-5 (held at 6e-4, a late update collapsed one run).
+# cosine decay to 6e-5 (held at 6e-4, late updates broke one run).
 RL_SETTINGS = ["trainer.freeze_vision=true", "policy.advantage_scale=none", "trainer.optim.lr=6e-4",
                "trainer.optim.warmup_steps=10", "trainer.optim.schedule=cosine", "trainer.optim.min_lr_ratio=0.1"]
 
