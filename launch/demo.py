@@ -65,6 +65,9 @@ PROMPTS_PER_STEP = 16  # P: groups trained per RL step
 # cosine decay to 6e-5 (held at 6e-4, late updates broke one run).
 RL_SETTINGS = ["trainer.freeze_vision=true", "policy.advantage_scale=none", "trainer.optim.lr=6e-4",
                "trainer.optim.warmup_steps=10", "trainer.optim.schedule=cosine", "trainer.optim.min_lr_ratio=0.1"]
+# Uniform sampling's own learning rate: at 6e-4 it collapsed by step 20 (its batches hold few groups
+# that carry a gradient); at 2e-4 it gained 12.6 points.
+UNIFORM_LR = "trainer.optim.lr=2e-4"
 
 
 @dataclass
@@ -125,7 +128,8 @@ def plan(out: Path, b: Budget) -> list[Step]:
     if b.uniform:
         # The same rollout budget: as many prompts rolled out as RLCS (whose expansion draws more per step).
         steps.append(rl_step("rl_uniform", uniform, sft / "checkpoints" / f"step_{b.sft_steps}", rl_train, rl_eval,
-                             b, lambda: steps_for_prompts(rl, PROMPTS_PER_STEP), ["curriculum.enabled=false"]))
+                             b, lambda: steps_for_prompts(rl, PROMPTS_PER_STEP),
+                             ["curriculum.enabled=false", UNIFORM_LR]))
     return steps
 
 

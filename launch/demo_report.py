@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -108,6 +109,12 @@ def accuracy_per_rollout(lines: list[dict]) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
+def _learning_rate(run: Path) -> float | None:
+    """The peak learning rate a run was configured with (<run>/config.yaml), if it wrote one."""
+    path = run / "config.yaml"
+    return yaml.safe_load(path.read_text())["trainer"]["optim"]["lr"] if path.exists() else None
+
+
 def plot_curriculum(out: Path, path: Path) -> dict[str, float] | None:
     """Held-out accuracy against prompts rolled out, RLCS vs uniform; the gain per 1k prompts each."""
     runs = {"RLCS": _metrics(out / "rlcs"), "uniform": _metrics(out / "rl_uniform")}
@@ -146,7 +153,10 @@ def write_report(out: Path, rl_steps: int, timings: dict[str, float]) -> Path:
         lines += ["Curriculum vs uniform sampling at the same rollout budget "
                   "(held-out accuracy gained per 1,000 prompts rolled out): "
                   + ", ".join(f"{k} {100 * v:+.2f} pts" for k, v in gains.items())
-                  + (f" (ratio {gains['RLCS'] / gains['uniform']:.2f})" if gains["uniform"] > 0 else ""), "",
+                  + (f" (ratio {gains['RLCS'] / gains['uniform']:.2f})" if gains["uniform"] > 0 else "")
+                  + "; peak learning rates: " + ", ".join(
+                      f"{k} {_learning_rate(out / run)}" for k, run in (("RLCS", "rlcs"), ("uniform", "rl_uniform"))),
+                  "",
                   "![curriculum](plots/curriculum_vs_uniform.png)", ""]
     lines += ["Wall time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
               + f"; total {sum(timings.values()):.0f}", ""]
