@@ -60,9 +60,9 @@ QUICK = Budget(train_records=100, rl_records=40, eval_records=16, grade_k=2, pre
                rl_steps=3, rl_eval_every=3, uniform=False, max_new_tokens=32)
 
 PROMPTS_PER_STEP = 16  # P: groups trained per RL step
-# Both RL runs (bench/RESULTS.md, "RL settings tried"): the vision tower frozen, Dr. GRPO advantages
-# (not divided by the group std), lr 6e-4 after 10 warmup steps (without warmup, 5e-4 collapsed),
-# cosine decay to 6e-5 (held at 6e-4, late updates broke one run).
+# Both RL runs (bench/RESULTS.md, "RL settings tried"; uniform's lr below): the vision tower
+# frozen, Dr. GRPO advantages (not divided by the group std), lr 6e-4 after 10 warmup steps
+# (without warmup, 5e-4 collapsed), cosine decay to 6e-5 (held at 6e-4, late updates broke a run).
 RL_SETTINGS = ["trainer.freeze_vision=true", "policy.advantage_scale=none", "trainer.optim.lr=6e-4",
                "trainer.optim.warmup_steps=10", "trainer.optim.schedule=cosine", "trainer.optim.min_lr_ratio=0.1"]
 # Uniform sampling's own learning rate: at 6e-4 it collapsed by step 20 (its batches hold few groups
