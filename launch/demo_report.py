@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 STAGES = (("pretrain", "eval_pretrain"), ("sft", "eval_sft"), ("rlcs", "eval_rlcs"))
 TIERS = ("very_easy", "easy", "medium", "hard", "very_hard")
+RL_RUNS = (("RLCS", "rlcs"), ("uniform", "rl_uniform"))  # label, run directory under the demo's output
 
 
 def _metrics(run: Path) -> list[dict[str, Any]]:
@@ -117,7 +118,7 @@ def _learning_rate(run: Path) -> float | None:
 
 def plot_curriculum(out: Path, path: Path) -> dict[str, float] | None:
     """Held-out accuracy against prompts rolled out, RLCS vs uniform; the gain per 1k prompts each."""
-    runs = {"RLCS": _metrics(out / "rlcs"), "uniform": _metrics(out / "rl_uniform")}
+    runs = {label: _metrics(out / run) for label, run in RL_RUNS}
     if not runs["uniform"]:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
@@ -154,8 +155,7 @@ def write_report(out: Path, rl_steps: int, timings: dict[str, float]) -> Path:
                   "(held-out accuracy gained per 1,000 prompts rolled out): "
                   + ", ".join(f"{k} {100 * v:+.2f} pts" for k, v in gains.items())
                   + (f" (ratio {gains['RLCS'] / gains['uniform']:.2f})" if gains["uniform"] > 0 else "")
-                  + "; peak learning rates: " + ", ".join(
-                      f"{k} {_learning_rate(out / run)}" for k, run in (("RLCS", "rlcs"), ("uniform", "rl_uniform"))),
+                  + "; peak learning rates: " + ", ".join(f"{k} {_learning_rate(out / run)}" for k, run in RL_RUNS),
                   "",
                   "![curriculum](plots/curriculum_vs_uniform.png)", ""]
     lines += ["Wall time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
