@@ -142,9 +142,13 @@ def steps_for_prompts(rl_run: Path, prompts_per_step: int) -> int:
 
 def rl_step(name: str, run: Path, init: Path, train: Path, held_out: Path, b: Budget, steps: Callable[[], int],
             extra: list[str]) -> Step:
+    # Every RL run evaluates as often as RLCS does (uniform sampling takes more, smaller steps for
+    # the same rollouts; an evaluation costs about one step of rollouts).
+    evaluations = max(1, b.rl_steps // b.rl_eval_every)
     return Step(name, lambda: finished(run, steps()), lambda: [torchrun("rl.py", [
         "recipe=rlcs_tiny", f"model.init={init}", f"data.path={train}", f"eval.path={held_out}",
-        f"eval.every={b.rl_eval_every}", "eval.samples=4", "eval.temperature=1.0", f"trainer.max_steps={steps()}",
+        f"eval.every={max(1, round(steps() / evaluations))}", "eval.samples=4", "eval.temperature=1.0",
+        f"trainer.max_steps={steps()}",
         f"trainer.save_every={steps()}", f"batch.prompts_per_step={PROMPTS_PER_STEP}", *RL_SETTINGS,
         "batch.micro_tokens=1024", *b.lengths, f"hydra.run.dir={run}", *extra])])
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from data_pipelines.batch import Batch, collate_rows
 from data_pipelines.document import Document
 from data_pipelines.prompts import EncodedPrompt, rollout_document
-from trainer.distributed import DistInfo, all_reduce_sum
+from trainer.distributed import DistInfo
 from trainer.loop import Update
 from trainer.loss import batch_losses
 
@@ -52,7 +52,7 @@ class PolicyMicroBatch:
     batch: Batch
     advantages: torch.Tensor  # (B, L) aligned with batch.labels
     engine_logprobs: torch.Tensor  # (B, L), NaN where no trained target
-    old_logprobs: torch.Tensor | None = None  # filled by the trainer before the update
+    old_logprobs: torch.Tensor | None = None  # π_old; None: the micro-step's own forward (first update)
 
     def to(self, device: torch.device) -> "PolicyMicroBatch":
         return PolicyMicroBatch(self.batch.to(device), self.advantages.to(device), self.engine_logprobs.to(device),
@@ -156,14 +156,9 @@ def plan_updates(groups: list[GroupResult], cfg: RLConfig, info: DistInfo, promp
 
 
 @torch.no_grad()
-def fill_old_logprobs(ds, micro: list[PolicyMicroBatch], device: torch.device) -> dict[str, float]:
-    """π_old of every micro-step from the trainer's model (before any update of the step), and the
-    mean |engine − trainer| log-prob gap over trained tokens (collective)."""
-    gap = torch.zeros(2, device=device)
+def fill_old_logprobs(ds, micro: list[PolicyMicroBatch]) -> None:
+    """π_old of micro-steps trained after the step's first optimizer update: the trainer's model
+    before any update of the step. (The first update's micro-steps need no extra forward: their
+    own forward runs before any update, so π_old is its detached output.)"""
     for b in micro:
         b.old_logprobs = -batch_losses(ds, b.batch).detach()
-    for b in micro:
-        valid = ~torch.isnan(b.engine_logprobs) & (b.batch.label_weights > 0)
-        gap += torch.stack([(b.engine_logprobs - b.old_logprobs).abs()[valid].sum(), valid.sum().float()])
-    gap_sum, gap_n = all_reduce_sum(gap).tolist()
-    return {"logprob_gap": gap_sum / max(gap_n, 1.0)}

@@ -125,7 +125,8 @@ class RLStage:
         trained = [results[k] for k in kept]
         updates = plan_updates(trained, cfg, info, lambda slot: self._prompt(records, slot), self.special.eos)
         micro = [b for u in updates for b in u.micro_batches]
-        metrics.update(fill_old_logprobs(self.trainer.ds, micro, info.device), micro_steps=len(micro))
+        fill_old_logprobs(self.trainer.ds, [b for u in updates[1:] for b in u.micro_batches])
+        metrics["micro_steps"] = len(micro)
         self.progress["samples_trained"] += sum(len(g.completions) for g in trained)
         real = [b for b in micro if b.advantages.any()]  # not the empty rows that keep ranks in step
         tokens = all_reduce_sum(torch.tensor([float(sum(b.batch.num_tokens for b in real))], device=info.device))
@@ -133,12 +134,19 @@ class RLStage:
 
     def loss(self, ds, micro: PolicyMicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Σ weight · clipped surrogate over the micro-step's trained tokens; stats: clipped tokens,
-        Σ ratio, tokens."""
+        Σ ratio, tokens, and Σ |log π_engine − log π_old| with its token count where π_old is this
+        forward (the step's first update)."""
         pol = self.cfg.policy
         logp = -batch_losses(ds, micro.batch)
-        loss, stats = clipped_surrogate(logp, micro.old_logprobs, micro.advantages, micro.batch.label_weights,
+        own = micro.old_logprobs is None
+        old = logp.detach() if own else micro.old_logprobs
+        loss, stats = clipped_surrogate(logp, old, micro.advantages, micro.batch.label_weights,
                                         pol.eps_low, pol.eps_high)
-        return loss, torch.stack([stats["clipped"], stats["ratio"], stats["tokens"]])
+        gap = torch.zeros(2, device=logp.device)
+        if own:
+            valid = ~torch.isnan(micro.engine_logprobs) & (micro.batch.label_weights > 0)
+            gap = torch.stack([(micro.engine_logprobs - old).abs()[valid].sum(), valid.sum().float()])
+        return loss, torch.cat([torch.stack([stats["clipped"], stats["ratio"], stats["tokens"]]), gap])
 
     def finish(self, record: dict[str, Any], results: list[UpdateResult]) -> None:
         """6. sync the updated weights into the rollout engine."""

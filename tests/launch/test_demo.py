@@ -25,3 +25,20 @@ def test_quick_demo_runs_every_stage_and_reruns_as_skips(tmp_path):
     assert (out / "rlcs" / "metrics.jsonl").read_text().count('"prompts_rolled_out"') == 3
     again = subprocess.run(cmd, env=launch_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("done already, skipped") == 8
+
+
+def test_uniform_run_matches_rlcs_rollouts_and_evaluation_count(tmp_path):
+    """Uniform sampling rolls out as many prompts as RLCS did, in steps of 16, and evaluates as many
+    times (not every 10 of its more numerous steps)."""
+    from launch.demo import FULL, plan
+
+    (tmp_path / "rlcs").mkdir()
+    rolled = [16, 20, 60] + [38] * 57  # 2,262 prompts in RLCS's 60 steps
+    (tmp_path / "rlcs" / "metrics.jsonl").write_text(
+        "".join(f'{{"step": {i + 1}, "prompts_rolled_out": {n}}}\n' for i, n in enumerate(rolled)))
+    steps = {s.name: s for s in plan(tmp_path, FULL)}
+    rlcs, = steps["rlcs"].commands()
+    uniform, = steps["rl_uniform"].commands()
+    assert "trainer.max_steps=60" in rlcs and "eval.every=10" in rlcs
+    assert "trainer.max_steps=141" in uniform and "eval.every=24" in uniform  # 2,262 / 16; 141 / 6
+    assert uniform[-2:] == ["curriculum.enabled=false", "trainer.optim.lr=2e-4"]
