@@ -145,12 +145,16 @@ def rl_step(name: str, run: Path, init: Path, train: Path, held_out: Path, b: Bu
     # Every RL run evaluates as often as RLCS does (uniform sampling takes more, smaller steps for
     # the same rollouts; an evaluation costs about one step of rollouts).
     evaluations = max(1, b.rl_steps // b.rl_eval_every)
-    return Step(name, lambda: finished(run, steps()), lambda: [torchrun("rl.py", [
-        "recipe=rlcs_tiny", f"model.init={init}", f"data.path={train}", f"eval.path={held_out}",
-        f"eval.every={max(1, round(steps() / evaluations))}", "eval.samples=4", "eval.temperature=1.0",
-        f"trainer.max_steps={steps()}",
-        f"trainer.save_every={steps()}", f"batch.prompts_per_step={PROMPTS_PER_STEP}", *RL_SETTINGS,
-        "batch.micro_tokens=1024", *b.lengths, f"hydra.run.dir={run}", *extra])])
+
+    def commands() -> list[list[str]]:
+        n = steps()  # uniform's count reads RLCS's metrics: once per command
+        return [torchrun("rl.py", [
+            "recipe=rlcs_tiny", f"model.init={init}", f"data.path={train}", f"eval.path={held_out}",
+            f"eval.every={max(1, round(n / evaluations))}", "eval.samples=4", "eval.temperature=1.0",
+            f"trainer.max_steps={n}", f"trainer.save_every={n}", f"batch.prompts_per_step={PROMPTS_PER_STEP}",
+            *RL_SETTINGS, "batch.micro_tokens=1024", *b.lengths, f"hydra.run.dir={run}", *extra])]
+
+    return Step(name, lambda: finished(run, steps()), commands)
 
 
 def eval_step(out: Path, b: Budget, name: str, checkpoint: Path, held_out: Path, control: Path) -> Step:

@@ -39,7 +39,7 @@ def rollout_metrics(results: list[GroupResult], outcomes: list[GroupOutcome], ke
 def update_metrics(results: list[UpdateResult]) -> dict[str, Any]:
     """Clipped-token fraction, mean ratio and trained tokens over the step's updates (an update
     with nothing to train on counts as zeros), and the engine-vs-trainer log-prob gap over the
-    tokens of the first update (RLRunner.loss)."""
+    tokens of the first update (RLStage.loss)."""
     clipped, ratio, tokens, gap, gap_tokens = (sum(r.stats[i] if r.stats else 0.0 for r in results)
                                                for i in range(5))
     return {"clip_fraction": clipped / max(tokens, 1.0), "ratio_mean": ratio / max(tokens, 1.0),
