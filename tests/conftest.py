@@ -3,6 +3,8 @@ same for every test) and helpers that compare batches; and how pytest-xdist spli
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from data_pipelines.tokenizer import build_tiny_tokenizer
@@ -60,6 +62,18 @@ def pytest_xdist_make_scheduler(config, log):
 
     config.option.loadscopereorder = False  # keep the heavy-first order of the collection
     return FileScheduling(config, log)
+
+
+def pytest_configure(config):
+    # Each xdist worker gets its share of the cores for the work it does in-process (warm starts,
+    # forward passes): two workers at torch's default of every core each run 4 threads on 2 cores,
+    # and an oversubscribed step took 1.5x as long as one on its own thread (measured, 2 cores).
+    # Launched stages run with OMP_NUM_THREADS=1 (tests/trainer/launching.py).
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.hookimpl(trylast=True)

@@ -24,7 +24,7 @@ def test_two_rank_rlcs_on_image_prompts_trains_on_what_it_saw(tmp_path):
     records, _ = load_prompt_records(train)
     assert all(len(r.images) == 1 for r in records)
     model, tokenizer = tiny_policy(text_only=False)
-    warm_start(model, tokenizer, train, steps=80, batch=16, respond=correct_response)
+    warm_start(model, tokenizer, train, steps=160, batch=16, respond=correct_response)
     policy = save_policy(model, tokenizer, tmp_path / "sft")
     run = tmp_path / "run"
     check(launch("rl.py", ["recipe=rlcs_tiny", f"model.init={policy}", f"data.path={train}", "eval.path=null",
