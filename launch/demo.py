@@ -43,6 +43,10 @@ class Budget:
     sft_steps: int = 300
     rl_steps: int = 60
     rl_eval_every: int = 10
+    # SFT's in-run evaluation, for its log (the report's rows come from the eval steps): held-out
+    # loss on this many records, and format compliance of this many greedy answers
+    sft_eval_records: int = 32
+    sft_eval_generations: int = 16
     uniform: bool = True  # also RL with uniform sampling at the same rollout budget
     # The demo's tasks answer in at most 35 tokens (SFT records, end token included); a batch of
     # sampled responses runs until its longest stops, so a tighter cut makes rollouts faster. The
@@ -57,7 +61,8 @@ class Budget:
 
 FULL = Budget()
 QUICK = Budget(train_records=100, rl_records=40, eval_records=16, grade_k=2, pretrain_steps=4, sft_steps=6,
-               rl_steps=3, rl_eval_every=3, uniform=False, max_new_tokens=32)
+               rl_steps=3, rl_eval_every=3, sft_eval_records=8, sft_eval_generations=4, uniform=False,
+               max_new_tokens=32)
 
 PROMPTS_PER_STEP = 16  # P: groups trained per RL step
 # Both RL runs (bench/RESULTS.md, "RL settings tried"; uniform's lr below): the vision tower
@@ -115,7 +120,8 @@ def plan(out: Path, b: Budget) -> list[Step]:
             "recipe=sft_tiny", f"model.init={pretrain}", f"data.train={data / 'sft' / 'train.jsonl'}",
             f"data.eval={data / 'sft' / 'eval.jsonl'}", "data.records_per_shard=16", "data.packing.seq_len=512",
             f"trainer.max_steps={b.sft_steps}", f"trainer.save_every={b.sft_steps}",
-            f"eval.every={b.sft_steps}", "eval.max_records=32", "eval.generations=16",
+            f"eval.every={b.sft_steps}", f"eval.max_records={b.sft_eval_records}",
+            f"eval.generations={b.sft_eval_generations}",
             f"eval.max_new_tokens={b.max_new_tokens}",
             f"hydra.run.dir={sft}"])]),
         eval_step(out, b, "eval_sft", sft / "checkpoints" / f"step_{b.sft_steps}", rl_eval, control),
