@@ -3,11 +3,11 @@ CPU). The engine keeps its own unpartitioned copy of the policy in eval mode; we
 the gathered trainer weights into it.
 
 Vision tokens (`SpecialTokens.vision_ids`) are suppressed while sampling (`suppress_tokens`: their
-logits become -inf, so sampling renormalises over the other tokens). Sampling itself is
-`InverseCdfSampler`, a logits processor under greedy decoding (see there for why). The reported log-probs stay
-the raw model distribution's (`output_logits` are the logits before any processor), i.e. what the
-trainer's forward computes for the same tokens: the engine/trainer log-prob gap measures weight
-and numerics drift only. The sampling distribution differs from that by log(1 - P(vision)) per
+logits become -inf, so sampling renormalises over the other tokens); the draw itself is
+`InverseCdfSampler`'s, a logits processor under greedy decoding (see there for why). The reported
+log-probs stay the raw model distribution's (`output_logits` are the logits before any processor),
+i.e. what the trainer's forward computes for the same tokens: the engine/trainer log-prob gap
+measures weight and numerics drift only. The sampling distribution differs from that by log(1 - P(vision)) per
 token, which is ~0 for a trained policy and not corrected for (as top-p is not).
 """
 
@@ -93,7 +93,7 @@ class HFEngine(RolloutEngine):
         out = self.model.generate(**inputs, generation_config=config, logits_processor=LogitsProcessorList(sampler))
         new = out.sequences[:, width:]
         # Raw model log-probs of the chosen tokens (the trainer's distribution at temperature 1), step
-        # by step: stacking every step's full logits first costs more than the generation's sampling.
+        # by step: no stacked copy of every step's full log-softmax.
         chosen = torch.stack([step.float().gather(-1, new[:, t, None]).squeeze(-1) - step.float().logsumexp(-1)
                               for t, step in enumerate(out.logits)], dim=1)
         completions = []
