@@ -67,7 +67,7 @@ QUICK = Budget(train_records=100, rl_records=40, eval_records=16, grade_k=2, pre
 PROMPTS_PER_STEP = 16  # P: groups trained per RL step
 # Both RL runs (bench/RESULTS.md, "RL settings tried"; uniform's lr below): the vision tower
 # frozen, Dr. GRPO advantages (not divided by the group std), lr 6e-4 after 20 warmup steps
-# (without warmup, 5e-4 collapsed; after 10, one RL seed of nine broke right after the warmup),
+# (without warmup, 5e-4 collapsed; after 10, one RL seed of ten broke right after the warmup),
 # cosine decay to 6e-5 (held at 6e-4, late updates broke a run).
 RL_SETTINGS = ["trainer.freeze_vision=true", "policy.advantage_scale=none", "trainer.optim.lr=6e-4",
                "trainer.optim.warmup_steps=20", "trainer.optim.schedule=cosine", "trainer.optim.min_lr_ratio=0.1"]
