@@ -7,8 +7,9 @@ logits become -inf, so sampling renormalises over the other tokens); the draw it
 `InverseCdfSampler`'s, a logits processor under greedy decoding (see there for why). The reported
 log-probs stay the raw model distribution's (`output_logits` are the logits before any processor),
 i.e. what the trainer's forward computes for the same tokens: the engine/trainer log-prob gap
-measures weight and numerics drift only. The sampling distribution differs from that by log(1 - P(vision)) per
-token, which is ~0 for a trained policy and not corrected for (as top-p is not).
+measures weight and numerics drift only. The sampling distribution differs from that by
+log(1 - P(vision)) per token, which is ~0 for a trained policy and not corrected for (as top-p is
+not).
 """
 
 from __future__ import annotations
