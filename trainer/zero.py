@@ -22,6 +22,33 @@ def resolved_precision(cfg: TrainerConfig) -> str:
     return cfg.precision
 
 
+def clips_itself(cfg: TrainerConfig) -> bool:
+    """DeepSpeed's fp32 engine without ZeRO clips with the global norm and drops it: its
+    `get_global_grad_norm()` stays None, which the loop would read as a non-finite step. There the
+    optimizer clips (ClippingAdamW) and DeepSpeed's own clipping is off."""
+    return cfg.zero_stage == 0 and resolved_precision(cfg) == "fp32"
+
+
+class ClippingAdamW(torch.optim.AdamW):
+    """AdamW that clips the global gradient norm before stepping and keeps the norm in
+    `_global_grad_norm`, where DeepSpeed reads it after every step. Without ZeRO every rank holds
+    the whole averaged gradient when `step` runs, so each computes the same norm. A non-finite
+    norm skips the update."""
+
+    def __init__(self, params, max_norm: float, **kwargs):
+        super().__init__(params, **kwargs)
+        self.max_norm = max_norm if max_norm > 0 else float("inf")  # 0: measure, do not clip
+        self._global_grad_norm: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        self._global_grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm)
+        if not torch.isfinite(self._global_grad_norm):
+            return None
+        return super().step(closure)
+
+
 def deepspeed_config(cfg: TrainerConfig, micro_batch_rows: int, grad_accum: int, world_size: int,
                      managed_accumulation: bool = True) -> dict:
     """`managed_accumulation=False`: the caller owns the boundary (every `step()` applies what the
@@ -33,7 +60,7 @@ def deepspeed_config(cfg: TrainerConfig, micro_batch_rows: int, grad_accum: int,
         "train_micro_batch_size_per_gpu": micro_batch_rows,
         "gradient_accumulation_steps": grad_accum,
         "train_batch_size": micro_batch_rows * grad_accum * world_size,
-        "gradient_clipping": cfg.clip_grad_norm,
+        "gradient_clipping": 0.0 if clips_itself(cfg) else cfg.clip_grad_norm,
         "bf16": {"enabled": bf16},
         "zero_optimization": {
             "stage": cfg.zero_stage,
@@ -82,12 +109,14 @@ def wrap_deepspeed(model: torch.nn.Module, cfg: TrainerConfig, micro_batch_rows:
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     o = cfg.optim
-    optimizer = torch.optim.AdamW(
+    clipping = {"max_norm": cfg.clip_grad_norm} if clips_itself(cfg) else {}
+    optimizer = (ClippingAdamW if clipping else torch.optim.AdamW)(
         param_groups(model, o.weight_decay),
         lr=lr_at(0, cfg.max_steps, o),
         betas=(o.beta1, o.beta2),
         eps=o.eps,
         fused=torch.cuda.is_available(),
+        **clipping,
     )
     ds, *_ = deepspeed.initialize(
         model=wrap_forward(model, cfg.loss_chunk_tokens),

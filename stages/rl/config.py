@@ -42,6 +42,7 @@ class RLBatchConfig:
 @dataclass
 class RLEvalConfig:
     path: Optional[str] = None  # held-out prompt records; None: no evaluation
+    image_root: Optional[str] = None  # their image paths are relative to this; default: eval.path's directory
     every: int = 0  # evaluate after every N steps and the last (0: only the last, if path is set)
     samples: int = 1  # responses per prompt
     temperature: float = 0.0  # 0: greedy

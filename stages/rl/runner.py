@@ -77,6 +77,9 @@ class RLStage:
         self.records, self.eval_records = prompts.records, prompts.eval_records
         self.skipped: Counter = Counter({f"data/{k}": v for k, v in prompts.skipped.items()})
         self.image_root = cfg.data.image_root or str(Path(cfg.data.path).resolve().parent)
+        # The held-out set's images live next to it, not next to the training prompts.
+        self.eval_image_root = cfg.eval.image_root or (str(Path(cfg.eval.path).resolve().parent) if cfg.eval.path
+                                                       else None)
         self.sampler = sampler_for(self.records, cfg.curriculum, cfg.data.difficulty or sidecar_path(cfg.data.path),
                                    cfg.trainer.seed, cfg.trainer.max_steps)
         self.evaluate = self._evaluate if self.eval_records else None
@@ -103,7 +106,7 @@ class RLStage:
         # 2. roll out this rank's share, score, gather
         self.prompts = {}
         local, failed, rollout_s, reward_s = self._roll_out_share(records, seeds, cfg.rollout.group_size,
-                                                                  cfg.rollout.temperature)
+                                                                  cfg.rollout.temperature, self.image_root)
         self.roll_out.engine.sleep()  # the update gets the engine's memory; the weight sync wakes it
         times = all_reduce_sum(torch.tensor([rollout_s, reward_s], device=info.device)) / info.world_size
         results, failures = gather_groups(local, failed, info.world_size)
@@ -175,12 +178,12 @@ class RLStage:
                                                       data.system_prompt, data.max_prompt_tokens)
         return self.prompts[slot]
 
-    def _roll_out_share(self, records: list[PromptRecord], seeds: list[int], n: int, temperature: float
-                        ) -> tuple[list[GroupResult], list[tuple[int, str]], float, float]:
+    def _roll_out_share(self, records: list[PromptRecord], seeds: list[int], n: int, temperature: float,
+                        image_root: str | None) -> tuple[list[GroupResult], list[tuple[int, str]], float, float]:
         """This rank's slots rolled out and scored: (groups, failed (slot, reason), rollout s, reward s)."""
         data = self.cfg.data
         mine, failed = encode_records(records, range(self.info.rank, len(records), self.info.world_size), self.renderer,
-                                      self.image_root, data.system_prompt, data.max_prompt_tokens,
+                                      image_root, data.system_prompt, data.max_prompt_tokens,
                                       self.roll_out.engine.takes_videos)
         self.prompts.update(mine)
         results, rollout_s, reward_s = self.roll_out(mine, records, seeds, n, temperature)
@@ -191,9 +194,16 @@ class RLStage:
         cfg, records = self.cfg, self.eval_records
         self.prompts = {}
         seeds = [request_seed(cfg.rollout.seed + 1, self.trainer.step, i) for i in range(len(records))]
-        local, _, _, _ = self._roll_out_share(records, seeds, cfg.eval.samples, cfg.eval.temperature)
-        results, _ = gather_groups(local, [], self.info.world_size)
-        return eval_metrics(results, records, cfg.curriculum.pass_threshold)
+        local, failed, _, _ = self._roll_out_share(records, seeds, cfg.eval.samples, cfg.eval.temperature,
+                                                   self.eval_image_root)
+        results, failed = gather_groups(local, failed, self.info.world_size)
+        if not results:  # an accuracy of 0 over no prompt would read as a policy that learned nothing
+            reasons = Counter(reason for _, reason in failed)
+            raise ValueError(f"none of the {len(records)} held-out prompts of eval.path={cfg.eval.path} could be "
+                             f"used ({dict(reasons)}); their images are looked up under {self.eval_image_root} "
+                             "(set eval.image_root)")
+        return {**eval_metrics(results, records, cfg.curriculum.pass_threshold), "eval/prompts": len(results),
+                "eval/prompts_skipped": len(failed)}
 
     def log_stats(self) -> dict[str, Any]:
         return {}

@@ -20,6 +20,10 @@ def test_two_rank_rlcs_on_image_prompts_trains_on_what_it_saw(tmp_path):
     subprocess.run([sys.executable, "-m", "data_pipelines.visual_tasks", "--out", str(tmp_path / "data"), "--num", "64",
                     "--seed", "0", "--stage", "rl", "--difficulty", "1-2", "--tasks", tasks, "--no-difficulty-label"],
                    check=True, cwd=REPO)
+    # The held-out set lives in another directory, its images next to it (not next to the training prompts).
+    subprocess.run([sys.executable, "-m", "data_pipelines.visual_tasks", "--out", str(tmp_path / "held_out"), "--num",
+                    "8", "--seed", "1", "--split", "eval", "--stage", "rl", "--difficulty", "1-2", "--tasks", tasks],
+                   check=True, cwd=REPO)
     train = tmp_path / "data" / "rl" / "train.jsonl"
     records, _ = load_prompt_records(train)
     assert all(len(r.images) == 1 for r in records)
@@ -27,12 +31,17 @@ def test_two_rank_rlcs_on_image_prompts_trains_on_what_it_saw(tmp_path):
     warm_start(model, tokenizer, train, steps=160, batch=16, respond=correct_response)
     policy = save_policy(model, tokenizer, tmp_path / "sft")
     run = tmp_path / "run"
-    check(launch("rl.py", ["recipe=rlcs_tiny", f"model.init={policy}", f"data.path={train}", "eval.path=null",
-                           f"trainer.max_steps={STEPS}", f"trainer.save_every={STEPS}", "batch.prompts_per_step=6",
+    check(launch("rl.py", ["recipe=rlcs_tiny", f"model.init={policy}", f"data.path={train}",
+                           f"eval.path={tmp_path / 'held_out' / 'rl' / 'eval.jsonl'}", f"eval.every={STEPS}",
+                           "eval.samples=2", f"trainer.max_steps={STEPS}", f"trainer.save_every={STEPS}", "batch.prompts_per_step=6",
                            "rollout.group_size=4", "rollout.max_new_tokens=40", "rollout.forced_answer_tokens=16",
                            "logging.progress_bar=false", f"hydra.run.dir={run}",
                            *[f"++rewards.domain_verifiers.{d}={v}" for d, v in DOMAIN_VERIFIERS.items()]], nproc=2))
     lines = metrics(run)
+    evals = [m for m in lines if "eval/accuracy" in m]
+    # Before and after training, every held-out prompt was rolled out with its own image.
+    assert [(m["step"], m["eval/prompts"], m["eval/prompts_skipped"]) for m in evals] == [(0, 8, 0), (STEPS, 8, 0)]
+    lines = [m for m in lines if m["step"] > 0]
     assert [m["step"] for m in lines] == list(range(1, STEPS + 1))
     # Every rolled-out prompt carries one image, sent with each of its G sequences (and again with a
     # forced answer's continuation).

@@ -150,7 +150,7 @@ def test_bad_recipe_values_stop_the_launcher_before_any_work(override, message, 
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_activation_checkpointing_is_exact_and_freezing_keeps_the_vision_tower(shards, tmp_path):
+def test_recompute_and_zero_stages_train_alike_and_freezing_keeps_the_vision_tower(shards, tmp_path):
     from safetensors.torch import load_file
 
     from data_pipelines.tokenizer import build_tiny_tokenizer
@@ -159,11 +159,20 @@ def test_activation_checkpointing_is_exact_and_freezing_keeps_the_vision_tower(s
     args = BASE + [f"data.shards={shards}", "trainer.max_steps=3", "trainer.save_every=3", "logging.wandb_mode=disabled"]
     runs = {}
     for name, extra in [("plain", []), ("recompute", ["trainer.activation_checkpointing=true"]),
-                        ("frozen", ["trainer.freeze_vision=true"])]:
+                        ("frozen", ["trainer.freeze_vision=true"]), ("zero0", ["trainer.zero_stage=0"]),
+                        ("zero2", ["trainer.zero_stage=2"])]:
         runs[name] = tmp_path / name
         check(launch("pretrain.py", args + extra + [f"hydra.run.dir={runs[name]}"]))
     plain = [m["loss"] for m in metrics(runs["plain"])]
     assert [m["loss"] for m in metrics(runs["recompute"])] == pytest.approx(plain, rel=1e-6)
+    # Without ZeRO, DeepSpeed's fp32 engine keeps no gradient norm: it used to read as a non-finite
+    # step, and the run stopped after five. Every stage now reports ZeRO-3's norms and losses.
+    norms = [m["grad_norm"] for m in metrics(runs["plain"])]
+    for stage in ("zero0", "zero2"):
+        lines = metrics(runs[stage])
+        assert not any(m["nonfinite_skipped_step"] for m in lines)
+        assert [m["loss"] for m in lines] == pytest.approx(plain, rel=1e-5)
+        assert [m["grad_norm"] for m in lines] == pytest.approx(norms, rel=1e-4)
 
     torch.manual_seed(0)  # the stage seeds trainer.seed (0) before building the model
     initial = build_model(load_preset("tiny"), build_tiny_tokenizer()).state_dict()
