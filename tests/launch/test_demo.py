@@ -33,12 +33,12 @@ def test_uniform_run_matches_rlcs_rollouts_and_evaluation_count(tmp_path):
     from launch.demo import FULL, plan
 
     (tmp_path / "rlcs").mkdir()
-    rolled = [16, 20, 60] + [38] * 57  # 2,262 prompts in RLCS's 60 steps
+    rolled = [16, 20, 60] + [42] * 96 + [49]  # 4,177 prompts in RLCS's 100 steps (the fresh-clone demo's)
     (tmp_path / "rlcs" / "metrics.jsonl").write_text(
         "".join(f'{{"step": {i + 1}, "prompts_rolled_out": {n}}}\n' for i, n in enumerate(rolled)))
     steps = {s.name: s for s in plan(tmp_path, FULL)}
     rlcs, = steps["rlcs"].commands()
     uniform, = steps["rl_uniform"].commands()
-    assert "trainer.max_steps=60" in rlcs and "eval.every=10" in rlcs
-    assert "trainer.max_steps=141" in uniform and "eval.every=24" in uniform  # 2,262 / 16; 141 / 6
+    assert "trainer.max_steps=100" in rlcs and "eval.every=20" in rlcs
+    assert "trainer.max_steps=261" in uniform and "eval.every=52" in uniform  # 4,177 / 16; 261 / 5
     assert uniform[-2:] == ["curriculum.enabled=false", "trainer.optim.lr=2e-4"]
