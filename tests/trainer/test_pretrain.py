@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from data_pipelines.processor import VisionProcessor
 from data_pipelines.chat import encode_prompt
@@ -87,9 +88,10 @@ def test_kill_mid_save_on_two_ranks_resumes_to_the_same_losses(two_rank_run, sha
     assert not (run / "checkpoints" / "step_20.tmp").exists()
 
 
-def test_kill_mid_step_resumes_exactly(shards, tmp_path):
+@pytest.mark.parametrize("zero_stage", [3, 0])  # 0: the demo's stage (DeepSpeed's plain data parallel)
+def test_kill_mid_step_resumes_exactly(shards, tmp_path, zero_stage):
     args = BASE + [f"data.shards={shards}", "trainer.max_steps=12", "trainer.save_every=4", "data.num_workers=2",
-                   "logging.wandb_mode=disabled"]
+                   "logging.wandb_mode=disabled", f"trainer.zero_stage={zero_stage}"]
     reference = tmp_path / "reference"
     check(launch("pretrain.py", args + [f"hydra.run.dir={reference}"]))
     run = tmp_path / "killed"
@@ -100,11 +102,15 @@ def test_kill_mid_step_resumes_exactly(shards, tmp_path):
     resumed, expected = metrics(run), metrics(reference)
     assert [m["loss"] for m in resumed] == [m["loss"] for m in expected]  # exact on CPU
     assert [m["documents"] for m in resumed] == [m["documents"] for m in expected]  # no document repeated or skipped
-    a = torch.load(run / "checkpoints" / "step_12" / "state" / "zero" / "zero_pp_rank_0_mp_rank_00_optim_states.pt", weights_only=False)
-    b = torch.load(reference / "checkpoints" / "step_12" / "state" / "zero" / "zero_pp_rank_0_mp_rank_00_optim_states.pt", weights_only=False)
-    flat_a = a["optimizer_state_dict"]["fp32_flat_groups"]
-    flat_b = b["optimizer_state_dict"]["fp32_flat_groups"]
-    assert all(torch.equal(x, y) for x, y in zip(flat_a, flat_b))  # identical final weights
+    final_a = load_file(run / "checkpoints" / "step_12" / "hf" / "model.safetensors")
+    final_b = load_file(reference / "checkpoints" / "step_12" / "hf" / "model.safetensors")
+    assert final_a.keys() == final_b.keys() and all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    if zero_stage == 3:  # and ZeRO-3's fp32 master weights
+        a = torch.load(run / "checkpoints" / "step_12" / "state" / "zero" / "zero_pp_rank_0_mp_rank_00_optim_states.pt", weights_only=False)
+        b = torch.load(reference / "checkpoints" / "step_12" / "state" / "zero" / "zero_pp_rank_0_mp_rank_00_optim_states.pt", weights_only=False)
+        flat_a = a["optimizer_state_dict"]["fp32_flat_groups"]
+        flat_b = b["optimizer_state_dict"]["fp32_flat_groups"]
+        assert all(torch.equal(x, y) for x, y in zip(flat_a, flat_b))
 
 
 def test_non_finite_steps_are_skipped_then_stop_with_a_checkpoint(shards, tmp_path):
@@ -151,8 +157,6 @@ def test_bad_recipe_values_stop_the_launcher_before_any_work(override, message, 
 
 
 def test_recompute_and_zero_stages_train_alike_and_freezing_keeps_the_vision_tower(shards, tmp_path):
-    from safetensors.torch import load_file
-
     from data_pipelines.tokenizer import build_tiny_tokenizer
     from trainer.model import build_model, load_preset
 
