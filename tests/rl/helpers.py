@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -13,10 +14,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from data_pipelines.batch import collate_rows
 from data_pipelines.processor import VisionProcessor
 from data_pipelines.chat import ChatRenderer
-from data_pipelines.prompts import encode_prompt_record, load_prompt_records, rollout_document
+from data_pipelines.prompts import EncodedPrompt, encode_prompt_record, load_prompt_records, rollout_document
 from data_pipelines.synthetic import make_rl_task_records, rl_task_response
 from data_pipelines.tokenizer import SpecialTokens, build_tiny_tokenizer
 from stages.rl.policy import text_policy
+from stages.rl.rollout.base import Completion
 from trainer.forward import wrap_forward
 from trainer.loss import token_losses
 from trainer.model import build_model, load_preset, save_hf_checkpoint
@@ -66,3 +68,49 @@ def warm_start(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data:
 
 def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> Path:
     return save_hf_checkpoint(model, tokenizer, out)
+
+
+# ---- a policy that prefers the vision tokens (tests/rl/test_vision_tokens.py, test_vllm_engine.py) ----
+def prefer_tokens(model: torch.nn.Module, ids: tuple[int, ...], boost: float = 10.0) -> None:
+    """Make `ids` the policy's most likely next tokens after anything (each ~`boost` logits above
+    the rest). A large constant in dimension 0 of every token embedding dominates the residual
+    stream, so after the final RMSNorm that dimension is ~sqrt(hidden) at every position; only the
+    output-head rows of `ids` read it."""
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert embed.data_ptr() != head.data_ptr(), "needs untied embeddings"
+    with torch.no_grad():
+        embed[:, 0] = 100.0
+        head[:, 0] = 0.0
+        head[list(ids), 0] = boost / math.sqrt(embed.shape[1])
+
+
+def next_token_logprobs(model: torch.nn.Module, prompt: EncodedPrompt, tokens: list[int]) -> torch.Tensor:
+    """Teacher-forced log-softmax over the whole vocabulary at the positions predicting `tokens`
+    and the one after: (len(tokens) + 1, vocab)."""
+    ids = torch.tensor([prompt.input_ids + tokens])
+    kwargs = {}
+    if hasattr(model.config, "vision_config"):
+        kwargs["mm_token_type_ids"] = torch.tensor([prompt.mm_token_type_ids + [0] * len(tokens)])
+        if prompt.visuals:
+            kwargs.update(pixel_values=prompt.pixel_values, image_grid_thw=prompt.image_grid_thw)
+    with torch.no_grad():
+        logits = model(input_ids=ids, **kwargs).logits[0, len(prompt) - 1:]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def vision_mass(model: torch.nn.Module, prompt: EncodedPrompt, special: SpecialTokens) -> float:
+    """The policy's probability of a vision token right after the prompt (the test's premise)."""
+    return next_token_logprobs(model, prompt, [])[0, list(special.vision_ids)].exp().sum().item()
+
+
+def has_vision_token(tokens: list[int], special: SpecialTokens) -> bool:
+    return bool(set(tokens) & set(special.vision_ids))
+
+
+def assert_engine_logprobs_are_the_models(model: torch.nn.Module, prompt: EncodedPrompt, c: Completion) -> None:
+    """The reported log-probs are the unsuppressed, unrenormalised model distribution's, as the
+    trainer computes them (renormalising over the allowed tokens would add ~log(1/(1-0.9)))."""
+    lp = next_token_logprobs(model, prompt, c.token_ids)
+    for t, (token, trained) in enumerate(zip(c.token_ids, c.train_mask)):
+        if trained:
+            assert abs(c.logprobs[t] - lp[t, token].item()) <= 1e-4, (t, c.logprobs[t], lp[t, token].item())

@@ -1,8 +1,11 @@
-"""Real vLLM (CPU) on a text-only Glm4 policy: it agrees with the HF engine, and after a ZeRO-3
-update + weight sync its greedy output and log-probs are the trainer's updated model's."""
+"""Real vLLM (CPU) on a text-only Glm4 policy: it agrees with the HF engine, after a ZeRO-3
+update + weight sync its greedy output and log-probs are the trainer's updated model's, and a policy
+that prefers the vision tokens samples none of them (issue #12; one engine serves every test, as a
+start costs ~35 s)."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -15,10 +18,11 @@ from data_pipelines.prompts import encode_prompt_record, parse_record, rollout_d
 from data_pipelines.batch import collate_rows
 from data_pipelines.tokenizer import SpecialTokens
 from stages.rl.policy import load_policy
-from stages.rl.rollout.base import GenerationRequest, RolloutConfig, SamplingSpec
+from stages.rl.rollout.base import GenerationRequest, RolloutConfig, SamplingSpec, rollout
 from stages.rl.rollout.hf_engine import HFEngine
 from stages.rl.sync import WeightSync, gathered_state_dict
-from tests.rl.helpers import save_policy, tiny_policy
+from tests.rl.helpers import (assert_engine_logprobs_are_the_models, has_vision_token, next_token_logprobs,
+                              prefer_tokens, save_policy, tiny_policy, vision_mass)
 from trainer.config import OptimConfig, TrainerConfig
 from trainer.distributed import init_distributed
 from trainer.zero import wrap_deepspeed
@@ -115,3 +119,22 @@ def test_weight_sync_after_a_zero3_update(setup, world_of_one):
     assert fresh.token_ids == greedy and fresh.token_ids != stale.token_ids
     assert max(abs(a - b) for a, b in zip(fresh_lp, fresh.logprobs)) < 1e-4
     assert not list(setup["root"].glob("ponder-sync-*"))  # the handed-over weights are cleaned up
+
+
+def test_vllm_rollout_and_greedy_sample_no_vision_token(setup):
+    """Runs last: it loads a policy that prefers the vision tokens into the shared engine."""
+    model = load_policy(setup["path"]).eval()
+    special, prompt, engine = setup["special"], setup["prompts"][0], setup["engine"]
+    prefer_tokens(model, special.vision_ids)
+    engine.load_weights(path=save_policy(model, setup["tok"], setup["root"] / "prefers_vision"))
+    assert vision_mass(model, prompt, special) > 0.9
+    cfg = RolloutConfig(engine="vllm", group_size=4, max_new_tokens=6, forced_answer_tokens=4)
+    [group] = rollout(engine, [prompt], cfg, special, seeds=[3])
+    assert any(c.forced for c in group)
+    for c in group:
+        assert not has_vision_token(c.token_ids, special), c.token_ids
+        assert_engine_logprobs_are_the_models(model, prompt, c)
+    [[greedy]] = engine.generate([GenerationRequest(prompt, 1, seed=0)], SamplingSpec(0.0, 1.0, 6))
+    lp = next_token_logprobs(model, prompt, greedy.token_ids)
+    lp[:, list(special.vision_ids)] = -math.inf
+    assert greedy.token_ids == lp[: len(greedy.token_ids)].argmax(-1).tolist()
