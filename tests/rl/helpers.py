@@ -107,6 +107,15 @@ def has_vision_token(tokens: list[int], special: SpecialTokens) -> bool:
     return bool(set(tokens) & set(special.vision_ids))
 
 
+def best_allowed_tokens(model: torch.nn.Module, prompt: EncodedPrompt, tokens: list[int],
+                        special: SpecialTokens) -> list[int]:
+    """The teacher-forced argmax at each position of `tokens` over every token but the vision ones:
+    what a greedy decoder that never picks a vision token must have produced."""
+    lp = next_token_logprobs(model, prompt, tokens)
+    lp[:, list(special.vision_ids)] = -math.inf
+    return lp[: len(tokens)].argmax(-1).tolist()
+
+
 def assert_engine_logprobs_are_the_models(model: torch.nn.Module, prompt: EncodedPrompt, c: Completion) -> None:
     """The reported log-probs are the unsuppressed, unrenormalised model distribution's, as the
     trainer computes them (renormalising over the allowed tokens would add ~log(1/(1-0.9)))."""
