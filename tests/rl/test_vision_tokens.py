@@ -75,5 +75,3 @@ def test_sft_greedy_decode_never_picks_a_vision_token(glm4v):
     results = greedy_decode(UniformVisionForward(model), docs, 6, {special.eos}, special.eos)
     for prompt, (tokens, _) in zip(prompts, results):
         assert tokens == best_allowed_tokens(model, prompt, tokens, special)
-
-

@@ -21,7 +21,7 @@ from stages.rl.rollout.base import GenerationRequest, RolloutConfig, SamplingSpe
 from stages.rl.rollout.hf_engine import HFEngine
 from stages.rl.sync import WeightSync, gathered_state_dict
 from tests.rl.helpers import (assert_engine_logprobs_are_the_models, best_allowed_tokens, has_vision_token,
-                              prefer_tokens, save_policy, tiny_policy, vision_mass)
+                              next_token_logprobs, prefer_tokens, save_policy, tiny_policy, vision_mass)
 from trainer.config import OptimConfig, TrainerConfig
 from trainer.distributed import init_distributed
 from trainer.zero import wrap_deepspeed
@@ -53,11 +53,8 @@ def setup(tmp_path_factory):
 
 def _teacher_forced(model, prompt, tokens):
     """(log-probs of `tokens`, greedy choices) of an HF model after `prompt`."""
-    ids = torch.tensor([prompt.input_ids + tokens])
-    with torch.no_grad():
-        lp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
-    at = range(len(prompt) - 1, len(prompt) - 1 + len(tokens))
-    return [lp[p, t].item() for p, t in zip(at, tokens)], [int(lp[p].argmax()) for p in at]
+    lp = next_token_logprobs(model, prompt, tokens)[: len(tokens)]
+    return [lp[i, t].item() for i, t in enumerate(tokens)], lp.argmax(-1).tolist()
 
 
 def test_vllm_and_hf_engines_return_the_same_greedy_tokens_and_logprobs(setup):
