@@ -98,6 +98,7 @@ def zero_probe_dir(tmp_path_factory):
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
          str(REPO / "tests" / "trainer" / "zero_probe.py"), str(out), *cases],
         env=launch_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    (out / "probe.log").write_text(proc.stdout + proc.stderr)  # where its time went (zero_probe.py: phase)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
+
+STARTED = time.perf_counter()  # before the heavy imports: the phases below are printed from here
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -85,9 +88,17 @@ def measure(out_dir: str, name: str, precision: str, freeze_vision: bool) -> Non
 
 def main(out_dir: str, cases: list[str]) -> None:
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    phase("imports and process group")
     for case in cases:  # each builds its own model and engine: nothing carries over but the group
         name, precision, *flags = case.split(":")
         measure(out_dir, name, precision, "freeze_vision" in flags)
+        phase(f"case {name}")
+
+
+def phase(what: str) -> None:
+    # Its time in suites has ranged from 12 to 119 s (docs/design.md); the fixture keeps this log.
+    sys.stdout.write(f"rank {dist.get_rank()}: {what} done at {time.perf_counter() - STARTED:.1f} s\n")  # one write
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
