@@ -2,7 +2,9 @@
 
 A row's fields are found under ponder's names first, then under the common names
 (`question` | `problem` | `prompt` | `query`, `answer` | `solution` | `ground_truth` | ..., `image`
-| `images`, `options` | `choices`, `id` | `pid` | ...), or under the columns `data.columns` names.
+| `images`, `video` | `videos`, `options` | `choices`, `id` | `pid` | ...), or under the columns
+`data.columns` names. A list under `answers` (DocVQA, TextVQA, VQAv2: what annotators accepted)
+becomes `{"any_of": [...]}`: a response is graded against each, and the best grade counts.
 `data.mc_to_blank` turns a multiple-choice row whose answer is one unique option into a
 fill-in-the-blank one: the options leave the prompt and the answer becomes the option's text.
 """
@@ -15,12 +17,15 @@ import string
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+ANY_OF = "any_of"  # a ground truth of several accepted answers (stages/rl/rewards/scoring.py)
+
 CANDIDATES = {
-    "id": ("id", "pid", "uid", "idx", "question_id", "index"),
+    "id": ("id", "pid", "uid", "idx", "question_id", "questionId", "index"),
     "domain": ("domain",),
     "question": ("question", "problem", "prompt", "query"),
-    "answer": ("answer", "solution", "ground_truth", "gt_answer", "label"),
-    "images": ("images", "image"),
+    "answer": ("answer", "solution", "ground_truth", "gt_answer", "label", "answers"),
+    "images": ("images", "image", "decoded_image"),
+    "videos": ("videos", "video"),
     "options": ("options", "choices"),
 }
 # An option that refers to the others cannot stand alone as a blank's answer.
@@ -35,11 +40,12 @@ class PromptColumns:
 
     # A nested field is a dotted path ("reward_model.ground_truth"); images may name several columns
     # separated by commas ("image_1,image_2").
-    id: Optional[str] = None  # default: id, pid, uid, idx, question_id, index; else the row number
+    id: Optional[str] = None  # default: id, pid, uid, idx, question_id, questionId, index; else the row number
     domain: Optional[str] = None  # default: domain; else data.domain
     question: Optional[str] = None  # default: question, problem, prompt, query (a list of chat turns = messages)
-    answer: Optional[str] = None  # default: answer, solution, ground_truth, gt_answer, label
-    images: Optional[str] = None  # default: images, image (one image or a list)
+    answer: Optional[str] = None  # default: answer, solution, ground_truth, gt_answer, label, answers
+    images: Optional[str] = None  # default: images, image, decoded_image (one image or a list)
+    videos: Optional[str] = None  # default: videos, video (one video or a list)
     options: Optional[str] = None  # default: options, choices (a list, a dict by letter, or its Python text)
 
 
@@ -57,7 +63,22 @@ def _column(raw: dict, name: str, layout: PromptLayout) -> Optional[str]:
     chosen = getattr(layout.columns, name)
     if chosen is not None:
         return chosen
-    return next((c for c in CANDIDATES[name] if raw.get(c) is not None), None)
+    present = [c for c in CANDIDATES[name] if raw.get(c) is not None]
+    if name in ("images", "videos"):  # MathVision: `image` holds a relative path, `decoded_image` the pixels
+        present.sort(key=lambda c: _only_text(raw[c]))
+    return present[0] if present else None
+
+
+def _only_text(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+
+def _any_of(answers: Any) -> Any:
+    """A list of accepted answers (strings, or VQAv2's {"answer": ...} dicts) as {"any_of": [...]}."""
+    if not isinstance(answers, list) or not answers:
+        return answers
+    texts = [a.get("answer") if isinstance(a, dict) else a for a in answers]
+    return {ANY_OF: list(dict.fromkeys(t for t in texts if t is not None))}
 
 
 def _value(raw: dict, column: str) -> Any:
@@ -93,6 +114,8 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         out["id"] = f"row-{row}"  # HF sets often have no id column: the row number is stable
     elif isinstance(out.get("id"), int) and not isinstance(out["id"], bool):
         out["id"] = str(out["id"])
+    if _column(raw, "answer", layout) == "answers":
+        out["answer"] = _any_of(out.get("answer"))
     if out.get("domain") is None and layout.domain:
         out["domain"] = layout.domain
     question = out.get("question")
@@ -103,6 +126,8 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         out["images"] = [images]
     elif isinstance(images, list):
         out["images"] = [i for i in images if i is not None]
+    if out.get("videos") is not None and not isinstance(out["videos"], list):
+        out["videos"] = [out["videos"]]  # one video per row (a file, bytes, or {frames, fps})
     options = out.get("options")
     if isinstance(options, str) and options.strip().startswith(("[", "{")):
         try:

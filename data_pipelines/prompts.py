@@ -30,6 +30,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .chat import DEFAULT_VIDEO_FPS, ChatRenderer
+from .chat_formats import PLACEHOLDER
 from .processor import BadSample
 from .prompt_columns import PromptLayout, normalize_row
 from .document import Document, Visual
@@ -67,8 +68,11 @@ def _count_items(messages: list[dict], kind: str) -> int:
 
 
 def parse_video(raw: Any, rid: str) -> tuple[Any, float | None]:
-    """A record's video: a file (path or bytes; decoded at 2 fps), or `{"frames": [...], "fps": F}`,
-    or `{"frames": [...], "timestamps": [seconds, ...]}` (evenly spaced; fps from their spacing)."""
+    """A record's video: a file (path or bytes, or HF `Video()`'s {bytes, path}; decoded at 2 fps), or
+    `{"frames": [...], "fps": F}`, or `{"frames": [...], "timestamps": [seconds, ...]}` (evenly
+    spaced; fps from their spacing)."""
+    if isinstance(raw, dict) and "frames" not in raw and (raw.get("bytes") or raw.get("path")):
+        raw = raw.get("bytes") or raw["path"]
     if isinstance(raw, (str, bytes)) and raw:
         return raw, None
     frames = raw.get("frames") if isinstance(raw, dict) else None
@@ -115,11 +119,7 @@ def parse_record(raw: dict[str, Any]) -> PromptRecord:
     if (messages is None) == (question is None):
         raise PromptRecordError("malformed_record", f"{rid}: give exactly one of messages or question")
     if question is not None:
-        if not isinstance(question, str) or not question.strip():
-            raise PromptRecordError("malformed_record", f"{rid}: question must be a non-empty string")
-        content = ([{"type": "image"} for _ in images] + [{"type": "video"} for _ in videos]
-                   + [{"type": "text", "text": question}])
-        messages = [{"role": "user", "content": content}]
+        messages = [{"role": "user", "content": _question_content(rid, question, len(images), len(videos))}]
     elif not isinstance(messages, list) or not messages or not all(
         isinstance(m, dict) and m.get("role") in ("system", "user", "assistant", "observation") for m in messages
     ):
@@ -131,6 +131,30 @@ def parse_record(raw: dict[str, Any]) -> PromptRecord:
         raise PromptRecordError("malformed_record", f"{rid}: difficulty must be a number or a tier name")
     info = {k: v for k, v in raw.items() if k not in KNOWN_FIELDS}
     return PromptRecord(rid, domain, messages, raw["answer"], list(images), videos, difficulty, info)
+
+
+def _question_content(rid: str, question: Any, images: int, videos: int) -> list[dict]:
+    """The user turn of a `question`: its media first, or each image at its `<image>` placeholder
+    (Geometry3K's "<image>Find x."). Only the question is on the image (MathVerse's "Vision Only"
+    rows) when it is empty and the prompt has media."""
+    if not isinstance(question, str):
+        raise PromptRecordError("malformed_record", f"{rid}: question must be text")
+    if not (question.strip() or images or videos):
+        raise PromptRecordError("empty_question", f"{rid}: an empty question needs an image or a video")
+    pieces = question.split(PLACEHOLDER)
+    if len(pieces) == 1:
+        content = [{"type": "image"} for _ in range(images)] + [{"type": "video"} for _ in range(videos)]
+        return content + ([{"type": "text", "text": question}] if question.strip() else [])
+    if len(pieces) - 1 != images:
+        raise PromptRecordError("image_count_mismatch", f"{rid}: {len(pieces) - 1} {PLACEHOLDER} in the question, "
+                                                        f"{images} image(s)")
+    content = []
+    for i, piece in enumerate(pieces):
+        if i:
+            content.append({"type": "image"})
+        if piece.strip():
+            content.append({"type": "text", "text": piece})
+    return content
 
 
 def _raw_records(path: Path) -> tuple[list[Any], Counter]:
@@ -156,7 +180,18 @@ def _raw_records(path: Path) -> tuple[list[Any], Counter]:
         raise ValueError(f"prompt data {path}: expected .jsonl, .parquet, .json or a save_to_disk directory")
     if isinstance(dataset, datasets.DatasetDict):
         raise ValueError(f"prompt data {path} holds several splits ({list(dataset)}); point at one")
-    return list(dataset), bad
+    return list(_undecoded_videos(dataset, datasets)), bad
+
+
+def _undecoded_videos(dataset: Any, datasets: Any) -> Any:
+    """`Video()` columns as their {bytes, path}: `datasets` decodes them with torchcodec, which is
+    not installed (CUDA-linked); ponder decodes videos with PyAV (data_pipelines/video.py)."""
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.Video):
+            dataset = dataset.cast_column(name, datasets.Video(decode=False))
+        elif isinstance(getattr(feature, "feature", None), datasets.Video):  # a list of videos
+            dataset = dataset.cast_column(name, datasets.List(datasets.Video(decode=False)))
+    return dataset
 
 
 def load_prompt_records(path: str | Path, layout: PromptLayout | None = None) -> tuple[list[PromptRecord], Counter]:
@@ -185,7 +220,8 @@ def load_prompt_records(path: str | Path, layout: PromptLayout | None = None) ->
 def require_records(path: str | Path, records: list[PromptRecord], skipped: Counter) -> None:
     """A prompt set with no usable record is a recipe error: stop at load, saying why."""
     if not records:
-        hint = " (set data.domain=<verifier> for rows without a domain)" if skipped.get("missing_domain") else ""
+        hint = (" (set data.domain=<verifier> for rows without a domain)" if skipped.get("missing_domain") else
+                " (data.columns.answer=<column> names the answer's column)" if skipped.get("missing_answer") else "")
         raise ValueError(f"prompt set {path}: no usable record; skipped: {dict(skipped)}{hint}")
 
 

@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from launch.common import register, start  # also puts the repo root on sys.path
-from stages.evaluate import EvalRunConfig, evaluate, write_report
+from stages.evaluate import EvalRunConfig, evaluate, nothing_evaluated, write_report
 from trainer.distributed import leave_distributed
 
 register("eval_schema", EvalRunConfig)
@@ -22,6 +22,8 @@ def main(raw: DictConfig) -> None:
     if info.is_main:
         print(write_report(results, run_dir), flush=True)
     leave_distributed()
+    if error := nothing_evaluated(results):  # the same on every rank; the report is written
+        raise SystemExit(error)
 
 
 if __name__ == "__main__":

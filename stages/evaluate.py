@@ -46,6 +46,11 @@ from trainer.distributed import DistInfo
 from trainer.logging import log
 from trainer.model import ModelConfig
 
+# Reward reasons that say the item could not be graded (stages/rl/rewards/scoring.py): a 0 that is the
+# data's or the verifier's fault, not the model's. Counted per set, so a wrong domain shows.
+GRADING_ERRORS = ("bad_ground_truth", "verifier_error")
+MEDIA_SKIPS = {"missing_image", "undecodable_image", "bad_video"}  # skip reasons a wrong media column gives
+
 Metrics = dict[str, Any]
 PROMPT_FILE_SUFFIXES = (".jsonl", ".parquet", ".json")  # what load_prompt_records reads (or a directory)
 
@@ -142,12 +147,15 @@ class PromptOutcome:
     truncated: list[bool]  # the final generation hit its cap
     forced: list[bool]  # `</think><answer>` was inserted at max_new_tokens
     texts: list[str] = field(default_factory=list)  # the responses, only with save_responses (all-gathered)
+    # reasons of rewards the verifier could not give (bad ground truth, its own error)
+    grading_errors: list[str] = field(default_factory=list)
 
 
 def outcome_of(group: GroupResult, record: PromptRecord, texts: list[str] | None = None) -> PromptOutcome:
     c = group.completions
     return PromptOutcome(group.slot, record.id, record.domain, list(group.rewards), list(group.format_ok),
-                         [len(x) for x in c], [x.truncated for x in c], [x.forced for x in c], texts or [])
+                         [len(x) for x in c], [x.truncated for x in c], [x.forced for x in c], texts or [],
+                         [r for r in group.reasons if r.startswith(GRADING_ERRORS)])
 
 
 def decoding_metrics(outcomes: list[PromptOutcome], ks: tuple[int, ...], pass_threshold: float) -> Metrics:
@@ -225,14 +233,20 @@ class SetEvaluator:
         records, load_skipped = loaded
         image_root = self.cfg.data.image_root or str(Path(path).resolve().parent)
         everyone = gather(self._run_share(set_index, name, records, image_root), self.info)
-        failed = [reason for _, fails in everyone for _, reason in fails]
-        # records: every row read (bad ones included); evaluated: those rolled out and scored.
+        failed = {slot: reason for _, fails in everyone for slot, reason in fails}
+        evaluated = [r for slot, r in enumerate(records) if slot not in failed]
+        # records: every row read (bad ones included); evaluated: those rolled out and scored, with
+        # the images and videos they carried (a column ponder did not read shows up here as 0).
         out: Metrics = {"path": str(Path(path).resolve()), "records": len(records) + sum(load_skipped.values()),
-                        "evaluated": len(records) - len(failed),
-                        "skipped": dict(sorted((Counter(load_skipped) + Counter(failed)).items()))}
+                        "evaluated": len(evaluated), "images": sum(len(r.images) for r in evaluated),
+                        "videos": sum(len(r.videos) for r in evaluated),
+                        "skipped": dict(sorted((Counter(load_skipped) + Counter(failed.values())).items())),
+                        "grading_errors": {}}
         for d in self.decodings:
             outcomes = sorted((o for outs, _ in everyone for o in outs[d.name]), key=lambda o: o.slot)
             out[d.name] = grouped_metrics(outcomes, d.ks, self.cfg.pass_threshold)
+            errors = Counter(e[:120] for o in outcomes for e in o.grading_errors)
+            out["grading_errors"] = dict(sorted((Counter(out["grading_errors"]) + errors).items()))
             self.responses += [{"set": name, "id": o.id, "domain": o.domain, "decoding": d.name, "sample": i,
                                 "response": text, "reward": o.rewards[i], "format_ok": o.format_ok[i]}
                                for o in outcomes for i, text in enumerate(o.texts)]
@@ -332,11 +346,26 @@ def markdown_report(results: Metrics) -> str:
         how = "temperature 0" if not d["temperature"] else f"temperature {d['temperature']}, top-p {d['top_p']}"
         lines += [f"## {name} ({how}, {d['n']} response(s) per prompt, up to {d['max_new_tokens']} new tokens)", "",
                   *decoding_table(results, name), ""]
-    lines += ["## Skipped prompts", ""]
+    lines += ["## Prompts evaluated and skipped", ""]
     for name, result in results["sets"].items():
         reasons = ", ".join(f"{k} {v}" for k, v in result["skipped"].items()) or "none"
-        lines.append(f"- {name}: {result['evaluated']} of {result['records']} records evaluated; skipped: {reasons}")
+        lines.append(f"- {name}: {result['evaluated']} of {result['records']} records evaluated "
+                     f"({result['images']} images, {result['videos']} videos); skipped: {reasons}")
+        if result["grading_errors"]:
+            errors = "; ".join(f"{k} ({v} responses)" for k, v in result["grading_errors"].items())
+            lines.append(f"  - **not gradable** (scored 0 whatever the response): {errors}")
     return "\n".join(lines) + "\n"
+
+
+def nothing_evaluated(results: Metrics) -> str | None:
+    """The error of a run in which some set had no prompt evaluated (its table would be empty)."""
+    empty = {name: r["skipped"] for name, r in results["sets"].items() if not r["evaluated"]}
+    if not empty:
+        return None
+    hint = (" Images and videos are read relative to data.image_root (default: the set's directory); "
+            "data.columns.images / data.columns.videos name their columns."
+            if any(MEDIA_SKIPS & set(s) for s in empty.values()) else "")
+    return "ponder eval: no prompt evaluated in " + "; ".join(f"{n} (skipped: {s})" for n, s in empty.items()) + "." + hint
 
 
 def write_report(results: Metrics, run_dir: Path) -> str:

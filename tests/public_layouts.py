@@ -270,4 +270,50 @@ def write_prompt_sets(root: Path) -> dict[str, Path]:
         {"id": "mc1", "question": "Which planet is largest?\nChoices:\n(A) Mars\n(B) Jupiter\n(C) Venus",
          "choices": ["Mars", "Jupiter", "Venus"], "answer": "(B)", "domain": "general"}) + "\n")
     out["mc"] = root / "mc.jsonl"
+    # Geometry3K (hiyouga/geometry3k): images (a list), problem with an <image> placeholder, answer.
+    datasets.Dataset.from_list([
+        {"images": [img("red")], "problem": "<image>Find x. Round to the nearest tenth.", "answer": "38"},
+        {"images": [img("blue")], "problem": "In the figure <image>, find y.", "answer": "12"},
+        {"images": [img("green")], "problem": "Compare <image> with <image>.", "answer": "1"},  # 2 placeholders, 1 image
+    ], features=datasets.Features({"images": datasets.List(datasets.Image()), "problem": datasets.Value("string"),
+                                   "answer": datasets.Value("string")})).to_parquet(str(root / "geometry3k.parquet"))
+    out["geometry3k"] = root / "geometry3k.parquet"
+    # DocVQA (lmms-lab/DocVQA validation): questionId, question, image, answers = what annotators accepted.
+    datasets.Dataset.from_list([
+        {"questionId": 337, "question": "What is the date?", "image": img("yellow"),
+         "answers": ["March 3, 1979", "3/3/79"], "question_types": ["layout"]},
+        {"questionId": 338, "question": "Who signed?", "image": img("purple"), "answers": ["Paul"],
+         "question_types": ["handwritten"]},
+    ], features=datasets.Features({"questionId": datasets.Value("int64"), "question": datasets.Value("string"),
+                                   "image": datasets.Image(), "answers": datasets.List(datasets.Value("string")),
+                                   "question_types": datasets.List(datasets.Value("string"))})
+    ).to_parquet(str(root / "docvqa.parquet"))
+    out["docvqa"] = root / "docvqa.parquet"
+    # MathVision (MathLLMs/MathVision): image = a path inside the hub repo (absent here), decoded_image,
+    # options (empty for free-form), answer; MathVerse's "Vision Only" rows: an empty question.
+    datasets.Dataset.from_list([
+        {"id": "1", "question": "Which number is missing?\n<image1>", "options": [], "image": "images/1.jpg",
+         "decoded_image": img("orange"), "answer": "14", "solution": None, "level": 2, "subject": "arithmetic"},
+        {"id": "2", "question": "", "options": ["A", "B", "C"], "image": "images/2.jpg",
+         "decoded_image": img("red"), "answer": "B", "solution": None, "level": 1, "subject": "logic"},
+    ], features=datasets.Features({"id": datasets.Value("string"), "question": datasets.Value("string"),
+                                   "options": datasets.List(datasets.Value("string")), "image": datasets.Value("string"),
+                                   "decoded_image": datasets.Image(), "answer": datasets.Value("string"),
+                                   "solution": datasets.Value("string"), "level": datasets.Value("int64"),
+                                   "subject": datasets.Value("string")})).to_parquet(str(root / "mathvision.parquet"))
+    out["mathvision"] = root / "mathvision.parquet"
     return out
+
+
+def write_video_prompt_set(root: Path, clip: bytes) -> Path:
+    """Video QA as published with `datasets.Video()` (a `video` column of {bytes, path}), which
+    `datasets` would decode with torchcodec."""
+    import datasets
+
+    path = root / "video_qa.parquet"
+    datasets.Dataset.from_list([{"video": {"bytes": clip, "path": None}, "question": "What colour comes first?",
+                                 "answer": "red", "domain": "general"}] * 2,
+                               features=datasets.Features({"video": datasets.Video(), "question": datasets.Value("string"),
+                                                           "answer": datasets.Value("string"),
+                                                           "domain": datasets.Value("string")})).to_parquet(str(path))
+    return path

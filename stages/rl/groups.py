@@ -32,6 +32,7 @@ class GroupResult:
     rewards: list[float]
     format_ok: list[bool]
     penalties: list[tuple[str, ...]]
+    reasons: list[str]  # each reward's reason ("correct", "format:no_box", "bad_ground_truth:...")
 
 
 class GroupRoller:
@@ -60,7 +61,7 @@ class GroupRoller:
         for slot, group in zip(slots, groups):
             got = [next(scores) for _ in group]
             results.append(GroupResult(slot, len(prompts[slot]), group, [r.reward for r in got],
-                                       [r.format_ok for r in got], [r.penalties for r in got]))
+                                       [r.format_ok for r in got], [r.penalties for r in got], [r.reason for r in got]))
         return results, rollout_s, time.perf_counter() - started
 
     def close(self) -> None:

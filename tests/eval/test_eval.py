@@ -344,4 +344,32 @@ def test_a_missing_image_is_skipped_and_counted(two_ranks):
     assert vision["records"] == 9  # 6 text + 1 image + 1 missing image + 1 without an answer
     assert vision["skipped"] == {"missing_answer": 1, "missing_image": 1}
     assert vision["evaluated"] == 7 and vision["greedy"]["all"]["prompts"] == 7  # the image prompt ran
+    assert (vision["images"], vision["videos"]) == (1, 0)  # the one evaluated image prompt's image
     assert two_ranks["sets"]["tasks"]["skipped"] == {}
+    assert vision["grading_errors"] == two_ranks["sets"]["tasks"]["grading_errors"] == {}
+
+
+def test_ungradable_answers_and_empty_sets_are_reported():
+    """A verifier that cannot read a set's ground truth (a wrong data.domain) scores 0 whatever the
+    response: eval.md says so. A set with nothing evaluated stops the run, saying why."""
+    from stages.evaluate import markdown_report, nothing_evaluated
+
+    def result(evaluated, skipped, errors):
+        keys = ("accuracy", "pass@1", "reward_mean", "format_ok_rate", "response_length_mean", "response_length_p95",
+                "truncation_rate")
+        empty = {"all": {"prompts": evaluated, **dict.fromkeys(keys)}, "domains": {}}
+        return {"records": 6, "evaluated": evaluated, "images": evaluated, "videos": 0, "skipped": skipped,
+                "grading_errors": errors, "greedy": empty}
+
+    results = {"checkpoint": "c", "engine": "hf", "world_size": 1, "pass_threshold": 1.0,
+               "decodings": {"greedy": {"n": 1, "temperature": 0.0, "top_p": None, "ks": [1], "max_new_tokens": 8}},
+               "sets": {"mathvision": result(6, {}, {"bad_ground_truth:multiple-choice gold '5' is not a letter": 3}),
+                        "paths": result(0, {"missing_image": 6}, {})}}
+    report = markdown_report(results)
+    assert "- mathvision: 6 of 6 records evaluated (6 images, 0 videos); skipped: none" in report
+    assert "**not gradable** (scored 0 whatever the response): bad_ground_truth:multiple-choice gold '5'" in report
+    message = nothing_evaluated(results)
+    assert message.startswith("ponder eval: no prompt evaluated in paths (skipped: {'missing_image': 6}).")
+    assert "data.columns.images" in message and "mathvision" not in message
+    results["sets"].pop("paths")
+    assert nothing_evaluated(results) is None

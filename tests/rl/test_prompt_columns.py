@@ -57,12 +57,12 @@ def test_mathvista_save_to_disk(sets, renderer):
     assert not skipped and [r.id for r in records] == ["1", "2"]
     assert (records[0].answer, "options" in records[0].info) == ("green", False)
     assert records[1].answer == "1" and "options" not in records[1].info  # free-form: null choices dropped
-    assert [encoded_images(r, renderer, sets["mathvista"].parent) for r in records] == [1, 1]
-    # The decoded image column instead of the path column: the same pixels.
-    decoded, _ = load_prompt_records(sets["mathvista"], PromptLayout(
-        domain="math", columns=PromptColumns(images="decoded_image")))
-    a = encode_prompt_record(records[0], renderer, image_root=sets["mathvista"].parent)
-    b = encode_prompt_record(decoded[0], renderer)
+    assert [encoded_images(r, renderer, None) for r in records] == [1, 1]  # decoded_image: pixels, not a path
+    # The path column, named: the same pixels, read relative to the set.
+    by_path, _ = load_prompt_records(sets["mathvista"], PromptLayout(domain="math", columns=PromptColumns(images="image")))
+    a = encode_prompt_record(by_path[0], renderer, image_root=sets["mathvista"].parent)
+    b = encode_prompt_record(records[0], renderer)
+    assert by_path[0].images == ["images/1.png"]
     assert a.input_ids == b.input_ids and (a.pixel_values == b.pixel_values).all()
 
 
@@ -85,6 +85,60 @@ def test_math_and_verl_layouts(sets):
     verl, skipped = load_prompt_records(sets["verl"], layout)
     assert not skipped and (verl[0].id, verl[0].domain, verl[0].answer) == ("0", "math", "7")
     assert verl[0].messages == [{"role": "user", "content": "Tom has 3 apples and buys 4. How many?"}]
+
+
+def test_geometry3k_images_go_where_their_placeholders_are(sets, renderer):
+    records, skipped = load_prompt_records(sets["geometry3k"], PromptLayout(domain="math"))
+    assert skipped == {"image_count_mismatch": 1}  # two <image> for one image
+    assert [r.messages[0]["content"] for r in records] == [
+        [{"type": "image"}, {"type": "text", "text": "Find x. Round to the nearest tenth."}],
+        [{"type": "text", "text": "In the figure "}, {"type": "image"}, {"type": "text", "text": ", find y."}]]
+    prompt = encode_prompt_record(records[1], renderer)
+    kinds = [kind for _, _, kind in prompt.document.atomic_spans]
+    assert kinds == ["image"] and "<image>" not in renderer.tokenizer.decode(prompt.input_ids)
+
+
+def test_docvqa_answers_are_each_accepted(sets):
+    from data_pipelines.prompt_columns import normalize_row
+    from stages.rl.rewards.scoring import score
+
+    records, skipped = load_prompt_records(sets["docvqa"], PromptLayout(domain="ocr"))
+    assert not skipped and [(r.id, r.answer) for r in records] == [
+        ("337", {"any_of": ["March 3, 1979", "3/3/79"]}), ("338", {"any_of": ["Paul"]})]
+    graded = lambda r, text: score("ocr", f"<think>.</think><answer><|begin_of_box|>{text}<|end_of_box|></answer>",
+                                   r.answer).reward
+    assert [graded(records[0], "3/3/79"), graded(records[0], "March 3, 1979"), graded(records[1], "Paul")] == [1, 1, 1]
+    assert 0 < graded(records[1], "Paula") < 1 and graded(records[0], "1979") < graded(records[0], "3/3/79")
+    # VQAv2: ten annotators' {"answer": ...} dicts, repeated answers once
+    row = normalize_row({"question": "How many?", "answers": [{"answer": "2", "answer_confidence": "yes"},
+                                                              {"answer": "2"}, {"answer": "two"}]}, 0, PromptLayout())
+    assert row["answer"] == {"any_of": ["2", "two"]}
+
+
+def test_mathvision_reads_the_decoded_image_and_keeps_vision_only_rows(sets, renderer):
+    """MathVision's `image` is a path inside the hub repo; `decoded_image` holds the pixels. A row
+    whose question is empty (MathVerse's "Vision Only") is its image alone."""
+    records, skipped = load_prompt_records(sets["mathvision"], PromptLayout(domain="math"))
+    assert not skipped and [encoded_images(r, renderer, sets["mathvision"].parent) for r in records] == [1, 1]
+    assert records[1].messages[0]["content"] == [{"type": "image"}]
+    text_only, skipped = load_prompt_records(sets["mathvision"], PromptLayout(
+        domain="math", columns=PromptColumns(images="nowhere")))
+    assert [r.id for r in text_only] == ["1"] and skipped == {"empty_question": 1}
+
+
+def test_a_datasets_video_column_is_read_without_torchcodec(tmp_path, renderer):
+    from PIL import Image
+
+    from data_pipelines.synthetic import write_mp4
+    from tests.public_layouts import write_video_prompt_set
+
+    write_mp4([Image.new("RGB", (56, 56), c) for c in ("red", "red", "blue", "blue")], tmp_path / "clip.mp4", fps=2)
+    path = write_video_prompt_set(tmp_path, (tmp_path / "clip.mp4").read_bytes())
+    records, skipped = load_prompt_records(path)
+    assert not skipped and [(len(r.images), len(r.videos)) for r in records] == [(0, 1), (0, 1)]
+    assert records[0].videos[0] == ((tmp_path / "clip.mp4").read_bytes(), None)  # the file's bytes, decoded by PyAV
+    prompt = encode_prompt_record(records[0], renderer)
+    assert [kind for _, _, kind in prompt.document.atomic_spans] == ["video"]
 
 
 def test_options_listed_in_the_question_are_removed(sets):
@@ -130,6 +184,8 @@ def test_bad_prompt_rows_are_counted_by_reason(tmp_path, renderer):
         {"question": "What colour?", "image": "ok.png", "answer": "red"},  # good
         {"question": "No answer here"},  # missing_answer
         {"question": 7, "answer": "7"},  # malformed_record: a question that is not text
+        {"question": " ", "answer": "7"},  # empty_question: no text and no image
+        {"question": "<image> or <image>?", "image": "ok.png", "answer": "x"},  # image_count_mismatch
         {"answer": "3"},  # malformed_record: no question at all
         {"id": "dup", "question": "a?", "answer": "a"}, {"id": "dup", "question": "b?", "answer": "b"},  # duplicate_id
         {"messages": [{"role": "user", "content": [{"type": "image"}]}], "images": ["ok.png", "ok.png"],
@@ -142,8 +198,8 @@ def test_bad_prompt_rows_are_counted_by_reason(tmp_path, renderer):
     path = tmp_path / "set.jsonl"
     path.write_bytes(b"\n".join(json.dumps(r).encode() for r in rows) + b"\n\xff\xfe{bad utf-8\n{not json\n")
     records, skipped = load_prompt_records(path, PromptLayout(domain="general"))
-    assert skipped == {"missing_answer": 1, "malformed_record": 2, "duplicate_id": 1, "image_count_mismatch": 1,
-                       "malformed_json": 2}
+    assert skipped == {"missing_answer": 1, "malformed_record": 2, "empty_question": 1, "duplicate_id": 1,
+                       "image_count_mismatch": 2, "malformed_json": 2}
     encoded, failed = encode_records(records, range(len(records)), renderer, image_root=tmp_path, max_tokens=256)
     assert sorted(reason for _, reason in failed) == ["aspect_ratio", "missing_image", "prompt_too_long",
                                                      "undecodable_image"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from data_pipelines.prompt_columns import ANY_OF
+
 from .config import RewardConfig
 from .gate import FormatError, Parsed, answer_outside_box, parse_response
 from .penalties import has_repetition, is_mixed_language
@@ -63,6 +65,8 @@ def _fail(config: RewardConfig, reason: str) -> RewardResult:
 
 def _run_verifier(verifier: Verifier, graded: str, ground_truth: Any, config: RewardConfig,
                   info: Mapping[str, Any]) -> Verdict | RewardResult:
+    if isinstance(ground_truth, dict) and set(ground_truth) == {ANY_OF}:
+        return _best_of(verifier, graded, ground_truth[ANY_OF], config, info)
     try:
         out = call_with_time_limit(lambda: verifier(graded, ground_truth, config, **info), config.time_limit_s)
     except ScoreTimeout:
@@ -74,6 +78,15 @@ def _run_verifier(verifier: Verifier, graded: str, ground_truth: Any, config: Re
     except Exception as err:  # a verifier bug must cost one item, not the run
         return RewardResult(config.min_reward, True, graded, f"verifier_error:{type(err).__name__}")
     return _as_verdict(out, graded, config)
+
+
+def _best_of(verifier: Verifier, graded: str, accepted: Any, config: RewardConfig,
+             info: Mapping[str, Any]) -> Verdict | RewardResult:
+    """Several accepted answers (VQA annotators'): the best grade against any one of them."""
+    if not isinstance(accepted, list) or not accepted:
+        return RewardResult(config.min_reward, True, graded, "bad_ground_truth:any_of must be a non-empty list")
+    verdicts = [_run_verifier(verifier, graded, one, config, info) for one in accepted]
+    return max(verdicts, key=lambda v: (v.reward, isinstance(v, Verdict)))
 
 
 def _as_verdict(out: Any, graded: str, config: RewardConfig) -> Verdict | RewardResult:
