@@ -191,12 +191,15 @@ def grouped_metrics(outcomes: list[PromptOutcome], ks: tuple[int, ...], pass_thr
 
 
 def set_names(paths: list[str]) -> list[tuple[str, str]]:
-    """(name, path) per prompt set: the file's stem or the directory's name, made unique with _2, _3, ..."""
+    """(name, path) per prompt set: the file's stem or the directory's name (a split of a saved
+    DatasetDict: `<dataset>_<split>`), made unique with _2, _3, ..."""
     seen: Counter = Counter()
     out = []
     for path in paths:
         p = Path(path)
         base = p.stem if p.is_file() else p.name
+        if (p.parent / "dataset_dict.json").is_file():
+            base = f"{p.parent.name}_{p.name}"
         seen[base] += 1
         out.append((base if seen[base] == 1 else f"{base}_{seen[base]}", path))
     return out

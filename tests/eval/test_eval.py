@@ -113,8 +113,10 @@ def test_set_names_are_stems_made_unique(tmp_path):
     (tmp_path / "b").mkdir()
     for p in ("a/eval.jsonl", "b/eval.jsonl", "c.parquet"):
         (tmp_path / p).write_text("")
-    paths = [str(tmp_path / p) for p in ("a/eval.jsonl", "b/eval.jsonl", "c.parquet", "a")]
-    assert [n for n, _ in set_names(paths)] == ["eval", "eval_2", "c", "a"]
+    (tmp_path / "geometry3k" / "test").mkdir(parents=True)  # a split of a saved DatasetDict
+    (tmp_path / "geometry3k" / "dataset_dict.json").write_text('{"splits": ["test"]}')
+    paths = [str(tmp_path / p) for p in ("a/eval.jsonl", "b/eval.jsonl", "c.parquet", "a", "geometry3k/test")]
+    assert [n for n, _ in set_names(paths)] == ["eval", "eval_2", "c", "a", "geometry3k_test"]
 
 
 # ---- config and checkpoint resolution ------------------------------------------------------------
