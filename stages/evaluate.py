@@ -243,16 +243,16 @@ class SetEvaluator:
         out: Metrics = {"path": str(Path(path).resolve()), "records": len(records) + sum(load_skipped.values()),
                         "evaluated": len(evaluated), "images": sum(len(r.images) for r in evaluated),
                         "videos": sum(len(r.videos) for r in evaluated),
-                        "skipped": dict(sorted((Counter(load_skipped) + Counter(failed.values())).items())),
-                        "grading_errors": {}}
+                        "skipped": dict(sorted((Counter(load_skipped) + Counter(failed.values())).items()))}
+        grading_errors: Counter = Counter()
         for d in self.decodings:
             outcomes = sorted((o for outs, _ in everyone for o in outs[d.name]), key=lambda o: o.slot)
             out[d.name] = grouped_metrics(outcomes, d.ks, self.cfg.pass_threshold)
-            errors = Counter(e[:120] for o in outcomes for e in o.grading_errors)
-            out["grading_errors"] = dict(sorted((Counter(out["grading_errors"]) + errors).items()))
+            grading_errors.update(e[:120] for o in outcomes for e in o.grading_errors)
             self.responses += [{"set": name, "id": o.id, "domain": o.domain, "decoding": d.name, "sample": i,
                                 "response": text, "reward": o.rewards[i], "format_ok": o.format_ok[i]}
                                for o in outcomes for i, text in enumerate(o.texts)]
+        out["grading_errors"] = dict(sorted(grading_errors.items()))
         out["time_s"] = time.perf_counter() - started
         return out
 
