@@ -39,6 +39,7 @@ from stages.rl.pass_at_k import mean_pass_at_k
 from trainer.checkpoint import resolve_hf_dir
 from stages.rl.prompt_sets import load_gradable_prompts
 from stages.rl.rewards import RewardConfig
+from stages.rl.rewards.types import GRADING_ERRORS
 from stages.rl.rollout import RolloutConfig, build_rollout_engine
 from stages.rl.rollout.base import completion_text, request_seed
 from stages.rl.scorer import Scorer
@@ -46,9 +47,6 @@ from trainer.distributed import DistInfo
 from trainer.logging import log
 from trainer.model import ModelConfig
 
-# Reward reasons that say the item could not be graded (stages/rl/rewards/scoring.py): a 0 that is the
-# data's or the verifier's fault, not the model's. Counted per set, so a wrong domain shows.
-GRADING_ERRORS = ("bad_ground_truth", "verifier_error")
 MEDIA_SKIPS = {"missing_image", "undecodable_image", "bad_video"}  # skip reasons a wrong media column gives
 
 Metrics = dict[str, Any]

@@ -11,6 +11,7 @@ from trainer.loop import UpdateResult
 
 from .curriculum import GroupOutcome
 from .groups import GroupResult
+from .rewards.types import GRADING_ERRORS
 
 
 def p95(values: list[int]) -> float:
@@ -30,6 +31,8 @@ def rollout_metrics(results: list[GroupResult], outcomes: list[GroupOutcome], ke
         "reward_mean": sum(rewards) / n, "pass_rate": sum(x >= pass_threshold for x in rewards) / n,
         "format_ok_rate": sum(ok for r in results for ok in r.format_ok) / n,
         "repetition_rate": sum("repetition" in p for r in results for p in r.penalties) / n,
+        # responses the verifier could not grade (a ground truth its domain's verifier cannot read)
+        "grading_error_rate": sum(x.startswith(GRADING_ERRORS) for r in results for x in r.reasons) / n,
         "response_length_mean": sum(lengths) / n, "response_length_p95": p95(lengths),
         "truncation_rate": sum(c.truncated for c in completions) / n,
         "forced_answer_rate": sum(c.forced for c in completions) / n,

@@ -15,7 +15,8 @@ STEPS = 6
 LOGGED = ["reward/max", "reward/min", "tier_count/medium", "expansion_raw", "expansion_ema",
           "degenerate_fraction_rollout", "degenerate_fraction_trained", "response_length_mean",
           "response_length_p95", "truncation_rate", "forced_answer_rate", "logprob_gap", "clip_fraction",
-          "grad_norm", "time/rollout_s", "time/reward_s", "time/train_s", "time/sync_s", "loss", "prompt_ids"]
+          "grad_norm", "time/rollout_s", "time/reward_s", "time/train_s", "time/sync_s", "loss", "prompt_ids",
+          "grading_error_rate"]
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,20 @@ def test_grading_writes_a_complete_sidecar(graded):
     assert len({k for k in counts if k.startswith("tier/")}) >= 2  # the warm start spreads difficulty
 
 
+def test_responses_the_verifier_could_not_grade_are_a_logged_rate():
+    from stages.rl.curriculum import GroupOutcome
+    from stages.rl.groups import GroupResult
+    from stages.rl.metrics import rollout_metrics
+    from stages.rl.rollout.base import Completion
+
+    done = Completion([5, 6], [-0.1, -0.2], [True, True], "stop")
+    groups = [GroupResult(0, 4, [done, done], [0.0, 1.0], [True, True], [(), ()], ["wrong", "correct"]),
+              GroupResult(1, 4, [done, done], [0.0, 0.0], [True, False], [(), ()],
+                          ["bad_ground_truth:OCR gold must be a string, got int", "format:no_box"])]
+    got = rollout_metrics(groups, [GroupOutcome(0, [0.0, 1.0]), GroupOutcome(1, [0.0, 0.0])], [0], 1.0)
+    assert got["grading_error_rate"] == 0.25 and got["format_ok_rate"] == 0.75
+
+
 def test_two_rank_run_logs_everything_and_trains(full_run):
     lines = metrics(full_run)
     assert [m["step"] for m in lines] == list(range(1, STEPS + 1))
@@ -68,6 +83,7 @@ def test_two_rank_run_logs_everything_and_trains(full_run):
     assert any(m["tokens_trained"] > 0 for m in lines) and all(m["loss"] is not None for m in lines)
     # The HF engine runs the trainer's own weights: log-probs agree up to float noise.
     assert max(m["logprob_gap"] for m in lines) < 1e-3
+    assert all(m["grading_error_rate"] == 0.0 for m in lines)  # every ground truth read by its verifier
     assert sum(sum(v for k, v in m.items() if k.startswith("tier_count/")) for m in lines) == sum(
         m["prompts_rolled_out"] for m in lines)
     assert list((full_run / "wandb").glob("offline-run-*/run-*.wandb"))  # a real offline wandb run

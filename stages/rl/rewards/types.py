@@ -38,5 +38,10 @@ class UnknownVerifierError(RewardConfigError, KeyError):
     """No verifier is registered under this name."""
 
 
+# Reasons of a reward the verifier could not give (`score`'s "bad_ground_truth:...", "verifier_error:..."):
+# a 0 that is the data's or the verifier's fault, not the response's. RL and eval count them.
+GRADING_ERRORS = ("bad_ground_truth", "verifier_error")
+
+
 class GroundTruthError(ValueError):
     """The dataset's ground truth cannot be used by the verifier; the item scores min_reward."""
