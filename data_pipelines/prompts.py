@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from .processor import BadSample
 from .prompt_columns import PromptLayout, normalize_row
 from .document import Document, Visual
 
+NUMBERED_IMAGE = re.compile(r"<image ?(\d+)>")  # MMMU's "<image 1>", MathVision's "<image1>"
 KNOWN_FIELDS = ("id", "domain", "messages", "question", "images", "videos", "answer", "difficulty")
 
 
@@ -119,7 +121,8 @@ def parse_record(raw: dict[str, Any]) -> PromptRecord:
     if (messages is None) == (question is None):
         raise PromptRecordError("malformed_record", f"{rid}: give exactly one of messages or question")
     if question is not None:
-        messages = [{"role": "user", "content": _question_content(rid, question, len(images), len(videos))}]
+        content, order = _question_content(rid, question, len(images), len(videos))
+        messages, images = [{"role": "user", "content": content}], [images[i] for i in order]
     elif not isinstance(messages, list) or not messages or not all(
         isinstance(m, dict) and m.get("role") in ("system", "user", "assistant", "observation") for m in messages
     ):
@@ -133,27 +136,39 @@ def parse_record(raw: dict[str, Any]) -> PromptRecord:
     return PromptRecord(rid, domain, messages, raw["answer"], list(images), videos, difficulty, info)
 
 
-def _question_content(rid: str, question: Any, images: int, videos: int) -> list[dict]:
-    """The user turn of a `question`: its media first, or each image at its `<image>` placeholder
-    (Geometry3K's "<image>Find x."). Only the question is on the image (MathVerse's "Vision Only"
-    rows) when it is empty and the prompt has media."""
+def _question_content(rid: str, question: Any, images: int, videos: int) -> tuple[list[dict], list[int]]:
+    """The user turn of a `question`, and the order its images take in it. Each `<image>`
+    placeholder is where the next image goes (Geometry3K's "<image>Find x."); references that
+    number every image once (MMMU's "<image 1>", MathVision's "<image1>") are where that image
+    goes; otherwise the media come first. Only the question is on the image (MathVerse's "Vision
+    Only" rows) when it is empty and the prompt has media."""
     if not isinstance(question, str):
         raise PromptRecordError("malformed_record", f"{rid}: question must be text")
     if not (question.strip() or images or videos):
         raise PromptRecordError("empty_question", f"{rid}: an empty question needs an image or a video")
-    pieces = question.split(PLACEHOLDER)
-    if len(pieces) == 1:
-        content = [{"type": "image"} for _ in range(images)] + [{"type": "video"} for _ in range(videos)]
-        return content + ([{"type": "text", "text": question}] if question.strip() else [])
-    if len(pieces) - 1 != images:
-        raise PromptRecordError("image_count_mismatch", f"{rid}: {len(pieces) - 1} {PLACEHOLDER} in the question, "
-                                                        f"{images} image(s)")
+    in_order = list(range(images))
+    if PLACEHOLDER in question:
+        pieces = question.split(PLACEHOLDER)
+        if len(pieces) - 1 != images:
+            raise PromptRecordError("image_count_mismatch", f"{rid}: {len(pieces) - 1} {PLACEHOLDER} in the question, "
+                                                            f"{images} image(s)")
+        return _interleaved(pieces), in_order
+    pieces = NUMBERED_IMAGE.split(question)  # text, number, text, number, ..., text
+    numbers = [int(n) - 1 for n in pieces[1::2]]
+    if images and sorted(numbers) == in_order:
+        return _interleaved(pieces[0::2]), numbers
+    content = [{"type": "image"} for _ in range(images)] + [{"type": "video"} for _ in range(videos)]
+    return content + ([{"type": "text", "text": question}] if question.strip() else []), in_order
+
+
+def _interleaved(texts: list[str]) -> list[dict]:
+    """The texts with an image between each two."""
     content = []
-    for i, piece in enumerate(pieces):
+    for i, text in enumerate(texts):
         if i:
             content.append({"type": "image"})
-        if piece.strip():
-            content.append({"type": "text", "text": piece})
+        if text.strip():
+            content.append({"type": "text", "text": text})
     return content
 
 

@@ -75,6 +75,25 @@ def test_mmmu_options_text_and_image_columns(sets, renderer):
     assert (first.answer, "options" in first.info) == ("The first", False)
     assert (both.answer, both.info["options"]) == ("C", ["The first", "The second", "Both of them"])  # refers to others
     assert [encoded_images(r, renderer, None) for r in records] == [2, 2]
+    assert first.messages[0]["content"] == [{"type": "image"}, {"type": "image"},
+                                            {"type": "text", "text": " Which image is red?"}]
+
+
+def test_numbered_image_references_place_their_image(tmp_path):
+    """MMMU's "<image 1>" / MathVision's "<image1>": each image where the text refers to it (in the
+    text's order); references that do not number every image once leave the images first."""
+    import json
+
+    rows = [{"id": "a", "question": "Is <image 2> larger than <image1>?", "images": ["one.png", "two.png"], "answer": "no"},
+            {"id": "b", "question": "Compare <image 1> and <image 3>.", "images": ["one.png", "two.png"], "answer": "x"}]
+    (tmp_path / "set.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (placed, unplaced), _ = load_prompt_records(tmp_path / "set.jsonl", PromptLayout(domain="general"))
+    assert placed.images == ["two.png", "one.png"]
+    assert placed.messages[0]["content"] == [{"type": "text", "text": "Is "}, {"type": "image"},
+                                             {"type": "text", "text": " larger than "}, {"type": "image"},
+                                             {"type": "text", "text": "?"}]
+    assert unplaced.images == ["one.png", "two.png"]
+    assert unplaced.messages[0]["content"][2] == {"type": "text", "text": "Compare <image 1> and <image 3>."}
 
 
 def test_math_and_verl_layouts(sets):
@@ -120,6 +139,7 @@ def test_mathvision_reads_the_decoded_image_and_keeps_vision_only_rows(sets, ren
     whose question is empty (MathVerse's "Vision Only") is its image alone."""
     records, skipped = load_prompt_records(sets["mathvision"], PromptLayout(domain="math"))
     assert not skipped and [encoded_images(r, renderer, sets["mathvision"].parent) for r in records] == [1, 1]
+    assert records[0].messages[0]["content"] == [{"type": "text", "text": "Which number is missing?\n"}, {"type": "image"}]
     assert records[1].messages[0]["content"] == [{"type": "image"}]
     text_only, skipped = load_prompt_records(sets["mathvision"], PromptLayout(
         domain="math", columns=PromptColumns(images="nowhere")))
