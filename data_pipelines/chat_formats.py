@@ -5,8 +5,9 @@
 - LLaVA: the same with `human` / `gpt` and one `image` path (llava_instruct_150k.json, a JSON array);
 - OpenAI: `{"messages": [{"role", "content": str | [{"type": "text" | "image_url" | "image", ...}]}]}`
   (also the Responses API's `input_text` / `input_image`),
-  `image_url.url` a `data:` URL, a `file://` URL or a path; string contents may hold `<image>`
-  placeholders filled from a top-level `images` list (LLaMA-Factory's layout);
+  `image_url.url` a `data:` URL, a `file://` URL or a path; string contents may hold `<image>` and
+  `<video>` placeholders filled from top-level `images` / `videos` lists (LLaMA-Factory's layout;
+  LLaVA-Video-178K's one `video` marked by `<image>`);
 - ponder: OpenAI's shape with `{"type": "image", "image": IMG}` items (chat.py), passed through.
 
 A record whose placeholders and images disagree raises `ImageMismatch` (counted `image_mismatch`).
@@ -16,12 +17,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 
 from .processor import BadSample
 
 CHAT_FORMATS = ("auto", "ponder", "sharegpt", "llava", "openai")
 PLACEHOLDER = "<image>"
+VIDEO_PLACEHOLDER = "<video>"
+PLACEHOLDERS = re.compile(f"({PLACEHOLDER}|{VIDEO_PLACEHOLDER})")
 ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
                 "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
 
@@ -48,17 +52,17 @@ def detect(record: dict) -> str:
         return "ponder"  # the renderer reports what is missing
     if any(isinstance(t, dict) and "from" in t and "role" not in t for t in turns):
         return "sharegpt"
-    if _top_images(record) or any(_needs_conversion(t.get("content")) for t in turns if isinstance(t, dict)):
+    if _top_images(record) or _top_videos(record) or any(_needs_conversion(t.get("content")) for t in turns if isinstance(t, dict)):
         return "openai"
     return "ponder"
 
 
 def _needs_conversion(content: Any) -> bool:
     if isinstance(content, str):
-        return PLACEHOLDER in content
+        return bool(PLACEHOLDERS.search(content))
     if isinstance(content, list):
         return any(isinstance(i, dict) and (i.get("type") in ("image_url", "input_image", "input_text")
-                                            or (i.get("type") == "image" and i.get("image") is None))
+                                            or (i.get("type") in ("image", "video") and i.get(i["type"]) is None))
                    for i in content)
     return False
 
@@ -71,6 +75,16 @@ def _top_images(record: dict) -> list[Any]:
     if images is None:
         return []
     return [i for i in (images if isinstance(images, list) else [images]) if i is not None]
+
+
+def _top_videos(record: dict) -> list[Any]:
+    """The record's top-level videos: `videos` or `video` (one, or a list); None-free."""
+    videos = record.get("videos")
+    if videos is None:
+        videos = record.get("video")
+    if videos is None:
+        return []
+    return [v for v in (videos if isinstance(videos, list) else [videos]) if v is not None]
 
 
 def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
@@ -87,20 +101,15 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
         turns = record.get("messages")  # ShareGPT turns under `messages` (LLaMA-Factory)
     if not isinstance(turns, list) or not turns:
         raise UnknownChatLayout(f"{key}: no {fmt} turns")
-    images = _top_images(record)
-    used = 0
+    media = _Media(_top_images(record), _top_videos(record), key)
+    # LLaVA-Video-178K marks its video with `<image>`: with videos, no images and no `<video>`,
+    # an `<image>` placeholder stands for the next video.
+    texts = [str(t.get("content", t.get("value", ""))) for t in turns if isinstance(t, dict)]
+    image_mark_is_video = bool(media.videos and not media.images and not any(VIDEO_PLACEHOLDER in t for t in texts))
     messages = []
     system = record.get("system")
     if isinstance(system, str) and system:  # ShareGPT's top-level system prompt
         messages.append({"role": "system", "content": system})
-
-    def next_image() -> Any:
-        nonlocal used
-        used += 1
-        if used > len(images):
-            raise ImageMismatch(f"{key}: more {PLACEHOLDER} placeholders than the {len(images)} images")
-        return images[used - 1]
-
     for turn in turns:
         if not isinstance(turn, dict):
             raise UnknownChatLayout(f"{key}: a turn is not an object")
@@ -108,28 +117,56 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
         role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
         content = turn.get("content") if turn.get("content") is not None else turn.get("value")
         if isinstance(content, str):
-            pieces = content.split(PLACEHOLDER)
+            pieces = PLACEHOLDERS.split(content)  # text, mark, text, mark, ..., text
             if len(pieces) == 1:
                 messages.append({"role": role, "content": content})
                 continue
             items: list[dict] = []
             for i, piece in enumerate(pieces):
-                if i:
-                    items.append({"type": "image", "image": next_image()})
-                if piece.strip():
-                    items.append({"type": "text", "text": piece})
+                if i % 2 == 0:
+                    if piece.strip():
+                        items.append({"type": "text", "text": piece})
+                elif piece == VIDEO_PLACEHOLDER or image_mark_is_video:
+                    items.append({"type": "video", "video": media.next_video()})
+                else:
+                    items.append({"type": "image", "image": media.next_image()})
             messages.append({"role": role, "content": items})
         elif isinstance(content, list):
-            messages.append({"role": role, "content": [_item(i, next_image, key) for i in content]})
+            messages.append({"role": role, "content": [_item(i, media, key) for i in content]})
         else:
             messages.append({"role": role, "content": content})  # the renderer reports it
-    if used != len(images):
-        raise ImageMismatch(f"{key}: {len(images)} images but {used} placeholders")
-    out = {k: v for k, v in record.items() if k not in ("conversations", "messages", "images", "image", "system")}
+    media.check_all_used()
+    out = {k: v for k, v in record.items()
+           if k not in ("conversations", "messages", "images", "image", "videos", "video", "system")}
     return {**out, "messages": messages}
 
 
-def _item(item: Any, next_image, key: str) -> Any:
+class _Media:
+    """A record's top-level images and videos, handed out in placeholder order."""
+
+    def __init__(self, images: list[Any], videos: list[Any], key: str):
+        self.images, self.videos, self.key = images, videos, key
+        self.used_images = self.used_videos = 0
+
+    def next_image(self) -> Any:
+        self.used_images += 1
+        if self.used_images > len(self.images):
+            raise ImageMismatch(f"{self.key}: more image placeholders than the {len(self.images)} images")
+        return self.images[self.used_images - 1]
+
+    def next_video(self) -> Any:
+        self.used_videos += 1
+        if self.used_videos > len(self.videos):
+            raise ImageMismatch(f"{self.key}: more video placeholders than the {len(self.videos)} videos")
+        return self.videos[self.used_videos - 1]
+
+    def check_all_used(self) -> None:
+        if (self.used_images, self.used_videos) != (len(self.images), len(self.videos)):
+            raise ImageMismatch(f"{self.key}: {len(self.images)} images and {len(self.videos)} videos but "
+                                f"{self.used_images} and {self.used_videos} placeholders")
+
+
+def _item(item: Any, media: _Media, key: str) -> Any:
     if not isinstance(item, dict):
         return item
     item = {k: v for k, v in item.items() if v is not None}  # HF rows carry every struct field
@@ -141,7 +178,9 @@ def _item(item: Any, next_image, key: str) -> Any:
         url = url.get("url") if isinstance(url, dict) else url
         return {"type": "image", "image": _from_url(url, key)}
     if kind == "image" and "image" not in item:
-        return {"type": "image", "image": next_image()}
+        return {"type": "image", "image": media.next_image()}
+    if kind == "video" and "video" not in item:
+        return {"type": "video", "video": media.next_video()}
     return item
 
 

@@ -167,3 +167,37 @@ def test_responses_api_items(layouts):
     assert to_ponder(record)["messages"][0]["content"] == [
         {"type": "image", "image": f"{root}/coco/train2017/000000000001.png"},
         {"type": "text", "text": "What colour is the square?"}]
+
+
+@pytest.mark.parametrize("layout", ["llamafactory", "llava_video"])
+def test_video_layouts_render_as_ponders_record(chat, tmp_path, layout):
+    """LLaMA-Factory's `<video>` placeholders with a top-level `videos` list, and LLaVA-Video-178K's
+    one `video` marked by `<image>`: the video reaches the document, as in ponder's own record."""
+    from PIL import Image
+
+    from data_pipelines.synthetic import write_mp4
+
+    write_mp4([Image.new("RGB", (56, 56), c) for c in ("red", "red", "blue", "blue")], tmp_path / "clips" / "a.mp4", fps=2)
+    answer = "<think>It turns blue.</think><answer>It turns <|begin_of_box|>blue<|end_of_box|>.</answer>"
+    ponder = {"id": "v", "messages": [
+        {"role": "user", "content": [{"type": "video", "video": "clips/a.mp4"}, {"type": "text", "text": "What happens?"}]},
+        {"role": "assistant", "content": answer}]}
+    published = {
+        "llamafactory": {"id": "v", "messages": [{"role": "user", "content": "<video>What happens?"},
+                                                 {"role": "assistant", "content": answer}], "videos": ["clips/a.mp4"]},
+        "llava_video": [{"id": "v", "video": "clips/a.mp4", "conversations": [
+            {"from": "human", "value": "<image>What happens?"}, {"from": "gpt", "value": answer}]}],
+    }[layout]
+    (tmp_path / "ponder.jsonl").write_text(json.dumps(ponder) + "\n")
+    path = tmp_path / ("published.jsonl" if layout == "llamafactory" else "published.json")
+    path.write_text(json.dumps(published) + ("\n" if layout == "llamafactory" else ""))
+    reference = documents(tmp_path / "ponder.jsonl", chat, image_root=str(tmp_path))[0]["v"]
+    got, skipped = documents(path, chat, image_root=str(tmp_path))
+    assert not skipped and list(got) == ["v"]
+    doc = got["v"]
+    assert torch.equal(doc.input_ids, reference.input_ids) and torch.equal(doc.loss_mask, reference.loss_mask)
+    assert len(doc.videos) == 1 and torch.equal(doc.videos[0].pixel_values, reference.videos[0].pixel_values)
+    # a video placeholder without a video is a counted mismatch, not a text-only record
+    broken = {**published, "videos": []} if layout == "llamafactory" else [{**published[0], "video": None}]
+    with pytest.raises(BadSample, match="placeholders"):
+        to_ponder(broken if layout == "llamafactory" else broken[0], key="v")
