@@ -320,7 +320,8 @@ def _media(source: Any, root: str | Path | None, key: str) -> Any:
         if not path.is_absolute() and root is not None:
             path = Path(root) / path
         if not path.is_file():
-            raise MissingMedia(f"{key}: image or frame {source} not found")
+            raise MissingMedia(f"{key}: image or frame {path} not found (relative paths are read from "
+                               "data.image_root, default the data file's folder)")
         return path.read_bytes()
     if source is None:
         raise MissingMedia(f"{key}: image item without data")

@@ -107,6 +107,7 @@ def check_usable(label: str, source: SampleSource, to_document: Callable[[Any], 
     wrong layout, a wrong field name, images only as URLs), naming the skip reasons, instead of
     after a whole epoch of skips."""
     reasons: Counter = Counter()
+    first = ""
     for n, sample in enumerate(source.samples(0, _CountingHandler(reasons))):
         if n == samples:
             break
@@ -115,9 +116,21 @@ def check_usable(label: str, source: SampleSource, to_document: Callable[[Any], 
             return
         except BadSample as exc:
             reasons[exc.reason] += 1
+            first = first or str(exc)
     detail = ", ".join(f"{r}: {k}" for r, k in reasons.most_common()) or "no samples"
-    raise ValueError(f"{label} ({source.name(0)}): none of its first samples is usable ({detail}); "
-                     "see docs/data.md for the layouts each reader takes")
+    hints = "".join(f" {USABLE_HINTS[r]}." for r in reasons if r in USABLE_HINTS)
+    raise ValueError(f"{label} ({source.name(0)}): none of its first samples is usable ({detail}; the first: "
+                     f"{first[:300]}).{hints} See docs/data.md for the layouts each reader takes")
+
+
+# What a user can change when every sample fails for one reason (docs/data.md has the full list).
+USABLE_HINTS = {
+    "bad_format": "Responses not in <think>...</think><answer>...</answer> form: data.chat.skip_bad_format=false "
+                  "trains them as they are, data.chat.require_box=false accepts answers without a box",
+    "missing_image": "Relative image paths are read from data.image_root (default: the data file's folder)",
+    "no_text": "A text source reads the field its text_field names (default: text)",
+    "no_caption": "An image-text source reads the caption from caption_field, else the .txt member",
+}
 
 
 class _CountingHandler:

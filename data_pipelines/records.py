@@ -15,6 +15,7 @@ and a list in the next; `.parquet` / `.json` files or directories go through
 from __future__ import annotations
 
 import glob
+import re
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,7 +53,23 @@ def resolve_records(spec: str, fmt: str = "auto") -> tuple[str, list[Path]]:
     chosen = files if path.is_file() else [p for p in files if p.suffix == f".{fmt}"]
     if not fmt or not chosen:
         raise FileNotFoundError(f"no .jsonl, .parquet or .json records found for {spec!r}")
+    if path.is_dir():
+        _refuse_mixed_splits(path, chosen)
     return fmt, chosen
+
+
+SPLIT_FILE = re.compile(r"(train|test|validation|valid|val|dev|eval)(?=[-_.])")  # the hub's data/<split>-*.parquet
+
+
+def _refuse_mixed_splits(directory: Path, files: list[Path]) -> None:
+    """A downloaded hub folder holds every split (data/train-*.parquet, data/test-*.parquet): reading
+    the folder would train on its test rows. Ask for one split instead."""
+    splits = sorted({m.group(1) for f in files if (m := SPLIT_FILE.match(f.name))})
+    if len(splits) > 1:
+        split = "train" if "train" in splits else splits[0]
+        example = next(f for f in files if f.name.startswith(split))
+        raise ValueError(f"{directory} holds the splits {', '.join(splits)}; point at one, e.g. "
+                         f"'{example.parent}/{split}*{example.suffix}'")
 
 
 class RecordShards:
@@ -121,7 +138,13 @@ class RecordShards:
                         raise ValueError(f"{self.files[0]} holds splits {list(loaded)}, none named train")
                     loaded = loaded["train"]
             else:
-                loaded = datasets.load_dataset(self.fmt, data_files=[str(f) for f in self.files], split="train")
+                try:
+                    loaded = datasets.load_dataset(self.fmt, data_files=[str(f) for f in self.files], split="train")
+                except datasets.exceptions.DatasetGenerationError as exc:  # files whose columns differ
+                    why = str(exc.__cause__ or exc.__context__ or exc).strip().splitlines()[0][:200]
+                    raise ValueError(f"the {len(self.files)} {self.fmt} files under {self.files[0].parent} could not be "
+                                     f"read as one table ({why}); point at the files of one layout (a file or a "
+                                     "glob)") from exc
             self._dataset = loaded
         return self._dataset
 

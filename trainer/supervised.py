@@ -14,8 +14,12 @@ from data_pipelines.batch import Batch
 
 from .distributed import DistInfo, all_reduce_sum
 from .loop import StepPlan, Update, UpdateResult
+from .logging import log
 from .loss import weighted_loss_sum
 from .sequence_parallel import SequenceParallel, shard_batch
+
+
+MASS_SKIP_MIN_READ = 64  # records read before a skipped share is reported
 
 
 class StatefulLoader(Protocol):
@@ -42,6 +46,7 @@ class PackedBatches:
         self.slots_per_step = rows * grad_accum * info.world_size * seq_len // (self.sp.size if self.sp else 1)
         self.progress = {"tokens": 0}
         self.batches: Iterator[Batch] | None = None  # opened at the first step, after any resume
+        self.skips_reported = False
 
     def describe(self) -> str:
         return f"{self.slots_per_step} token slots per step ({self.grad_accum} micro-batches per rank)"
@@ -84,7 +89,20 @@ class PackedBatches:
         out = {"skipped": dict(skipped), "documents": sum(s.get("documents", 0) for s in everyone)}
         if sources:
             out["sources"] = {n: {**v, "skipped": dict(v["skipped"])} for n, v in sorted(sources.items())}
+        self._report_mass_skips(skipped, out["documents"])
         return out
+
+    def _report_mass_skips(self, skipped: Counter, documents: int) -> None:
+        """Once per run, in the log: a tenth or more of the records read so far were skipped. The
+        start-up check passes as soon as one record is usable; a wrong data.image_root can still
+        drop every image record and train on the text-only rest (metrics.jsonl alone counted it)."""
+        dropped = sum(skipped.values())
+        if self.skips_reported or dropped + documents < MASS_SKIP_MIN_READ or dropped < 0.1 * (dropped + documents):
+            return
+        self.skips_reported = True
+        reasons = ", ".join(f"{r} {n}" for r, n in skipped.most_common())
+        log.warning("%s: %d of the %d records read so far were skipped (%s); docs/data.md lists each reason's fix",
+                    self.name, dropped, dropped + documents, reasons)
 
     def state_dict(self) -> dict[str, Any]:
         return {"data": self.loader.state_dict()}

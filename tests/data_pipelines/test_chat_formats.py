@@ -155,7 +155,7 @@ def test_a_file_in_no_known_layout_stops_at_start(chat, tmp_path):
     path = tmp_path / "alpaca.jsonl"  # Alpaca's instruction/input/output: not a chat layout
     path.write_text("".join(json.dumps({"instruction": f"Say {i}", "input": "", "output": f"{i}"}) + "\n"
                             for i in range(40)))
-    with pytest.raises(ValueError, match=r"data.train \(.*\): none of its first samples is usable \(malformed_chat: 16\)"):
+    with pytest.raises(ValueError, match=r"data.train \(.*\): none of its first samples is usable \(malformed_chat: 16; the first: "):
         check_usable("data.train", RecordShards(str(path), records_per_shard=20), chat)
 
 

@@ -137,3 +137,23 @@ def test_synthetic_sft_records_are_deterministic_and_well_formed(tmp_path, chat)
     docs = [chat(s) for s in RecordShards(str(a), 20, shuffle=False).records()]  # none is skipped
     assert {len(d.images) for d in docs} == {0, 1, 2} and any(d.videos for d in docs)
     assert any(json.loads(line)["messages"][2:] for line in a.read_text().splitlines())  # a multi-turn one
+
+
+def test_a_hub_folder_of_several_splits_asks_for_one(tmp_path):
+    """A downloaded hub dataset (data/train-*.parquet beside data/test-*.parquet) read as a folder
+    would train on its test rows; files whose columns differ (LLaVA-Instruct's several .json) would
+    fail deep inside `datasets`. Both stop at start, saying what to point at."""
+    import datasets
+
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}]
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    for split in ("train", "test"):
+        datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "hub" / "data" / f"{split}-00000-of-00001.parquet"))
+    with pytest.raises(ValueError, match=r"holds the splits test, train; point at one, e\.g\. '.*/data/train\*\.parquet'"):
+        resolve_records(str(tmp_path / "hub"))
+    assert RecordShards(str(tmp_path / "hub" / "data" / "train*.parquet"), 4).num_records == 1
+    (tmp_path / "llava").mkdir()
+    (tmp_path / "llava" / "a.json").write_text(json.dumps([{"id": "1", "conversations": []}]))
+    (tmp_path / "llava" / "b.json").write_text(json.dumps([{"id": "2", "model": "x", "conversations": []}]))
+    with pytest.raises(ValueError, match="could not be read as one table"):
+        RecordShards(str(tmp_path / "llava"), 4)

@@ -109,7 +109,7 @@ def test_obelics_parquet(data, tokenizer, layout):
 
 
 def test_obelics_as_published_with_urls_stops_at_start(data, tokenizer):
-    with pytest.raises(ValueError, match=r"\[o\] \(obelics\) \(.*\): none of its first samples is usable \(remote_image: 4\)"):
+    with pytest.raises(ValueError, match=r"\[o\] \(obelics\) \(.*\): none of its first samples is usable \(remote_image: 4; the first: .*is a URL; download the images first\)"):
         build_part(SourceConfig(name="o", kind="obelics", path=str(data / "obelics_url")), tokenizer, PROCESSOR)
     with pytest.raises(ValueError, match="no_caption: 10"):  # the wrong caption field (10 pairs in shard 0)
         build_part(SourceConfig(name="c", kind="captions", path=str(data / "laion"), caption_field="alt"),

@@ -19,3 +19,26 @@ def test_the_bar_follows_steps_not_records(tmp_path: Path) -> None:
     logger.close()
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2]
+
+
+def test_a_run_that_skips_a_tenth_of_its_records_says_so_once(caplog):
+    """The start-up check passes on one usable record; a wrong image root can still drop every
+    image record. The log says so once, with the reasons, from 64 records read on."""
+    import logging
+    from collections import Counter
+
+    import torch
+
+    from trainer.distributed import DistInfo
+    from trainer.supervised import PackedBatches
+
+    batches = PackedBatches("sft", loader=None, info=DistInfo(0, 1, 0, torch.device("cpu")), grad_accum=1, rows=1,
+                            seq_len=16)
+    with caplog.at_level(logging.WARNING, logger="ponder"):
+        batches._report_mass_skips(Counter(missing_image=30), documents=20)  # 50 read: too few to tell
+        batches._report_mass_skips(Counter(missing_image=5), documents=95)  # 5%
+        batches._report_mass_skips(Counter(missing_image=153, bad_format=2), documents=76)
+        batches._report_mass_skips(Counter(missing_image=300), documents=80)  # said already
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["sft: 155 of the 231 records read so far were skipped (missing_image 153, bad_format 2); "
+                    "docs/data.md lists each reason's fix"]
