@@ -19,7 +19,9 @@ from .document import Document
 @dataclass
 class PackingConfig:
     seq_len: int = 8192
-    buffer_docs: int = 64  # look-ahead: more fills rows better, costs memory and latency
+    # Look-ahead: at least this many documents, and at least a row's worth of tokens (so rows of
+    # short documents, captions say, fill up). More fills rows better, costs memory and latency.
+    buffer_docs: int = 64
     split_documents: bool = True  # cut documents that do not fit (pretraining); False drops them
     min_chunk_tokens: int = 32  # never start a split piece shorter than this
 
@@ -67,7 +69,8 @@ class Packer:
 
     @property
     def full(self) -> bool:
-        return len(self.buffer) >= self.cfg.buffer_docs
+        # 64 caption documents of 16 tokens filled an 8,192-token row an eighth of the way.
+        return len(self.buffer) >= self.cfg.buffer_docs and sum(map(len, self.buffer)) >= self.cfg.seq_len
 
     def pop_row(self) -> list[Document]:
         """One row of documents totalling at most seq_len tokens (empty only if the buffer is)."""

@@ -86,3 +86,12 @@ def test_packing_efficiency_on_a_mixed_length_stream():
         docs.append(make_doc(f"d{i}", pieces, seed=i))
     packer, rows = pack_all(docs, PackingConfig(seq_len=512, buffer_docs=32))
     assert packer.stats.efficiency >= 0.97
+
+
+def test_short_documents_fill_whole_rows():
+    """Caption-length documents: the look-ahead holds a row's worth of tokens, not only
+    `buffer_docs` documents (64 documents of 16 tokens filled an 8,192-token row an eighth full)."""
+    docs = [make_doc(f"c{i}", [16]) for i in range(600)]
+    packer, rows = pack_all(docs, PackingConfig(seq_len=1024, buffer_docs=8, split_documents=False))
+    assert [sum(map(len, row)) for row in rows[:-1]] == [1024] * (len(rows) - 1)
+    assert packer.stats.documents == 600 and not packer.stats.dropped
