@@ -52,7 +52,7 @@ def detect(record: dict) -> str:
         return "ponder"  # the renderer reports what is missing
     if any(isinstance(t, dict) and "from" in t and "role" not in t for t in turns):
         return "sharegpt"
-    if _top_images(record) or _top_videos(record) or any(_needs_conversion(t.get("content")) for t in turns if isinstance(t, dict)):
+    if _top_media(record, "image") or _top_media(record, "video") or any(_needs_conversion(t.get("content")) for t in turns if isinstance(t, dict)):
         return "openai"
     return "ponder"
 
@@ -67,24 +67,15 @@ def _needs_conversion(content: Any) -> bool:
     return False
 
 
-def _top_images(record: dict) -> list[Any]:
-    """The record's top-level images: `images` (a list) or `image` (one, or a list); None-free."""
-    images = record.get("images")
-    if images is None:
-        images = record.get("image")
-    if images is None:
+def _top_media(record: dict, kind: str) -> list[Any]:
+    """The record's top-level images (`kind` "image") or videos: `images` (a list) or `image` (one,
+    or a list); None-free."""
+    media = record.get(kind + "s")
+    if media is None:
+        media = record.get(kind)
+    if media is None:
         return []
-    return [i for i in (images if isinstance(images, list) else [images]) if i is not None]
-
-
-def _top_videos(record: dict) -> list[Any]:
-    """The record's top-level videos: `videos` or `video` (one, or a list); None-free."""
-    videos = record.get("videos")
-    if videos is None:
-        videos = record.get("video")
-    if videos is None:
-        return []
-    return [v for v in (videos if isinstance(videos, list) else [videos]) if v is not None]
+    return [m for m in (media if isinstance(media, list) else [media]) if m is not None]
 
 
 def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
@@ -101,7 +92,7 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
         turns = record.get("messages")  # ShareGPT turns under `messages` (LLaMA-Factory)
     if not isinstance(turns, list) or not turns:
         raise UnknownChatLayout(f"{key}: no {fmt} turns")
-    media = _Media(_top_images(record), _top_videos(record), key)
+    media = _Media(_top_media(record, "image"), _top_media(record, "video"), key)
     # LLaVA-Video-178K marks its video with `<image>`: with videos, no images and no `<video>`,
     # an `<image>` placeholder stands for the next video.
     texts = [str(t.get("content", t.get("value", ""))) for t in turns if isinstance(t, dict)]
