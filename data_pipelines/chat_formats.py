@@ -52,7 +52,8 @@ def detect(record: dict) -> str:
         return "ponder"  # the renderer reports what is missing
     if any(isinstance(t, dict) and "from" in t and "role" not in t for t in turns):
         return "sharegpt"
-    if _top_media(record, "image") or _top_media(record, "video") or any(_needs_conversion(t.get("content")) for t in turns if isinstance(t, dict)):
+    if (_top_media(record, "image") or _top_media(record, "video")
+            or any(_needs_conversion(t.get("content")) for t in turns if isinstance(t, dict))):
         return "openai"
     return "ponder"
 

@@ -15,8 +15,8 @@ and a list in the next; `.parquet` / `.json` files or directories go through
 from __future__ import annotations
 
 import glob
-import re
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
