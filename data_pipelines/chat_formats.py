@@ -68,6 +68,11 @@ def _needs_conversion(content: Any) -> bool:
     return False
 
 
+def _content(turn: dict) -> Any:
+    """A turn's content, `content` or ShareGPT's `value` (an HF table of both has None in the other)."""
+    return turn.get("content") if turn.get("content") is not None else turn.get("value")
+
+
 def _top_media(record: dict, kind: str) -> list[Any]:
     """The record's top-level images (`kind` "image") or videos: `images` (a list) or `image` (one,
     or a list); None-free."""
@@ -96,8 +101,9 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
     media = _Media(_top_media(record, "image"), _top_media(record, "video"), key)
     # LLaVA-Video-178K marks its video with `<image>`: with videos, no images and no `<video>`,
     # an `<image>` placeholder stands for the next video.
-    texts = [str(t.get("content", t.get("value", ""))) for t in turns if isinstance(t, dict)]
-    image_mark_is_video = bool(media.videos and not media.images and not any(VIDEO_PLACEHOLDER in t for t in texts))
+    texts = [str(_content(t)) for t in turns if isinstance(t, dict)]
+    image_mark_is_video = bool(media.given["video"] and not media.given["image"]
+                               and not any(VIDEO_PLACEHOLDER in t for t in texts))
     messages = []
     system = record.get("system")
     if isinstance(system, str) and system:  # ShareGPT's top-level system prompt
@@ -107,7 +113,7 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
             raise UnknownChatLayout(f"{key}: a turn is not an object")
         role = turn.get("role") if turn.get("role") is not None else turn.get("from")
         role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
-        content = turn.get("content") if turn.get("content") is not None else turn.get("value")
+        content = _content(turn)
         if isinstance(content, str):
             pieces = PLACEHOLDERS.split(content)  # text, mark, text, mark, ..., text
             if len(pieces) == 1:
@@ -118,10 +124,8 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
                 if i % 2 == 0:
                     if piece.strip():
                         items.append({"type": "text", "text": piece})
-                elif piece == VIDEO_PLACEHOLDER or image_mark_is_video:
-                    items.append({"type": "video", "video": media.next_video()})
                 else:
-                    items.append({"type": "image", "image": media.next_image()})
+                    items.append(media.item("video" if piece == VIDEO_PLACEHOLDER or image_mark_is_video else "image"))
             messages.append({"role": role, "content": items})
         elif isinstance(content, list):
             messages.append({"role": role, "content": [_item(i, media, key) for i in content]})
@@ -137,25 +141,21 @@ class _Media:
     """A record's top-level images and videos, handed out in placeholder order."""
 
     def __init__(self, images: list[Any], videos: list[Any], key: str):
-        self.images, self.videos, self.key = images, videos, key
-        self.used_images = self.used_videos = 0
+        self.given = {"image": images, "video": videos}
+        self.used = {"image": 0, "video": 0}
+        self.key = key
 
-    def next_image(self) -> Any:
-        self.used_images += 1
-        if self.used_images > len(self.images):
-            raise ImageMismatch(f"{self.key}: more image placeholders than the {len(self.images)} images")
-        return self.images[self.used_images - 1]
-
-    def next_video(self) -> Any:
-        self.used_videos += 1
-        if self.used_videos > len(self.videos):
-            raise ImageMismatch(f"{self.key}: more video placeholders than the {len(self.videos)} videos")
-        return self.videos[self.used_videos - 1]
+    def item(self, kind: str) -> dict[str, Any]:
+        """The next {"type": kind, kind: ...} content item ("image" or "video")."""
+        self.used[kind] += 1
+        if self.used[kind] > len(self.given[kind]):
+            raise ImageMismatch(f"{self.key}: more {kind} placeholders than the {len(self.given[kind])} {kind}s")
+        return {"type": kind, kind: self.given[kind][self.used[kind] - 1]}
 
     def check_all_used(self) -> None:
-        if (self.used_images, self.used_videos) != (len(self.images), len(self.videos)):
-            raise ImageMismatch(f"{self.key}: {len(self.images)} images and {len(self.videos)} videos but "
-                                f"{self.used_images} and {self.used_videos} placeholders")
+        if self.used != {kind: len(items) for kind, items in self.given.items()}:
+            raise ImageMismatch(f"{self.key}: {len(self.given['image'])} images and {len(self.given['video'])} "
+                                f"videos but {self.used['image']} and {self.used['video']} placeholders")
 
 
 def _item(item: Any, media: _Media, key: str) -> Any:
@@ -169,10 +169,8 @@ def _item(item: Any, media: _Media, key: str) -> Any:
         url = item.get("image_url")
         url = url.get("url") if isinstance(url, dict) else url
         return {"type": "image", "image": _from_url(url, key)}
-    if kind == "image" and "image" not in item:
-        return {"type": "image", "image": media.next_image()}
-    if kind == "video" and "video" not in item:
-        return {"type": "video", "video": media.next_video()}
+    if kind in ("image", "video") and kind not in item:
+        return media.item(kind)
     return item
 
 

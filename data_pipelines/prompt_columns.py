@@ -74,11 +74,13 @@ def _only_text(value: Any) -> bool:
 
 
 def _any_of(answers: Any) -> Any:
-    """A list of accepted answers (strings, or VQAv2's {"answer": ...} dicts) as {"any_of": [...]}."""
-    if not isinstance(answers, list) or not answers:
+    """A list of accepted answers (strings or numbers, or VQAv2's {"answer": ...} dicts) as
+    {"any_of": [...]}, each once; None when no item is one (the row then counts as missing_answer)."""
+    if not isinstance(answers, list):
         return answers
     texts = [a.get("answer") if isinstance(a, dict) else a for a in answers]
-    return {ANY_OF: list(dict.fromkeys(t for t in texts if t is not None))}
+    kept = [str(t) for t in texts if isinstance(t, (str, int, float)) and not isinstance(t, bool)]
+    return {ANY_OF: list(dict.fromkeys(kept))} if kept else None
 
 
 def _value(raw: dict, column: str) -> Any:
@@ -126,8 +128,11 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         out["images"] = [images]
     elif isinstance(images, list):
         out["images"] = [i for i in images if i is not None]
-    if out.get("videos") is not None and not isinstance(out["videos"], list):
-        out["videos"] = [out["videos"]]  # one video per row (a file, bytes, or {frames, fps})
+    videos = out.get("videos")
+    if videos is not None and not isinstance(videos, list):
+        out["videos"] = [videos]  # one video per row (a file, bytes, or {frames, fps})
+    elif isinstance(videos, list):
+        out["videos"] = [v for v in videos if v is not None]
     options = out.get("options")
     if isinstance(options, str) and options.strip().startswith(("[", "{")):
         try:

@@ -58,18 +58,29 @@ def resolve_records(spec: str, fmt: str = "auto") -> tuple[str, list[Path]]:
     return fmt, chosen
 
 
-SPLIT_FILE = re.compile(r"(train|test|validation|valid|val|dev|eval)(?=[-_.])")  # the hub's data/<split>-*.parquet
+SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")
+SPLIT_FILE = re.compile(rf"({'|'.join(SPLIT_NAMES)})(?=[-_.])")  # the hub's data/<split>-*.parquet
+
+
+def _split_of(directory: Path, file: Path) -> tuple[str, str] | None:
+    """(split, what to point at for it) of a file in a split folder (the parquet conversion's
+    default/train/0000.parquet: that folder) or named for one (data/train-00000-of-00001.parquet:
+    a glob)."""
+    rel = file.relative_to(directory)
+    for depth, part in enumerate(rel.parts[:-1]):
+        if part in SPLIT_NAMES:
+            return part, str(directory.joinpath(*rel.parts[:depth + 1]))
+    m = SPLIT_FILE.match(rel.name)
+    return (m.group(1), f"{file.parent}/{m.group(1)}*{file.suffix}") if m else None
 
 
 def _refuse_mixed_splits(directory: Path, files: list[Path]) -> None:
-    """A downloaded hub folder holds every split (data/train-*.parquet, data/test-*.parquet): reading
-    the folder would train on its test rows. Ask for one split instead."""
-    splits = sorted({m.group(1) for f in files if (m := SPLIT_FILE.match(f.name))})
-    if len(splits) > 1:
-        split = "train" if "train" in splits else splits[0]
-        example = next(f for f in files if f.name.startswith(split))
-        raise ValueError(f"{directory} holds the splits {', '.join(splits)}; point at one, e.g. "
-                         f"'{example.parent}/{split}*{example.suffix}'")
+    """A downloaded hub folder holds every split (data/train-*.parquet beside data/test-*.parquet,
+    or train/ beside test/): reading the folder would train on its test rows. Ask for one split."""
+    found = {split_glob[0]: split_glob[1] for f in files if (split_glob := _split_of(directory, f))}
+    if len(found) > 1:
+        split = "train" if "train" in found else sorted(found)[0]
+        raise ValueError(f"{directory} holds the splits {', '.join(sorted(found))}; point at one, e.g. '{found[split]}'")
 
 
 class RecordShards:

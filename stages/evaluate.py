@@ -53,6 +53,18 @@ Metrics = dict[str, Any]
 PROMPT_FILE_SUFFIXES = (".jsonl", ".parquet", ".json")  # what load_prompt_records reads (or a directory)
 
 
+# A wrong data.domain makes one message per distinct gold answer ("gold '5' is not a letter"): keep
+# the commonest, and count the rest in one line.
+MAX_GRADING_ERRORS = 20
+
+
+def _most_common(counts: Counter, keep: int) -> dict[str, int]:
+    top = dict(counts.most_common(keep))
+    if len(counts) > keep:
+        top["(other messages)"] = sum(counts.values()) - sum(top.values())
+    return top
+
+
 @dataclass
 class EvalDataConfig(PromptLayout):
     """Prompt sets, and (PromptLayout) where their fields are: columns, domain, mc_to_blank."""
@@ -250,7 +262,7 @@ class SetEvaluator:
             self.responses += [{"set": name, "id": o.id, "domain": o.domain, "decoding": d.name, "sample": i,
                                 "response": text, "reward": o.rewards[i], "format_ok": o.format_ok[i]}
                                for o in outcomes for i, text in enumerate(o.texts)]
-        out["grading_errors"] = dict(sorted(grading_errors.items()))
+        out["grading_errors"] = _most_common(grading_errors, MAX_GRADING_ERRORS)
         out["time_s"] = time.perf_counter() - started
         return out
 
@@ -353,7 +365,7 @@ def markdown_report(results: Metrics) -> str:
         lines.append(f"- {name}: {result['evaluated']} of {result['records']} records evaluated "
                      f"({result['images']} images, {result['videos']} videos); skipped: {reasons}")
         if result["grading_errors"]:
-            errors = "; ".join(f"{k} ({v} responses)" for k, v in result["grading_errors"].items())
+            errors = "; ".join(f"{k} ({v} responses)" for k, v in list(result["grading_errors"].items())[:5])
             lines.append(f"  - **not gradable** (scored 0 whatever the response): {errors}")
     return "\n".join(lines) + "\n"
 

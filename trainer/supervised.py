@@ -100,6 +100,8 @@ class PackedBatches:
         if self.skips_reported or dropped + documents < MASS_SKIP_MIN_READ or dropped < 0.1 * (dropped + documents):
             return
         self.skips_reported = True
+        if not self.info.is_main:  # the counts are every rank's; other ranks log warnings too
+            return
         reasons = ", ".join(f"{r} {n}" for r, n in skipped.most_common())
         log.warning("%s: %d of the %d records read so far were skipped (%s); docs/data.md lists each reason's fix",
                     self.name, dropped, dropped + documents, reasons)

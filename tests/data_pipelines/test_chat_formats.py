@@ -197,7 +197,8 @@ def test_video_layouts_render_as_ponders_record(chat, tmp_path, layout):
     doc = got["v"]
     assert torch.equal(doc.input_ids, reference.input_ids) and torch.equal(doc.loss_mask, reference.loss_mask)
     assert len(doc.videos) == 1 and torch.equal(doc.videos[0].pixel_values, reference.videos[0].pixel_values)
-    # a video placeholder without a video is a counted mismatch, not a text-only record
+    # a placeholder without its media (LLaMA-Factory: no videos; LLaVA-Video: no video, so `<image>`
+    # marks a missing image) is a counted mismatch, not a text-only record
     broken = {**published, "videos": []} if layout == "llamafactory" else [{**published[0], "video": None}]
     with pytest.raises(BadSample, match="placeholders"):
         to_ponder(broken if layout == "llamafactory" else broken[0], key="v")

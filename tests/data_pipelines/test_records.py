@@ -152,6 +152,12 @@ def test_a_hub_folder_of_several_splits_asks_for_one(tmp_path):
     with pytest.raises(ValueError, match=r"holds the splits test, train; point at one, e\.g\. '.*/data/train\*\.parquet'"):
         resolve_records(str(tmp_path / "hub"))
     assert RecordShards(str(tmp_path / "hub" / "data" / "train*.parquet"), 4).num_records == 1
+    for split in ("train", "test"):  # the hub's parquet conversion: a folder per split
+        (tmp_path / "converted" / "default" / split).mkdir(parents=True)
+        datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "converted" / "default" / split / "0000.parquet"))
+    with pytest.raises(ValueError, match=r"holds the splits test, train; point at one, e\.g\. '.*/default/train'"):
+        resolve_records(str(tmp_path / "converted"))
+    assert RecordShards(str(tmp_path / "converted" / "default" / "train"), 4).num_records == 1
     (tmp_path / "llava").mkdir()
     (tmp_path / "llava" / "a.json").write_text(json.dumps([{"id": "1", "conversations": []}]))
     (tmp_path / "llava" / "b.json").write_text(json.dumps([{"id": "2", "model": "x", "conversations": []}]))

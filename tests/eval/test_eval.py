@@ -375,3 +375,17 @@ def test_ungradable_answers_and_empty_sets_are_reported():
     assert "data.columns.images" in message and "mathvision" not in message
     results["sets"].pop("paths")
     assert nothing_evaluated(results) is None
+
+
+def test_grading_errors_keep_the_commonest_messages():
+    """A wrong data.domain gives one message per distinct gold answer: eval.json keeps the 20
+    commonest and counts the rest in one entry, eval.md shows five."""
+    from collections import Counter
+
+    from stages.evaluate import MAX_GRADING_ERRORS, _most_common
+
+    counts = Counter({f"bad_ground_truth:gold '{i}' is not a letter": 100 - i for i in range(30)})
+    kept = _most_common(counts, MAX_GRADING_ERRORS)
+    assert len(kept) == MAX_GRADING_ERRORS + 1 and list(kept)[0] == "bad_ground_truth:gold '0' is not a letter"
+    assert kept["(other messages)"] == sum(100 - i for i in range(20, 30)) and sum(kept.values()) == sum(counts.values())
+    assert _most_common(Counter(a=2), MAX_GRADING_ERRORS) == {"a": 2}

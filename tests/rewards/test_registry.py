@@ -99,3 +99,28 @@ def test_config_is_filled_by_a_recipe():
     # A dataset domain "chat" graded by the judge: no box needed, a box gets the minimal reward.
     assert score("chat", respond(None, before="It is Paris."), "Paris", config=cfg).reward == 1.0
     assert score("chat", respond("Paris"), "Paris", config=cfg).reason == "box_in_nonverifiable"
+
+
+def test_any_of_answers_share_one_time_limit_and_pass_over_ungradable_items():
+    """Accepted answers ({"any_of": [...]}, DocVQA's list): the best grade of any, all under the one
+    `time_limit_s` the reward pool enforces; an item the verifier cannot grade costs only itself."""
+    import time
+
+    from stages.rl.rewards import GroundTruthError
+
+    def slow_then_exact(answer, gt, config, **info):
+        if gt == "slow":
+            time.sleep(0.3)  # each item is under the limit, three together are over it
+            return 0.0
+        if gt == "broken":
+            raise GroundTruthError("not gradable")
+        return float(answer == gt)
+
+    register_verifier("test_registry_any_of", overwrite=True)(slow_then_exact)
+    cfg = RewardConfig(time_limit_s=0.5)
+    grade = lambda gt: score("test_registry_any_of", respond("x"), {"any_of": gt}, config=cfg)  # noqa: E731
+    assert (grade(["broken", "y", "x"]).reward, grade(["broken", "x"]).reason) == (1.0, "correct")
+    assert grade(["broken", "y"]).reason == "wrong"
+    assert grade(["broken"]).reason == "bad_ground_truth:not gradable"
+    assert grade(["slow", "slow", "slow", "x"]).reason == "timeout"
+    assert grade([]).reason.startswith("bad_ground_truth:any_of")

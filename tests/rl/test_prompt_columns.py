@@ -134,6 +134,23 @@ def test_docvqa_answers_are_each_accepted(sets):
     assert row["answer"] == {"any_of": ["2", "two"]}
 
 
+@pytest.mark.parametrize("answers, expected", [
+    ([3, "three", 3.5], {"any_of": ["3", "three", "3.5"]}),
+    ([["a", "b"], "c"], {"any_of": ["c"]}),  # nested lists are not answers; unhashable items once crashed the load
+    ([{"answer": ["a"]}], None), ([None], None), ([{"text": "a"}], None), ([], None), ([True], None),
+])
+def test_answers_lists_nobody_showed_keep_their_answers_or_count_as_missing(answers, expected):
+    from data_pipelines.prompt_columns import normalize_row
+    from data_pipelines.prompts import PromptRecordError, parse_record
+
+    row = normalize_row({"question": "Q?", "answers": answers, "domain": "ocr"}, 0, PromptLayout())
+    assert row["answer"] == expected
+    if expected is None:
+        with pytest.raises(PromptRecordError) as skipped:
+            parse_record(row)
+        assert skipped.value.reason == "missing_answer"
+
+
 def test_mathvision_reads_the_decoded_image_and_keeps_vision_only_rows(sets, renderer):
     """MathVision's `image` is a path inside the hub repo; `decoded_image` holds the pixels. A row
     whose question is empty (MathVerse's "Vision Only") is its image alone."""

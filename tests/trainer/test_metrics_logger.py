@@ -39,6 +39,9 @@ def test_a_run_that_skips_a_tenth_of_its_records_says_so_once(caplog):
         batches._report_mass_skips(Counter(missing_image=5), documents=95)  # 5%
         batches._report_mass_skips(Counter(missing_image=153, bad_format=2), documents=76)
         batches._report_mass_skips(Counter(missing_image=300), documents=80)  # said already
+        other_rank = PackedBatches("sft", loader=None, info=DistInfo(1, 2, 1, torch.device("cpu")), grad_accum=1,
+                                   rows=1, seq_len=16)
+        other_rank._report_mass_skips(Counter(missing_image=153), documents=76)  # rank 0 says it for all
     said = [r.getMessage() for r in caplog.records]
     assert said == ["sft: 155 of the 231 records read so far were skipped (missing_image 153, bad_format 2); "
                     "docs/data.md lists each reason's fix"]

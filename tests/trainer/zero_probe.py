@@ -29,7 +29,7 @@ import torch.distributed as dist  # noqa: E402
 from data_pipelines.batch import collate_rows  # noqa: E402
 from data_pipelines.tokenizer import SpecialTokens, build_tiny_tokenizer  # noqa: E402
 from tests.data_pipelines.docs_factory import make_doc  # noqa: E402
-from trainer.distributed import init_distributed  # noqa: E402
+from trainer.distributed import use_own_extension_cache  # noqa: E402
 from trainer.forward import wrap_forward  # noqa: E402
 from trainer.loss import token_losses  # noqa: E402
 from trainer.model import build_model, load_preset  # noqa: E402
@@ -88,10 +88,11 @@ def measure(out_dir: str, name: str, precision: str, freeze_vision: bool) -> Non
 
 
 def main(out_dir: str, cases: list[str]) -> None:
-    # The trainer's own start: with DeepSpeed's plain `init_distributed` the probe compiled the
-    # CPU comm op into ~/.cache on every fresh machine (60-100 s of a suite), not into the
-    # virtualenv's cache that `make setup` filled (trainer/distributed.py: use_own_extension_cache).
-    init_distributed()
+    # The virtualenv's extension cache, which `make setup` filled: without it DeepSpeed compiled
+    # its CPU comm op into ~/.cache on every fresh machine (93 s of a suite). gloo even where a
+    # GPU is visible: the probe measures CPU tensors.
+    use_own_extension_cache()
+    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
     phase("imports and process group")
     for case in cases:  # each builds its own model and engine: nothing carries over but the group
         name, precision, *flags = case.split(":")

@@ -66,9 +66,14 @@ def _fail(config: RewardConfig, reason: str) -> RewardResult:
 def _run_verifier(verifier: Verifier, graded: str, ground_truth: Any, config: RewardConfig,
                   info: Mapping[str, Any]) -> Verdict | RewardResult:
     if isinstance(ground_truth, dict) and set(ground_truth) == {ANY_OF}:
-        return _best_of(verifier, graded, ground_truth[ANY_OF], config, info)
-    try:
-        out = call_with_time_limit(lambda: verifier(graded, ground_truth, config, **info), config.time_limit_s)
+        accepted = ground_truth[ANY_OF]
+        if not isinstance(accepted, list) or not accepted:
+            return RewardResult(config.min_reward, True, graded, "bad_ground_truth:any_of must be a non-empty list")
+        grade = lambda: _best_of(verifier, graded, accepted, config, info)  # noqa: E731
+    else:
+        grade = lambda: verifier(graded, ground_truth, config, **info)  # noqa: E731
+    try:  # one limit for the whole grade: the reward pool kills a worker past it
+        out = call_with_time_limit(grade, config.time_limit_s)
     except ScoreTimeout:
         return RewardResult(config.min_reward, True, graded, "timeout")
     except RewardConfigError:
@@ -77,16 +82,29 @@ def _run_verifier(verifier: Verifier, graded: str, ground_truth: Any, config: Re
         return RewardResult(config.min_reward, True, graded, f"bad_ground_truth:{err}")
     except Exception as err:  # a verifier bug must cost one item, not the run
         return RewardResult(config.min_reward, True, graded, f"verifier_error:{type(err).__name__}")
-    return _as_verdict(out, graded, config)
+    return out if isinstance(out, RewardResult) else _as_verdict(out, graded, config)
 
 
-def _best_of(verifier: Verifier, graded: str, accepted: Any, config: RewardConfig,
+def _best_of(verifier: Verifier, graded: str, accepted: list, config: RewardConfig,
              info: Mapping[str, Any]) -> Verdict | RewardResult:
-    """Several accepted answers (VQA annotators'): the best grade against any one of them."""
-    if not isinstance(accepted, list) or not accepted:
-        return RewardResult(config.min_reward, True, graded, "bad_ground_truth:any_of must be a non-empty list")
-    verdicts = [_run_verifier(verifier, graded, one, config, info) for one in accepted]
-    return max(verdicts, key=lambda v: (v.reward, isinstance(v, Verdict)))
+    """Several accepted answers (VQA annotators'): the best grade against any one of them. An
+    answer the verifier cannot grade is passed over; when none can be graded, the first error
+    stands. A timeout ends the whole grade (the caller's one limit)."""
+    best: Verdict | RewardResult | None = None
+    first_error: Exception | None = None
+    for one in accepted:
+        try:
+            out = _as_verdict(verifier(graded, one, config, **info), graded, config)
+        except (ScoreTimeout, RewardConfigError):
+            raise
+        except Exception as err:
+            first_error = first_error or err
+            continue
+        if best is None or (out.reward, isinstance(out, Verdict)) > (best.reward, isinstance(best, Verdict)):
+            best = out
+    if best is None:
+        raise first_error  # type: ignore[misc]  # accepted is non-empty: some error was kept
+    return best
 
 
 def _as_verdict(out: Any, graded: str, config: RewardConfig) -> Verdict | RewardResult:
