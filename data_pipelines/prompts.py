@@ -31,7 +31,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .chat import DEFAULT_VIDEO_FPS, ChatRenderer
-from .chat_formats import PLACEHOLDER
+from .chat_formats import PLACEHOLDER, VIDEO_PLACEHOLDER
 from .processor import BadSample
 from .prompt_columns import PromptLayout, normalize_row
 from .document import Document, Visual
@@ -123,12 +123,14 @@ def parse_record(raw: dict[str, Any]) -> PromptRecord:
     if question is not None:
         content, order = _question_content(rid, question, len(images), len(videos))
         messages, images = [{"role": "user", "content": content}], [images[i] for i in order]
-    elif not isinstance(messages, list) or not messages or not all(
-        isinstance(m, dict) and m.get("role") in ("system", "user", "assistant", "observation") for m in messages
-    ):
-        raise PromptRecordError("malformed_record", f"{rid}: messages must be a list of chat turns")
-    elif _count_items(messages, "image") != len(images) or _count_items(messages, "video") != len(videos):
-        raise PromptRecordError("image_count_mismatch", f"{rid}: image / video items in messages != images / videos")
+    else:
+        if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant", "observation") for m in messages
+        ):
+            raise PromptRecordError("malformed_record", f"{rid}: messages must be a list of chat turns")
+        messages = _placeholder_turns(messages, bool(videos))
+        if _count_items(messages, "image") != len(images) or _count_items(messages, "video") != len(videos):
+            raise PromptRecordError("image_count_mismatch", f"{rid}: image / video items in messages != images / videos")
     difficulty = raw.get("difficulty")
     if difficulty is not None and not isinstance(difficulty, (int, float, str)):
         raise PromptRecordError("malformed_record", f"{rid}: difficulty must be a number or a tier name")
@@ -138,21 +140,25 @@ def parse_record(raw: dict[str, Any]) -> PromptRecord:
 
 def _question_content(rid: str, question: Any, images: int, videos: int) -> tuple[list[dict], list[int]]:
     """The user turn of a `question`, and the order its images take in it. Each `<image>`
-    placeholder is where the next image goes (Geometry3K's "<image>Find x."); references that
-    number every image once (MMMU's "<image 1>", MathVision's "<image1>") are where that image
-    goes; otherwise the media come first. Only the question is on the image (MathVerse's "Vision
-    Only" rows) when it is empty and the prompt has media."""
+    placeholder is where the next image goes (Geometry3K's "<image>Find x."), each `<video>` the
+    next video (LLaVA-Video-178K marks its video with `<image>`: with videos and no image, that is
+    the video's place); references that number every image once (MMMU's "<image 1>",
+    MathVision's "<image1>") are where that image goes; otherwise the media come first. Only the
+    question is on the image (MathVerse's "Vision Only" rows) when it is empty and the prompt has
+    media."""
     if not isinstance(question, str):
         raise PromptRecordError("malformed_record", f"{rid}: question must be text")
     if not (question.strip() or images or videos):
         raise PromptRecordError("empty_question", f"{rid}: an empty question needs an image or a video")
     in_order = list(range(images))
-    if PLACEHOLDER in question:
-        pieces = question.split(PLACEHOLDER)
-        if len(pieces) - 1 != images:
-            raise PromptRecordError("image_count_mismatch", f"{rid}: {len(pieces) - 1} {PLACEHOLDER} in the question, "
-                                                            f"{images} image(s)")
-        return _interleaved(pieces), in_order
+    kind, count, mark = ("video", videos, VIDEO_PLACEHOLDER if VIDEO_PLACEHOLDER in question else PLACEHOLDER) \
+        if videos else ("image", images, PLACEHOLDER)
+    if mark in question:
+        pieces = question.split(mark)
+        if len(pieces) - 1 != count:
+            raise PromptRecordError("image_count_mismatch", f"{rid}: {len(pieces) - 1} {mark} in the question, "
+                                                            f"{count} {kind}(s)")
+        return _interleaved(pieces, kind), in_order
     pieces = NUMBERED_IMAGE.split(question)  # text, number, text, number, ..., text
     numbers = [int(n) - 1 for n in pieces[1::2]]
     if images and sorted(numbers) == in_order:
@@ -161,12 +167,28 @@ def _question_content(rid: str, question: Any, images: int, videos: int) -> tupl
     return content + ([{"type": "text", "text": question}] if question.strip() else []), in_order
 
 
-def _interleaved(texts: list[str]) -> list[dict]:
-    """The texts with an image between each two."""
+def _placeholder_turns(messages: list[dict], videos: bool) -> list[dict]:
+    """verl's multimodal layout: turns of text whose `<image>` (or `<video>`) marks where the
+    record's media go, as content items."""
+    if _count_items(messages, "image") or _count_items(messages, "video"):
+        return messages  # items already say where the media go
+    out = []
+    for turn in messages:
+        content = turn.get("content")
+        kind, mark = ("video", VIDEO_PLACEHOLDER if VIDEO_PLACEHOLDER in str(content) else PLACEHOLDER) \
+            if videos else ("image", PLACEHOLDER)
+        if isinstance(content, str) and mark in content:
+            turn = {**turn, "content": _interleaved(content.split(mark), kind)}
+        out.append(turn)
+    return out
+
+
+def _interleaved(texts: list[str], kind: str = "image") -> list[dict]:
+    """The texts with an image (or a video) between each two."""
     content = []
     for i, text in enumerate(texts):
         if i:
-            content.append({"type": "image"})
+            content.append({"type": kind})
         if text.strip():
             content.append({"type": "text", "text": text})
     return content

@@ -265,6 +265,20 @@ def write_prompt_sets(root: Path) -> dict[str, Path]:
              "extra_info": {"index": 0, "split": "train"}}]
     datasets.Dataset.from_list(verl).to_parquet(str(root / "verl.parquet"))
     out["verl"] = root / "verl.parquet"
+    # verl's multimodal RL parquet (examples/data_preprocess/geo3k.py): `<image>` inside the chat
+    # turn's text, the images in their own column.
+    geo3k = [{"data_source": "hiyouga/geometry3k", "images": [img("red")],
+              "prompt": [{"role": "user", "content": "<image>Find x. Put the answer in \\boxed{}."}],
+              "ability": "math", "reward_model": {"ground_truth": "38", "style": "rule"},
+              "extra_info": {"index": 0, "split": "train"}}]
+    datasets.Dataset.from_list(geo3k, features=datasets.Features({
+        "data_source": datasets.Value("string"), "images": datasets.Sequence(datasets.Image()),
+        "prompt": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
+        "ability": datasets.Value("string"),
+        "reward_model": {"ground_truth": datasets.Value("string"), "style": datasets.Value("string")},
+        "extra_info": {"index": datasets.Value("int64"), "split": datasets.Value("string")}})
+    ).to_parquet(str(root / "verl_geo3k.parquet"))
+    out["verl_geo3k"] = root / "verl_geo3k.parquet"
     # A generic MC set whose question lists its options in the text.
     (root / "mc.jsonl").write_text(json.dumps(
         {"id": "mc1", "question": "Which planet is largest?\nChoices:\n(A) Mars\n(B) Jupiter\n(C) Venus",

@@ -104,6 +104,10 @@ def test_math_and_verl_layouts(sets):
     verl, skipped = load_prompt_records(sets["verl"], layout)
     assert not skipped and (verl[0].id, verl[0].domain, verl[0].answer) == ("0", "math", "7")
     assert verl[0].messages == [{"role": "user", "content": "Tom has 3 apples and buys 4. How many?"}]
+    geo3k, skipped = load_prompt_records(sets["verl_geo3k"], layout)  # `<image>` inside the chat turn
+    assert not skipped and (geo3k[0].id, geo3k[0].answer, len(geo3k[0].images)) == ("0", "38", 1)
+    assert geo3k[0].messages == [{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": "Find x. Put the answer in \\boxed{}."}]}]
 
 
 def test_geometry3k_images_go_where_their_placeholders_are(sets, renderer):
@@ -241,3 +245,18 @@ def test_bad_prompt_rows_are_counted_by_reason(tmp_path, renderer):
     assert sorted(reason for _, reason in failed) == ["aspect_ratio", "missing_image", "prompt_too_long",
                                                      "undecodable_image"]
     assert sorted(records[i].id for i in encoded) == ["dup", "row-0", "row-1"]
+
+
+@pytest.mark.parametrize("question, content", [
+    ("<video>What happens?", [{"type": "video"}, {"type": "text", "text": "What happens?"}]),  # LLaMA-Factory
+    ("<image>\nWhat happens?", [{"type": "video"}, {"type": "text", "text": "\nWhat happens?"}]),  # LLaVA-Video-178K
+    ("What happens?", [{"type": "video"}, {"type": "text", "text": "What happens?"}]),
+])
+def test_video_placeholders_in_questions_place_the_video(question, content):
+    from data_pipelines.prompts import PromptRecordError, parse_record
+
+    record = parse_record({"id": "v", "domain": "ocr", "answer": "blue", "question": question, "videos": ["clip.mp4"]})
+    assert record.messages == [{"role": "user", "content": content}]
+    with pytest.raises(PromptRecordError) as skipped:
+        parse_record({"id": "v", "domain": "ocr", "answer": "blue", "question": "<video><video>Why?", "videos": ["a.mp4"]})
+    assert skipped.value.reason == "image_count_mismatch"
