@@ -5,7 +5,11 @@ per set and per domain (stages/evaluate.py, docs/eval.md): eval.json and eval.md
 
 from __future__ import annotations
 
+import sys
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from launch.common import register, start  # also puts the repo root on sys.path
@@ -13,6 +17,7 @@ from stages.evaluate import EvalRunConfig, evaluate, nothing_evaluated, write_re
 from trainer.distributed import leave_distributed
 
 register("eval_schema", EvalRunConfig)
+FAILED: list[str] = []  # a multirun's jobs with nothing evaluated: the others still run
 
 
 @hydra.main(config_path="../recipes", config_name="eval", version_base="1.3")
@@ -23,8 +28,13 @@ def main(raw: DictConfig) -> None:
         print(write_report(results, run_dir), flush=True)
     leave_distributed()
     if error := nothing_evaluated(results):  # the same on every rank; the report is written
-        raise SystemExit(error)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise SystemExit(error)
+        print(error, file=sys.stderr, flush=True)
+        FAILED.append(f"{run_dir}: {error}")
 
 
 if __name__ == "__main__":
     main()
+    if FAILED:  # `-m model.init=runA,runB`: every checkpoint evaluated, then the run fails
+        sys.exit("\n".join(FAILED))

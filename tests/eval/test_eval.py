@@ -389,3 +389,18 @@ def test_grading_errors_keep_the_commonest_messages():
     assert len(kept) == MAX_GRADING_ERRORS + 1 and list(kept)[0] == "bad_ground_truth:gold '0' is not a letter"
     assert kept["(other messages)"] == sum(100 - i for i in range(20, 30)) and sum(kept.values()) == sum(counts.values())
     assert _most_common(Counter(a=2), MAX_GRADING_ERRORS) == {"a": 2}
+
+
+def test_a_multirun_evaluates_every_checkpoint_then_fails_for_an_empty_set(policy_run, tmp_path):
+    """`-m model.init=a,b` (docs/eval.md): a set with nothing evaluated fails the run, but only
+    after every checkpoint's report is written (a SystemExit in the first job ended the sweep)."""
+    gone = tmp_path / "gone.jsonl"
+    gone.write_text(json.dumps({"id": "g", "domain": "max", "question": "Largest: 2 8", "answer": "8",
+                                "images": ["gone.png"]}) + "\n")
+    sweep = tmp_path / "sweep"
+    proc = launch("eval.py", ["-m", "recipe=eval_tiny", f"model.init={policy_run},{policy_run / 'checkpoints' / 'step_3'}",
+                              f"data.paths=[{gone}]", "samples=1", "ks=[1]", "rollout.max_new_tokens=4",
+                              f"hydra.sweep.dir={sweep}", *TASK_VERIFIERS], timeout=300)
+    assert proc.returncode != 0
+    assert sorted(p.parent.name for p in sweep.glob("*/eval.json")) == ["0", "1"]
+    assert proc.stderr.count("no prompt evaluated in gone") >= 2
