@@ -292,9 +292,9 @@ def _message(raw: Any, key: str) -> _Message:
         elif kind == "image" and "image" in item:
             items.append({"type": "image"})
             images.append(item["image"])
-        elif kind == "video" and isinstance(item.get("video"), (str, Path, bytes)) and item["video"]:
+        elif kind == "video" and isinstance(video := media_payload(item.get("video")), (str, Path, bytes)) and video:
             items.append({"type": "video"})  # a video file: decoded at 2 fps (data_pipelines/video.py)
-            videos.append((item["video"], None))
+            videos.append((video, None))
         elif kind == "video" and isinstance(item.get("video"), list) and item["video"]:
             fps = item.get("fps", DEFAULT_VIDEO_FPS)
             if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
@@ -310,11 +310,18 @@ def _message(raw: Any, key: str) -> _Message:
     return _Message(role, items, images, videos)
 
 
+def media_payload(source: Any) -> Any:
+    """An HF `datasets` Image or Video dict ({bytes, path}) as its bytes, else its path (None when
+    it has neither); anything else, a frames dict included, as it is."""
+    if isinstance(source, dict) and "frames" not in source:
+        return source.get("bytes") or source.get("path")
+    return source
+
+
 def _media(source: Any, root: str | Path | None, key: str) -> Any:
     """A processor input: PIL image or bytes as they are, a path read from `root` if relative,
     an HF `datasets` Image dict by its bytes or path."""
-    if isinstance(source, dict):
-        source = source.get("bytes") or source.get("path")
+    source = media_payload(source)
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_absolute() and root is not None:

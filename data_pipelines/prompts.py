@@ -30,10 +30,11 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-from .chat import DEFAULT_VIDEO_FPS, ChatRenderer
+from .chat import DEFAULT_VIDEO_FPS, ChatRenderer, media_payload
 from .chat_formats import PLACEHOLDER, VIDEO_PLACEHOLDER
 from .processor import BadSample
 from .prompt_columns import PromptLayout, normalize_row
+from .records import undecoded_videos
 from .document import Document, Visual
 
 NUMBERED_IMAGE = re.compile(r"<image ?(\d+)>")  # MMMU's "<image 1>", MathVision's "<image1>"
@@ -73,8 +74,7 @@ def parse_video(raw: Any, rid: str) -> tuple[Any, float | None]:
     """A record's video: a file (path or bytes, or HF `Video()`'s {bytes, path}; decoded at 2 fps), or
     `{"frames": [...], "fps": F}`, or `{"frames": [...], "timestamps": [seconds, ...]}` (evenly
     spaced; fps from their spacing)."""
-    if isinstance(raw, dict) and "frames" not in raw and (raw.get("bytes") or raw.get("path")):
-        raw = raw.get("bytes") or raw["path"]
+    raw = media_payload(raw)
     if isinstance(raw, (str, bytes)) and raw:
         return raw, None
     frames = raw.get("frames") if isinstance(raw, dict) else None
@@ -217,18 +217,7 @@ def _raw_records(path: Path) -> tuple[list[Any], Counter]:
         raise ValueError(f"prompt data {path}: expected .jsonl, .parquet, .json or a save_to_disk directory")
     if isinstance(dataset, datasets.DatasetDict):
         raise ValueError(f"prompt data {path} holds several splits ({list(dataset)}); point at one")
-    return list(_undecoded_videos(dataset, datasets)), bad
-
-
-def _undecoded_videos(dataset: Any, datasets: Any) -> Any:
-    """`Video()` columns as their {bytes, path}: `datasets` decodes them with torchcodec, which is
-    not installed (CUDA-linked); ponder decodes videos with PyAV (data_pipelines/video.py)."""
-    for name, feature in dataset.features.items():
-        if isinstance(feature, datasets.Video):
-            dataset = dataset.cast_column(name, datasets.Video(decode=False))
-        elif isinstance(getattr(feature, "feature", None), datasets.Video):  # a list of videos
-            dataset = dataset.cast_column(name, datasets.List(datasets.Video(decode=False)))
-    return dataset
+    return list(undecoded_videos(dataset)), bad
 
 
 def load_prompt_records(path: str | Path, layout: PromptLayout | None = None) -> tuple[list[PromptRecord], Counter]:

@@ -83,6 +83,19 @@ def _refuse_mixed_splits(directory: Path, files: list[Path]) -> None:
         raise ValueError(f"{directory} holds the splits {', '.join(sorted(found))}; point at one, e.g. '{found[split]}'")
 
 
+def undecoded_videos(dataset: Any) -> Any:
+    """`Video()` columns as their {bytes, path}: `datasets` decodes them with torchcodec, which is
+    not installed (CUDA-linked); ponder decodes videos with PyAV (data_pipelines/video.py)."""
+    import datasets
+
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.Video):
+            dataset = dataset.cast_column(name, datasets.Video(decode=False))
+        elif isinstance(getattr(feature, "feature", None), datasets.Video):  # a list of videos
+            dataset = dataset.cast_column(name, datasets.List(datasets.Video(decode=False)))
+    return dataset
+
+
 class RecordShards:
     def __init__(self, spec: str, records_per_shard: int, shuffle: bool = True, seed: int = 0,
                  fmt: str = "auto", image_root: str | None = None, limit: int | None = None):
@@ -156,7 +169,7 @@ class RecordShards:
                     raise ValueError(f"the {len(self.files)} {self.fmt} files under {self.files[0].parent} could not be "
                                      f"read as one table ({why}); point at the files of one layout (a file or a "
                                      "glob)") from exc
-            self._dataset = loaded
+            self._dataset = undecoded_videos(loaded)
         return self._dataset
 
     def __getstate__(self) -> dict:

@@ -169,10 +169,12 @@ def test_responses_api_items(layouts):
         {"type": "text", "text": "What colour is the square?"}]
 
 
-@pytest.mark.parametrize("layout", ["llamafactory", "llava_video"])
+@pytest.mark.parametrize("layout", ["llamafactory", "llava_video", "llamafactory_parquet"])
 def test_video_layouts_render_as_ponders_record(chat, tmp_path, layout):
     """LLaMA-Factory's `<video>` placeholders with a top-level `videos` list, and LLaVA-Video-178K's
-    one `video` marked by `<image>`: the video reaches the document, as in ponder's own record."""
+    one `video` marked by `<image>`: the video reaches the document, as in ponder's own record. As
+    parquet with `datasets.Video()` features, the videos are read undecoded (`datasets` would
+    decode them with torchcodec, which the CPU set removes) and PyAV decodes them."""
     from PIL import Image
 
     from data_pipelines.synthetic import write_mp4
@@ -187,16 +189,29 @@ def test_video_layouts_render_as_ponders_record(chat, tmp_path, layout):
                                                  {"role": "assistant", "content": answer}], "videos": ["clips/a.mp4"]},
         "llava_video": [{"id": "v", "video": "clips/a.mp4", "conversations": [
             {"from": "human", "value": "<image>What happens?"}, {"from": "gpt", "value": answer}]}],
+        "llamafactory_parquet": None,
     }[layout]
     (tmp_path / "ponder.jsonl").write_text(json.dumps(ponder) + "\n")
-    path = tmp_path / ("published.jsonl" if layout == "llamafactory" else "published.json")
-    path.write_text(json.dumps(published) + ("\n" if layout == "llamafactory" else ""))
+    if layout == "llamafactory_parquet":
+        import datasets
+
+        path = tmp_path / "published.parquet"
+        row = {"messages": [{"role": "user", "content": "<video>What happens?"}, {"role": "assistant", "content": answer}],
+               "videos": [{"bytes": (tmp_path / "clips" / "a.mp4").read_bytes(), "path": None}], "id": "v"}
+        datasets.Dataset.from_list([row], features=datasets.Features({
+            "messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
+            "videos": datasets.List(datasets.Video()), "id": datasets.Value("string")})).to_parquet(str(path))
+    else:
+        path = tmp_path / ("published.jsonl" if layout == "llamafactory" else "published.json")
+        path.write_text(json.dumps(published) + ("\n" if layout == "llamafactory" else ""))
     reference = documents(tmp_path / "ponder.jsonl", chat, image_root=str(tmp_path))[0]["v"]
     got, skipped = documents(path, chat, image_root=str(tmp_path))
     assert not skipped and list(got) == ["v"]
     doc = got["v"]
     assert torch.equal(doc.input_ids, reference.input_ids) and torch.equal(doc.loss_mask, reference.loss_mask)
     assert len(doc.videos) == 1 and torch.equal(doc.videos[0].pixel_values, reference.videos[0].pixel_values)
+    if layout == "llamafactory_parquet":
+        return
     # a placeholder without its media (LLaMA-Factory: no videos; LLaVA-Video: no video, so `<image>`
     # marks a missing image) is a counted mismatch, not a text-only record
     broken = {**published, "videos": []} if layout == "llamafactory" else [{**published[0], "video": None}]
