@@ -118,18 +118,24 @@ def check_usable(label: str, source: SampleSource, to_document: Callable[[Any], 
             reasons[exc.reason] += 1
             first = first or str(exc)
     detail = ", ".join(f"{r}: {k}" for r, k in reasons.most_common()) or "no samples"
-    hints = "".join(f" {USABLE_HINTS[r]}." for r in reasons if r in USABLE_HINTS)
-    raise ValueError(f"{label} ({source.name(0)}): none of its first samples is usable ({detail}; the first: "
-                     f"{first[:300]}).{hints} See docs/data.md for the layouts each reader takes")
+    if first:
+        detail += f"; the first: {first[:300]}"
+    hints = "".join(f" {hint}." for r in reasons if r in USABLE_HINTS
+                    for setting, hint in [USABLE_HINTS[r]] if setting not in first)  # not said twice
+    raise ValueError(f"{label} ({source.name(0)}): none of its first samples is usable ({detail}).{hints} "
+                     "See docs/data.md for the layouts each reader takes")
 
 
-# What a user can change when every sample fails for one reason (docs/data.md has the full list).
+# What a user can change when every sample fails for one reason (docs/data.md has the full list):
+# the setting, and the hint that names it.
 USABLE_HINTS = {
-    "bad_format": "Responses not in <think>...</think><answer>...</answer> form: data.chat.skip_bad_format=false "
-                  "trains them as they are, data.chat.require_box=false accepts answers without a box",
-    "missing_image": "Relative image paths are read from data.image_root (default: the data file's folder)",
-    "no_text": "A text source reads the field its text_field names (default: text)",
-    "no_caption": "An image-text source reads the caption from caption_field, else the .txt member",
+    "bad_format": ("skip_bad_format", "Responses not in <think>...</think><answer>...</answer> form: "
+                   "data.chat.skip_bad_format=false trains them as they are, data.chat.require_box=false accepts "
+                   "answers without a box"),
+    "missing_image": ("data.image_root", "Relative image paths are read from data.image_root (default: the data "
+                      "file's folder)"),
+    "no_text": ("text_field", "A text source reads the field its text_field names (default: text)"),
+    "no_caption": ("caption_field", "An image-text source reads the caption from caption_field, else the .txt member"),
 }
 
 

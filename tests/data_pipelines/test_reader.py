@@ -90,3 +90,37 @@ def test_corrupt_corpus_streams_to_the_end_with_each_problem_counted(tmp_path, t
 def test_too_few_shards_for_streams_is_a_clear_error(shard_dir, documents, tokenizer):
     with pytest.raises(ValueError, match="cannot feed"):
         ShardStream(ReaderConfig(shards=str(shard_dir), num_workers=3), documents, 0, rank=0, world_size=4)
+
+
+def test_start_up_errors_name_the_first_failure_and_each_fix_once():
+    from data_pipelines.chat import MissingMedia
+    from data_pipelines.processor import BadSample
+    from data_pipelines.reader import check_usable
+
+    class Samples:
+        def __init__(self, n):
+            self.n = n
+
+        def samples(self, shard, on_error=None):
+            return iter(range(self.n))
+
+        def name(self, shard):
+            return "data.jsonl#shard0"
+
+    def missing(sample):
+        raise MissingMedia(f"r{sample}: image or frame /x/a.png not found (relative paths are read from "
+                           "data.image_root, default the data file's folder)")
+
+    with pytest.raises(ValueError) as refused:
+        check_usable("data.train", Samples(3), missing)
+    said = str(refused.value)
+    assert "(missing_image: 3; the first: r0: image or frame /x/a.png not found" in said
+    assert said.count("data.image_root") == 1  # the message names it; the hint is not added again
+
+    class BadFormat(BadSample):
+        reason = "bad_format"
+
+    with pytest.raises(ValueError, match=r"\(bad_format: 2; the first: no answer\)\. Responses not in .*skip_bad_format"):
+        check_usable("data.train", Samples(2), lambda s: (_ for _ in ()).throw(BadFormat("no answer")))
+    with pytest.raises(ValueError, match=r"none of its first samples is usable \(no samples\)\. See docs"):
+        check_usable("data.train", Samples(0), missing)
