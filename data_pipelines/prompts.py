@@ -128,7 +128,7 @@ def parse_record(raw: dict[str, Any]) -> PromptRecord:
             isinstance(m, dict) and m.get("role") in ("system", "user", "assistant", "observation") for m in messages
         ):
             raise PromptRecordError("malformed_record", f"{rid}: messages must be a list of chat turns")
-        messages = _placeholder_turns(messages, bool(videos))
+        messages = _placeholder_turns(messages, len(images), len(videos))
         if _count_items(messages, "image") != len(images) or _count_items(messages, "video") != len(videos):
             raise PromptRecordError("image_count_mismatch", f"{rid}: image / video items in messages != images / videos")
     difficulty = raw.get("difficulty")
@@ -151,8 +151,8 @@ def _question_content(rid: str, question: Any, images: int, videos: int) -> tupl
     if not (question.strip() or images or videos):
         raise PromptRecordError("empty_question", f"{rid}: an empty question needs an image or a video")
     in_order = list(range(images))
-    kind, count, mark = ("video", videos, VIDEO_PLACEHOLDER if VIDEO_PLACEHOLDER in question else PLACEHOLDER) \
-        if videos else ("image", images, PLACEHOLDER)
+    kind, mark = _media_mark(question, bool(videos))
+    count = videos if videos else images
     if mark in question:
         pieces = question.split(mark)
         if len(pieces) - 1 != count:
@@ -167,18 +167,27 @@ def _question_content(rid: str, question: Any, images: int, videos: int) -> tupl
     return content + ([{"type": "text", "text": question}] if question.strip() else []), in_order
 
 
-def _placeholder_turns(messages: list[dict], videos: bool) -> list[dict]:
+def _media_mark(text: str, videos: bool) -> tuple[str, str]:
+    """(kind, placeholder) of a prompt's media: `<image>` for images; `<video>` for a video, or
+    `<image>` where the text has no `<video>` (LLaVA-Video-178K marks its video so)."""
+    if not videos:
+        return "image", PLACEHOLDER
+    return "video", VIDEO_PLACEHOLDER if VIDEO_PLACEHOLDER in text else PLACEHOLDER
+
+
+def _placeholder_turns(messages: list[dict], images: int, videos: int) -> list[dict]:
     """verl's multimodal layout: turns of text whose `<image>` (or `<video>`) marks where the
-    record's media go, as content items."""
-    if _count_items(messages, "image") or _count_items(messages, "video"):
-        return messages  # items already say where the media go
+    record's media go, as content items. Text-only records, and turns that already hold media
+    items, stay as they are."""
+    if not (images or videos) or _count_items(messages, "image") or _count_items(messages, "video"):
+        return messages
     out = []
     for turn in messages:
         content = turn.get("content")
-        kind, mark = ("video", VIDEO_PLACEHOLDER if VIDEO_PLACEHOLDER in str(content) else PLACEHOLDER) \
-            if videos else ("image", PLACEHOLDER)
-        if isinstance(content, str) and mark in content:
-            turn = {**turn, "content": _interleaved(content.split(mark), kind)}
+        if isinstance(content, str):
+            kind, mark = _media_mark(content, bool(videos))
+            if mark in content:
+                turn = {**turn, "content": _interleaved(content.split(mark), kind)}
         out.append(turn)
     return out
 
