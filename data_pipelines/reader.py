@@ -428,6 +428,7 @@ class PackedLoader:
             skipped.update(state["skipped"])
             skipped.update(state["packing"]["dropped"])
             packing.update({k: state["packing"][k] for k in ("rows", "tokens", "documents", "splits")})
+            packing["documents_dropped"] += sum(state["packing"]["dropped"].values())  # in both counts
             for name, src in state.get("sources", {}).items():
                 into = sources.setdefault(name, {"documents": 0, "tokens": 0, "skipped": Counter()})
                 into["documents"] += src["documents"]

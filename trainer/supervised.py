@@ -89,7 +89,8 @@ class PackedBatches:
         out = {"skipped": dict(skipped), "documents": sum(s.get("documents", 0) for s in everyone)}
         if sources:
             out["sources"] = {n: {**v, "skipped": dict(v["skipped"])} for n, v in sorted(sources.items())}
-        self._report_mass_skips(skipped, out["documents"])
+        # documents counts what reached the packer, dropped there or not; skipped holds those drops
+        self._report_mass_skips(skipped, out["documents"] - sum(s.get("documents_dropped", 0) for s in everyone))
         return out
 
     def _report_mass_skips(self, skipped: Counter, documents: int) -> None:

@@ -45,3 +45,28 @@ def test_a_run_that_skips_a_tenth_of_its_records_says_so_once(caplog):
     said = [r.getMessage() for r in caplog.records]
     assert said == ["sft: 155 of the 231 records read so far were skipped (missing_image 153, bad_format 2); "
                     "docs/data.md lists each reason's fix"]
+
+
+def test_packing_drops_count_once_in_the_mass_skip_ratio(caplog, tmp_path, monkeypatch):
+    """The packer counts a document it drops (longer than a row) among its documents, and the
+    loader among its skips: the ratio takes it once."""
+    import logging
+
+    import torch
+    import torch.distributed as dist
+
+    from trainer.distributed import DistInfo
+    from trainer.supervised import PackedBatches
+
+    class Loader:
+        def stats(self):  # 64 records read: 7 packed, 57 dropped as too long (89%), 0 other skips
+            return {"skipped": {"longer_than_seq_len": 57}, "documents": 64, "documents_dropped": 57}
+
+    monkeypatch.setattr(dist, "all_gather_object", lambda out, obj: out.__setitem__(0, obj))
+    batches = PackedBatches("sft", loader=Loader(), info=DistInfo(0, 1, 0, torch.device("cpu")), grad_accum=1, rows=1,
+                            seq_len=16)
+    with caplog.at_level(logging.WARNING, logger="ponder"):
+        assert batches.log_stats()["documents"] == 64
+    assert [r.getMessage() for r in caplog.records] == [
+        "sft: 57 of the 64 records read so far were skipped (longer_than_seq_len 57); docs/data.md lists each "
+        "reason's fix"]
