@@ -130,7 +130,8 @@ def parse_record(raw: dict[str, Any]) -> PromptRecord:
             raise PromptRecordError("malformed_record", f"{rid}: messages must be a list of chat turns")
         messages = _placeholder_turns(messages, len(images), len(videos))
         if _count_items(messages, "image") != len(images) or _count_items(messages, "video") != len(videos):
-            raise PromptRecordError("image_count_mismatch", f"{rid}: image / video items in messages != images / videos")
+            raise PromptRecordError("image_count_mismatch",
+                                    f"{rid}: image / video items in messages != images / videos")
     difficulty = raw.get("difficulty")
     if difficulty is not None and not isinstance(difficulty, (int, float, str)):
         raise PromptRecordError("malformed_record", f"{rid}: difficulty must be a number or a tier name")

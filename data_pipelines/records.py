@@ -80,7 +80,8 @@ def _refuse_mixed_splits(directory: Path, files: list[Path]) -> None:
     found = {split_glob[0]: split_glob[1] for f in files if (split_glob := _split_of(directory, f))}
     if len(found) > 1:
         split = "train" if "train" in found else sorted(found)[0]
-        raise ValueError(f"{directory} holds the splits {', '.join(sorted(found))}; point at one, e.g. '{found[split]}'")
+        raise ValueError(f"{directory} holds the splits {', '.join(sorted(found))}; point at one, "
+                         f"e.g. '{found[split]}'")
 
 
 def undecoded_videos(dataset: Any) -> Any:

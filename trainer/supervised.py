@@ -46,7 +46,7 @@ class PackedBatches:
         self.slots_per_step = rows * grad_accum * info.world_size * seq_len // (self.sp.size if self.sp else 1)
         self.progress = {"tokens": 0}
         self.batches: Iterator[Batch] | None = None  # opened at the first step, after any resume
-        self.skips_reported = False
+        self.skips_reported: set[str | None] = set()  # None: the whole stream; else a source's name
 
     def describe(self) -> str:
         return f"{self.slots_per_step} token slots per step ({self.grad_accum} micro-batches per rank)"
@@ -91,21 +91,25 @@ class PackedBatches:
             out["sources"] = {n: {**v, "skipped": dict(v["skipped"])} for n, v in sorted(sources.items())}
         # documents counts what reached the packer, dropped there or not; skipped holds those drops
         self._report_mass_skips(skipped, out["documents"] - sum(s.get("documents_dropped", 0) for s in everyone))
+        for name, src in sorted(sources.items()):  # a small source can lose every record unnoticed in the total
+            self._report_mass_skips(src["skipped"], src["documents"], f"source {name}")
         return out
 
-    def _report_mass_skips(self, skipped: Counter, documents: int) -> None:
-        """Once per run, in the log: a tenth or more of the records read so far were skipped. The
-        start-up check passes as soon as one record is usable; a wrong data.image_root can still
-        drop every image record and train on the text-only rest (metrics.jsonl alone counted it)."""
+    def _report_mass_skips(self, skipped: Counter, documents: int, source: str | None = None) -> None:
+        """Once per run (and per mixture source), in the log: a tenth or more of the records read so
+        far were skipped. The start-up check passes as soon as one record is usable; a wrong
+        data.image_root can still drop every image record and train on the text-only rest
+        (metrics.jsonl alone counted it)."""
         dropped = sum(skipped.values())
-        if self.skips_reported or dropped + documents < MASS_SKIP_MIN_READ or dropped < 0.1 * (dropped + documents):
+        read = dropped + documents
+        if source in self.skips_reported or read < MASS_SKIP_MIN_READ or dropped < 0.1 * read:
             return
-        self.skips_reported = True
+        self.skips_reported.add(source)
         if not self.info.is_main:  # the counts are every rank's; other ranks log warnings too
             return
         reasons = ", ".join(f"{r} {n}" for r, n in skipped.most_common())
         log.warning("%s: %d of the %d records read so far were skipped (%s); docs/data.md lists each reason's fix",
-                    self.name, dropped, dropped + documents, reasons)
+                    f"{self.name} {source}" if source else self.name, dropped, read, reasons)
 
     def state_dict(self) -> dict[str, Any]:
         return {"data": self.loader.state_dict()}

@@ -42,8 +42,13 @@ def test_a_run_that_skips_a_tenth_of_its_records_says_so_once(caplog):
         other_rank = PackedBatches("sft", loader=None, info=DistInfo(1, 2, 1, torch.device("cpu")), grad_accum=1,
                                    rows=1, seq_len=16)
         other_rank._report_mass_skips(Counter(missing_image=153), documents=76)  # rank 0 says it for all
+        # a mixture's source that loses every record, within a total under a tenth: said on its own, once
+        batches._report_mass_skips(Counter(missing_image=64), documents=0, source="source laion")
+        batches._report_mass_skips(Counter(missing_image=90), documents=0, source="source laion")
     said = [r.getMessage() for r in caplog.records]
     assert said == ["sft: 155 of the 231 records read so far were skipped (missing_image 153, bad_format 2); "
+                    "docs/data.md lists each reason's fix",
+                    "sft source laion: 64 of the 64 records read so far were skipped (missing_image 64); "
                     "docs/data.md lists each reason's fix"]
 
 
