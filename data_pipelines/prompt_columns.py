@@ -123,16 +123,10 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
     question = out.get("question")
     if isinstance(question, list) and question and all(isinstance(t, dict) and "role" in t for t in question):
         out["messages"] = out.pop("question")  # `prompt` as chat turns (verl and TRL layouts)
-    images = out.get("images")
-    if images is not None and not isinstance(images, list):
-        out["images"] = [images]
-    elif isinstance(images, list):
-        out["images"] = [i for i in images if i is not None]
-    videos = out.get("videos")
-    if videos is not None and not isinstance(videos, list):
-        out["videos"] = [videos]  # one video per row (a file, bytes, or {frames, fps})
-    elif isinstance(videos, list):
-        out["videos"] = [v for v in videos if v is not None]
+    for media in ("images", "videos"):  # one per row (a video: a file, bytes, or {frames, fps}) or a list
+        value = out.get(media)
+        if value is not None:
+            out[media] = [v for v in value if v is not None] if isinstance(value, list) else [value]
     options = out.get("options")
     if isinstance(options, str) and options.strip().startswith(("[", "{")):
         try:
