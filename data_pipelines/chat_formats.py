@@ -42,6 +42,25 @@ class RemoteImage(BadSample):
     reason = "remote_image"
 
 
+def image_mark_is_video(texts: list[str], images: int, videos: int) -> bool:
+    """LLaVA-Video-178K marks its video with `<image>`: with videos, no images and no `<video>` in
+    the texts, an `<image>` placeholder stands for the next video."""
+    return bool(videos and not images and not any(VIDEO_PLACEHOLDER in t for t in texts))
+
+
+def placeholder_items(text: str, image_is_video: bool = False) -> list[dict]:
+    """A text holding `<image>` / `<video>` placeholders as content items: its text pieces, and a
+    bare `{"type": kind}` where each placeholder stands (the caller gives it its media)."""
+    items: list[dict] = []
+    for i, piece in enumerate(PLACEHOLDERS.split(text)):  # text, mark, text, mark, ..., text
+        if i % 2 == 0:
+            if piece.strip():
+                items.append({"type": "text", "text": piece})
+        else:
+            items.append({"type": "video" if piece == VIDEO_PLACEHOLDER or image_is_video else "image"})
+    return items
+
+
 def detect(record: dict) -> str:
     """`sharegpt` (also LLaVA: `conversations` or from/value turns), `openai` (messages with
     image_url items, `<image>` placeholders or top-level images) or `ponder`."""
@@ -99,11 +118,8 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
     if not isinstance(turns, list) or not turns:
         raise UnknownChatLayout(f"{key}: no {fmt} turns")
     media = _Media(_top_media(record, "image"), _top_media(record, "video"), key)
-    # LLaVA-Video-178K marks its video with `<image>`: with videos, no images and no `<video>`,
-    # an `<image>` placeholder stands for the next video.
-    texts = [str(_content(t)) for t in turns if isinstance(t, dict)]
-    image_mark_is_video = bool(media.given["video"] and not media.given["image"]
-                               and not any(VIDEO_PLACEHOLDER in t for t in texts))
+    image_is_video = image_mark_is_video([str(_content(t)) for t in turns if isinstance(t, dict)],
+                                         len(media.given["image"]), len(media.given["video"]))
     messages = []
     system = record.get("system")
     if isinstance(system, str) and system:  # ShareGPT's top-level system prompt
@@ -114,19 +130,10 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
         role = turn.get("role") if turn.get("role") is not None else turn.get("from")
         role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
         content = _content(turn)
-        if isinstance(content, str):
-            pieces = PLACEHOLDERS.split(content)  # text, mark, text, mark, ..., text
-            if len(pieces) == 1:
-                messages.append({"role": role, "content": content})
-                continue
-            items: list[dict] = []
-            for i, piece in enumerate(pieces):
-                if i % 2 == 0:
-                    if piece.strip():
-                        items.append({"type": "text", "text": piece})
-                else:
-                    items.append(media.item("video" if piece == VIDEO_PLACEHOLDER or image_mark_is_video else "image"))
-            messages.append({"role": role, "content": items})
+        if isinstance(content, str) and PLACEHOLDERS.search(content):
+            items = placeholder_items(content, image_is_video)
+            messages.append({"role": role, "content": [i if i["type"] == "text" else media.item(i["type"])
+                                                       for i in items]})
         elif isinstance(content, list):
             messages.append({"role": role, "content": [_item(i, media, key) for i in content]})
         else:

@@ -31,7 +31,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .chat import DEFAULT_VIDEO_FPS, ChatRenderer, media_payload
-from .chat_formats import PLACEHOLDER, VIDEO_PLACEHOLDER
+from .chat_formats import PLACEHOLDER, PLACEHOLDERS, image_mark_is_video, placeholder_items
 from .processor import BadSample
 from .prompt_columns import PromptLayout, normalize_row
 from .records import undecoded_videos
@@ -152,28 +152,18 @@ def _question_content(rid: str, question: Any, images: int, videos: int) -> tupl
     if not (question.strip() or images or videos):
         raise PromptRecordError("empty_question", f"{rid}: an empty question needs an image or a video")
     in_order = list(range(images))
-    kind, mark = _media_mark(question, bool(videos))
-    count = videos if videos else images
-    if mark in question:
-        pieces = question.split(mark)
-        if len(pieces) - 1 != count:
-            raise PromptRecordError("image_count_mismatch", f"{rid}: {len(pieces) - 1} {mark} in the question, "
-                                                            f"{count} {kind}(s)")
-        return _interleaved(pieces, kind), in_order
-    pieces = NUMBERED_IMAGE.split(question)  # text, number, text, number, ..., text
-    numbers = [int(n) - 1 for n in pieces[1::2]]
+    if PLACEHOLDERS.search(question):
+        content = placeholder_items(question, image_mark_is_video([question], images, videos))
+        marks = Counter(item["type"] for item in content if item["type"] != "text")
+        if marks != Counter({"image": images, "video": videos}):
+            raise PromptRecordError("image_count_mismatch", f"{rid}: placeholders in the question {dict(marks)}, "
+                                                            f"media: {images} image(s), {videos} video(s)")
+        return content, in_order
+    numbers = [int(n) - 1 for n in NUMBERED_IMAGE.findall(question)]
     if images and sorted(numbers) == in_order:
-        return _interleaved(pieces[0::2]), numbers
+        return placeholder_items(NUMBERED_IMAGE.sub(PLACEHOLDER, question)), numbers
     content = [{"type": "image"} for _ in range(images)] + [{"type": "video"} for _ in range(videos)]
     return content + ([{"type": "text", "text": question}] if question.strip() else []), in_order
-
-
-def _media_mark(text: str, videos: bool) -> tuple[str, str]:
-    """(kind, placeholder) of a prompt's media: `<image>` for images; `<video>` for a video, or
-    `<image>` where the text has no `<video>` (LLaVA-Video-178K marks its video so)."""
-    if not videos:
-        return "image", PLACEHOLDER
-    return "video", VIDEO_PLACEHOLDER if VIDEO_PLACEHOLDER in text else PLACEHOLDER
 
 
 def _placeholder_turns(messages: list[dict], images: int, videos: int) -> list[dict]:
@@ -182,26 +172,10 @@ def _placeholder_turns(messages: list[dict], images: int, videos: int) -> list[d
     items, stay as they are."""
     if not (images or videos) or _count_items(messages, "image") or _count_items(messages, "video"):
         return messages
-    out = []
-    for turn in messages:
-        content = turn.get("content")
-        if isinstance(content, str):
-            kind, mark = _media_mark(content, bool(videos))
-            if mark in content:
-                turn = {**turn, "content": _interleaved(content.split(mark), kind)}
-        out.append(turn)
-    return out
-
-
-def _interleaved(texts: list[str], kind: str = "image") -> list[dict]:
-    """The texts with an image (or a video) between each two."""
-    content = []
-    for i, text in enumerate(texts):
-        if i:
-            content.append({"type": kind})
-        if text.strip():
-            content.append({"type": "text", "text": text})
-    return content
+    texts = [m["content"] for m in messages if isinstance(m.get("content"), str)]
+    image_is_video = image_mark_is_video(texts, images, videos)
+    return [{**m, "content": placeholder_items(m["content"], image_is_video)}
+            if isinstance(m.get("content"), str) and PLACEHOLDERS.search(m["content"]) else m for m in messages]
 
 
 def _raw_records(path: Path) -> tuple[list[Any], Counter]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from data_pipelines.chat import ChatConfig, ChatRenderer
-from data_pipelines.chat_formats import detect, to_ponder
+from data_pipelines.chat_formats import detect, image_mark_is_video, placeholder_items, to_ponder
 from data_pipelines.packing import PackingConfig
 from data_pipelines.processor import BadSample, ProcessorConfig, VisionProcessor
 from data_pipelines.reader import PackedLoader, ShardStream
@@ -217,3 +217,21 @@ def test_video_layouts_render_as_ponders_record(chat, tmp_path, layout):
     broken = {**published, "videos": []} if layout == "llamafactory" else [{**published[0], "video": None}]
     with pytest.raises(BadSample, match="placeholders"):
         to_ponder(broken if layout == "llamafactory" else broken[0], key="v")
+
+
+def test_one_placeholder_reading_for_sft_records_and_prompts():
+    """SFT records and RL/eval prompts read `<image>` / `<video>` placeholders the same way."""
+    from data_pipelines.prompts import parse_record
+
+    assert placeholder_items("<image>Find x. <video> then") == [
+        {"type": "image"}, {"type": "text", "text": "Find x. "}, {"type": "video"}, {"type": "text", "text": " then"}]
+    assert image_mark_is_video(["<image>What happens?"], images=0, videos=1)  # LLaVA-Video-178K
+    assert not image_mark_is_video(["<image><video>"], images=0, videos=1)
+    assert not image_mark_is_video(["<image>"], images=1, videos=0)
+    text = "<image>\nWhat moves first?"
+    sft = to_ponder({"conversations": [{"from": "human", "value": text}, {"from": "gpt", "value": "The dot."}],
+                     "video": "clip.mp4"})
+    prompt = parse_record({"id": "p", "domain": "general", "question": text, "videos": ["clip.mp4"], "answer": "x"})
+    assert sft["messages"][0]["content"] == [{"type": "video", "video": "clip.mp4"},
+                                             {"type": "text", "text": "\nWhat moves first?"}]
+    assert prompt.messages[0]["content"] == [{"type": "video"}, {"type": "text", "text": "\nWhat moves first?"}]
