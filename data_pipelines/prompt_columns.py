@@ -3,8 +3,11 @@
 A row's fields are found under ponder's names first, then under the common names
 (`question` | `problem` | `prompt` | `query`, `answer` | `solution` | `ground_truth` | ..., `image`
 | `images`, `video` | `videos`, `options` | `choices`, `id` | `pid` | ...), or under the columns
-`data.columns` names. A list under `answers` (DocVQA, TextVQA, VQAv2: what annotators accepted)
-becomes `{"any_of": [...]}`: a response is graded against each, and the best grade counts.
+`data.columns` names. A list under `answers` (DocVQA, TextVQA, VQAv2: what annotators accepted;
+A-OKVQA's `direct_answers`) becomes `{"any_of": [...]}`: a response is graded against each, and the
+best grade counts. Options published one per column (MMBench's `A`..`D`, SEED-Bench's
+`choice_a`..`choice_d`) become `options` by letter, and a `hint` goes before the question, as
+lmms-eval renders them.
 `data.mc_to_blank` turns a multiple-choice row whose answer is one unique option into a
 fill-in-the-blank one: the options leave the prompt and the answer becomes the option's text.
 """
@@ -27,7 +30,11 @@ CANDIDATES = {
     "images": ("images", "image", "decoded_image"),
     "videos": ("videos", "video"),
     "options": ("options", "choices"),
+    "context": ("hint", "context"),
 }
+ANY_OF_COLUMNS = ("answers", "direct_answers")
+# Options one per column, by letter: MMBench's A, B, ...; SEED-Bench's choice_a, ...
+OPTION_COLUMNS = ("{A}", "choice_{a}", "choice_{A}", "option_{a}", "option_{A}")
 # An option that refers to the others cannot stand alone as a blank's answer.
 _REFERS_TO_OTHERS = re.compile(r"\b(all|none|both|neither) of (the )?(above|these|them|options)\b"
                                r"|^\(?[a-h]\)?\s*(,|and|&)\s*\(?[a-h]\)?$", re.IGNORECASE)
@@ -46,7 +53,9 @@ class PromptColumns:
     answer: Optional[str] = None  # default: answer, solution, ground_truth, gt_answer, label, answers
     images: Optional[str] = None  # default: images, image, decoded_image (one image or a list)
     videos: Optional[str] = None  # default: videos, video (one video or a list)
-    options: Optional[str] = None  # default: options, choices (a list, a dict by letter, or its Python text)
+    options: Optional[str] = None  # default: options, choices (a list, a dict by letter, or its Python text);
+    # else one column per option by letter (A, B, ...; choice_a, ...; option_a, ...)
+    context: Optional[str] = None  # default: hint, context (text that goes before the question)
 
 
 @dataclass
@@ -116,7 +125,7 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         out["id"] = f"row-{row}"  # HF sets often have no id column: the row number is stable
     elif isinstance(out.get("id"), int) and not isinstance(out["id"], bool):
         out["id"] = str(out["id"])
-    if _column(raw, "answer", layout) == "answers":
+    if _column(raw, "answer", layout) in ANY_OF_COLUMNS:
         out["answer"] = _any_of(out.get("answer"))
     if out.get("domain") is None and layout.domain:
         out["domain"] = layout.domain
@@ -127,6 +136,11 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         value = out.get(media)
         if value is not None:
             out[media] = [v for v in value if v is not None] if isinstance(value, list) else [value]
+    context = out.pop("context", None)
+    if _given(context) and isinstance(out.get("question"), str):  # MMBench's and ScienceQA's hint
+        out["question"] = f"{context.strip()}\n{out['question']}"
+    if out.get("options") is None and layout.columns.options is None:
+        out.update(_option_columns(out))
     options = out.get("options")
     if isinstance(options, str) and options.strip().startswith(("[", "{")):
         try:
@@ -148,6 +162,28 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
             if layout.options_in_prompt and letters:
                 out["question"] = out["question"].rstrip() + "\n" + "\n".join(f"{k}. {v}" for k, v in letters.items())
     return out
+
+
+def _given(text: Any) -> bool:
+    """A text a publisher filled in: not null, blank, or pandas' NaN written out ("nan", MMBench)."""
+    return isinstance(text, str) and text.strip().lower() not in ("", "nan")
+
+
+def _option_columns(row: dict) -> dict[str, Any]:
+    """{"options": {letter: text}} from options published one per column (A, B, ... or choice_a, ...),
+    popping those columns from the row; {} when the row has no such columns. Options left empty
+    (null, "nan": MMBench's rows with fewer than four) are left out, the others keep their letters."""
+    for pattern in OPTION_COLUMNS:
+        names = {}
+        for letter in string.ascii_uppercase:
+            name = pattern.format(A=letter, a=letter.lower())
+            if name not in row:
+                break
+            names[letter] = name
+        if len(names) >= 2:
+            options = {letter: row.pop(name) for letter, name in names.items()}
+            return {"options": {letter: text for letter, text in options.items() if _given(text)}}
+    return {}
 
 
 def _lettered(options: Any) -> dict[str, str]:

@@ -316,6 +316,45 @@ def write_prompt_sets(root: Path) -> dict[str, Path]:
                                    "solution": datasets.Value("string"), "level": datasets.Value("int64"),
                                    "subject": datasets.Value("string")})).to_parquet(str(root / "mathvision.parquet"))
     out["mathvision"] = root / "mathvision.parquet"
+    # MMBench (lmms-lab/MMBench, dev): options one per column A..D (null or pandas' "nan" where a
+    # question has fewer), answer letter, a hint that goes before the question (null or "nan" if none).
+    text = datasets.Value("string")
+    mmbench = [{"index": 0, "question": "What colour is the square?", "hint": None, "answer": "B",
+                "A": "blue", "B": "red", "C": "green", "D": "yellow", "image": img("red")},
+               {"index": 1, "question": "Which shape is shown?", "hint": "The shape is round.", "answer": "A",
+                "A": "circle", "B": "square", "C": None, "D": "nan", "image": img("blue")}]
+    datasets.Dataset.from_list([{**r, "category": "attribute_recognition", "source": "x", "L2-category": "y",
+                                 "comment": None, "split": "dev"} for r in mmbench], features=datasets.Features({
+        "index": datasets.Value("int64"), "question": text, "hint": text, "answer": text,
+        **{letter: text for letter in "ABCD"}, "image": datasets.Image(), "category": text, "source": text,
+        "L2-category": text, "comment": text, "split": text})).to_parquet(str(root / "mmbench.parquet"))
+    out["mmbench"] = root / "mmbench.parquet"
+    # SEED-Bench (lmms-lab/SEED-Bench): choice_a..choice_d, answer letter, image = a list (video frames).
+    datasets.Dataset.from_list([
+        {"answer": "C", "choice_a": "red", "choice_b": "blue", "choice_c": "green", "choice_d": "pink",
+         "data_id": "1.jpg", "data_type": "image", "question": "What colour is it?", "question_id": "101",
+         "question_type_id": 1, "image": [img("green")], "segment": None}],
+        features=datasets.Features({"answer": text, **{f"choice_{c}": text for c in "abcd"}, "data_id": text,
+                                    "data_type": text, "question": text, "question_id": text,
+                                    "question_type_id": datasets.Value("int16"),
+                                    "image": datasets.Sequence(datasets.Image()),
+                                    "segment": datasets.Sequence(datasets.Value("int64"))})
+    ).to_parquet(str(root / "seedbench.parquet"))
+    out["seedbench"] = root / "seedbench.parquet"
+    # A-OKVQA (HuggingFaceM4/A-OKVQA): no `answer`; choices + correct_choice_idx, and the ten
+    # annotators' direct_answers.
+    datasets.Dataset.from_list([
+        {"image": img("yellow"), "question_id": "q1", "question": "What fruit has this colour?",
+         "choices": ["apple", "banana", "plum", "kiwi"], "correct_choice_idx": 1,
+         "direct_answers": ["banana"] * 7 + ["lemon"] * 3, "difficult_direct_answer": False,
+         "rationales": ["Bananas are yellow."]}],
+        features=datasets.Features({"image": datasets.Image(), "question_id": text, "question": text,
+                                    "choices": datasets.Sequence(text), "correct_choice_idx": datasets.Value("int8"),
+                                    "direct_answers": datasets.Sequence(text),
+                                    "difficult_direct_answer": datasets.Value("bool"),
+                                    "rationales": datasets.Sequence(text)})
+    ).to_parquet(str(root / "aokvqa.parquet"))
+    out["aokvqa"] = root / "aokvqa.parquet"
     return out
 
 

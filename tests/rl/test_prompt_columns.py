@@ -182,6 +182,45 @@ def test_a_datasets_video_column_is_read_without_torchcodec(tmp_path, renderer):
     assert [kind for _, _, kind in prompt.document.atomic_spans] == ["video"]
 
 
+def test_options_one_per_column_and_hints_are_read(sets, renderer):
+    """MMBench's options A..D (one left "nan") and SEED-Bench's choice_a..choice_d become options by
+    letter that reach the prompt and the verifier; MMBench's hint goes before the question."""
+    from stages.rl.rewards.scoring import score
+
+    layout = PromptLayout(domain="multiple_choice", options_in_prompt=True)
+    mmbench, skipped = load_prompt_records(sets["mmbench"], layout)
+    assert not skipped and [(r.id, r.answer, r.info["options"]) for r in mmbench] == [
+        ("0", "B", {"A": "blue", "B": "red", "C": "green", "D": "yellow"}),
+        ("1", "A", {"A": "circle", "B": "square"})]  # C null, D "nan": left out
+    assert not {"A", "B", "C", "D"} & set(mmbench[0].info)
+    assert text_of(mmbench[0]) == "What colour is the square?\nA. blue\nB. red\nC. green\nD. yellow"
+    assert text_of(mmbench[1]) == "The shape is round.\nWhich shape is shown?\nA. circle\nB. square"
+    assert [encoded_images(r, renderer, None) for r in mmbench] == [1, 1]
+    graded = lambda r, text: score("multiple_choice", f"<think>.</think><answer><|begin_of_box|>{text}"
+                                                      "<|end_of_box|></answer>", r.answer, **r.info).reward
+    assert [graded(mmbench[0], "red"), graded(mmbench[0], "B"), graded(mmbench[0], "blue")] == [1, 1, 0]
+    (seed,), skipped = load_prompt_records(sets["seedbench"], layout)
+    assert not skipped and seed.info["options"] == {"A": "red", "B": "blue", "C": "green", "D": "pink"}
+    assert graded(seed, "green") == 1 and text_of(seed).endswith("C. green\nD. pink")
+    blank, _ = load_prompt_records(sets["mmbench"], PromptLayout(domain="science", mc_to_blank=True))
+    assert [(text_of(r), r.answer) for r in blank] == [("What colour is the square?", "red"),
+                                                      ("The shape is round.\nWhich shape is shown?", "circle")]
+
+
+def test_aokvqa_direct_answers_or_its_choice(sets):
+    """A-OKVQA has no `answer`: its ten direct answers are each accepted, or its choice index is the answer."""
+    from stages.rl.rewards.scoring import score
+
+    (direct,), _ = load_prompt_records(sets["aokvqa"], PromptLayout(domain="ocr",
+                                                                    columns=PromptColumns(answer="direct_answers")))
+    assert direct.answer == {"any_of": ["banana", "lemon"]}
+    assert score("ocr", "<think>.</think><answer><|begin_of_box|>lemon<|end_of_box|></answer>",
+                 direct.answer).reward == 1.0
+    (choice,), _ = load_prompt_records(sets["aokvqa"], PromptLayout(
+        domain="multiple_choice", columns=PromptColumns(answer="correct_choice_idx"), options_in_prompt=True))
+    assert choice.answer == "B" and text_of(choice).endswith("B. banana\nC. plum\nD. kiwi")
+
+
 def test_options_listed_in_the_question_are_removed(sets):
     records, _ = load_prompt_records(sets["mc"], PromptLayout(mc_to_blank=True))
     assert (text_of(records[0]), records[0].answer) == ("Which planet is largest?", "Jupiter")
