@@ -63,7 +63,7 @@ class ChatConfig:
     train_turns: str = "last"  # "last": the final assistant turn; "all": every assistant turn
     skip_bad_format: bool = True  # skip (and count) records whose trained responses break the format
     require_box: bool = True  # the format needs exactly one non-empty <|begin_of_box|>...<|end_of_box|>
-    format: str = "auto"  # record layout: auto (detected per record) | ponder | sharegpt | llava | openai
+    format: str = "auto"  # record layout: auto (detected per record) | ponder | sharegpt | llava | openai | cauldron
 
     def __post_init__(self) -> None:
         if self.format not in CHAT_FORMATS:

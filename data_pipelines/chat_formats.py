@@ -8,6 +8,8 @@
   `image_url.url` a `data:` URL, a `file://` URL or a path; string contents may hold `<image>` and
   `<video>` placeholders filled from top-level `images` / `videos` lists (LLaMA-Factory's layout;
   LLaVA-Video-178K's one `video` marked by `<image>`);
+- The Cauldron (also FineVision): `{"images": [...], "texts": [{"user": str, "assistant": str}, ...]}`,
+  no placeholders: the images go before the first user text (as Idefics2 and SmolVLM train on it);
 - ponder: OpenAI's shape with `{"type": "image", "image": IMG}` items (chat.py), passed through.
 
 A record whose placeholders and images disagree raises `ImageMismatch` (counted `image_mismatch`).
@@ -22,7 +24,7 @@ from typing import Any
 
 from .processor import BadSample
 
-CHAT_FORMATS = ("auto", "ponder", "sharegpt", "llava", "openai")
+CHAT_FORMATS = ("auto", "ponder", "sharegpt", "llava", "openai", "cauldron")
 PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
 PLACEHOLDERS = re.compile(f"({PLACEHOLDER}|{VIDEO_PLACEHOLDER})")
@@ -66,6 +68,8 @@ def detect(record: dict) -> str:
     image_url items, `<image>` placeholders or top-level images) or `ponder`."""
     if isinstance(record.get("conversations"), list):
         return "sharegpt"
+    if _cauldron_pairs(record.get("texts")):
+        return "cauldron"
     turns = record.get("messages")
     if not isinstance(turns, list):
         return "ponder"  # the renderer reports what is missing
@@ -112,7 +116,10 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
         fmt = detect(record)
     if fmt == "ponder":
         return record
-    turns = record.get("conversations") if fmt in ("sharegpt", "llava") else record.get("messages")
+    if fmt == "cauldron":
+        turns = _cauldron_turns(record, key)
+    else:
+        turns = record.get("conversations") if fmt in ("sharegpt", "llava") else record.get("messages")
     if not isinstance(turns, list) and fmt in ("sharegpt", "llava"):
         turns = record.get("messages")  # ShareGPT turns under `messages` (LLaMA-Factory)
     if not isinstance(turns, list) or not turns:
@@ -140,8 +147,25 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
             messages.append({"role": role, "content": content})  # the renderer reports it
     media.check_all_used()
     out = {k: v for k, v in record.items()
-           if k not in ("conversations", "messages", "images", "image", "videos", "video", "system")}
+           if k not in ("conversations", "messages", "texts", "images", "image", "videos", "video", "system")}
     return {**out, "messages": messages}
+
+
+def _cauldron_pairs(texts: Any) -> bool:
+    return (isinstance(texts, list) and bool(texts)
+            and all(isinstance(t, dict) and "user" in t and "assistant" in t for t in texts))
+
+
+def _cauldron_turns(record: dict, key: str) -> list[dict]:
+    """The Cauldron's user / assistant pairs as turns; with no `<image>` in them, the record's
+    images go before the first user text."""
+    pairs = record.get("texts")
+    if not _cauldron_pairs(pairs):
+        raise UnknownChatLayout(f"{key}: `texts` is not a list of user / assistant pairs")
+    turns = [{"role": role, "content": pair[role]} for pair in pairs for role in ("user", "assistant")]
+    if not any(PLACEHOLDERS.search(str(t["content"])) for t in turns):
+        turns[0]["content"] = PLACEHOLDER * len(_top_media(record, "image")) + str(turns[0]["content"])
+    return turns
 
 
 class _Media:

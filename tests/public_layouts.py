@@ -194,6 +194,17 @@ def write_sft_layouts(root: Path, n: int = 6) -> dict[str, Path]:
                                  else m for m in r["messages"]]} for r in openai]
     datasets.Dataset.from_list(listed).save_to_disk(str(root / "openai_disk"))
     out["openai_disk"] = root / "openai_disk"
+    # The Cauldron (HuggingFaceM4/the_cauldron; FineVision alike): images, and user / assistant text
+    # pairs without placeholders; no id column.
+    cauldron = [{"images": r["images"], "texts": [{"user": r["conversations"][0]["value"].replace("<image>", ""),
+                                                   "assistant": r["conversations"][1]["value"], "source": "synthetic"}]}
+                for r in sharegpt_rows]
+    (root / "cauldron").mkdir(exist_ok=True)
+    datasets.Dataset.from_list(cauldron, features=datasets.Features({
+        "images": datasets.Sequence(datasets.Image()),
+        "texts": [{"user": datasets.Value("string"), "assistant": datasets.Value("string"),
+                   "source": datasets.Value("string")}]})).to_parquet(str(root / "cauldron" / "train-00000-of-00001.parquet"))
+    out["cauldron"] = root / "cauldron"
     return out
 
 

@@ -58,8 +58,20 @@ def test_layout_renders_as_ponders_record(layouts, chat, layout):
     assert sum(len(d.images) for d in got.values()) == N + (N + 2) // 3
 
 
+def test_cauldron_layout_renders_as_ponders_record(layouts, chat):
+    """The Cauldron's rows (images, user / assistant pairs, no placeholders, no id) train as
+    ponder's record with the images before the question."""
+    reference, _ = documents(layouts["ponder"], chat)
+    got, skipped = documents(layouts["cauldron"], chat)
+    assert not skipped and len(got) == N
+    for key, doc in zip(sorted(reference, key=lambda k: int(k.removeprefix("r"))), got.values()):
+        same(doc, reference[key])
+
+
 def test_detection_and_declared_format():
     assert detect({"conversations": [{"from": "human", "value": "x"}]}) == "sharegpt"
+    assert detect({"images": [], "texts": [{"user": "Q", "assistant": "A", "source": "x"}]}) == "cauldron"
+    assert detect({"images": [], "texts": ["an OBELICS text", None]}) == "ponder"
     assert detect({"messages": [{"from": "human", "value": "x"}], "images": ["a.png"]}) == "sharegpt"
     assert detect({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "a"}}]}]}) == "openai"
     plain = {"messages": [{"role": "user", "content": "hi <image>"}, {"role": "assistant", "content": "x"}]}
