@@ -52,7 +52,8 @@ def image_mark_is_video(texts: list[str], images: int, videos: int) -> bool:
 
 def placeholder_items(text: str, image_is_video: bool = False) -> list[dict]:
     """A text holding `<image>` / `<video>` placeholders as content items: its text pieces, and a
-    bare `{"type": kind}` where each placeholder stands (the caller gives it its media)."""
+    bare `{"type": kind}` where each placeholder stands (the caller gives it its media). A
+    placeholder whose record lacks that medium is a counted mismatch, never a text-only record."""
     items: list[dict] = []
     for i, piece in enumerate(PLACEHOLDERS.split(text)):  # text, mark, text, mark, ..., text
         if i % 2 == 0:
@@ -64,8 +65,9 @@ def placeholder_items(text: str, image_is_video: bool = False) -> list[dict]:
 
 
 def detect(record: dict) -> str:
-    """`sharegpt` (also LLaVA: `conversations` or from/value turns), `openai` (messages with
-    image_url items, `<image>` placeholders or top-level images) or `ponder`."""
+    """`sharegpt` (also LLaVA: `conversations` or from/value turns), `cauldron` (`texts` of user /
+    assistant pairs), `openai` (messages with image_url items, `<image>` placeholders or top-level
+    images) or `ponder`."""
     if isinstance(record.get("conversations"), list):
         return "sharegpt"
     if _cauldron_pairs(record.get("texts")):
@@ -146,8 +148,8 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
         else:
             messages.append({"role": role, "content": content})  # the renderer reports it
     media.check_all_used()
-    out = {k: v for k, v in record.items()
-           if k not in ("conversations", "messages", "texts", "images", "image", "videos", "video", "system")}
+    layout_fields = ("conversations", "messages", "images", "image", "videos", "video", "system")
+    out = {k: v for k, v in record.items() if k not in layout_fields and not (k == "texts" and fmt == "cauldron")}
     return {**out, "messages": messages}
 
 
@@ -157,14 +159,17 @@ def _cauldron_pairs(texts: Any) -> bool:
 
 
 def _cauldron_turns(record: dict, key: str) -> list[dict]:
-    """The Cauldron's user / assistant pairs as turns; with no `<image>` in them, the record's
-    images go before the first user text."""
+    """The Cauldron's user / assistant pairs as turns. Without an `<image>` in its user texts (the
+    Cauldron has none), the record's images go before the first user text, and the texts are
+    taken as they are (an HTML answer's `<video>` tag is text)."""
     pairs = record.get("texts")
-    if not _cauldron_pairs(pairs):
-        raise UnknownChatLayout(f"{key}: `texts` is not a list of user / assistant pairs")
-    turns = [{"role": role, "content": pair[role]} for pair in pairs for role in ("user", "assistant")]
-    if not any(PLACEHOLDERS.search(str(t["content"])) for t in turns):
-        turns[0]["content"] = PLACEHOLDER * len(_top_media(record, "image")) + str(turns[0]["content"])
+    if not _cauldron_pairs(pairs) or not all(isinstance(p[r], str) for p in pairs for r in ("user", "assistant")):
+        raise UnknownChatLayout(f"{key}: `texts` is not a list of user / assistant text pairs")
+    if any(PLACEHOLDER in pair["user"] for pair in pairs):
+        return [{"role": role, "content": pair[role]} for pair in pairs for role in ("user", "assistant")]
+    turns = [{"role": role, "content": [{"type": "text", "text": pair[role]}] if pair[role].strip() else []}
+             for pair in pairs for role in ("user", "assistant")]
+    turns[0]["content"] = [{"type": "image"} for _ in _top_media(record, "image")] + turns[0]["content"]
     return turns
 
 

@@ -7,7 +7,7 @@ A row's fields are found under ponder's names first, then under the common names
 A-OKVQA's `direct_answers`) becomes `{"any_of": [...]}`: a response is graded against each, and the
 best grade counts. Options published one per column (MMBench's `A`..`D`, SEED-Bench's
 `choice_a`..`choice_d`) become `options` by letter, and a `hint` goes before the question, as
-lmms-eval renders them.
+lmms-eval renders MMBench.
 `data.mc_to_blank` turns a multiple-choice row whose answer is one unique option into a
 fill-in-the-blank one: the options leave the prompt and the answer becomes the option's text.
 """
@@ -30,7 +30,7 @@ CANDIDATES = {
     "images": ("images", "image", "decoded_image"),
     "videos": ("videos", "video"),
     "options": ("options", "choices"),
-    "context": ("hint", "context"),
+    "context": ("context", "hint"),
 }
 ANY_OF_COLUMNS = ("answers", "direct_answers")
 # Options one per column, by letter: MMBench's A, B, ...; SEED-Bench's choice_a, ...
@@ -55,7 +55,7 @@ class PromptColumns:
     videos: Optional[str] = None  # default: videos, video (one video or a list)
     options: Optional[str] = None  # default: options, choices (a list, a dict by letter, or its Python text);
     # else one column per option by letter (A, B, ...; choice_a, ...; option_a, ...)
-    context: Optional[str] = None  # default: hint, context (text that goes before the question)
+    context: Optional[str] = None  # default: context, hint (text that goes before the question)
 
 
 @dataclass
@@ -103,7 +103,8 @@ def _value(raw: dict, column: str) -> Any:
 
 
 def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
-    """The row with ponder's field names (a row already in ponder's layout comes back equal)."""
+    """The row with ponder's field names (a row already in ponder's layout comes back equal, unless
+    it carries a `context` / `hint`, or options one per column: those are read as such)."""
     if not isinstance(raw, dict):
         return raw
     out = dict(raw)
@@ -136,9 +137,8 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         value = out.get(media)
         if value is not None:
             out[media] = [v for v in value if v is not None] if isinstance(value, list) else [value]
-    context = out.pop("context", None)
-    if _given(context) and isinstance(out.get("question"), str):  # MMBench's and ScienceQA's hint
-        out["question"] = f"{context.strip()}\n{out['question']}"
+    if _given(out.get("context")) and isinstance(out.get("question"), str):  # MMBench's hint
+        out["question"] = f"{out.pop('context').strip()}\n{out['question']}"
     if out.get("options") is None and layout.columns.options is None:
         out.update(_option_columns(out))
     options = out.get("options")
@@ -169,6 +169,13 @@ def _given(text: Any) -> bool:
     return isinstance(text, str) and text.strip().lower() not in ("", "nan")
 
 
+def _option(value: Any) -> Optional[str]:
+    """An option cell as text; None where it is empty (null, NaN, blank, "nan")."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:  # NaN != NaN
+        return str(value)
+    return value if _given(value) else None
+
+
 def _option_columns(row: dict) -> dict[str, Any]:
     """{"options": {letter: text}} from options published one per column (A, B, ... or choice_a, ...),
     popping those columns from the row; {} when the row has no such columns. Options left empty
@@ -181,8 +188,9 @@ def _option_columns(row: dict) -> dict[str, Any]:
                 break
             names[letter] = name
         if len(names) >= 2:
-            options = {letter: row.pop(name) for letter, name in names.items()}
-            return {"options": {letter: text for letter, text in options.items() if _given(text)}}
+            options = {letter: _option(row.pop(name)) for letter, name in names.items()}
+            kept = {letter: text for letter, text in options.items() if text is not None}
+            return {"options": kept} if kept else {}
     return {}
 
 

@@ -154,10 +154,11 @@ def _question_content(rid: str, question: Any, images: int, videos: int) -> tupl
     in_order = list(range(images))
     if PLACEHOLDERS.search(question):
         content = placeholder_items(question, image_mark_is_video([question], images, videos))
-        marks = Counter(item["type"] for item in content if item["type"] != "text")
-        if marks != Counter({"image": images, "video": videos}):
-            raise PromptRecordError("image_count_mismatch", f"{rid}: placeholders in the question {dict(marks)}, "
-                                                            f"media: {images} image(s), {videos} video(s)")
+        turn = [{"content": content}]
+        if (_count_items(turn, "image"), _count_items(turn, "video")) != (images, videos):
+            raise PromptRecordError("image_count_mismatch", f"{rid}: {_count_items(turn, 'image')} image and "
+                                                            f"{_count_items(turn, 'video')} video placeholders in "
+                                                            f"the question, {images} image(s), {videos} video(s)")
         return content, in_order
     numbers = [int(n) - 1 for n in NUMBERED_IMAGE.findall(question)]
     if images and sorted(numbers) == in_order:

@@ -72,6 +72,13 @@ def test_detection_and_declared_format():
     assert detect({"conversations": [{"from": "human", "value": "x"}]}) == "sharegpt"
     assert detect({"images": [], "texts": [{"user": "Q", "assistant": "A", "source": "x"}]}) == "cauldron"
     assert detect({"images": [], "texts": ["an OBELICS text", None]}) == "ponder"
+    html = to_ponder({"images": ["a.png"], "texts": [{"user": "Write it", "assistant": "<video src='v'></video>"}]})
+    assert html["messages"] == [{"role": "user", "content": [{"type": "image", "image": "a.png"},
+                                                             {"type": "text", "text": "Write it"}]},
+                                {"role": "assistant", "content": [{"type": "text", "text": "<video src='v'></video>"}]}]
+    with pytest.raises(BadSample, match="pairs") as err:
+        to_ponder({"images": ["a.png"], "texts": [{"user": None, "assistant": "A"}]})
+    assert err.value.reason == "malformed_chat"
     assert detect({"messages": [{"from": "human", "value": "x"}], "images": ["a.png"]}) == "sharegpt"
     assert detect({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "a"}}]}]}) == "openai"
     plain = {"messages": [{"role": "user", "content": "hi <image>"}, {"role": "assistant", "content": "x"}]}

@@ -207,6 +207,20 @@ def test_options_one_per_column_and_hints_are_read(sets, renderer):
                                                       ("The shape is round.\nWhich shape is shown?", "circle")]
 
 
+@pytest.mark.parametrize("row, options, question", [
+    ({"A": 3, "B": 4.5, "C": float("nan")}, {"A": "3", "B": "4.5"}, "Q?"),  # numbers are options, NaN is none
+    ({"A": None, "B": "nan"}, None, "Q?"),  # nothing left: no options at all
+    ({"choice_A": "x", "choice_B": "y", "hint": "h", "context": "c"}, {"A": "x", "B": "y"}, "c\nQ?"),
+    ({"hint": 5}, None, "Q?"),  # not text: stays in info
+])
+def test_option_columns_and_context_nobody_showed(row, options, question):
+    from data_pipelines.prompt_columns import normalize_row
+
+    out = normalize_row({"question": "Q?", "answer": "A", **row}, 0, PromptLayout())
+    assert out.get("options") == options and out["question"] == question
+    assert ("hint" in out) == (row.get("hint") == "h") and ("context" in out) == (row.get("hint") == 5)
+
+
 def test_aokvqa_direct_answers_or_its_choice(sets):
     """A-OKVQA has no `answer`: its ten direct answers are each accepted, or its choice index is the answer."""
     from stages.rl.rewards.scoring import score
