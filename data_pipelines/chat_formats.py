@@ -28,6 +28,7 @@ CHAT_FORMATS = ("auto", "ponder", "sharegpt", "llava", "openai", "cauldron")
 PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
 PLACEHOLDERS = re.compile(f"({PLACEHOLDER}|{VIDEO_PLACEHOLDER})")
+MEDIA_ITEMS = ("image", "video", "image_url", "input_image")
 ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
                 "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
 
@@ -68,8 +69,8 @@ def detect(record: dict) -> str:
     """`sharegpt` (also LLaVA: `conversations` or from/value turns), `cauldron` (`texts` of user /
     assistant pairs), `openai` (messages with image_url items, `<image>` placeholders or top-level
     images) or `ponder`."""
-    if isinstance(record.get("conversations"), list):
-        return "sharegpt"
+    if isinstance(record.get("conversations"), list) or isinstance(record.get("conversation"), list):
+        return "sharegpt"  # Mantis-Instruct names it `conversation`
     if _cauldron_pairs(record.get("texts")):
         return "cauldron"
     turns = record.get("messages")
@@ -123,10 +124,13 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
     else:
         turns = record.get("conversations") if fmt in ("sharegpt", "llava") else record.get("messages")
     if not isinstance(turns, list) and fmt in ("sharegpt", "llava"):
-        turns = record.get("messages")  # ShareGPT turns under `messages` (LLaMA-Factory)
+        # Mantis-Instruct's `conversation`; ShareGPT turns under `messages` (LLaMA-Factory)
+        turns = next((t for t in (record.get("conversation"), record.get("messages")) if isinstance(t, list)), None)
     if not isinstance(turns, list) or not turns:
         raise UnknownChatLayout(f"{key}: no {fmt} turns")
     media = _Media(_top_media(record, "image"), _top_media(record, "video"), key)
+    if not _marks_media(turns):  # no placeholder anywhere: the media go before the first user text
+        turns = _media_first(turns, media)
     image_is_video = image_mark_is_video([str(_content(t)) for t in turns if isinstance(t, dict)],
                                          len(media.given["image"]), len(media.given["video"]))
     messages = []
@@ -148,9 +152,36 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
         else:
             messages.append({"role": role, "content": content})  # the renderer reports it
     media.check_all_used()
-    layout_fields = ("conversations", "messages", "images", "image", "videos", "video", "system")
+    layout_fields = ("conversations", "conversation", "messages", "images", "image", "videos", "video", "system")
     out = {k: v for k, v in record.items() if k not in layout_fields and not (k == "texts" and fmt == "cauldron")}
     return {**out, "messages": messages}
+
+
+def _marks_media(turns: list) -> bool:
+    """Whether any turn places media: a placeholder in its text, or a media item."""
+    for turn in turns:
+        content = _content(turn) if isinstance(turn, dict) else None
+        if isinstance(content, str) and PLACEHOLDERS.search(content):
+            return True
+        if isinstance(content, list) and any(isinstance(i, dict) and i.get("type") in MEDIA_ITEMS for i in content):
+            return True
+    return False
+
+
+def _media_first(turns: list, media: "_Media") -> list:
+    """The turns with the record's images and videos before the first user text (InternVL's rule
+    for records without placeholders; Idefics2 and SmolVLM train on the Cauldron so)."""
+    count = {kind: len(items) for kind, items in media.given.items()}
+    if not any(count.values()):
+        return turns
+    for i, turn in enumerate(turns):
+        if isinstance(turn, dict) and ROLE_ALIASES.get(turn.get("role") or turn.get("from")) == "user":
+            content = _content(turn)
+            items = content if isinstance(content, list) else (
+                [{"type": "text", "text": content}] if isinstance(content, str) and content.strip() else [])
+            placed = [{"type": kind} for kind in ("image", "video") for _ in range(count[kind])]
+            return [*turns[:i], {**turn, "content": placed + items, "value": None}, *turns[i + 1:]]
+    return turns  # no user turn: the media stay unplaced (a counted mismatch)
 
 
 def _cauldron_pairs(texts: Any) -> bool:
@@ -160,17 +191,15 @@ def _cauldron_pairs(texts: Any) -> bool:
 
 def _cauldron_turns(record: dict, key: str) -> list[dict]:
     """The Cauldron's user / assistant pairs as turns. Without an `<image>` in its user texts (the
-    Cauldron has none), the record's images go before the first user text, and the texts are
-    taken as they are (an HTML answer's `<video>` tag is text)."""
+    Cauldron has none) the texts are taken as they are (an HTML answer's `<video>` tag is text),
+    and the images go before the first user text."""
     pairs = record.get("texts")
     if not _cauldron_pairs(pairs) or not all(isinstance(p[r], str) for p in pairs for r in ("user", "assistant")):
         raise UnknownChatLayout(f"{key}: `texts` is not a list of user / assistant text pairs")
     if any(PLACEHOLDER in pair["user"] for pair in pairs):
         return [{"role": role, "content": pair[role]} for pair in pairs for role in ("user", "assistant")]
-    turns = [{"role": role, "content": [{"type": "text", "text": pair[role]}] if pair[role].strip() else []}
-             for pair in pairs for role in ("user", "assistant")]
-    turns[0]["content"] = [{"type": "image"} for _ in _top_media(record, "image")] + turns[0]["content"]
-    return turns
+    return [{"role": role, "content": [{"type": "text", "text": pair[role]}] if pair[role].strip() else []}
+            for pair in pairs for role in ("user", "assistant")]
 
 
 class _Media:

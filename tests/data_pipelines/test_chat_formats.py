@@ -68,6 +68,24 @@ def test_cauldron_layout_renders_as_ponders_record(layouts, chat):
         same(doc, reference[key])
 
 
+@pytest.mark.parametrize("record", [
+    {"id": "x", "image": "a.png", "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},
+    {"id": "x", "images": [{"bytes": None, "path": "a.png"}],  # Mantis-Instruct: `conversation`, role / content
+     "conversation": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]},
+    {"id": "x", "images": ["a.png"], "messages": [{"role": "system", "content": "S"},
+                                                  {"role": "user", "content": [{"type": "text", "text": "Q"}]},
+                                                  {"role": "assistant", "content": "A"}]},
+])
+def test_media_without_placeholders_go_before_the_first_user_text(record):
+    """LLaVA-OneVision's and InternVL's records without `<image>`: the images go first, as InternVL's
+    loader and the Cauldron's trainers put them."""
+    turns = [t for t in to_ponder(record, "auto", "x")["messages"] if t["role"] != "system"]
+    image = record["image"] if "image" in record else record["images"][0]
+    assert [t["role"] for t in turns] == ["user", "assistant"]
+    assert turns[0]["content"][0] == {"type": "image", "image": image}
+    assert turns[0]["content"][1:] == [{"type": "text", "text": "Q"}]
+
+
 def test_detection_and_declared_format():
     assert detect({"conversations": [{"from": "human", "value": "x"}]}) == "sharegpt"
     assert detect({"images": [], "texts": [{"user": "Q", "assistant": "A", "source": "x"}]}) == "cauldron"
@@ -91,7 +109,7 @@ def test_detection_and_declared_format():
 
 @pytest.mark.parametrize("record", [
     {"conversations": [{"from": "human", "value": "<image><image>Q"}, {"from": "gpt", "value": "A"}], "images": ["a.png"]},
-    {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}], "image": "a.png"},
+    {"conversations": [{"from": "human", "value": "Q <image>"}, {"from": "gpt", "value": "A"}], "image": ["a.png", "b.png"]},
     {"messages": [{"role": "user", "content": "<image> Q"}, {"role": "assistant", "content": "A"}], "images": []},
     {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q"}]},
                   {"role": "assistant", "content": "A"}], "images": ["a.png", "b.png"]},
