@@ -3,9 +3,11 @@
 Kinds (each a `reader.SampleSource` plus a sample -> Document function):
 - `interleaved`: ponder's tar shards (`python -m data_pipelines.shards write`);
 - `captions`: img2dataset / LAION / DataComp tar shards, `KEY.jpg` + `KEY.txt` + `KEY.json`: one short
-  document per pair, the image then its caption;
+  document per pair, the image then its caption; or records of an image and a caption (CC3M-style
+  parquet `{image, caption}`, img2dataset's parquet with a `jpg` column);
 - `obelics`: OBELICS-style records (parquet, JSON(L), HF `save_to_disk`) with position-aligned
-  `texts` and `images` lists, exactly one of the two non-null at each position;
+  `texts` and `images` lists, exactly one of the two non-null at each position; MMC4's pages
+  (`text_list`, `image_info`) as the same positions;
 - `text`: plain text records (JSONL / parquet / ...) with a `text` field, for the text-only share.
 Tar paths take directories, globs, brace ranges and webdataset URLs (`pipe:`, `http(s)://`);
 record paths take what `records.RecordShards` reads. Missing data fails at start.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
@@ -23,12 +26,14 @@ from .chat import _media
 from .document import Document, DocumentBuilder
 from .interleaved import InterleavedDocuments, MalformedSample
 from .processor import BadSample, VisionProcessor
-from .reader import MixturePart, ReaderConfig, TarShards, check_usable
+from .reader import REMOTE_PREFIXES, MixturePart, ReaderConfig, TarShards, check_usable
 from .records import FORMATS, RecordShards
 
 KINDS = ("interleaved", "captions", "obelics", "text")
 TAR_KINDS = ("interleaved", "captions")
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+RECORD_SUFFIXES = (".parquet", ".jsonl", ".json", ".arrow")
+CAPTION_FIELDS = ("caption", "txt", "text", "TEXT")  # captions in record files, by default
 
 
 class NoImage(BadSample):
@@ -59,7 +64,8 @@ class SourceConfig:
     kind: str = "interleaved"  # interleaved | captions | obelics | text
     path: str = ""  # tar kinds: dir / glob / brace range / pipe: or http(s):// URL; records: file, dir, glob
     weight: float = 1.0  # share of the documents (relative; normalised over the sources)
-    caption_field: str = "txt"  # captions: "txt" (the KEY.txt member) or a key of KEY.json ("caption")
+    caption_field: str = "txt"  # captions: "txt" (the KEY.txt member) or a key of KEY.json ("caption");
+    # in record files: that column ("txt": the first of caption, txt, text, TEXT)
     text_field: str = "text"  # text: the record field holding the document
     format: str = "auto"  # record kinds: auto | jsonl | parquet | json | disk
     image_root: str | None = None  # obelics: relative image paths resolve here (default: the data dir)
@@ -125,6 +131,41 @@ class CaptionDocuments(InterleavedDocuments):
         return doc.build()
 
 
+class RecordCaptionDocuments(InterleavedDocuments):
+    """An image-caption record (parquet / JSON(L) / `save_to_disk`: CC3M-style `{image, caption}`)
+    -> image, caption, `<|endoftext|>`, as `CaptionDocuments` makes of a tar pair."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, processor: VisionProcessor, caption_field: str = "txt"):
+        super().__init__(tokenizer, processor)
+        self.caption_fields = CAPTION_FIELDS if caption_field == "txt" else (caption_field,)
+
+    def __call__(self, sample: Any) -> Document:
+        record, key, root = _record(sample)
+        image = next((record[f] for f in ("image", *IMAGE_EXTENSIONS) if record.get(f) is not None), None)
+        if image is None:
+            raise NoImage(f"{key}: no image column (image, {', '.join(IMAGE_EXTENSIONS)})")
+        if isinstance(image, str) and image.startswith(("http://", "https://")):
+            raise RemoteImage(f"{key}: the image is a URL; download the images first (e.g. with img2dataset)")
+        caption = next((record[f].strip() for f in self.caption_fields if isinstance(record.get(f), str)), "")
+        if not caption:
+            raise NoCaption(f"{key}: no {' / '.join(self.caption_fields)} caption")
+        doc = DocumentBuilder(str(record.get("id") or key))
+        self.add_image(doc, _media(image, root, key))
+        self.add_text(doc, caption)
+        doc.add_tokens([self.special.eos], train=True)
+        return doc.build()
+
+
+def _names_records(spec: str) -> bool:
+    """Whether a captions path names record files (or a folder of them) rather than tar shards."""
+    if spec.startswith(REMOTE_PREFIXES):
+        return False
+    path = Path(spec)
+    if path.is_dir():
+        return not any(path.glob("*.tar"))
+    return path.suffix in RECORD_SUFFIXES
+
+
 def _caption(sample: dict[str, Any], meta: dict, field_name: str) -> str:
     if field_name == "txt":
         raw = sample.get("txt")
@@ -151,11 +192,15 @@ class ObelicsDocuments(InterleavedDocuments):
     """An OBELICS-style record -> its texts and images in position order, then `<|endoftext|>`.
 
     `texts[i]` and `images[i]` describe position i; exactly one is non-null. An image is bytes, an
-    HF `Image` value (PIL or `{"bytes", "path"}`) or a path (relative to the image root)."""
+    HF `Image` value (PIL or `{"bytes", "path"}`) or a path (relative to the image root). MMC4's
+    records (`text_list`, `image_info`) are read as the same positions (`_mmc4_positions`)."""
 
     def __call__(self, sample: Any) -> Document:
         record, key, root = _record(sample)
-        texts, images = record.get("texts"), record.get("images")
+        if "text_list" in record and "texts" not in record:
+            texts, images = _mmc4_positions(record, key)
+        else:
+            texts, images = record.get("texts"), record.get("images")
         if not isinstance(texts, list) or not isinstance(images, list) or len(texts) != len(images):
             raise MalformedSample(f"{key}: texts and images must be lists of one length")
         doc = DocumentBuilder(str(record.get("id") or key))
@@ -175,6 +220,32 @@ class ObelicsDocuments(InterleavedDocuments):
             raise MalformedSample(f"{key}: empty document")
         doc.add_tokens([self.special.eos], train=True)
         return doc.build()
+
+
+def _mmc4_positions(record: dict, key: str) -> tuple[list, list]:
+    """MMC4's page -> OBELICS positions: its `text_list` sentences joined by spaces, each image of
+    `image_info` ({image_name, matched_text_index, ...}; the file under the image root, or its
+    `image` bytes) before the sentence it was matched to."""
+    sentences, infos = record.get("text_list"), record.get("image_info") or []
+    if not isinstance(sentences, list) or not isinstance(infos, list):
+        raise MalformedSample(f"{key}: text_list and image_info must be lists")
+    before: dict[int, list] = {}
+    for info in infos:
+        index = info.get("matched_text_index") if isinstance(info, dict) else None
+        image = (info.get("image") or info.get("image_name")) if isinstance(info, dict) else None
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(sentences) or not image:
+            raise MalformedSample(f"{key}: an image_info entry needs image_name and a matched_text_index "
+                                  f"within text_list")
+        before.setdefault(index, []).append(image)
+    texts: list = []
+    images: list = []
+    for i, sentence in enumerate(sentences):
+        for image in before.get(i, []):
+            texts.append(None)
+            images.append(image)
+        texts.append(sentence if i == 0 or not isinstance(sentence, str) else " " + sentence)
+        images.append(None)
+    return texts, images
 
 
 class TextDocuments(InterleavedDocuments):
@@ -198,14 +269,15 @@ class TextDocuments(InterleavedDocuments):
 def build_part(cfg: SourceConfig, tokenizer: PreTrainedTokenizerBase, processor: VisionProcessor,
                seed: int = 0, shuffle: bool = True) -> MixturePart:
     """The sample source and document builder of one `data.sources` entry (missing data fails here)."""
-    if cfg.kind in TAR_KINDS:
-        source: Any = TarShards(cfg.path)
+    records = cfg.kind not in TAR_KINDS or (cfg.kind == "captions" and _names_records(cfg.path))
+    if records:
+        source: Any = RecordShards(cfg.path, cfg.records_per_shard, shuffle, seed, cfg.format, cfg.image_root)
     else:
-        source = RecordShards(cfg.path, cfg.records_per_shard, shuffle, seed, cfg.format, cfg.image_root)
+        source = TarShards(cfg.path)
     if cfg.kind == "interleaved":
         documents: Any = InterleavedDocuments(tokenizer, processor)
     elif cfg.kind == "captions":
-        documents = CaptionDocuments(tokenizer, processor, cfg.caption_field)
+        documents = (RecordCaptionDocuments if records else CaptionDocuments)(tokenizer, processor, cfg.caption_field)
     elif cfg.kind == "obelics":
         documents = ObelicsDocuments(tokenizer, processor)
     else:

@@ -130,6 +130,57 @@ def write_obelics_parquet(path: Path, n: int, images: str, seed: int = 0) -> Pat
     return path
 
 
+def write_mmc4_jsonl(root: Path, n: int = 4) -> tuple[Path, Path]:
+    """MMC4 (allenai/mmc4 docs_shard_*.jsonl): `text_list` sentences, `image_info` entries matched to
+    a sentence (images downloaded into a folder by `image_name`), `similarity_matrix`; and the same
+    pages in OBELICS' layout (each image before its matched sentence, sentences joined by a space)."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    mmc4, obelics = [], []
+    for page in range(n):
+        sentences = [f"Sentence {i} of page {page} is about {COLOURS[(page + i) % 6]} things." for i in range(4)]
+        matched = sorted({(page + 1) % 4, (page + 2) % 4} if page % 2 else {(page + 1) % 4})
+        infos = []
+        for j, index in enumerate(matched):
+            name = f"{page:04d}{j}abcdef.jpg"
+            (root / "images" / name).write_bytes(jpeg(COLOURS[index % 6]))
+            infos.append({"image_name": name, "raw_url": f"https://example.com/{page}/{j}.jpg",
+                          "matched_text_index": index, "matched_sim": 0.3, "face_detections": None})
+        mmc4.append({"url": f"https://example.com/page/{page}", "text_list": sentences, "image_info": infos,
+                     "similarity_matrix": [[0.25] * 4 for _ in infos], "could_have_url_duplicate": 0})
+        texts, images = [], []
+        for i, sentence in enumerate(sentences):
+            for info in infos:
+                if info["matched_text_index"] == i:
+                    texts.append(None)
+                    images.append(info["image_name"])
+            texts.append(sentence if i == 0 else " " + sentence)
+            images.append(None)
+        obelics.append({"texts": texts, "images": images})
+    (root / "mmc4").mkdir(exist_ok=True)
+    (root / "obelics").mkdir(exist_ok=True)
+    (root / "mmc4" / "docs_shard_0_v3.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mmc4))
+    (root / "obelics" / "pages.jsonl").write_text("".join(json.dumps(r) + "\n" for r in obelics))
+    return root / "mmc4" / "docs_shard_0_v3.jsonl", root / "obelics" / "pages.jsonl"
+
+
+def write_caption_records(root: Path, n: int = 6) -> dict[str, Path]:
+    """Image-caption pairs as records: CC3M-style parquet (`image` an HF Image, `caption`), and
+    img2dataset's parquet output with the bytes in a `jpg` column and the caption in `caption`."""
+    import datasets
+
+    rows = [{"image": {"bytes": png(COLOURS[i % 6]), "path": None}, "caption": f"a {COLOURS[i % 6]} square",
+             "url": f"https://example.com/{i}.png"} for i in range(n)]
+    (root / "cc3m").mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_list(rows, features=datasets.Features({
+        "image": datasets.Image(), "caption": datasets.Value("string"), "url": datasets.Value("string")})
+    ).to_parquet(str(root / "cc3m" / "train-00000-of-00001.parquet"))
+    (root / "img2dataset_parquet").mkdir(exist_ok=True)
+    datasets.Dataset.from_list([{"key": f"{i:09d}", "jpg": r["image"]["bytes"], "caption": r["caption"],
+                                 "status": "success"} for i, r in enumerate(rows)]
+                               ).to_parquet(str(root / "img2dataset_parquet" / "00000.parquet"))
+    return {"cc3m": root / "cc3m", "img2dataset_parquet": root / "img2dataset_parquet"}
+
+
 def write_text_jsonl(path: Path, n: int, seed: int = 0, field: str = "text") -> Path:
     rng = random.Random(seed)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,9 @@ from data_pipelines.sources import (
 )
 from data_pipelines.synthetic import make_interleaved_corpus
 from tests.public_layouts import (
+    write_caption_records,
     write_img2dataset,
+    write_mmc4_jsonl,
     write_obelics_parquet,
     write_text_jsonl,
 )
@@ -106,6 +108,41 @@ def test_obelics_parquet(data, tokenizer, layout):
         decoded = tokenizer.decode([t for t, m in zip(doc.input_ids.tolist(), doc.mm_token_type_ids.tolist()) if m == 0])
         for text in filter(None, row["texts"]):
             assert text in decoded
+
+
+@pytest.mark.parametrize("layout", ["cc3m", "img2dataset_parquet"])
+def test_caption_records(tokenizer, tmp_path, layout):
+    """Image-caption pairs in parquet train as the same image + caption documents as tar pairs."""
+    path = write_caption_records(tmp_path)[layout]
+    docs, skipped = read_all(build_part(SourceConfig(name="c", kind="captions", path=str(path), records_per_shard=3),
+                                        tokenizer, PROCESSOR), tokenizer)
+    assert not skipped and len(docs) == 6 and all(len(d.images) == 1 for d in docs)
+    texts = sorted(tokenizer.decode(d.input_ids[d.mm_token_type_ids == 0].tolist()) for d in docs)
+    assert texts == sorted(f"<|begin_of_image|><|end_of_image|>a {c} square<|endoftext|>"
+                           for c in ["red", "green", "blue", "yellow", "purple", "orange"])
+    with pytest.raises(ValueError, match="no_caption: "):  # a column that is not there
+        build_part(SourceConfig(name="c", kind="captions", path=str(path), caption_field="alt"), tokenizer, PROCESSOR)
+
+
+def test_mmc4_pages_read_as_their_obelics_positions(tokenizer, tmp_path):
+    """MMC4's sentences and matched images train as the same page in OBELICS' layout."""
+    mmc4, obelics = write_mmc4_jsonl(tmp_path)
+    images = str(tmp_path / "images")
+    got, skipped = read_all(build_part(SourceConfig(name="m", kind="obelics", path=str(mmc4), image_root=images),
+                                       tokenizer, PROCESSOR), tokenizer)
+    want, _ = read_all(build_part(SourceConfig(name="o", kind="obelics", path=str(obelics), image_root=images),
+                                  tokenizer, PROCESSOR), tokenizer)
+    got, want = (sorted(docs, key=lambda d: d.input_ids.tolist()) for docs in (got, want))  # pages, in one order
+    assert not skipped and len(got) == len(want) == 4 and sorted(len(d.images) for d in got) == [1, 1, 2, 2]
+    for a, b in zip(got, want):
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.loss_mask, b.loss_mask)
+        assert all(torch.equal(x.pixel_values, y.pixel_values) for x, y in zip(a.images, b.images))
+    from data_pipelines.processor import BadSample
+    from data_pipelines.sources import _mmc4_positions
+
+    with pytest.raises(BadSample, match="matched_text_index") as err:  # an image matched past the last sentence
+        _mmc4_positions({"text_list": ["a"], "image_info": [{"image_name": "x.jpg", "matched_text_index": 3}]}, "k")
+    assert err.value.reason == "malformed_sample"
 
 
 def test_obelics_as_published_with_urls_stops_at_start(data, tokenizer):
