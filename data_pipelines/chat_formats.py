@@ -1,7 +1,7 @@
 """Chat records in the layouts SFT data is published in -> ponder's `messages` (docs/data.md).
 
 - ShareGPT: `{"conversations": [{"from": "human" | "gpt" | "system", "value": str}], "images": [...]}`
-  (or one `image`), each `<image>` in a value standing for the next image;
+  (or one `image`; Mantis-Instruct: `conversation`), each `<image>` in a value standing for the next image;
 - LLaVA: the same with `human` / `gpt` and one `image` path (llava_instruct_150k.json, a JSON array);
 - OpenAI: `{"messages": [{"role", "content": str | [{"type": "text" | "image_url" | "image", ...}]}]}`
   (also the Responses API's `input_text` / `input_image`),
@@ -12,7 +12,9 @@
   no placeholders: the images go before the first user text (as Idefics2 and SmolVLM train on it);
 - ponder: OpenAI's shape with `{"type": "image", "image": IMG}` items (chat.py), passed through.
 
-A record whose placeholders and images disagree raises `ImageMismatch` (counted `image_mismatch`).
+A record with media and no placeholder at all has them before its first user text (InternVL's
+rule); one whose placeholders and media disagree in number raises `ImageMismatch` (counted
+`image_mismatch`).
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def detect(record: dict) -> str:
     """`sharegpt` (also LLaVA: `conversations` or from/value turns), `cauldron` (`texts` of user /
     assistant pairs), `openai` (messages with image_url items, `<image>` placeholders or top-level
     images) or `ponder`."""
-    if isinstance(record.get("conversations"), list) or isinstance(record.get("conversation"), list):
+    if isinstance(record.get("conversations"), list) or (isinstance(record.get("conversation"), list)
+                                                         and not isinstance(record.get("messages"), list)):
         return "sharegpt"  # Mantis-Instruct names it `conversation`
     if _cauldron_pairs(record.get("texts")):
         return "cauldron"
@@ -92,6 +95,12 @@ def _needs_conversion(content: Any) -> bool:
                                             or (i.get("type") in ("image", "video") and i.get(i["type"]) is None))
                    for i in content)
     return False
+
+
+def _role(turn: dict) -> Any:
+    """A turn's role, `role` or ShareGPT's `from`, with ShareGPT's names mapped (`human` -> user)."""
+    role = turn.get("role") if turn.get("role") is not None else turn.get("from")
+    return ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
 
 
 def _content(turn: dict) -> Any:
@@ -119,13 +128,7 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
         fmt = detect(record)
     if fmt == "ponder":
         return record
-    if fmt == "cauldron":
-        turns = _cauldron_turns(record, key)
-    else:
-        turns = record.get("conversations") if fmt in ("sharegpt", "llava") else record.get("messages")
-    if not isinstance(turns, list) and fmt in ("sharegpt", "llava"):
-        # Mantis-Instruct's `conversation`; ShareGPT turns under `messages` (LLaMA-Factory)
-        turns = next((t for t in (record.get("conversation"), record.get("messages")) if isinstance(t, list)), None)
+    turns, turns_from = _turns(record, fmt, key)
     if not isinstance(turns, list) or not turns:
         raise UnknownChatLayout(f"{key}: no {fmt} turns")
     media = _Media(_top_media(record, "image"), _top_media(record, "video"), key)
@@ -140,8 +143,7 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
     for turn in turns:
         if not isinstance(turn, dict):
             raise UnknownChatLayout(f"{key}: a turn is not an object")
-        role = turn.get("role") if turn.get("role") is not None else turn.get("from")
-        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
+        role = _role(turn)
         content = _content(turn)
         if isinstance(content, str) and PLACEHOLDERS.search(content):
             items = placeholder_items(content, image_is_video)
@@ -152,9 +154,19 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
         else:
             messages.append({"role": role, "content": content})  # the renderer reports it
     media.check_all_used()
-    layout_fields = ("conversations", "conversation", "messages", "images", "image", "videos", "video", "system")
-    out = {k: v for k, v in record.items() if k not in layout_fields and not (k == "texts" and fmt == "cauldron")}
+    layout_fields = ("conversations", "messages", "images", "image", "videos", "video", "system", turns_from)
+    out = {k: v for k, v in record.items() if k not in layout_fields}
     return {**out, "messages": messages}
+
+
+def _turns(record: dict, fmt: str, key: str) -> tuple[Any, str]:
+    """A record's turns in its layout, and the field they came from."""
+    if fmt == "cauldron":
+        return _cauldron_turns(record, key), "texts"
+    # ShareGPT turns may sit under `messages` (LLaMA-Factory) or `conversation` (Mantis-Instruct)
+    names = ("conversations", "messages", "conversation") if fmt in ("sharegpt", "llava") else ("messages",)
+    name = next((n for n in names if isinstance(record.get(n), list)), names[0])
+    return record.get(name), name
 
 
 def _marks_media(turns: list) -> bool:
@@ -175,10 +187,12 @@ def _media_first(turns: list, media: "_Media") -> list:
     if not any(count.values()):
         return turns
     for i, turn in enumerate(turns):
-        if isinstance(turn, dict) and ROLE_ALIASES.get(turn.get("role") or turn.get("from")) == "user":
+        if isinstance(turn, dict) and _role(turn) == "user":
             content = _content(turn)
+            if not isinstance(content, (str, list)):
+                return turns  # the renderer reports the content
             items = content if isinstance(content, list) else (
-                [{"type": "text", "text": content}] if isinstance(content, str) and content.strip() else [])
+                [{"type": "text", "text": content}] if content.strip() else [])
             placed = [{"type": kind} for kind in ("image", "video") for _ in range(count[kind])]
             return [*turns[:i], {**turn, "content": placed + items, "value": None}, *turns[i + 1:]]
     return turns  # no user turn: the media stay unplaced (a counted mismatch)

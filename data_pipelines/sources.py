@@ -22,7 +22,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from .chat import _media
+from .chat import _media, media_payload
 from .document import Document, DocumentBuilder
 from .interleaved import InterleavedDocuments, MalformedSample
 from .processor import BadSample, VisionProcessor
@@ -32,7 +32,6 @@ from .records import FORMATS, RecordShards
 KINDS = ("interleaved", "captions", "obelics", "text")
 TAR_KINDS = ("interleaved", "captions")
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
-RECORD_SUFFIXES = (".parquet", ".jsonl", ".json", ".arrow")
 CAPTION_FIELDS = ("caption", "txt", "text", "TEXT")  # captions in record files, by default
 
 
@@ -68,7 +67,7 @@ class SourceConfig:
     # in record files: that column ("txt": the first of caption, txt, text, TEXT)
     text_field: str = "text"  # text: the record field holding the document
     format: str = "auto"  # record kinds: auto | jsonl | parquet | json | disk
-    image_root: str | None = None  # obelics: relative image paths resolve here (default: the data dir)
+    image_root: str | None = None  # record kinds: relative image paths resolve here (default: the data dir)
     records_per_shard: int = 256  # record kinds: records per virtual shard (the unit dealt to streams)
 
     def __post_init__(self) -> None:
@@ -124,6 +123,9 @@ class CaptionDocuments(InterleavedDocuments):
         caption = _caption(sample, meta, self.caption_field)
         if not caption:
             raise NoCaption(f"{key}: no {self.caption_field} caption")
+        return self.pair_document(key, image, caption)
+
+    def pair_document(self, key: str, image: Any, caption: str) -> Document:
         doc = DocumentBuilder(key)
         self.add_image(doc, image)
         self.add_text(doc, caption)
@@ -131,39 +133,45 @@ class CaptionDocuments(InterleavedDocuments):
         return doc.build()
 
 
-class RecordCaptionDocuments(InterleavedDocuments):
-    """An image-caption record (parquet / JSON(L) / `save_to_disk`: CC3M-style `{image, caption}`)
-    -> image, caption, `<|endoftext|>`, as `CaptionDocuments` makes of a tar pair."""
+class RecordCaptionDocuments(CaptionDocuments):
+    """An image-caption record (parquet / JSON(L) / `save_to_disk`: CC3M-style `{image, caption}`,
+    img2dataset's parquet output) -> the same document as a tar pair."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, processor: VisionProcessor, caption_field: str = "txt"):
-        super().__init__(tokenizer, processor)
+        super().__init__(tokenizer, processor, caption_field)
         self.caption_fields = CAPTION_FIELDS if caption_field == "txt" else (caption_field,)
 
     def __call__(self, sample: Any) -> Document:
         record, key, root = _record(sample)
-        image = next((record[f] for f in ("image", *IMAGE_EXTENSIONS) if record.get(f) is not None), None)
+        if record.get("status") not in (None, "success"):  # img2dataset keeps its failures as rows
+            raise FailedDownload(f"{key}: status {record.get('status')!r}")
+        image = next((media_payload(record[f]) for f in ("image", *IMAGE_EXTENSIONS)
+                      if media_payload(record.get(f)) is not None), None)
         if image is None:
-            raise NoImage(f"{key}: no image column (image, {', '.join(IMAGE_EXTENSIONS)})")
-        if isinstance(image, str) and image.startswith(("http://", "https://")):
-            raise RemoteImage(f"{key}: the image is a URL; download the images first (e.g. with img2dataset)")
-        caption = next((record[f].strip() for f in self.caption_fields if isinstance(record.get(f), str)), "")
+            raise NoImage(f"{key}: no image in the columns image, {', '.join(IMAGE_EXTENSIONS)}")
+        _refuse_remote(image, key)
+        texts = [record.get(f) for f in self.caption_fields]
+        caption = next((t.strip() for t in texts if isinstance(t, str) and t.strip()), "")
         if not caption:
-            raise NoCaption(f"{key}: no {' / '.join(self.caption_fields)} caption")
-        doc = DocumentBuilder(str(record.get("id") or key))
-        self.add_image(doc, _media(image, root, key))
-        self.add_text(doc, caption)
-        doc.add_tokens([self.special.eos], train=True)
-        return doc.build()
+            raise NoCaption(f"{key}: no non-empty text in {' / '.join(self.caption_fields)}")
+        return self.pair_document(str(record.get("id") or key), _media(image, root, key), caption)
 
 
-def _names_records(spec: str) -> bool:
+def _refuse_remote(image: Any, key: str) -> None:
+    if isinstance(image, str) and image.startswith(("http://", "https://")):
+        raise RemoteImage(f"{key}: {image[:80]} is a URL; download the images first")
+
+
+def _names_records(cfg: SourceConfig) -> bool:
     """Whether a captions path names record files (or a folder of them) rather than tar shards."""
-    if spec.startswith(REMOTE_PREFIXES):
+    if cfg.format != "auto":
+        return True
+    if cfg.path.startswith(REMOTE_PREFIXES):
         return False
-    path = Path(spec)
+    path = Path(cfg.path)
     if path.is_dir():
-        return not any(path.glob("*.tar"))
-    return path.suffix in RECORD_SUFFIXES
+        return not any(path.rglob("*.tar"))
+    return path.suffix in tuple(f".{f}" for f in FORMATS if f not in ("auto", "disk"))
 
 
 def _caption(sample: dict[str, Any], meta: dict, field_name: str) -> str:
@@ -212,9 +220,7 @@ class ObelicsDocuments(InterleavedDocuments):
                     raise MalformedSample(f"{key}: texts[{i}] is not a string")
                 self.add_text(doc, text)
                 continue
-            url = image.get("path") if isinstance(image, dict) and not image.get("bytes") else image
-            if isinstance(url, str) and url.startswith(("http://", "https://")):
-                raise RemoteImage(f"{key}: images[{i}] is a URL; download the images first")
+            _refuse_remote(media_payload(image), f"{key}: images[{i}]")
             self.add_image(doc, _media(image, root, key))
         if not doc.ids:
             raise MalformedSample(f"{key}: empty document")
@@ -232,7 +238,7 @@ def _mmc4_positions(record: dict, key: str) -> tuple[list, list]:
     before: dict[int, list] = {}
     for info in infos:
         index = info.get("matched_text_index") if isinstance(info, dict) else None
-        image = (info.get("image") or info.get("image_name")) if isinstance(info, dict) else None
+        image = (media_payload(info.get("image")) or info.get("image_name")) if isinstance(info, dict) else None
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(sentences) or not image:
             raise MalformedSample(f"{key}: an image_info entry needs image_name and a matched_text_index "
                                   f"within text_list")
@@ -269,7 +275,7 @@ class TextDocuments(InterleavedDocuments):
 def build_part(cfg: SourceConfig, tokenizer: PreTrainedTokenizerBase, processor: VisionProcessor,
                seed: int = 0, shuffle: bool = True) -> MixturePart:
     """The sample source and document builder of one `data.sources` entry (missing data fails here)."""
-    records = cfg.kind not in TAR_KINDS or (cfg.kind == "captions" and _names_records(cfg.path))
+    records = cfg.kind not in TAR_KINDS or (cfg.kind == "captions" and _names_records(cfg))
     if records:
         source: Any = RecordShards(cfg.path, cfg.records_per_shard, shuffle, seed, cfg.format, cfg.image_root)
     else:

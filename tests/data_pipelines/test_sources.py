@@ -124,6 +124,23 @@ def test_caption_records(tokenizer, tmp_path, layout):
         build_part(SourceConfig(name="c", kind="captions", path=str(path), caption_field="alt"), tokenizer, PROCESSOR)
 
 
+def test_caption_records_nobody_showed(tokenizer, tmp_path):
+    """img2dataset's parquet keeps failed downloads as rows; an empty image dict falls through to
+    the next image column, a blank caption to the next caption column, a URL is remote."""
+    import datasets
+
+    from tests.public_layouts import png
+
+    rows = [{"image": None, "jpg": png("red"), "caption": " ", "text": "a red square", "status": "success"},
+            {"image": None, "jpg": None, "caption": None, "text": None, "status": "failed_to_download"},
+            {"image": "https://example.com/a.png", "jpg": None, "caption": "a", "text": None, "status": "success"}]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "pairs.parquet"))
+    docs, skipped = read_all(build_part(SourceConfig(name="c", kind="captions", path=str(tmp_path / "pairs.parquet")),
+                                        tokenizer, PROCESSOR), tokenizer)
+    assert skipped == {"failed_download": 1, "remote_image": 1} and len(docs) == 1
+    assert tokenizer.decode(docs[0].input_ids[docs[0].mm_token_type_ids == 0].tolist()).endswith("a red square<|endoftext|>")
+
+
 def test_mmc4_pages_read_as_their_obelics_positions(tokenizer, tmp_path):
     """MMC4's sentences and matched images train as the same page in OBELICS' layout."""
     mmc4, obelics = write_mmc4_jsonl(tmp_path)
