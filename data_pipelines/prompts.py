@@ -154,11 +154,11 @@ def _question_content(rid: str, question: Any, images: int, videos: int) -> tupl
     in_order = list(range(images))
     if PLACEHOLDERS.search(question):
         content = placeholder_items(question, image_mark_is_video([question], images, videos))
-        turn = [{"content": content}]
-        if (_count_items(turn, "image"), _count_items(turn, "video")) != (images, videos):
-            raise PromptRecordError("image_count_mismatch", f"{rid}: {_count_items(turn, 'image')} image and "
-                                                            f"{_count_items(turn, 'video')} video placeholders in "
-                                                            f"the question, {images} image(s), {videos} video(s)")
+        placed = tuple(_count_items([{"content": content}], kind) for kind in ("image", "video"))
+        if placed != (images, videos):
+            raise PromptRecordError("image_count_mismatch", f"{rid}: {placed[0]} image and {placed[1]} video "
+                                                            f"placeholders in the question, {images} image(s), "
+                                                            f"{videos} video(s)")
         return content, in_order
     numbers = [int(n) - 1 for n in NUMBERED_IMAGE.findall(question)]
     if images and sorted(numbers) == in_order:
