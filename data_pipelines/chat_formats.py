@@ -194,7 +194,7 @@ def _media_first(turns: list, media: "_Media") -> list:
             items = content if isinstance(content, list) else (
                 [{"type": "text", "text": content}] if content.strip() else [])
             placed = [{"type": kind} for kind in ("image", "video") for _ in range(count[kind])]
-            return [*turns[:i], {**turn, "content": placed + items, "value": None}, *turns[i + 1:]]
+            return [*turns[:i], {**turn, "content": placed + items}, *turns[i + 1:]]
     return turns  # no user turn: the media stay unplaced (a counted mismatch)
 
 

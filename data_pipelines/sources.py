@@ -145,8 +145,8 @@ class RecordCaptionDocuments(CaptionDocuments):
         record, key, root = _record(sample)
         if record.get("status") not in (None, "success"):  # img2dataset keeps its failures as rows
             raise FailedDownload(f"{key}: status {record.get('status')!r}")
-        image = next((media_payload(record[f]) for f in ("image", *IMAGE_EXTENSIONS)
-                      if media_payload(record.get(f)) is not None), None)
+        payloads = (media_payload(record.get(f)) for f in ("image", *IMAGE_EXTENSIONS))
+        image = next((p for p in payloads if p is not None), None)
         if image is None:
             raise NoImage(f"{key}: no image in the columns image, {', '.join(IMAGE_EXTENSIONS)}")
         _refuse_remote(image, key)
