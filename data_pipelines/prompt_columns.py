@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 ANY_OF = "any_of"  # a ground truth of several accepted answers (stages/rl/rewards/scoring.py)
+VQA_ANSWERS = "vqa_answers"  # the annotators' answers, repeats kept, graded by the VQA accuracy
+ANSWERS_METRICS = {"best": ANY_OF, "vqa": VQA_ANSWERS}
 
 CANDIDATES = {
     "id": ("id", "pid", "uid", "idx", "question_id", "questionId", "index"),
@@ -66,6 +68,13 @@ class PromptLayout:
     domain: Optional[str] = None  # the domain of rows without one (a verifier or rewards.domain_verifiers key)
     mc_to_blank: bool = False  # unique-answer multiple choice -> fill in the blank (options out of the prompt)
     options_in_prompt: bool = False  # list the options ("A. red") under questions that keep them
+    # How a list of annotators' answers (`answers`) grades: "best" (the best grade against any one) or
+    # "vqa" (the VQA accuracy: min(#annotators who gave it / 3, 1), averaged leave-one-out)
+    answers_metric: str = "best"
+
+    def __post_init__(self) -> None:
+        if self.answers_metric not in ANSWERS_METRICS:
+            raise ValueError(f"data.answers_metric must be one of {sorted(ANSWERS_METRICS)}, got {self.answers_metric!r}")
 
 
 def _column(raw: dict, name: str, layout: PromptLayout) -> Optional[str]:
@@ -82,14 +91,17 @@ def _only_text(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
 
 
-def _any_of(answers: Any) -> Any:
+def _any_of(answers: Any, metric: str = "best") -> Any:
     """A list of accepted answers (strings or numbers, or VQAv2's {"answer": ...} dicts) as
-    {"any_of": [...]}, each once; None when no item is one (the row then counts as missing_answer)."""
+    {"any_of": [...]}, each once, or, for the VQA metric, {"vqa_answers": [...]} with repeats (they
+    are the votes); None when no item is one (the row then counts as missing_answer)."""
     if not isinstance(answers, list):
         return answers
     texts = [a.get("answer") if isinstance(a, dict) else a for a in answers]
     kept = [str(t) for t in texts if isinstance(t, (str, int, float)) and not isinstance(t, bool)]
-    return {ANY_OF: list(dict.fromkeys(kept))} if kept else None
+    if not kept:
+        return None
+    return {ANY_OF: list(dict.fromkeys(kept))} if metric == "best" else {VQA_ANSWERS: kept}
 
 
 def _value(raw: dict, column: str) -> Any:
@@ -127,7 +139,7 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
     elif isinstance(out.get("id"), int) and not isinstance(out["id"], bool):
         out["id"] = str(out["id"])
     if _column(raw, "answer", layout) in ANY_OF_COLUMNS:
-        out["answer"] = _any_of(out.get("answer"))
+        out["answer"] = _any_of(out.get("answer"), layout.answers_metric)
     if out.get("domain") is None and layout.domain:
         out["domain"] = layout.domain
     question = out.get("question")

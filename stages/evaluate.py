@@ -76,6 +76,7 @@ class EvalDataConfig(PromptLayout):
     max_prompts: Optional[int] = None  # per set: only the first N usable records (quick looks); None: all
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_prompt_tokens < 1:
             raise ValueError(f"data.max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
         if self.max_prompts is not None and self.max_prompts < 1:

@@ -198,6 +198,48 @@ def test_ocr_padding_the_answer_costs_reward():
     assert reward("ocr", "zzzz", gold) == 0.0
 
 
+@pytest.mark.parametrize("box, gold", [
+    ("The dog.", "dog"), ("two", "2"), ("100,978", "100978"), ("dont", "don't"), ("T-shirt", "t shirt"),
+    ("Yes!", "yes"), ("an apple", "apple"), ("3.", "3"), ("2:50 PM", "2:50 pm"), ("none", "0"),
+])
+def test_vqa_answers_match_after_the_official_processing(box, gold):
+    assert reward("vqa", box, gold) == 1.0
+
+
+@pytest.mark.parametrize("box, gold", [
+    ("2.5", "25"), ("girl's", "girls"), ("dogs", "dog"), ("stop sign", "stop"), ("10:30", "1030"), ("eleven", "11"),
+])
+def test_vqa_answers_that_differ_after_processing_score_0(box, gold):
+    assert reward("vqa", box, gold) == 0.0
+
+
+def _reference_vqa_accuracy(answer: str, annotators: list[str]) -> float:
+    """visualqa.org's definition, written out: for each annotator left out, min(#others who gave
+    the answer / 3, 1); the mean over the ten."""
+    from stages.rl.rewards.verifiers.vqa import normalize_vqa_answer as norm
+    accuracies = []
+    for left_out in range(len(annotators)):
+        others = [a for i, a in enumerate(annotators) if i != left_out]
+        accuracies.append(min(1.0, sum(norm(a) == norm(answer) for a in others) / 3))
+    return sum(accuracies) / len(accuracies)
+
+
+def test_vqa_accuracy_over_ten_annotators():
+    """{"vqa_answers": [...]} (TextVQA, VQAv2, VizWiz with data.answers_metric=vqa): 0.3 per agreeing
+    annotator up to three, 1.0 from four (the leave-one-out mean), equal to the definition written out."""
+    assert [reward("vqa", "red", {"vqa_answers": ["red"] * k + ["blue"] * (10 - k)}) for k in range(6)] == \
+        pytest.approx([0.0, 0.3, 0.6, 0.9, 1.0, 1.0])
+    rng = random.Random(0)
+    words = ["stop", "Stop sign", "stop sign", "two", "2", "the sign", "sign", "red"]
+    for _ in range(50):
+        annotators = [rng.choice(words) for _ in range(10)]
+        answer = rng.choice(words)
+        assert reward("vqa", answer, {"vqa_answers": annotators}) == pytest.approx(_reference_vqa_accuracy(answer, annotators))
+    # another verifier decides what agrees: OCR agrees only at a full grade, so a near miss is no vote
+    assert reward("ocr", "Stop", {"vqa_answers": ["Stop"] * 2 + ["Stopp"] * 8}) == pytest.approx(0.6)
+    assert reason("vqa", "x", {"vqa_answers": []}).startswith("bad_ground_truth:vqa_answers")
+
+
 def test_ocr_long_page_is_fast():
     rng = random.Random(1)
     gold = "".join(rng.choice("abcdefghij klmnop") for _ in range(8000))

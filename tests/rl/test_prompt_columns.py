@@ -155,6 +155,28 @@ def test_answers_lists_nobody_showed_keep_their_answers_or_count_as_missing(answ
         assert skipped.value.reason == "missing_answer"
 
 
+def test_vqa_metric_keeps_every_annotators_vote(sets):
+    """data.answers_metric=vqa: the annotators' answers with their repeats (the votes), graded by the
+    VQA accuracy; the default keeps each once and takes the best grade."""
+    from data_pipelines.prompt_columns import normalize_row
+    from stages.rl.rewards import RewardConfig
+    from stages.rl.rewards.scoring import score
+
+    votes = ["Stop", "stop", "stop sign", "STOP SIGN", "red", "red", "red", "red", "octagon", "stop"]
+    vqa, best = (normalize_row({"question": "What does the sign say?", "answers": votes}, 0,
+                               PromptLayout(domain="vqa", answers_metric=metric))["answer"] for metric in ("vqa", "best"))
+    assert vqa == {"vqa_answers": votes} and best == {"any_of": list(dict.fromkeys(votes))}
+    graded = lambda gt, text: score("vqa", f"<think>.</think><answer><|begin_of_box|>{text}<|end_of_box|></answer>",  # noqa: E731
+                                    gt, config=RewardConfig(num_workers=0)).reward
+    assert [graded(vqa, "stop"), graded(vqa, "the stop sign"), graded(vqa, "octagon"), graded(vqa, "red")] == \
+        pytest.approx([0.9, 0.6, 0.3, 1.0])
+    assert graded(best, "octagon") == 1.0  # best-of: one annotator's answer is enough
+    records, skipped = load_prompt_records(sets["docvqa"], PromptLayout(domain="ocr", answers_metric="vqa"))
+    assert not skipped and records[0].answer == {"vqa_answers": ["March 3, 1979", "3/3/79"]}
+    with pytest.raises(ValueError, match="answers_metric"):
+        PromptLayout(answers_metric="anls")
+
+
 def test_mathvision_reads_the_decoded_image_and_keeps_vision_only_rows(sets, renderer):
     """MathVision's `image` is a path inside the hub repo; `decoded_image` holds the pixels. A row
     whose question is empty (MathVerse's "Vision Only") is its image alone."""

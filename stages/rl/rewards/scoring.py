@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from data_pipelines.prompt_columns import ANY_OF
+from data_pipelines.prompt_columns import ANY_OF, VQA_ANSWERS
 
 from .config import RewardConfig
 from .gate import FormatError, Parsed, answer_outside_box, parse_response
@@ -65,11 +65,13 @@ def _fail(config: RewardConfig, reason: str) -> RewardResult:
 
 def _run_verifier(verifier: Verifier, graded: str, ground_truth: Any, config: RewardConfig,
                   info: Mapping[str, Any]) -> Verdict | RewardResult:
-    if isinstance(ground_truth, dict) and set(ground_truth) == {ANY_OF}:
-        accepted = ground_truth[ANY_OF]
+    several = isinstance(ground_truth, dict) and len(ground_truth) == 1 and next(iter(ground_truth))
+    if several in (ANY_OF, VQA_ANSWERS):
+        accepted = ground_truth[several]
         if not isinstance(accepted, list) or not accepted:
-            return RewardResult(config.min_reward, True, graded, "bad_ground_truth:any_of must be a non-empty list")
-        grade = lambda: _best_of(verifier, graded, accepted, config, info)  # noqa: E731
+            return RewardResult(config.min_reward, True, graded, f"bad_ground_truth:{several} must be a non-empty list")
+        combine = _best_of if several == ANY_OF else _vqa_accuracy
+        grade = lambda: combine(verifier, graded, accepted, config, info)  # noqa: E731
     else:
         grade = lambda: verifier(graded, ground_truth, config, **info)  # noqa: E731
     try:  # one limit for the whole grade: the reward pool kills a worker past it
@@ -105,6 +107,24 @@ def _best_of(verifier: Verifier, graded: str, accepted: list, config: RewardConf
     if best is None:
         raise first_error  # type: ignore[misc]  # accepted is non-empty: some error was kept
     return best
+
+
+def _vqa_accuracy(verifier: Verifier, graded: str, annotators: list, config: RewardConfig,
+                  info: Mapping[str, Any]) -> Verdict:
+    """The VQA accuracy (visualqa.org): min(#annotators who gave the answer / 3, 1), averaged over
+    the sets that leave one annotator out. An annotator's answer matches when the verifier gives it
+    a full grade; each distinct answer is graded once."""
+    grades: dict[str, bool] = {}
+    for one in map(str, annotators):
+        if one not in grades:
+            grades[one] = _as_verdict(verifier(graded, one, config, **info), graded, config).reward >= 1.0
+    matches = [grades[str(one)] for one in annotators]
+    agreeing = sum(matches)
+    if len(matches) == 1:
+        reward = float(agreeing)
+    else:
+        reward = sum(min(1.0, (agreeing - m) / 3) for m in matches) / len(matches)
+    return Verdict(reward, "correct" if reward >= 1.0 else "partial" if reward > 0 else "wrong")
 
 
 def _as_verdict(out: Any, graded: str, config: RewardConfig) -> Verdict | RewardResult:
