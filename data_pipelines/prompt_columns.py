@@ -47,8 +47,9 @@ _LETTER = re.compile(r"^\(?([A-Za-z])\)?[.:)]?$")
 class PromptColumns:
     """The column holding each field of a prompt record; null: ponder's name, then the common names."""
 
-    # A nested field is a dotted path ("reward_model.ground_truth"); images may name several columns
-    # separated by commas ("image_1,image_2").
+    # A nested field is a dotted path ("reward_model.ground_truth"; into a list of dicts: "answers.answer").
+    # images may name several columns separated by commas ("image_1,image_2"); so may id, whose values
+    # are then joined by "/" (HallusionBench: "set_id,figure_id,question_id"; MME: "question_id,answer").
     id: Optional[str] = None  # default: id, pid, uid, idx, question_id, questionId, index; else the row number
     domain: Optional[str] = None  # default: domain; else data.domain
     question: Optional[str] = None  # default: question, problem, prompt, query (a list of chat turns = messages)
@@ -71,6 +72,11 @@ class PromptLayout:
     # How a list of annotators' answers (`answers`) grades: "best" (the best grade against any one) or
     # "vqa" (the VQA accuracy: min(#annotators who gave it / 3, 1), averaged leave-one-out)
     answers_metric: str = "best"
+    # A list answer in any column is the answers annotators accepted (OCRBench's `answer`); default: only
+    # under `answers` / `direct_answers` (elsewhere a list may be a chart's values or grounding boxes)
+    accepted_answers: bool = False
+    answer_is_index: bool = False  # the answer (an int or digits) is the 0-based index of an option (AI2D)
+    answer_map: dict[str, str] = field(default_factory=dict)  # answer -> gold (HallusionBench: {1: Yes, 0: No})
 
     def __post_init__(self) -> None:
         if self.answers_metric not in ANSWERS_METRICS:
@@ -92,9 +98,12 @@ def _only_text(value: Any) -> bool:
 
 
 def _any_of(answers: Any, metric: str = "best") -> Any:
-    """A list of accepted answers (strings or numbers, or VQAv2's {"answer": ...} dicts) as
-    {"any_of": [...]}, each once, or, for the VQA metric, {"vqa_answers": [...]} with repeats (they
-    are the votes); None when no item is one (the row then counts as missing_answer)."""
+    """A list of accepted answers (strings or numbers, or VQAv2's {"answer": ...} dicts, also as the
+    dict of lists a `Sequence` feature gives) as {"any_of": [...]}, each once, or, for the VQA metric,
+    {"vqa_answers": [...]} with repeats (they are the votes); None when no item is one (the row then
+    counts as missing_answer)."""
+    if isinstance(answers, dict) and isinstance(answers.get("answer"), list):
+        answers = answers["answer"]
     if not isinstance(answers, list):
         return answers
     texts = [a.get("answer") if isinstance(a, dict) else a for a in answers]
@@ -105,12 +114,16 @@ def _any_of(answers: Any, metric: str = "best") -> Any:
 
 
 def _value(raw: dict, column: str) -> Any:
-    """raw[column], or a dotted path into nested objects (`reward_model.ground_truth`)."""
+    """raw[column], or a dotted path into nested objects (`reward_model.ground_truth`), mapped over
+    a list of dicts (`answers.answer`: VQAv2's annotators)."""
     if column in raw:
         return raw[column]
     value: Any = raw
     for part in column.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, list):
+            value = [v.get(part) if isinstance(v, dict) else None for v in value]
+        else:
+            value = value.get(part) if isinstance(value, dict) else None
     return value
 
 
@@ -126,8 +139,12 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         column = _column(raw, name, layout)
         if column is None or column == name:
             continue
-        if "," in column:  # several columns, in order (MMMU's image_1 .. image_7)
-            out[name] = [v for c in column.split(",") if (v := _value(raw, c.strip())) is not None]
+        if "," in column:  # several columns, in order (MMMU's image_1 .. image_7; an id of several parts)
+            parts = [v for c in column.split(",") if (v := _value(raw, c.strip())) is not None]
+            if name == "id":  # its parts stay: they may be fields of their own (MME's answer)
+                out[name] = "/".join(map(str, parts)) if parts else None
+                continue
+            out[name] = parts
             for c in column.split(","):
                 out.pop(c.strip(), None)
         elif column in out:
@@ -138,8 +155,11 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         out["id"] = f"row-{row}"  # HF sets often have no id column: the row number is stable
     elif isinstance(out.get("id"), int) and not isinstance(out["id"], bool):
         out["id"] = str(out["id"])
-    if _column(raw, "answer", layout) in ANY_OF_COLUMNS:
+    answer_column = _column(raw, "answer", layout) or ""
+    if layout.accepted_answers or answer_column.split(".")[0] in ANY_OF_COLUMNS:
         out["answer"] = _any_of(out.get("answer"), layout.answers_metric)
+    if layout.answer_map:
+        out["answer"] = _mapped(out.get("answer"), layout.answer_map)
     if out.get("domain") is None and layout.domain:
         out["domain"] = layout.domain
     question = out.get("question")
@@ -163,17 +183,26 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         out.pop("options", None)
     elif isinstance(out.get("question"), str):
         letters = _lettered(out["options"])
-        index = _answer_index(out.get("answer"), letters) if letters else None
+        index, by = _answer_index(out.get("answer"), letters, layout.answer_is_index) if letters else (None, "")
         if layout.mc_to_blank and index is not None and _unique(letters, index):
             out["question"] = _without_options(out["question"], list(letters.values()))
             out["answer"] = list(letters.values())[index]
             out.pop("options")
         else:
-            if isinstance(out.get("answer"), int) and index is not None:  # ScienceQA's index: the letter
-                out["answer"] = list(letters)[index]  # (the multiple-choice verifier grades letters or texts)
+            if by == "index":  # ScienceQA's, AI2D's index: the letter (the multiple-choice verifier grades
+                out["answer"] = list(letters)[index]  # letters or texts)
             if layout.options_in_prompt and letters:
                 out["question"] = out["question"].rstrip() + "\n" + "\n".join(f"{k}. {v}" for k, v in letters.items())
     return out
+
+
+def _mapped(answer: Any, answer_map: dict[str, str]) -> Any:
+    """The answer (or each accepted answer) through data.answer_map; answers it does not name stay."""
+    if isinstance(answer, dict) and len(answer) == 1 and isinstance(next(iter(answer.values())), list):
+        return {key: [_mapped(a, answer_map) for a in values] for key, values in answer.items()}
+    if isinstance(answer, (str, int, float)) and not isinstance(answer, bool):
+        return answer_map.get(str(answer).strip(), answer)
+    return answer
 
 
 def _given(text: Any) -> bool:
@@ -215,22 +244,23 @@ def _lettered(options: Any) -> dict[str, str]:
     return {}
 
 
-def _answer_index(answer: Any, letters: dict[str, str]) -> Optional[int]:
-    """The option the answer names: its text, its letter ("B", "(B)", "b."), or its 0-based index."""
+def _answer_index(answer: Any, letters: dict[str, str], is_index: bool = False) -> tuple[Optional[int], str]:
+    """The option the answer names and how: by its text, its letter ("B", "(B)", "b.") or its 0-based
+    index (an int; digits that are no option's text; with `is_index`, digits always)."""
     texts = [_norm(v) for v in letters.values()]
     if isinstance(answer, bool) or answer is None:
-        return None
-    if isinstance(answer, int):
-        return answer if 0 <= answer < len(texts) else None
-    answer = str(answer).strip()
-    if texts.count(_norm(answer)) == 1:
-        return texts.index(_norm(answer))
-    match = _LETTER.match(answer)
+        return None, ""
+    digits = str(answer).strip()
+    if isinstance(answer, int) or (is_index and digits.isdigit()):
+        return (int(digits), "index") if 0 <= int(digits) < len(texts) else (None, "")
+    if texts.count(_norm(digits)) == 1:
+        return texts.index(_norm(digits)), "text"
+    match = _LETTER.match(digits)
     if match and match.group(1).upper() in letters:
-        return list(letters).index(match.group(1).upper())
-    if answer.isdigit() and int(answer) < len(texts):
-        return int(answer)
-    return None
+        return list(letters).index(match.group(1).upper()), "letter"
+    if digits.isdigit() and int(digits) < len(texts):
+        return int(digits), "index"
+    return None, ""
 
 
 def _unique(letters: dict[str, str], index: int) -> bool:

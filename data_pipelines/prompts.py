@@ -19,6 +19,7 @@ so grading appends as it goes and a killed grading run resumes where it stopped.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections import Counter
@@ -161,6 +162,9 @@ def _question_content(rid: str, question: Any, images: int, videos: int) -> tupl
                                                             f"{videos} video(s)")
         return content, in_order
     numbers = [int(n) - 1 for n in NUMBERED_IMAGE.findall(question)]
+    if numbers and not (images or videos):  # MMMU's image_1 .. image_7 not read: say so, not text-only
+        raise PromptRecordError("image_count_mismatch", f"{rid}: the question refers to <image {numbers[0] + 1}>, "
+                                                        "the row has no image (data.columns.images names its columns)")
     if images and sorted(numbers) == in_order:
         return placeholder_items(NUMBERED_IMAGE.sub(PLACEHOLDER, question)), numbers
     content = [{"type": "image"} for _ in range(images)] + [{"type": "video"} for _ in range(videos)]
@@ -225,6 +229,11 @@ def load_prompt_records(path: str | Path, layout: PromptLayout | None = None) ->
             continue
         seen.add(record.id)
         records.append(record)
+    if skipped.get("duplicate_id"):  # MME pairs a yes and a no question under one question_id
+        logging.getLogger(__name__).warning(
+            "%s: %d rows skipped, their id already taken by an earlier row; if they are other prompts, "
+            "data.columns.id can join columns into one id (data.columns.id='question_id,answer')",
+            path, skipped["duplicate_id"])
     return records, skipped
 
 

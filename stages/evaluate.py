@@ -47,7 +47,8 @@ from trainer.distributed import DistInfo
 from trainer.logging import log
 from trainer.model import ModelConfig
 
-MEDIA_SKIPS = {"missing_image", "undecodable_image", "bad_video"}  # skip reasons a wrong media column gives
+# skip reasons a wrong media column gives (MMMU's image_1 .. image_7 unread: image_count_mismatch)
+MEDIA_SKIPS = {"missing_image", "undecodable_image", "bad_video", "image_count_mismatch"}
 
 Metrics = dict[str, Any]
 PROMPT_FILE_SUFFIXES = (".jsonl", ".parquet", ".json")  # what load_prompt_records reads (or a directory)

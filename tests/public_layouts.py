@@ -417,6 +417,67 @@ def write_prompt_sets(root: Path) -> dict[str, Path]:
                                     "rationales": datasets.Sequence(text)})
     ).to_parquet(str(root / "aokvqa.parquet"))
     out["aokvqa"] = root / "aokvqa.parquet"
+    out.update(_write_more_eval_sets(root, img))
+    return out
+
+
+def _write_more_eval_sets(root: Path, img) -> dict[str, Path]:
+    """AI2D, MME, HallusionBench, OCRBench, VQAv2, VizWiz and MMMU-Pro as their publishers lay them out."""
+    import datasets
+
+    text, out = datasets.Value("string"), {}
+
+    def write(name: str, rows: list[dict], features: dict) -> None:
+        datasets.Dataset.from_list(rows, features=datasets.Features(features)).to_parquet(str(root / f"{name}.parquet"))
+        out[name] = root / f"{name}.parquet"
+
+    # AI2D (lmms-lab/ai2d): options, answer = the option's 0-based index as text.
+    write("ai2d", [{"question": "Which stage follows the egg?", "options": ["adult", "larva", "pupa", "egg"],
+                    "answer": "1", "image": img("green")},
+                   {"question": "How many legs does it have?", "options": ["8", "6", "1", "4"], "answer": "1",
+                    "image": img("red")}],
+          {"question": text, "options": datasets.Sequence(text), "answer": text, "image": datasets.Image()})
+    # MME (lmms-lab/MME): a yes and a no question per image, both under the image's question_id.
+    write("mme", [{"question_id": "color/0001.jpg", "image": img("red"), "answer": answer, "category": "color",
+                   "question": f"Is the square {colour}? Please answer yes or no."}
+                  for colour, answer in (("red", "Yes"), ("blue", "No"))],
+          {"question_id": text, "image": datasets.Image(), "question": text, "answer": text, "category": text})
+    # HallusionBench (lmms-lab/HallusionBench): question_id counts within a figure; gt_answer "1" / "0".
+    write("hallusionbench", [{"category": "VD", "subcategory": "illusion", "set_id": "0", "figure_id": figure,
+                              "question_id": "0", "question": f"Is figure {figure} red?", "gt_answer": gold,
+                              "gt_answer_details": "", "figure_type": "illusion", "sample_note": "",
+                              "image": img("red") if figure == "0" else None}
+                             for figure, gold in (("0", "1"), ("1", "0"))],
+          {**{k: text for k in ("category", "subcategory", "set_id", "figure_id", "question_id", "question",
+                                "gt_answer", "gt_answer_details", "figure_type", "sample_note")},
+           "image": datasets.Image()})
+    # OCRBench (echo840/OCRBench): `answer` is a list of accepted readings.
+    write("ocrbench", [{"dataset": "docVQA", "question": "What is the date?", "question_type": "Doc-oriented VQA",
+                        "answer": ["3/3/79", "March 3, 1979"], "image": img("white")}],
+          {"dataset": text, "question": text, "question_type": text, "answer": datasets.Sequence(text),
+           "image": datasets.Image()})
+    # VQAv2 (lmms-lab/VQAv2): answers as Sequence({answer, answer_confidence, answer_id}), which
+    # `datasets` reads back as a dict of lists.
+    votes = ["red"] * 9 + ["pink"]
+    write("vqav2", [{"question_id": 1000, "question": "What colour is it?", "image": img("red"),
+                     "answers": {"answer": votes, "answer_confidence": ["yes"] * 10, "answer_id": list(range(1, 11))},
+                     "multiple_choice_answer": "red", "answer_type": "other"}],
+          {"question_id": datasets.Value("int64"), "question": text, "image": datasets.Image(),
+           "answers": datasets.Sequence({"answer": text, "answer_confidence": text, "answer_id": datasets.Value("int64")}),
+           "multiple_choice_answer": text, "answer_type": text})
+    # VizWiz-VQA (lmms-lab/VizWiz-VQA): ten answers as plain strings, "unanswerable" among them.
+    write("vizwiz", [{"question_id": "VizWiz_val_00000000.jpg", "image": img("red"), "question": "What colour is this?",
+                      "answers": ["red"] * 8 + ["dark red", "unanswerable"], "category": "other"}],
+          {"question_id": text, "image": datasets.Image(), "question": text, "answers": datasets.Sequence(text),
+           "category": text})
+    # MMMU-Pro (MMMU/MMMU_Pro, standard): image_1 .. image_7 named by <image N> in the question.
+    write("mmmu_pro", [{"id": "validation_1", "question": "<image 1> Which colour is shown?",
+                        "options": "['red', 'blue']", "explanation": "", "image_1": img("red"),
+                        **{f"image_{i}": None for i in range(2, 8)}, "img_type": "['Photos']", "answer": "A",
+                        "topic_difficulty": "Easy", "subject": "Art"}],
+          {"id": text, "question": text, "options": text, "explanation": text,
+           **{f"image_{i}": datasets.Image() for i in range(1, 8)}, "img_type": text, "answer": text,
+           "topic_difficulty": text, "subject": text})
     return out
 
 

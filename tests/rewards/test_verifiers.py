@@ -83,6 +83,28 @@ def test_math_adversarial_outputs_score_0(box, gold, why):
     assert (r.reward, r.reason) == (0.0, why)
 
 
+@pytest.mark.parametrize("gold", ["60°", "60^\\circ", "60^{\\circ}", "60", 60, "60 \\degree"])
+@pytest.mark.parametrize("box, expected, why", [
+    ("60°", 1.0, "correct"), ("60^\\circ", 1.0, "correct"), ("60^{\\circ}", 1.0, "correct"), ("60", 1.0, "correct"),
+    ("60\\degree", 1.0, "correct"), ("$60^{°}$", 1.0, "correct"), ("\\theta = 60°", 1.0, "correct"),
+    ("30°", 0.0, "wrong"), ("-60°", 0.0, "wrong"),
+    ("about 60°", 0.0, "wrong:hedged(about)"), ("\\approx 60°", 0.0, "wrong:hedged(\\approx)"),
+    ("60° \\text{ or } 120°", 0.0, "wrong:hedged(or)"), ("60° \\pm 1°", 0.0, "wrong:hedged(\\pm)"),
+    ("６０°", 0.0, "wrong:lookalike_digits"),
+    # latex2sympy reads a number after a degree mark as a sum (60° 30' is 90): two answers, not one.
+    ("60° 30", 0.0, "wrong:multiple_answers"), ("30°60'", 0.0, "wrong:multiple_answers"),
+])
+def test_math_degree_sign_reads_as_circ(box, gold, expected, why):
+    r = score("math", respond(box), gold)
+    assert (r.reward, r.reason) == (expected, why)
+
+
+def test_math_degree_mark_after_a_number_stays_two_numbers():
+    assert reason("math", "60° 30", "90") == "wrong:multiple_answers"
+    assert reason("math", "60^\\circ 30", "90") == "wrong:multiple_answers"
+    assert reward("math", "60^\\circ + 30^\\circ", "90") == 1.0  # a written-out sum stays a sum
+
+
 def test_math_answer_outside_the_box_scores_0():
     assert score("math", respond("43", before="The answer is 42, written as "), "42").reward == 0.0
     assert score("math", respond(None, before="\\boxed{42}"), "42").reason == "format:no_box"
@@ -131,6 +153,37 @@ def test_choice_gold_forms_and_multi_select():
     # Without the options, free text after the letter cannot be checked.
     assert reason("multiple_choice", "B. Paris", "B") == "wrong:unverifiable_text"
     assert reason("multiple_choice", "B", "Z", options=OPTIONS).startswith("bad_ground_truth:")
+
+
+@pytest.mark.parametrize("box, gold, expected", [
+    ("Yes", "Yes", 1.0), ("yes", "Yes", 1.0), ("YES", "Yes", 1.0), ("Yes.", "Yes", 1.0), ("**Yes**", "Yes", 1.0),
+    ("\\text{Yes}", "yes", 1.0), ("No", "No", 1.0),
+    ("No", "Yes", 0.0), ("SEY", "Yes", 0.0), ("Y, E, S", "Yes", 0.0), ("Y", "Yes", 0.0), ("Yes, it is", "Yes", 0.0),
+    ("Yes or No", "Yes", 0.0), ("Yes No", "Yes", 0.0), ("A", "Yes", 0.0), ("(A) Yes", "Yes", 0.0),
+    ("Eiffel Tower", "Eiffel Tower", 1.0), ("eiffel  tower.", "Eiffel Tower", 1.0), ("Tower", "Eiffel Tower", 0.0),
+])
+def test_choice_word_gold_without_options_is_an_option_text(box, gold, expected):
+    """MME, POPE, RealWorldQA golds ("Yes", a name) graded with multiple_choice and no options."""
+    r = score("multiple_choice", respond(box), gold)
+    assert (r.reward, r.reason) == (expected, "correct" if expected else "wrong")
+
+
+@pytest.mark.parametrize("box, gold, options, expected", [
+    ("A, C", "AC", OPTIONS, 1.0), ("C and A", "ACD", OPTIONS, 0.0), ("A, C, D", "ACD", OPTIONS, 1.0),
+    ("AC", "AC", OPTIONS, 1.0), ("A", "AC", OPTIONS, 0.0),
+    ("Yes", "Yes", ["Yes", "No"], 1.0), ("A", "Yes", ["Yes", "No"], 1.0), ("B", "Yes", ["Yes", "No"], 0.0),
+    # Without options "AC" is not a letter set: only the same text matches.
+    ("AC", "AC", None, 1.0), ("A, C", "AC", None, 0.0),
+    ("A, C", "A, C", None, 1.0), ("A C", "A C", None, 1.0),  # separated letters stay a letter set
+])
+def test_choice_letter_runs_are_letters_only_against_options(box, gold, options, expected):
+    assert reward("multiple_choice", box, gold, options=options) == expected
+
+
+def test_choice_word_gold_with_options_must_be_an_option():
+    assert reason("multiple_choice", "Yes", "Yes", options=OPTIONS).startswith("bad_ground_truth:")
+    assert reason("multiple_choice", "A", "ABE", options=OPTIONS).startswith("bad_ground_truth:")
+    assert reason("multiple_choice", "A", "  ").startswith("bad_ground_truth:")
 
 
 # Counting ----------------------------------------------------------------------------------------

@@ -177,6 +177,88 @@ def test_vqa_metric_keeps_every_annotators_vote(sets):
         PromptLayout(answers_metric="anls")
 
 
+def boxed(domain: str, text: str, gold, **info) -> float:
+    from stages.rl.rewards import RewardConfig
+    from stages.rl.rewards.scoring import score
+
+    return score(domain, f"<think>.</think><answer><|begin_of_box|>{text}<|end_of_box|></answer>", gold,
+                 config=RewardConfig(num_workers=0), **info).reward
+
+
+def test_answer_given_as_an_option_index_in_text(sets):
+    """AI2D's answer is the option's 0-based index written as text ("1"). Digits that are no option's
+    text are read as the index by default; data.answer_is_index=true reads them so even where an
+    option's text is also a number ("1" among 8, 6, 1, 4 is B, not the option "1")."""
+    guessed, _ = load_prompt_records(sets["ai2d"], PromptLayout(domain="multiple_choice"))
+    indexed, skipped = load_prompt_records(sets["ai2d"], PromptLayout(domain="multiple_choice", answer_is_index=True))
+    assert not skipped and [r.answer for r in guessed] == ["B", "1"] and [r.answer for r in indexed] == ["B", "B"]
+    words, numbers = indexed
+    assert boxed("multiple_choice", "B", numbers.answer, **numbers.info) == 1.0
+    assert boxed("multiple_choice", "C", numbers.answer, **numbers.info) == 0.0
+    assert boxed("multiple_choice", "larva", words.answer, **words.info) == 1.0
+    blanks, _ = load_prompt_records(sets["ai2d"], PromptLayout(domain="science", answer_is_index=True, mc_to_blank=True))
+    assert [r.answer for r in blanks] == ["larva", "6"]
+
+
+def test_ids_joined_from_several_columns_keep_every_prompt(sets, caplog):
+    """MME asks a yes and a no question of each image under one question_id: the second was a
+    duplicate_id skip (a model answering "yes" to all scored 100%), with a warning that names the
+    fix; data.columns.id joins columns into one id, and the columns stay fields."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="data_pipelines.prompts"):
+        alone, skipped = load_prompt_records(sets["mme"], PromptLayout(domain="chart"))
+    assert len(alone) == 1 and skipped == {"duplicate_id": 1} and "data.columns.id=" in caplog.text
+    both, skipped = load_prompt_records(sets["mme"], PromptLayout(domain="chart", columns=PromptColumns(id="question_id,answer")))
+    assert not skipped and [(r.id, r.answer) for r in both] == [("color/0001.jpg/Yes", "Yes"), ("color/0001.jpg/No", "No")]
+    assert both[0].info["question_id"] == "color/0001.jpg"
+
+
+def test_answer_map_turns_labels_into_answers(sets):
+    """HallusionBench's gt_answer is "1" / "0" for yes / no: data.answer_map maps it (on the command
+    line: ++data.answer_map.1=Yes ++data.answer_map.0=No); a row with a null image is text-only."""
+    layout = PromptLayout(domain="chart", answer_map={"1": "Yes", "0": "No"},
+                          columns=PromptColumns(id="set_id,figure_id,question_id", answer="gt_answer"))
+    records, skipped = load_prompt_records(sets["hallusionbench"], layout)
+    assert not skipped and [(r.id, r.answer, len(r.images)) for r in records] == [("0/0/0", "Yes", 1), ("0/1/0", "No", 0)]
+    assert boxed("chart", "yes", records[0].answer) == 1.0 and boxed("chart", "Yes", records[1].answer) == 0.0
+    from data_pipelines.prompt_columns import normalize_row
+
+    mapped = normalize_row({"question": "?", "answers": ["1", "0", "1"]}, 0, PromptLayout(answer_map={"1": "Yes"}))
+    assert mapped["answer"] == {"any_of": ["Yes", "0"]}
+
+
+def test_accepted_answers_in_other_layouts(sets):
+    """OCRBench lists accepted readings under `answer` (data.accepted_answers=true: any list answer
+    is the accepted answers); VQAv2's answers as `datasets` reads a Sequence of dicts (a dict of
+    lists), or named by a dotted path into the list of dicts (answers.answer)."""
+    from data_pipelines.prompt_columns import normalize_row
+
+    plain, _ = load_prompt_records(sets["ocrbench"], PromptLayout(domain="ocr"))
+    accepted, _ = load_prompt_records(sets["ocrbench"], PromptLayout(domain="ocr", accepted_answers=True))
+    assert plain[0].answer == ["3/3/79", "March 3, 1979"] and accepted[0].answer == {"any_of": ["3/3/79", "March 3, 1979"]}
+    assert boxed("ocr", "March 3, 1979", accepted[0].answer) == 1.0
+    (vqa,), skipped = load_prompt_records(sets["vqav2"], PromptLayout(domain="vqa", answers_metric="vqa"))
+    assert not skipped and vqa.id == "1000" and vqa.answer == {"vqa_answers": ["red"] * 9 + ["pink"]}
+    assert (boxed("vqa", "Red", vqa.answer), boxed("vqa", "pink", vqa.answer)) == pytest.approx((1.0, 0.3))
+    row = {"question": "?", "answers": [{"answer": "red", "answer_id": 1}, {"answer": "pink", "answer_id": 2}]}
+    assert normalize_row(row, 0, PromptLayout(columns=PromptColumns(answer="answers.answer")))["answer"] == \
+        {"any_of": ["red", "pink"]}
+    (vizwiz,), _ = load_prompt_records(sets["vizwiz"], PromptLayout(domain="vqa", answers_metric="vqa"))
+    assert boxed("vqa", "Unanswerable", vizwiz.answer) == pytest.approx(0.3)  # one of ten said it
+    assert boxed("vqa", "red", vizwiz.answer) == 1.0
+
+
+def test_numbered_image_references_without_images_are_counted(sets):
+    """MMMU-Pro's image_1 .. image_7 are read only when named; unread, its `<image 1>` rows used to be
+    evaluated text-only. They are now image_count_mismatch skips."""
+    unread, skipped = load_prompt_records(sets["mmmu_pro"], PromptLayout(domain="multiple_choice"))
+    assert not unread and skipped == {"image_count_mismatch": 1}
+    named = PromptLayout(domain="multiple_choice", columns=PromptColumns(images=",".join(f"image_{i}" for i in range(1, 8))))
+    (record,), skipped = load_prompt_records(sets["mmmu_pro"], named)
+    assert not skipped and len(record.images) == 1 and record.info["options"] == ["red", "blue"]
+
+
 def test_mathvision_reads_the_decoded_image_and_keeps_vision_only_rows(sets, renderer):
     """MathVision's `image` is a path inside the hub repo; `decoded_image` holds the pixels. A row
     whose question is empty (MathVerse's "Vision Only") is its image alone."""
@@ -184,9 +266,9 @@ def test_mathvision_reads_the_decoded_image_and_keeps_vision_only_rows(sets, ren
     assert not skipped and [encoded_images(r, renderer, sets["mathvision"].parent) for r in records] == [1, 1]
     assert records[0].messages[0]["content"] == [{"type": "text", "text": "Which number is missing?\n"}, {"type": "image"}]
     assert records[1].messages[0]["content"] == [{"type": "image"}]
-    text_only, skipped = load_prompt_records(sets["mathvision"], PromptLayout(
-        domain="math", columns=PromptColumns(images="nowhere")))
-    assert [r.id for r in text_only] == ["1"] and skipped == {"empty_question": 1}
+    unread, skipped = load_prompt_records(sets["mathvision"], PromptLayout(
+        domain="math", columns=PromptColumns(images="nowhere")))  # neither row can be asked without its image
+    assert not unread and skipped == {"empty_question": 1, "image_count_mismatch": 1}
 
 
 def test_a_datasets_video_column_is_read_without_torchcodec(tmp_path, renderer):

@@ -27,8 +27,10 @@ _ALIAS = re.compile(r"\\(leqslant|leq|geqslant|geq|neq|lt|gt|ldots|cdots|dots)(?
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _WORD = re.compile(r"[a-z]+")
 # Two numbers separated by nothing but spacing: "42 43", "42 \quad 43", "42 \\ 43" (latex2sympy would
-# read the first as the product 42*43, and "2 1" as 2).
-_JUXTAPOSED = re.compile(r"\d(?:\s|\\quad|\\qquad|\\\\|\\ |~|\\;|\\:|\\enspace)+[+-]?\d")
+# read the first as the product 42*43, and "2 1" as 2), or by a degree mark: "60^{\circ} 30" and
+# "60^{\circ}30'" are read as the sum 90.
+_SPACING = r"(?:\s|\\quad|\\qquad|\\\\|\\ |~|\\;|\\:|\\enspace)"
+_JUXTAPOSED = re.compile(rf"\d{_SPACING}+[+-]?\d|\d\s*\^\s*(?:\\circ|\{{\s*\\circ\s*\}}){_SPACING}*[+-]?\d")
 _WRAPPERS = (
     re.compile(r"^\$\$(.*)\$\$$", re.S),
     re.compile(r"^\$(.*)\$$", re.S),

@@ -1,10 +1,12 @@
 """Multiple choice: the boxed letter ("B", "(B)", "B.", "Option B", "B. <option text>") or the exact
 text of one option (needs `options=` in info).
 
-Ground truth: a letter ("B"), several letters for multi-select (["A", "C"] or "A,C"), or, with
-options given, the text of the correct option. Options: a list (A, B, C, ... in order) or a dict
-letter -> text. Anything naming more letters than the gold, a letter plus another option's text,
-or letter + free text when the options are unknown, scores 0. Only ASCII letters count, so a
+Ground truth: a letter ("B"), several letters for multi-select (["A", "C"], "A,C", or "AC" when every
+letter is an option's), or the text of the correct option. Without options, a gold that is not a
+letter or a separated letter list ("Yes", "Paris") is the correct option's text: only that text
+scores 1 (so "YES" is not the letter set {Y, E, S}). Options: a list (A, B, C, ... in order) or a
+dict letter -> text. Anything naming more letters than the gold, a letter plus another option's
+text, or letter + free text when the options are unknown, scores 0. Only ASCII letters count, so a
 Cyrillic 'А' is not 'A'.
 """
 
@@ -25,6 +27,7 @@ _LETTER_ANSWER = re.compile(
 # Each run of spaces has one way to match (no nested optional \s*), so failing inputs stay linear.
 _LETTER_LIST = re.compile(r"[(\[]?[A-Z][)\]]?(?:\s*(?:(?:,|，|;|&|and|or)\s*)?[(\[]?[A-Z][)\]]?)+")
 _GOLD_LIST = re.compile(r"[A-Z](?:\s*(?:[,;&]\s*)?[A-Z])*")
+_LETTER_RUN = re.compile(r"[A-Z]{2}")
 
 
 def _norm(text: str) -> str:
@@ -42,7 +45,8 @@ def _options(info: Mapping[str, Any]) -> dict[str, str]:
     raise GroundTruthError(f"options must be a list or a dict, got {type(options).__name__}")
 
 
-def _gold_letters(ground_truth: Any, options: dict[str, str]) -> frozenset[str]:
+def _gold_letters(ground_truth: Any, options: dict[str, str]) -> frozenset[str] | str:
+    """The gold letter set; without options, a gold that is not letters is returned as its text."""
     if isinstance(ground_truth, (list, tuple, set, frozenset)):
         letters = frozenset(str(x).strip().strip("()").upper() for x in ground_truth)
     elif isinstance(ground_truth, str):
@@ -50,9 +54,14 @@ def _gold_letters(ground_truth: Any, options: dict[str, str]) -> frozenset[str]:
         by_text = [k for k, v in options.items() if _norm(v) == _norm(gold)]
         if len(by_text) == 1 and not (len(gold) == 1 and gold.upper() in options):
             return frozenset(by_text)
-        if not _GOLD_LIST.fullmatch(gold.upper()):
-            raise GroundTruthError(f"multiple-choice gold {ground_truth!r} is not a letter or an option text")
         letters = frozenset(re.findall(r"[A-Z]", gold.upper()))
+        # Adjacent letters ("AC") are a multi-select only against options that have them all: "YES",
+        # "Paris" are words (MME, POPE, RealWorldQA golds), not the letter sets {Y, E, S}, {P, A, R, I, S}.
+        is_run = _LETTER_RUN.search(gold.upper()) is not None
+        if not _GOLD_LIST.fullmatch(gold.upper()) or (is_run and not (options and letters <= options.keys())):
+            if options or not _norm(gold):
+                raise GroundTruthError(f"multiple-choice gold {ground_truth!r} is not a letter or an option text")
+            return ground_truth.strip()
     else:
         raise GroundTruthError(f"multiple-choice gold must be a letter or letters, got {type(ground_truth).__name__}")
     if not letters or any(len(x) != 1 or x not in string.ascii_uppercase for x in letters):
@@ -87,6 +96,10 @@ def _predicted_letters(text: str, options: dict[str, str]) -> frozenset[str] | s
 def verify_choice(answer: str, ground_truth: Any, config: RewardConfig, **info: Any) -> Verdict:  # noqa: ARG001
     options = _options(info)
     gold = _gold_letters(ground_truth, options)
+    if isinstance(gold, str):
+        # The gold is the text of the one option we know: matched like an option text (case, spacing,
+        # wrappers and a final full stop aside), so "SEY" or "Yes, it is" do not match "Yes".
+        return Verdict(1.0, "correct") if _norm(answer) == _norm(gold) else Verdict(0.0, "wrong")
     predicted = _predicted_letters(strip_wrappers(answer), options)
     if isinstance(predicted, str):
         return Verdict(0.0, f"wrong:{predicted}")

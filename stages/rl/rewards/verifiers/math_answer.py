@@ -6,16 +6,19 @@ normaliser: \\frac, \\sqrt, \\pi, intervals, sets, units in \\text{} stripped); 
 math-verify's extraction on purpose: it searches the text for the last parseable expression, so
 "43. Actually 42" would be read as 42. Here the box must hold one answer, and:
 - a hedge the gold does not use ("between", "or", "approximately", \\pm, <, ...) scores 0;
-- numbers separated only by spacing ("42 43", which parses as a product) score 0;
+- numbers separated only by spacing ("42 43", which parses as a product) or a degree mark ("60° 30",
+  a sum) score 0;
 - look-alike digits (fullwidth, Arabic-Indic, bold, superscript) score 0;
 - an equation is accepted only as an assignment `x = value` or `f(2) = value` (math-verify keeps the
   right-hand side of any equation, so "43 = 42" would pass);
+The degree sign (°, \\degree) is read as ^{\\circ} on both sides, so "60°" equals "60^\\circ" and "60".
 No Python eval anywhere: latex2sympy is a grammar-based parser.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -40,6 +43,14 @@ _NORMALIZATION = NormalizationConfig(
 # that no limit is set.
 logging.getLogger("math_verify.grader").addFilter(lambda record: "Timeout is disabled" not in record.getMessage())
 _MINUS = str.maketrans({"\u2212": "-"})  # the typographic minus is a rendering of '-', not a look-alike
+# The degree sign (°, \degree, also as an exponent) is a rendering of ^{\circ}, which latex2sympy reads;
+# it is not a look-alike.
+_DEGREE = re.compile(r"\^\{\s*(?:°|\\degree)\s*\}|\^?(?:°|\\degree(?![A-Za-z]))")
+
+
+def _canonical(text: str) -> str:
+    """Typographic minus and degree signs written the way the LaTeX parser reads them."""
+    return _DEGREE.sub(lambda _: "^{\\circ}", text.translate(_MINUS))
 
 
 @lru_cache(maxsize=4096)
@@ -85,10 +96,11 @@ def _structure_problem(gold: Basic, pred: Basic) -> str | None:
 
 @register_verifier("math")
 def verify_math(answer: str, ground_truth: Any, config: RewardConfig, **info: Any) -> Verdict:  # noqa: ARG001
-    text = answer.strip().translate(_MINUS)
-    gold = gold_text(ground_truth)
+    text = answer.strip()
+    gold = _canonical(gold_text(ground_truth))
     if len(text) > config.math_max_answer_chars:
         return Verdict(0.0, "wrong:too_long")
+    text = _canonical(text)
     if has_lookalike_digits(text):
         return Verdict(0.0, "wrong:lookalike_digits")
     hedge = hedge_in(text, gold)
