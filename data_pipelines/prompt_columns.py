@@ -68,7 +68,8 @@ class PromptLayout:
     columns: PromptColumns = field(default_factory=PromptColumns)
     domain: Optional[str] = None  # the domain of rows without one (a verifier or rewards.domain_verifiers key)
     mc_to_blank: bool = False  # unique-answer multiple choice -> fill in the blank (options out of the prompt)
-    options_in_prompt: bool = False  # list the options ("A. red") under questions that keep them
+    # List the options ("A. red") under questions that keep them and do not list them already
+    options_in_prompt: bool = True
     # How a list of annotators' answers (`answers`) grades: "best" (the best grade against any one) or
     # "vqa" (the VQA accuracy: min(#annotators who gave it / 3, 1), averaged leave-one-out)
     answers_metric: str = "best"
@@ -191,7 +192,9 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         else:
             if by == "index":  # ScienceQA's, AI2D's index: the letter (the multiple-choice verifier grades
                 out["answer"] = list(letters)[index]  # letters or texts)
-            if layout.options_in_prompt and letters:
+            listed = sum(_lists_an_option(line, letters.values()) for line in out["question"].splitlines())
+            bare = all(_norm(text) == letter.casefold() for letter, text in letters.items())  # MathVision: on the image
+            if layout.options_in_prompt and letters and listed < len(letters) and not bare:  # not listed twice
                 out["question"] = out["question"].rstrip() + "\n" + "\n".join(f"{k}. {v}" for k, v in letters.items())
     return out
 
@@ -274,14 +277,18 @@ def _norm(text: str) -> str:
     return " ".join(str(text).split()).casefold()
 
 
+def _lists_an_option(line: str, options) -> bool:
+    """A line such as "A. red", "(B) blue" or "C: green" whose text is one of the options."""
+    body = re.sub(r"^\s*\(?[A-Za-z]\)?[.:)]\s*|^\s*\([A-Za-z]\)\s*", "", line)
+    return body != line and _norm(body) in {_norm(o) for o in options}
+
+
 def _without_options(question: str, options: list[str]) -> str:
     """The question without lines that list an option ("A. red", "(B) blue", "C: green") or
     introduce them ("Choices:")."""
-    listed = {_norm(o) for o in options}
     kept = []
     for line in question.splitlines():
-        body = re.sub(r"^\s*\(?[A-Za-z]\)?[.:)]\s*|^\s*\([A-Za-z]\)\s*", "", line)
-        if _norm(body) in listed and body != line:
+        if _lists_an_option(line, options):
             continue
         if re.fullmatch(r"\s*(choices|options|answer choices)\s*:?\s*", line, re.IGNORECASE):
             continue

@@ -83,7 +83,7 @@ def test_math_adversarial_outputs_score_0(box, gold, why):
     assert (r.reward, r.reason) == (0.0, why)
 
 
-@pytest.mark.parametrize("gold", ["60°", "60^\\circ", "60^{\\circ}", "60", 60, "60 \\degree"])
+@pytest.mark.parametrize("gold", ["60°", 60])  # the other spellings of the gold: test_math_degree_golds
 @pytest.mark.parametrize("box, expected, why", [
     ("60°", 1.0, "correct"), ("60^\\circ", 1.0, "correct"), ("60^{\\circ}", 1.0, "correct"), ("60", 1.0, "correct"),
     ("60\\degree", 1.0, "correct"), ("$60^{°}$", 1.0, "correct"), ("\\theta = 60°", 1.0, "correct"),
@@ -97,6 +97,11 @@ def test_math_adversarial_outputs_score_0(box, gold, why):
 def test_math_degree_sign_reads_as_circ(box, gold, expected, why):
     r = score("math", respond(box), gold)
     assert (r.reward, r.reason) == (expected, why)
+
+
+@pytest.mark.parametrize("gold", ["60^\\circ", "60^{\\circ}", "60", "60 \\degree"])
+def test_math_degree_golds(gold):
+    assert [reward("math", box, gold) for box in ("60°", "60^\\circ", "60", "30°")] == [1.0, 1.0, 1.0, 0.0]
 
 
 def test_math_degree_mark_after_a_number_stays_two_numbers():

@@ -33,7 +33,7 @@ def encoded_images(record, renderer, root) -> int:
 
 
 def test_scienceqa_as_multiple_choice_and_as_blanks(sets, renderer):
-    mc, skipped = load_prompt_records(sets["scienceqa"], PromptLayout(domain="science", options_in_prompt=True))
+    mc, skipped = load_prompt_records(sets["scienceqa"], PromptLayout(domain="science"))  # options listed by default
     assert not skipped and [r.id for r in mc] == ["row-0", "row-1", "row-2"]
     assert mc[0].answer == "B" and mc[0].info["options"] == ["blue", "red"]  # index 1 -> its letter
     assert text_of(mc[0]) == "Which colour is the square?\nA. blue\nB. red"
@@ -42,9 +42,22 @@ def test_scienceqa_as_multiple_choice_and_as_blanks(sets, renderer):
     assert [(text_of(r), r.answer, "options" in r.info) for r in blanks] == [
         ("Which colour is the square?", "red", False),
         ("Which is a mammal?", "otter", False),
-        ("Which word is spelled right?", "A", True),  # two identical choices: not a unique answer, kept
+        ("Which word is spelled right?\nA. recieve\nB. recieve", "A", True),  # identical choices: kept as MC
     ]
+    unlisted, _ = load_prompt_records(sets["scienceqa"], PromptLayout(domain="science", options_in_prompt=False))
+    assert text_of(unlisted[0]) == "Which colour is the square?" and unlisted[0].info["options"] == ["blue", "red"]
     assert blanks[1].info["solution"] == "Otters are mammals."  # other columns reach the verifier
+
+
+def test_options_a_question_lists_already_are_not_listed_again():
+    from data_pipelines.prompt_columns import normalize_row
+
+    listed = "Which is red?\n(A) blue\n(B) red"  # MathVista's `query`, RealWorldQA, MathVerse
+    row = normalize_row({"question": listed, "choices": ["blue", "red"], "answer": "red"}, 0, PromptLayout())
+    assert row["question"] == listed and row["answer"] == "red"
+    partly = normalize_row({"question": "Which is red?\n(A) blue", "choices": ["blue", "red"], "answer": "red"}, 0,
+                           PromptLayout())
+    assert partly["question"] == "Which is red?\n(A) blue\nA. blue\nB. red"
 
 
 def test_rows_without_a_domain_need_data_domain(sets):
@@ -59,7 +72,8 @@ def test_mathvista_save_to_disk(sets, renderer):
     assert records[1].answer == "1" and "options" not in records[1].info  # free-form: null choices dropped
     assert [encoded_images(r, renderer, None) for r in records] == [1, 1]  # decoded_image: pixels, not a path
     # The path column, named: the same pixels, read relative to the set.
-    by_path, _ = load_prompt_records(sets["mathvista"], PromptLayout(domain="math", columns=PromptColumns(images="image")))
+    by_path, _ = load_prompt_records(sets["mathvista"], PromptLayout(domain="math", mc_to_blank=True,
+                                                                     columns=PromptColumns(images="image")))
     a = encode_prompt_record(by_path[0], renderer, image_root=sets["mathvista"].parent)
     b = encode_prompt_record(records[0], renderer)
     assert by_path[0].images == ["images/1.png"]
@@ -291,7 +305,7 @@ def test_options_one_per_column_and_hints_are_read(sets, renderer):
     letter that reach the prompt and the verifier; MMBench's hint goes before the question."""
     from stages.rl.rewards.scoring import score
 
-    layout = PromptLayout(domain="multiple_choice", options_in_prompt=True)
+    layout = PromptLayout(domain="multiple_choice")
     mmbench, skipped = load_prompt_records(sets["mmbench"], layout)
     assert not skipped and [(r.id, r.answer, r.info["options"]) for r in mmbench] == [
         ("0", "B", {"A": "blue", "B": "red", "C": "green", "D": "yellow"}),
@@ -320,7 +334,7 @@ def test_options_one_per_column_and_hints_are_read(sets, renderer):
 def test_option_columns_and_context_nobody_showed(row, options, question):
     from data_pipelines.prompt_columns import normalize_row
 
-    out = normalize_row({"question": "Q?", "answer": "A", **row}, 0, PromptLayout())
+    out = normalize_row({"question": "Q?", "answer": "A", **row}, 0, PromptLayout(options_in_prompt=False))
     assert out.get("options") == options and out["question"] == question
     assert ("hint" in out) == (row.get("hint") == "h") and ("context" in out) == (row.get("hint") == 5)
 
@@ -335,7 +349,7 @@ def test_aokvqa_direct_answers_or_its_choice(sets):
     assert score("ocr", "<think>.</think><answer><|begin_of_box|>lemon<|end_of_box|></answer>",
                  direct.answer).reward == 1.0
     (choice,), _ = load_prompt_records(sets["aokvqa"], PromptLayout(
-        domain="multiple_choice", columns=PromptColumns(answer="correct_choice_idx"), options_in_prompt=True))
+        domain="multiple_choice", columns=PromptColumns(answer="correct_choice_idx")))
     assert choice.answer == "B" and text_of(choice).endswith("B. banana\nC. plum\nD. kiwi")
 
 
