@@ -4,10 +4,12 @@ A row's fields are found under ponder's names first, then under the common names
 (`question` | `problem` | `prompt` | `query`, `answer` | `solution` | `ground_truth` | ..., `image`
 | `images`, `video` | `videos`, `options` | `choices`, `id` | `pid` | ...), or under the columns
 `data.columns` names. A list under `answers` (DocVQA, TextVQA, VQAv2: what annotators accepted;
-A-OKVQA's `direct_answers`) becomes `{"any_of": [...]}`: a response is graded against each, and the
-best grade counts. Options published one per column (MMBench's `A`..`D`, SEED-Bench's
-`choice_a`..`choice_d`) become `options` by letter, and a `hint` goes before the question, as
-lmms-eval renders MMBench.
+A-OKVQA's `direct_answers`; any list with `data.accepted_answers`) becomes `{"any_of": [...]}`: a
+response is graded against each, and the best grade counts; with `data.answers_metric=vqa` it becomes
+`{"vqa_answers": [...]}`, repeats kept, graded by the VQA accuracy. Options published one per
+column (MMBench's `A`..`D`, SEED-Bench's `choice_a`..`choice_d`) become `options` by letter, and a
+`hint` goes before the question, as lmms-eval renders MMBench. Options are listed under a question
+that does not list them.
 `data.mc_to_blank` turns a multiple-choice row whose answer is one unique option into a
 fill-in-the-blank one: the options leave the prompt and the answer becomes the option's text.
 """
@@ -77,7 +79,8 @@ class PromptLayout:
     # under `answers` / `direct_answers` (elsewhere a list may be a chart's values or grounding boxes)
     accepted_answers: bool = False
     answer_is_index: bool = False  # the answer (an int or digits) is the 0-based index of an option (AI2D)
-    answer_map: dict[str, str] = field(default_factory=dict)  # answer -> gold (HallusionBench: {1: Yes, 0: No})
+    # answer -> gold (HallusionBench: ++data.answer_map.1=Yes; in YAML quote both: {"1": "Yes"})
+    answer_map: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.answers_metric not in ANSWERS_METRICS:
@@ -143,6 +146,7 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         if "," in column:  # several columns, in order (MMMU's image_1 .. image_7; an id of several parts)
             parts = [v for c in column.split(",") if (v := _value(raw, c.strip())) is not None]
             if name == "id":  # its parts stay: they may be fields of their own (MME's answer)
+                parts = [p for p in parts if isinstance(p, (str, int)) and not isinstance(p, bool)]
                 out[name] = "/".join(map(str, parts)) if parts else None
                 continue
             out[name] = parts
@@ -192,9 +196,8 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         else:
             if by == "index":  # ScienceQA's, AI2D's index: the letter (the multiple-choice verifier grades
                 out["answer"] = list(letters)[index]  # letters or texts)
-            listed = sum(_lists_an_option(line, letters.values()) for line in out["question"].splitlines())
             bare = all(_norm(text) == letter.casefold() for letter, text in letters.items())  # MathVision: on the image
-            if layout.options_in_prompt and letters and listed < len(letters) and not bare:  # not listed twice
+            if layout.options_in_prompt and letters and not bare and not _lists_options(out["question"], letters):
                 out["question"] = out["question"].rstrip() + "\n" + "\n".join(f"{k}. {v}" for k, v in letters.items())
     return out
 
@@ -203,6 +206,8 @@ def _mapped(answer: Any, answer_map: dict[str, str]) -> Any:
     """The answer (or each accepted answer) through data.answer_map; answers it does not name stay."""
     if isinstance(answer, dict) and len(answer) == 1 and isinstance(next(iter(answer.values())), list):
         return {key: [_mapped(a, answer_map) for a in values] for key, values in answer.items()}
+    if isinstance(answer, float) and answer.is_integer():
+        answer = int(answer)  # a label column read as floats (1.0): its key is "1"
     if isinstance(answer, (str, int, float)) and not isinstance(answer, bool):
         return answer_map.get(str(answer).strip(), answer)
     return answer
@@ -275,6 +280,14 @@ def _unique(letters: dict[str, str], index: int) -> bool:
 
 def _norm(text: str) -> str:
     return " ".join(str(text).split()).casefold()
+
+
+def _lists_options(question: str, letters: dict[str, str]) -> bool:
+    """The question lists every option already, a line each ("A. red") or inline ("(A) red (B) blue":
+    MathVista's `query`, RealWorldQA, MathVerse)."""
+    text = _norm(question)
+    return all(re.search(rf"(^|\s)(\({letter}\)|{letter}[.:)])\s*{re.escape(_norm(option))}", text, re.IGNORECASE)
+               for letter, option in letters.items())
 
 
 def _lists_an_option(line: str, options) -> bool:

@@ -177,8 +177,8 @@ def test_choice_word_gold_without_options_is_an_option_text(box, gold, expected)
     ("A, C", "AC", OPTIONS, 1.0), ("C and A", "ACD", OPTIONS, 0.0), ("A, C, D", "ACD", OPTIONS, 1.0),
     ("AC", "AC", OPTIONS, 1.0), ("A", "AC", OPTIONS, 0.0),
     ("Yes", "Yes", ["Yes", "No"], 1.0), ("A", "Yes", ["Yes", "No"], 1.0), ("B", "Yes", ["Yes", "No"], 0.0),
-    # Without options "AC" is not a letter set: only the same text matches.
-    ("AC", "AC", None, 1.0), ("A, C", "AC", None, 0.0),
+    # Without options "AC" is a letter set when upper case, in order, within A..H; "YES" is a word.
+    ("AC", "AC", None, 1.0), ("A, C", "AC", None, 1.0), ("C", "AC", None, 0.0), ("SEY", "YES", None, 0.0),
     ("A, C", "A, C", None, 1.0), ("A C", "A C", None, 1.0),  # separated letters stay a letter set
 ])
 def test_choice_letter_runs_are_letters_only_against_options(box, gold, options, expected):

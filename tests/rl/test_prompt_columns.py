@@ -58,6 +58,9 @@ def test_options_a_question_lists_already_are_not_listed_again():
     partly = normalize_row({"question": "Which is red?\n(A) blue", "choices": ["blue", "red"], "answer": "red"}, 0,
                            PromptLayout())
     assert partly["question"] == "Which is red?\n(A) blue\nA. blue\nB. red"
+    inline = normalize_row({"question": "Which is red? (A) blue (B) red", "choices": ["blue", "red"], "answer": "B"}, 0,
+                           PromptLayout())
+    assert inline["question"] == "Which is red? (A) blue (B) red"
 
 
 def test_rows_without_a_domain_need_data_domain(sets):
@@ -240,6 +243,8 @@ def test_answer_map_turns_labels_into_answers(sets):
 
     mapped = normalize_row({"question": "?", "answers": ["1", "0", "1"]}, 0, PromptLayout(answer_map={"1": "Yes"}))
     assert mapped["answer"] == {"any_of": ["Yes", "0"]}
+    floats = normalize_row({"question": "?", "label": 1.0}, 0, PromptLayout(answer_map={"1": "Yes"}))
+    assert floats["answer"] == "Yes"  # a label column read as floats
 
 
 def test_accepted_answers_in_other_layouts(sets):

@@ -87,43 +87,47 @@ def _run_verifier(verifier: Verifier, graded: str, ground_truth: Any, config: Re
     return out if isinstance(out, RewardResult) else _as_verdict(out, graded, config)
 
 
-def _best_of(verifier: Verifier, graded: str, accepted: list, config: RewardConfig,
-             info: Mapping[str, Any]) -> Verdict | RewardResult:
-    """Several accepted answers (VQA annotators'): the best grade against any one of them. An
-    answer the verifier cannot grade is passed over; when none can be graded, the first error
-    stands. A timeout ends the whole grade (the caller's one limit)."""
-    best: Verdict | RewardResult | None = None
+def _grade_each(verifier: Verifier, graded: str, answers: list, config: RewardConfig,
+                info: Mapping[str, Any]) -> dict[str, Verdict | RewardResult]:
+    """The grade against each distinct answer (a str key; several annotators give the same one). An
+    answer the verifier cannot grade is left out; when none can be graded, the first error stands.
+    A timeout ends the whole grade (the caller's one limit)."""
+    grades: dict[str, Verdict | RewardResult] = {}
     first_error: Exception | None = None
-    for one in accepted:
+    for one in answers:
+        if str(one) in grades:
+            continue
         try:
-            out = _as_verdict(verifier(graded, one, config, **info), graded, config)
+            grades[str(one)] = _as_verdict(verifier(graded, one, config, **info), graded, config)
         except (ScoreTimeout, RewardConfigError):
             raise
         except Exception as err:
             first_error = first_error or err
-            continue
-        if best is None or (out.reward, isinstance(out, Verdict)) > (best.reward, isinstance(best, Verdict)):
-            best = out
-    if best is None:
-        raise first_error  # type: ignore[misc]  # accepted is non-empty: some error was kept
-    return best
+    if not grades:
+        raise first_error  # type: ignore[misc]  # answers is non-empty: some error was kept
+    return grades
+
+
+def _best_of(verifier: Verifier, graded: str, accepted: list, config: RewardConfig,
+             info: Mapping[str, Any]) -> Verdict | RewardResult:
+    """Several accepted answers (VQA annotators'): the best grade against any one of them."""
+    return max(_grade_each(verifier, graded, accepted, config, info).values(),
+               key=lambda out: (out.reward, isinstance(out, Verdict)))
 
 
 def _vqa_accuracy(verifier: Verifier, graded: str, annotators: list, config: RewardConfig,
                   info: Mapping[str, Any]) -> Verdict:
     """The VQA accuracy (visualqa.org): min(#annotators who gave the answer / 3, 1), averaged over
-    the sets that leave one annotator out. An annotator's answer matches when the verifier gives it
-    a full grade; each distinct answer is graded once."""
-    grades: dict[str, bool] = {}
-    for one in map(str, annotators):
-        if one not in grades:
-            grades[one] = _as_verdict(verifier(graded, one, config, **info), graded, config).reward >= 1.0
-    matches = [grades[str(one)] for one in annotators]
-    agreeing = sum(matches)
+    the sets that leave one annotator out. An annotator agrees when the verifier gives their answer
+    a full grade (one it cannot grade, "many" to a counting verifier, does not agree). Fewer than
+    ten annotators: full credit takes min(3, n - 1) of the others, so agreement never lowers it."""
+    grades = _grade_each(verifier, graded, annotators, config, info)
+    matches = [str(one) in grades and grades[str(one)].reward >= 1.0 for one in annotators]
     if len(matches) == 1:
-        reward = float(agreeing)
+        reward = float(matches[0])
     else:
-        reward = sum(min(1.0, (agreeing - m) / 3) for m in matches) / len(matches)
+        needed, agreeing = min(3, len(matches) - 1), sum(matches)
+        reward = sum(min(1.0, (agreeing - m) / needed) for m in matches) / len(matches)
     return Verdict(reward, "correct" if reward >= 1.0 else "partial" if reward > 0 else "wrong")
 
 

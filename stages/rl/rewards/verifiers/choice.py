@@ -55,10 +55,12 @@ def _gold_letters(ground_truth: Any, options: dict[str, str]) -> frozenset[str] 
         if len(by_text) == 1 and not (len(gold) == 1 and gold.upper() in options):
             return frozenset(by_text)
         letters = frozenset(re.findall(r"[A-Z]", gold.upper()))
-        # Adjacent letters ("AC") are a multi-select only against options that have them all: "YES",
-        # "Paris" are words (MME, POPE, RealWorldQA golds), not the letter sets {Y, E, S}, {P, A, R, I, S}.
+        # Adjacent letters ("AC") are a multi-select against options that have them all or, without
+        # options, when written upper case in order within A..H: "YES", "Paris" are words (MME, POPE,
+        # RealWorldQA golds), not the letter sets {Y, E, S}, {P, A, R, I, S}.
         is_run = _LETTER_RUN.search(gold.upper()) is not None
-        if not _GOLD_LIST.fullmatch(gold.upper()) or (is_run and not (options and letters <= options.keys())):
+        in_order = gold.isupper() and sorted(letters) == re.findall(r"[A-Z]", gold) and max(letters, default="Z") <= "H"
+        if not _GOLD_LIST.fullmatch(gold.upper()) or (is_run and not (letters <= options.keys() if options else in_order)):
             if options or not _norm(gold):
                 raise GroundTruthError(f"multiple-choice gold {ground_truth!r} is not a letter or an option text")
             return ground_truth.strip()

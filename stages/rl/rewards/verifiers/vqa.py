@@ -1,18 +1,18 @@
 """VQA answers (VQAv2, TextVQA, VizWiz, OK-VQA): exact match after the answer processing of the
 official VQA evaluation (visualqa.org/evaluation.html), applied to both sides:
-lower case; commas between digits dropped (100,978 -> 100978); periods dropped unless a digit follows;
-other punctuation except apostrophe and colon -> space; number words zero..ten -> digits;
-articles (a, an, the) dropped; a contraction missing its apostrophe gets it (dont -> don't).
+lower case; commas between digits dropped (100,978 -> 100978); periods dropped unless a digit
+follows; the punctuation the official code lists (; / [ ] " { } ( ) = + \\ _ - > < @ ` , ? !) -> space;
+number words zero..ten -> digits; articles (a, an, the) dropped; a contraction missing its
+apostrophe gets it (dont -> don't).
 
-One gold string gives 1 or 0. The VQA accuracy over ten annotators (min(#agreeing / 3, 1), averaged
-over the ten leave-one-out sets) is the scorer's `{"vqa_answers": [...]}` ground truth, which calls
+One gold string gives 1 or 0. The VQA accuracy over the annotators (min(#agreeing / 3, 1), averaged
+over the leave-one-out sets) is the scorer's `{"vqa_answers": [...]}` ground truth, which calls
 this verifier once per distinct annotator answer (stages/rl/rewards/scoring.py).
 """
 
 from __future__ import annotations
 
 import re
-import string
 from typing import Any
 
 from ..config import RewardConfig
@@ -26,13 +26,15 @@ _ARTICLES = {"a", "an", "the"}
 # Only forms that are not words themselves ("its", "well", "were", "shed" are left alone).
 _CONTRACTIONS = {c.replace("'", ""): c for c in (
     "ain't", "aren't", "can't", "could've", "couldn't", "didn't", "doesn't", "don't", "hadn't", "hasn't",
-    "haven't", "he's", "how'd", "how's", "i'm", "i've", "isn't", "it'd", "it'll", "ma'am", "mightn't",
+    "haven't", "he's", "how'd", "how's", "isn't", "it'd", "it'll", "ma'am", "mightn't",
     "might've", "mustn't", "must've", "needn't", "o'clock", "shan't", "should've", "shouldn't", "that's",
     "there's", "they'd", "they'll", "they're", "they've", "wasn't", "weren't", "what's", "where's", "who've",
     "won't", "wouldn't", "would've", "y'all", "you'd", "you'll", "you're", "you've")}
 _DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d)")
 _NON_DECIMAL_PERIOD = re.compile(r"\.(?!\d)")  # a period before a digit is a decimal point
-_TO_SPACE = str.maketrans({p: " " for p in string.punctuation if p not in "':."})
+# The punctuation the official evaluation code replaces (its list: % $ # & * | ~ ^ stay, so "50%" is
+# not "50" and "black & white" not "black white").
+_TO_SPACE = str.maketrans({p: " " for p in ';/[]"{}()=+\\_-><@`,?!'})
 
 
 def normalize_vqa_answer(text: str) -> str:
