@@ -296,6 +296,11 @@ def test_vqa_accuracy_over_ten_annotators():
     # another verifier decides what agrees: OCR agrees only at a full grade, so a near miss is no vote
     assert reward("ocr", "Stop", {"vqa_answers": ["Stop"] * 2 + ["Stopp"] * 8}) == pytest.approx(0.6)
     assert reason("vqa", "x", {"vqa_answers": []}).startswith("bad_ground_truth:vqa_answers")
+    # an annotator's answer the verifier cannot grade ("many" to counting) does not agree, nor zero the item
+    assert reward("counting", "2", {"vqa_answers": ["2", "2", "2", "two", "many"]}) == pytest.approx(0.8)
+    # fewer than ten annotators: min(3, n - 1) of the others give full credit, so agreement never lowers it
+    assert [reward("vqa", "x", {"vqa_answers": votes}) for votes in (["x"], ["x", "x"], ["x", "y"], ["x"] * 3)] == \
+        pytest.approx([1.0, 1.0, 0.5, 1.0])
 
 
 def test_ocr_long_page_is_fast():
