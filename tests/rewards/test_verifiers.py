@@ -250,6 +250,15 @@ def test_ocr_reward_is_one_minus_normalised_edit_distance():
     assert reward("ocr", "欢迎光临", "欢迎光临本店") == pytest.approx(1 - 2 / 6)
 
 
+def test_anls_is_case_blind_and_cuts_at_half():
+    """ANLS (Biten et al. 2019): max over the golds of 1 - NL when NL < 0.5, else 0."""
+    assert reward("anls", "march 3, 1979", "March 3, 1979") == 1.0
+    assert reward("anls", "Marhc 3, 1979", "March 3, 1979") == pytest.approx(1 - 2 / 13)
+    assert reward("anls", "1979", "March 3, 1979") == 0.0  # 9 of 13 characters away: another answer
+    assert reward("ocr", "1979", "March 3, 1979") == pytest.approx(4 / 13)
+    assert reward("anls", "3/3/79", {"any_of": ["March 3, 1979", "3/3/79"]}) == 1.0
+
+
 def test_ocr_padding_the_answer_costs_reward():
     gold = "STOP"
     assert reward("ocr", "STOP STOP STOP STOP", gold) == pytest.approx(1 - 15 / 19)

@@ -1,4 +1,5 @@
-"""OCR: reward = 1 - levenshtein(pred, gold) / max(len(pred), len(gold)), after collapsing whitespace.
+"""OCR: reward = 1 - levenshtein(pred, gold) / max(len(pred), len(gold)), after collapsing whitespace;
+ANLS (`anls`): the same, case-insensitive, and 0 from a normalised distance of 0.5 on.
 
 Levenshtein uses the bit-parallel algorithm of Myers (1999) as formulated by Hyyrö (2001), on Python
 integers as bit vectors: O(len(a) * len(b) / 64) word operations, so page-long texts cost milliseconds.
@@ -58,4 +59,18 @@ def verify_ocr(answer: str, ground_truth: Any, config: RewardConfig, **info: Any
     if longest == 0:
         return Verdict(1.0, "correct")
     reward = 1.0 - levenshtein(pred, gold) / longest
+    return Verdict(reward, "correct" if reward == 1.0 else "partial" if reward > 0 else "wrong")
+
+
+@register_verifier("anls")
+def verify_anls(answer: str, ground_truth: Any, config: RewardConfig, **info: Any) -> Verdict:  # noqa: ARG001
+    """ANLS (DocVQA, InfographicVQA, ST-VQA): 1 - normalised edit distance after lower-casing and
+    collapsing whitespace, and 0 where that distance is 0.5 or more (a different answer, not a
+    misread one). With several accepted answers ({"any_of": [...]}) the best counts, as ANLS takes."""
+    if isinstance(ground_truth, bool) or not isinstance(ground_truth, (str, int, float)):
+        raise GroundTruthError(f"ANLS gold must be a string, got {type(ground_truth).__name__}")
+    pred, gold = _normalize(answer, False), _normalize(str(ground_truth), False)
+    longest = max(len(pred), len(gold))
+    distance = levenshtein(pred, gold) / longest if longest else 0.0
+    reward = 1.0 - distance if distance < 0.5 else 0.0
     return Verdict(reward, "correct" if reward == 1.0 else "partial" if reward > 0 else "wrong")
