@@ -9,7 +9,7 @@ response is graded against each, and the best grade counts; with `data.answers_m
 `{"vqa_answers": [...]}`, repeats kept, graded by the VQA accuracy. Options published one per
 column (MMBench's `A`..`D`, SEED-Bench's `choice_a`..`choice_d`) become `options` by letter, and a
 `hint` goes before the question, as lmms-eval renders MMBench. Options are listed under a question
-that does not list them.
+that does not list them with `data.options_in_prompt=true`.
 `data.mc_to_blank` turns a multiple-choice row whose answer is one unique option into a
 fill-in-the-blank one: the options leave the prompt and the answer becomes the option's text.
 """
@@ -70,8 +70,9 @@ class PromptLayout:
     columns: PromptColumns = field(default_factory=PromptColumns)
     domain: Optional[str] = None  # the domain of rows without one (a verifier or rewards.domain_verifiers key)
     mc_to_blank: bool = False  # unique-answer multiple choice -> fill in the blank (options out of the prompt)
-    # List the options ("A. red") under questions that keep them and do not list them already
-    options_in_prompt: bool = True
+    # List the options ("A. red") under questions that keep them and do not list them already. Off by
+    # default: ponder's own visual-majority records carry options for the verifier, not the prompt.
+    options_in_prompt: bool = False
     # How a list of annotators' answers (`answers`) grades: "best" (the best grade against any one) or
     # "vqa" (the VQA accuracy: min(#annotators who gave it / 3, 1), averaged leave-one-out)
     answers_metric: str = "best"

@@ -8,7 +8,7 @@ grades (docs/rewards.md):
 
     domain           question                                   verifier         answer
     visual_count     How many red shapes are there?             counting         "3"
-    visual_majority  Which colour do most shapes have?          multiple_choice  "red" (the option's text)
+    visual_majority  Which colour do most shapes have?          multiple_choice  "red" (+ options)
     visual_ocr       What number is written in the image?       ocr              "4071"
     visual_ground    Where is the circle? ...                   grounding        [[x1, y1, x2, y2]]
 
@@ -31,7 +31,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ DOMAIN_VERIFIERS = {
 }
 DOMAINS = tuple(DOMAIN_VERIFIERS)
 STAGES = ("pretrain", "sft", "rl")
-COLOUR_NAMES = list(COLOURS)  # the palette, in the order tallies list colours
+COLOUR_OPTIONS = list(COLOURS)  # the majority task's options: a closed set, answered by name
 # Record `difficulty` (a human label the curriculum reads as a tier prior) per level.
 LEVEL_TIERS = {1: "very_easy", 2: "easy", 3: "medium", 4: "hard", 5: "very_hard"}
 
@@ -113,6 +113,7 @@ class VisualTask:
     reasoning: str  # the short chain of thought SFT teaches (inside <think>)
     statement: str  # the answer sentence, `{}` where the boxed answer goes
     caption: str  # pretraining text describing the image
+    info: dict[str, Any] = field(default_factory=dict)  # extra record fields the verifier reads
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ def tally(shapes: list[Shape]) -> str:
     in reading order for every k, which the tiny model does not learn in the demo's minutes (it
     copied the question's colour into every item instead)."""
     counts = Counter(s.colour for s in shapes)
-    parts = [f"{counts[c]} {c}" for c in COLOUR_NAMES if counts[c]]
+    parts = [f"{counts[c]} {c}" for c in COLOUR_OPTIONS if counts[c]]
     body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return f"I see {body} {_noun(len(shapes), 'shape')}."
 
@@ -266,7 +267,7 @@ def _scene(rng: random.Random, level: int, canvas: Canvas, kinds: Callable[[int]
     drawn by the task; returns the shapes in reading order and the level's palette."""
     spec = LEVELS[level]
     n = min(rng.randint(*spec.shapes), canvas.rows * canvas.cols)
-    palette = rng.sample(COLOUR_NAMES, spec.colours)
+    palette = rng.sample(COLOUR_OPTIONS, spec.colours)
     specs = list(zip(kinds(n), colours(n, palette)))
     return place_shapes(rng, canvas, specs), palette
 
@@ -304,15 +305,14 @@ def _majority_colours(rng: random.Random) -> Callable[[int, list[str]], list[str
 
 
 def majority_task(rng: random.Random, level: int, canvas: Canvas) -> VisualTask:
-    """Which colour most shapes have (multiple choice over the colour names, answered by name; the
-    record lists no options, so neither the prompt nor the verifier has them: the gold is the text)."""
+    """Which colour most shapes have (multiple choice over every colour name, answered by name)."""
     shapes, palette = _scene(rng, level, canvas, _random_kinds(rng), _majority_colours(rng))
     counts = Counter(s.colour for s in shapes)
     colour = counts.most_common(1)[0][0]  # unique: the colours were drawn without a tied top
     return VisualTask(
         "visual_majority", level, draw_scene(canvas, shapes, rng), "Which colour do most shapes have?", colour,
         tally(shapes), "Most shapes are {}.",
-        f"{tally(shapes)} {listing(shapes)} {summary(shapes)} Most shapes are {colour}.",
+        f"{tally(shapes)} {listing(shapes)} {summary(shapes)} Most shapes are {colour}.", {"options": list(COLOUR_OPTIONS)},
     )
 
 
@@ -402,9 +402,9 @@ def sft_record(task: VisualTask, rid: str, image: str) -> dict:
 
 
 def rl_record(task: VisualTask, rid: str, image: str, label_difficulty: bool = True) -> dict:
-    """A prompt record (data_pipelines/prompts.py): `level` travels as verifier info."""
+    """A prompt record (data_pipelines/prompts.py): `level` and `options` travel as verifier info."""
     record = {"id": rid, "domain": task.domain, "question": task.question, "images": [image],
-              "answer": task.answer, "level": task.level}
+              "answer": task.answer, "level": task.level, **task.info}
     if label_difficulty:
         record["difficulty"] = LEVEL_TIERS[task.level]
     return record

@@ -19,7 +19,7 @@ from data_pipelines.shards import read_index, write_shards
 from data_pipelines.synthetic import COLOURS
 from data_pipelines.tokenizer import SpecialTokens, build_tiny_tokenizer
 from data_pipelines.visual_tasks import (
-    COLOUR_NAMES, DOMAINS, LEVEL_TIERS, LEVELS, Canvas, FamilyConfig, correct_response, main, make_task,
+    DOMAINS, LEVEL_TIERS, LEVELS, Canvas, FamilyConfig, correct_response, main, make_task,
     per_mille, task_response, write_family,
 )
 from stages.rl.rewards import RewardConfig, RewardItem, score_batch
@@ -73,12 +73,12 @@ def _blobs(img: Image.Image) -> list[tuple[str, tuple[int, int, int, int], float
     return blobs
 
 
-def _wrong(domain: str, answer) -> str:
+def _wrong(domain: str, answer, options: list[str] | None) -> str:
     """A plausible wrong answer in the right form."""
     if domain == "visual_count":
         return str(int(answer) + 1)
     if domain == "visual_majority":
-        return next(c for c in COLOUR_NAMES if c != answer)
+        return next(c for c in options if c != answer)
     if domain == "visual_ocr":
         return answer[:-1] + str((int(answer[-1]) + 1) % 10)
     x1, y1, x2, y2 = answer[0]
@@ -127,10 +127,11 @@ def test_rl_records_parse_and_their_ground_truths_grade(family, tok):
     for r in records:
         prompt = encode_prompt_record(r, renderer, family["rl"].parent, max_tokens=64)  # fits today's tiny recipe
         assert [v.grid_thw.tolist() for v in prompt.visuals] == [[1, 8, 8]]
+        options = r.info.get("options")
         for statement in ("{}", "It is {}."):
             response = correct_response(r.domain, r.answer, statement=statement)
             items.append(RewardItem(r.domain, response, r.answer, r.info))
-        wrong = _wrong(r.domain, r.answer)
+        wrong = _wrong(r.domain, r.answer, options)
         items.append(RewardItem(r.domain, f"<think>x</think><answer><|begin_of_box|>{wrong}<|end_of_box|></answer>",
                                 r.answer, r.info))
     results = score_batch(items, REWARDS, num_workers=0)
@@ -172,7 +173,7 @@ def test_every_sft_response_scores_full_reward_at_every_level():
     """The taught reasoning (longest at level 5) passes the gate and trips no penalty."""
     cfg = FamilyConfig(8, seed=2, levels=(1, 5))
     tasks = [make_task(cfg, "sft", i) for i in range(8)]
-    results = score_batch([RewardItem(t.domain, task_response(t), t.answer, {"level": t.level}) for t in tasks], REWARDS, 0)
+    results = score_batch([RewardItem(t.domain, task_response(t), t.answer, t.info) for t in tasks], REWARDS, 0)
     assert [(r.reward, r.penalties) for r in results] == [(1.0, ())] * 8
 
 

@@ -33,7 +33,7 @@ def encoded_images(record, renderer, root) -> int:
 
 
 def test_scienceqa_as_multiple_choice_and_as_blanks(sets, renderer):
-    mc, skipped = load_prompt_records(sets["scienceqa"], PromptLayout(domain="science"))  # options listed by default
+    mc, skipped = load_prompt_records(sets["scienceqa"], PromptLayout(domain="science", options_in_prompt=True))
     assert not skipped and [r.id for r in mc] == ["row-0", "row-1", "row-2"]
     assert mc[0].answer == "B" and mc[0].info["options"] == ["blue", "red"]  # index 1 -> its letter
     assert text_of(mc[0]) == "Which colour is the square?\nA. blue\nB. red"
@@ -42,9 +42,9 @@ def test_scienceqa_as_multiple_choice_and_as_blanks(sets, renderer):
     assert [(text_of(r), r.answer, "options" in r.info) for r in blanks] == [
         ("Which colour is the square?", "red", False),
         ("Which is a mammal?", "otter", False),
-        ("Which word is spelled right?\nA. recieve\nB. recieve", "A", True),  # identical choices: kept as MC
+        ("Which word is spelled right?", "A", True),  # two identical choices: not a unique answer, kept
     ]
-    unlisted, _ = load_prompt_records(sets["scienceqa"], PromptLayout(domain="science", options_in_prompt=False))
+    unlisted, _ = load_prompt_records(sets["scienceqa"], PromptLayout(domain="science"))  # the default lists none
     assert text_of(unlisted[0]) == "Which colour is the square?" and unlisted[0].info["options"] == ["blue", "red"]
     assert blanks[1].info["solution"] == "Otters are mammals."  # other columns reach the verifier
 
@@ -52,14 +52,15 @@ def test_scienceqa_as_multiple_choice_and_as_blanks(sets, renderer):
 def test_options_a_question_lists_already_are_not_listed_again():
     from data_pipelines.prompt_columns import normalize_row
 
+    LISTED = PromptLayout(options_in_prompt=True)
     listed = "Which is red?\n(A) blue\n(B) red"  # MathVista's `query`, RealWorldQA, MathVerse
-    row = normalize_row({"question": listed, "choices": ["blue", "red"], "answer": "red"}, 0, PromptLayout())
+    row = normalize_row({"question": listed, "choices": ["blue", "red"], "answer": "red"}, 0, LISTED)
     assert row["question"] == listed and row["answer"] == "red"
     partly = normalize_row({"question": "Which is red?\n(A) blue", "choices": ["blue", "red"], "answer": "red"}, 0,
-                           PromptLayout())
+                           LISTED)
     assert partly["question"] == "Which is red?\n(A) blue\nA. blue\nB. red"
     inline = normalize_row({"question": "Which is red? (A) blue (B) red", "choices": ["blue", "red"], "answer": "B"}, 0,
-                           PromptLayout())
+                           LISTED)
     assert inline["question"] == "Which is red? (A) blue (B) red"
 
 
@@ -310,7 +311,7 @@ def test_options_one_per_column_and_hints_are_read(sets, renderer):
     letter that reach the prompt and the verifier; MMBench's hint goes before the question."""
     from stages.rl.rewards.scoring import score
 
-    layout = PromptLayout(domain="multiple_choice")
+    layout = PromptLayout(domain="multiple_choice", options_in_prompt=True)
     mmbench, skipped = load_prompt_records(sets["mmbench"], layout)
     assert not skipped and [(r.id, r.answer, r.info["options"]) for r in mmbench] == [
         ("0", "B", {"A": "blue", "B": "red", "C": "green", "D": "yellow"}),
@@ -339,7 +340,7 @@ def test_options_one_per_column_and_hints_are_read(sets, renderer):
 def test_option_columns_and_context_nobody_showed(row, options, question):
     from data_pipelines.prompt_columns import normalize_row
 
-    out = normalize_row({"question": "Q?", "answer": "A", **row}, 0, PromptLayout(options_in_prompt=False))
+    out = normalize_row({"question": "Q?", "answer": "A", **row}, 0, PromptLayout())
     assert out.get("options") == options and out["question"] == question
     assert ("hint" in out) == (row.get("hint") == "h") and ("context" in out) == (row.get("hint") == 5)
 
@@ -354,7 +355,7 @@ def test_aokvqa_direct_answers_or_its_choice(sets):
     assert score("ocr", "<think>.</think><answer><|begin_of_box|>lemon<|end_of_box|></answer>",
                  direct.answer).reward == 1.0
     (choice,), _ = load_prompt_records(sets["aokvqa"], PromptLayout(
-        domain="multiple_choice", columns=PromptColumns(answer="correct_choice_idx")))
+        domain="multiple_choice", columns=PromptColumns(answer="correct_choice_idx"), options_in_prompt=True))
     assert choice.answer == "B" and text_of(choice).endswith("B. banana\nC. plum\nD. kiwi")
 
 

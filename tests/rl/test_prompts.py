@@ -46,7 +46,7 @@ def test_records_load_validate_and_count_skips(tmp_path):
     assert skipped == {"duplicate_id": 1, "missing_answer": 1, "malformed_record": 1, "image_count_mismatch": 1,
                        "malformed_json": 1}
     assert records[0].info == {"options": [1, 2]} and records[0].difficulty == "easy"
-    assert records[0].messages == [{"role": "user", "content": [{"type": "text", "text": "1+1?\nA. 1\nB. 2"}]}]
+    assert records[0].messages == [{"role": "user", "content": [{"type": "text", "text": "1+1?"}]}]
     # The same records as an HF dataset directory.
     import datasets
 
