@@ -291,18 +291,18 @@ def _lists_options(question: str, letters: dict[str, str]) -> bool:
                for letter, option in letters.items())
 
 
-def _lists_an_option(line: str, options) -> bool:
-    """A line such as "A. red", "(B) blue" or "C: green" whose text is one of the options."""
+def _lists_an_option(line: str, listed: set[str]) -> bool:
+    """A line such as "A. red", "(B) blue" or "C: green" whose text is one of the (normalised) options."""
     body = re.sub(r"^\s*\(?[A-Za-z]\)?[.:)]\s*|^\s*\([A-Za-z]\)\s*", "", line)
-    return body != line and _norm(body) in {_norm(o) for o in options}
+    return body != line and _norm(body) in listed
 
 
 def _without_options(question: str, options: list[str]) -> str:
     """The question without lines that list an option ("A. red", "(B) blue", "C: green") or
     introduce them ("Choices:")."""
-    kept = []
+    listed, kept = {_norm(o) for o in options}, []
     for line in question.splitlines():
-        if _lists_an_option(line, options):
+        if _lists_an_option(line, listed):
             continue
         if re.fullmatch(r"\s*(choices|options|answer choices)\s*:?\s*", line, re.IGNORECASE):
             continue
