@@ -53,12 +53,17 @@ def _normalize(text: str, case_sensitive: bool) -> str:
 def verify_ocr(answer: str, ground_truth: Any, config: RewardConfig, **info: Any) -> Verdict:  # noqa: ARG001
     if not isinstance(ground_truth, str):
         raise GroundTruthError(f"OCR gold must be a string, got {type(ground_truth).__name__}")
-    pred = _normalize(answer, config.ocr_case_sensitive)
-    gold = _normalize(ground_truth, config.ocr_case_sensitive)
+    return _verdict(_similarity(_normalize(answer, config.ocr_case_sensitive),
+                                _normalize(ground_truth, config.ocr_case_sensitive)))
+
+
+def _similarity(pred: str, gold: str) -> float:
+    """1 - levenshtein / the longer length (1.0 for two empty texts)."""
     longest = max(len(pred), len(gold))
-    if longest == 0:
-        return Verdict(1.0, "correct")
-    reward = 1.0 - levenshtein(pred, gold) / longest
+    return 1.0 - levenshtein(pred, gold) / longest if longest else 1.0
+
+
+def _verdict(reward: float) -> Verdict:
     return Verdict(reward, "correct" if reward == 1.0 else "partial" if reward > 0 else "wrong")
 
 
@@ -69,8 +74,5 @@ def verify_anls(answer: str, ground_truth: Any, config: RewardConfig, **info: An
     misread one). With several accepted answers ({"any_of": [...]}) the best counts, as ANLS takes."""
     if isinstance(ground_truth, bool) or not isinstance(ground_truth, (str, int, float)):
         raise GroundTruthError(f"ANLS gold must be a string, got {type(ground_truth).__name__}")
-    pred, gold = _normalize(answer, False), _normalize(str(ground_truth), False)
-    longest = max(len(pred), len(gold))
-    distance = levenshtein(pred, gold) / longest if longest else 0.0
-    reward = 1.0 - distance if distance < 0.5 else 0.0
-    return Verdict(reward, "correct" if reward == 1.0 else "partial" if reward > 0 else "wrong")
+    similarity = _similarity(_normalize(answer, False), _normalize(str(ground_truth), False))
+    return _verdict(similarity if similarity > 0.5 else 0.0)  # a distance of 0.5 or more scores 0
