@@ -29,7 +29,7 @@ from stages.rl.rollout.base import GenerationRequest, RolloutConfig, SamplingSpe
 from stages.rl.sync import WeightSync, gathered_state_dict  # noqa: E402
 from tests.rl.helpers import save_policy, tiny_policy  # noqa: E402
 from trainer.config import OptimConfig, TrainerConfig  # noqa: E402
-from trainer.distributed import init_distributed  # noqa: E402
+from trainer.distributed import init_distributed, leave_distributed  # noqa: E402
 from trainer.loss import token_logprobs  # noqa: E402
 from trainer.zero import wrap_deepspeed  # noqa: E402
 
@@ -97,7 +97,7 @@ def main(out_dir: str, tp: int) -> None:
         "questions": QUESTIONS[info.rank :: info.world_size], "before": before, "after": after,
         "stale_under_updated": stale, "sync_dir_left": [str(p) for p in root.glob("ponder-sync-*")]}))
     engine.close()
-    dist.barrier()
+    leave_distributed()  # a barrier, then the group torn down before interpreter exit
 
 
 if __name__ == "__main__":

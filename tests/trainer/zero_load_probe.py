@@ -25,7 +25,7 @@ from data_pipelines.batch import collate_rows  # noqa: E402
 from data_pipelines.tokenizer import SpecialTokens, build_tiny_tokenizer  # noqa: E402
 from tests.data_pipelines.docs_factory import make_doc  # noqa: E402
 from trainer.config import TrainerConfig  # noqa: E402
-from trainer.distributed import init_distributed  # noqa: E402
+from trainer.distributed import init_distributed, leave_distributed  # noqa: E402
 from trainer.forward import wrap_forward  # noqa: E402
 from trainer.model import build_model, load_preset, save_hf_checkpoint  # noqa: E402
 from trainer.zero import wrap_deepspeed, zero3_loading_config  # noqa: E402
@@ -58,7 +58,7 @@ def main(out_dir: str) -> None:
     with torch.no_grad():
         record["max_logit_diff"] = (ds(batch) - plain(batch)).abs().max().item()
     Path(out_dir, f"rank_{info.rank}.json").write_text(json.dumps(record))
-    dist.barrier()
+    leave_distributed()  # a barrier, then the group torn down before interpreter exit
 
 
 if __name__ == "__main__":

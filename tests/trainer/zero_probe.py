@@ -29,7 +29,7 @@ import torch.distributed as dist  # noqa: E402
 from data_pipelines.batch import collate_rows  # noqa: E402
 from data_pipelines.tokenizer import SpecialTokens, build_tiny_tokenizer  # noqa: E402
 from tests.data_pipelines.docs_factory import make_doc  # noqa: E402
-from trainer.distributed import use_own_extension_cache  # noqa: E402
+from trainer.distributed import leave_distributed, use_own_extension_cache  # noqa: E402
 from trainer.forward import wrap_forward  # noqa: E402
 from trainer.loss import token_losses  # noqa: E402
 from trainer.model import build_model, load_preset  # noqa: E402
@@ -98,6 +98,7 @@ def main(out_dir: str, cases: list[str]) -> None:
         name, precision, *flags = case.split(":")
         measure(out_dir, name, precision, "freeze_vision" in flags)
         phase(f"case {name}")
+    leave_distributed()  # as every stage: a group left to interpreter exit aborted a rank (SIGABRT) now and then
 
 
 def phase(what: str) -> None:
