@@ -24,6 +24,8 @@ packed (docs/training.md).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from collections.abc import Sequence
@@ -35,7 +37,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .answer_format import format_violation
-from .chat_formats import CHAT_FORMATS, to_ponder
+from .chat_formats import CHAT_FORMATS, from_url, to_ponder
 from .document import Document, Visual
 from .processor import (
     BadSample,
@@ -47,7 +49,7 @@ from .processor import (
     video_token_ids,
 )
 from .tokenizer import SpecialTokens
-from .video import decode_video
+from .video import VIDEO_EXTENSIONS, VideoClip, decode_video
 
 TRAIN_TURNS = ("last", "all")
 ROLES = ("system", "user", "assistant")
@@ -56,6 +58,7 @@ ROLE_MARKERS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assi
 _MARKER_RE = re.compile("|".join(re.escape(m) for m in ROLE_MARKERS.values()))
 _MARKER_ROLE = {m: r for r, m in ROLE_MARKERS.items()}
 DEFAULT_VIDEO_FPS = 2.0
+FRAME_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")  # the frames a folder of frames holds
 
 
 @dataclass
@@ -82,6 +85,10 @@ class BadResponseFormat(BadSample):
 
 class MissingMedia(BadSample):
     reason = "missing_image"
+
+
+class MissingVideo(MissingMedia):
+    reason = "missing_video"
 
 
 @dataclass
@@ -261,10 +268,37 @@ class ChatRenderer:
 
     # -- media -----------------------------------------------------------------------------------
     def _video(self, frames: list[Any] | Any, fps: float | None, root: str | Path | None, key: str) -> ProcessedVideo:
+        if isinstance(frames, VideoClip) or _frames_folder(frames, root) is not None:
+            return self._clip(frames if isinstance(frames, VideoClip) else VideoClip(frames), root, key)
         if not isinstance(frames, list):  # a video file (path or bytes)
-            return decode_video(_media(frames, root, key), self.processor)
+            return decode_video(_media(frames, root, key, "video"), self.processor)
         indices = sample_frame_indices(len(frames), fps, self.processor.cfg)  # decode only these
-        return self.processor.process_sampled_video([_media(frames[i], root, key) for i in indices], indices, fps)
+        return self.processor.process_sampled_video([_media(frames[i], root, key, "video") for i in indices],
+                                                    indices, fps)
+
+    def _clip(self, clip: VideoClip, root: str | Path | None, key: str) -> ProcessedVideo:
+        folder = _frames_folder(clip.source, root)
+        if folder is None:
+            return decode_video(_media(clip.source, root, key, "video"), self.processor, clip)
+        if clip.fps is None:
+            raise MissingVideo(f"{key}: {folder} is a folder of frames; its frame rate is data.frames_fps")
+        frames = sorted(p for p in folder.iterdir() if p.suffix[1:].lower() in FRAME_EXTENSIONS)
+        window = [frames[i] for i in clip.frame_range(len(frames), clip.fps)]
+        if not window:
+            raise MissingVideo(f"{key}: no frames of {folder} in [{clip.start}, {clip.end}) s")
+        return self._video(window, clip.fps, None, key)
+
+
+def _frames_folder(source: Any, root: str | Path | None) -> Path | None:
+    """The folder a clip's source names, or None (a file, bytes, or nothing there)."""
+    if not isinstance(source, (str, Path)):
+        return None
+    path = Path(source)
+    path = path if path.is_absolute() or root is None else Path(root) / path
+    try:
+        return path if path.is_dir() else None
+    except OSError:
+        return None
 
 
 def _unpack(sample: Any) -> tuple[Any, str | None, str | None]:
@@ -295,6 +329,9 @@ def _message(raw: Any, key: str) -> _Message:
         elif kind == "video" and isinstance(video := media_payload(item.get("video")), (str, Path, bytes)) and video:
             items.append({"type": "video"})  # a video file: decoded at 2 fps (data_pipelines/video.py)
             videos.append((video, None))
+        elif kind == "video" and isinstance(item.get("video"), VideoClip):  # a part of a file, or a folder
+            items.append({"type": "video"})
+            videos.append((item["video"], item["video"].fps))
         elif kind == "video" and isinstance(item.get("video"), list) and item["video"]:
             fps = item.get("fps", DEFAULT_VIDEO_FPS)
             if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
@@ -313,26 +350,64 @@ def _message(raw: Any, key: str) -> _Message:
 def media_payload(source: Any) -> Any:
     """An HF `datasets` Image or Video dict ({bytes, path}) as its bytes, else its path (None when
     it has neither); anything else, a frames dict included, as it is."""
-    if isinstance(source, dict) and "frames" not in source:
+    if isinstance(source, dict) and "frames" not in source and "video" not in source:
         return source.get("bytes") or source.get("path")
     return source
 
 
-def _media(source: Any, root: str | Path | None, key: str) -> Any:
-    """A processor input: PIL image or bytes as they are, a path read from `root` if relative,
-    an HF `datasets` Image dict by its bytes or path."""
+def _media(source: Any, root: str | Path | None, key: str, kind: str = "image") -> Any:
+    """A processor input: PIL image or bytes as they are, text as `_text_media` reads it, an HF
+    `datasets` Image dict by its bytes or path."""
     source = media_payload(source)
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_absolute() and root is not None:
-            path = Path(root) / path
-        if not path.is_file():
-            raise MissingMedia(f"{key}: image or frame {path} not found (relative paths are read from "
-                               "data.image_root, default the data file's folder)")
-        return path.read_bytes()
+    if isinstance(source, Path):
+        source = str(source)
+    if isinstance(source, str):
+        return _text_media(source, root, key, kind)
     if source is None:
-        raise MissingMedia(f"{key}: image item without data")
+        raise _missing(kind)(f"{key}: {kind} item without data")
     return source
+
+
+# Base64 text as VLMEvalKit's TSVs hold images (no `data:` prefix); never a file name of ours, which
+# has a dot. Shorter cells there are another row's index (data_pipelines/prompts.py reads those).
+_BASE64 = re.compile(r"[A-Za-z0-9+/\s]{65,}={0,2}\s*")
+
+
+def _text_media(text: str, root: str | Path | None, key: str, kind: str) -> bytes:
+    """The bytes a text names: a `data:` URL, a file (relative paths from `root`; a video of another
+    known extension where the named one is missing: Video-MME's .mp4 / .MP4 / .mkv), or base64.
+    Nothing found is a counted skip (missing_image / missing_video), never a crash: a long base64
+    cell is no legal file name (OSError)."""
+    if text.startswith(("data:", "file://", "http://", "https://")):
+        source = from_url(text, key)  # a remote URL is a remote_image skip
+        if isinstance(source, bytes):
+            return source
+        text = source
+    path = Path(text)
+    if not path.is_absolute() and root is not None:
+        path = Path(root) / path
+    candidates = [path]
+    if kind == "video" and path.suffix[1:].lower() in VIDEO_EXTENSIONS:
+        candidates += [path.with_suffix(f".{ext}") for ext in VIDEO_EXTENSIONS]
+        candidates += [path.with_suffix(f".{ext.upper()}") for ext in VIDEO_EXTENSIONS]
+    for candidate in candidates:
+        try:
+            if candidate.is_file():
+                return candidate.read_bytes()
+        except OSError:  # "File name too long": base64, or nothing we can read
+            break
+    if _BASE64.fullmatch(text):
+        try:
+            return base64.b64decode(text)
+        except binascii.Error:
+            pass
+    shown = str(path) if len(str(path)) <= 120 else str(path)[:100] + f"... ({len(text)} characters)"
+    raise _missing(kind)(f"{key}: {kind} {shown} not found (relative paths are read from data.image_root, "
+                         "default the data file's folder)")
+
+
+def _missing(kind: str) -> type[MissingMedia]:
+    return MissingVideo if kind == "video" else MissingMedia
 
 
 def _visual_spans(ids: list[int], sp: SpecialTokens, n_images: int, n_videos: int) -> list[tuple[int, int, str]]:

@@ -247,13 +247,13 @@ def _item(item: Any, media: _Media, key: str) -> Any:
     if kind in ("image_url", "input_image"):
         url = item.get("image_url")
         url = url.get("url") if isinstance(url, dict) else url
-        return {"type": "image", "image": _from_url(url, key)}
+        return {"type": "image", "image": from_url(url, key)}
     if kind in ("image", "video") and kind not in item:
         return media.item(kind)
     return item
 
 
-def _from_url(url: Any, key: str) -> Any:
+def from_url(url: Any, key: str) -> Any:
     """An OpenAI image URL as a processor input: `data:` -> bytes, `file://` or a bare path -> path."""
     if not isinstance(url, str) or not url:
         raise UnknownChatLayout(f"{key}: image_url without a url")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 ANY_OF = "any_of"  # a ground truth of several accepted answers (stages/rl/rewards/scoring.py)
@@ -33,21 +33,27 @@ CANDIDATES = {
     "answer": ("answer", "solution", "ground_truth", "gt_answer", "label", "answers"),
     "images": ("images", "image", "decoded_image"),
     "videos": ("videos", "video"),
-    "options": ("options", "choices"),
+    "options": ("options", "choices", "candidates"),
     "context": ("context", "hint"),
 }
 ANY_OF_COLUMNS = ("answers", "direct_answers")
-# Options one per column, by letter: MMBench's A, B, ...; SEED-Bench's choice_a, ...
-OPTION_COLUMNS = ("{A}", "choice_{a}", "choice_{A}", "option_{a}", "option_{A}")
+# Options one per column, by letter: MMBench's A, B, ...; SEED-Bench's choice_a, ...; by 0-based
+# number: NExT-QA's a0 .. a4
+OPTION_COLUMNS = ("{A}", "choice_{a}", "choice_{A}", "option_{a}", "option_{A}", "a{i}")
 # An option that refers to the others cannot stand alone as a blank's answer.
 _REFERS_TO_OTHERS = re.compile(r"\b(all|none|both|neither) of (the )?(above|these|them|options)\b"
                                r"|^\(?[a-h]\)?\s*(,|and|&)\s*\(?[a-h]\)?$", re.IGNORECASE)
 _LETTER = re.compile(r"^\(?([A-Za-z])\)?[.:)]?$")
+_OPTIONS_LINE = re.compile(r"^\s*(?:options|choices)\s*:\s*(\S.*)$", re.IGNORECASE | re.MULTILINE)
+# An option that starts with its own letter: Video-MME's "A. Apples.", also "(B) red", "C) x", "D: y"
+_OWN_LETTER = "^\\s*(\\({letter}\\)\\s*|{letter}[.:)]\\s+)(?=\\S)"
 
 
 @dataclass
 class PromptColumns:
-    """The column holding each field of a prompt record; null: ponder's name, then the common names."""
+    """The column holding each field of a prompt record; null: ponder's name, then the common names;
+    "": no column (a set whose `domain` column is a category, Video-MME's, reads every row as
+    data.domain; the row's value stays, as `row_domain`)."""
 
     # A nested field is a dotted path ("reward_model.ground_truth"; into a list of dicts: "answers.answer").
     # images may name several columns separated by commas ("image_1,image_2"); so may id, whose values
@@ -58,9 +64,12 @@ class PromptColumns:
     answer: Optional[str] = None  # default: answer, solution, ground_truth, gt_answer, label, answers
     images: Optional[str] = None  # default: images, image, decoded_image (one image or a list)
     videos: Optional[str] = None  # default: videos, video (one video or a list)
-    options: Optional[str] = None  # default: options, choices (a list, a dict by letter, or its Python text);
+    options: Optional[str] = None  # default: options, choices, candidates (a list, a dict by letter, or its Python text);
     # else one column per option by letter (A, B, ...; choice_a, ...; option_a, ...)
     context: Optional[str] = None  # default: context, hint (text that goes before the question)
+    # The part of each video the question is about, in seconds (MVBench: start, end); default: all of it
+    video_start: Optional[str] = None
+    video_end: Optional[str] = None
 
 
 @dataclass
@@ -82,16 +91,52 @@ class PromptLayout:
     answer_is_index: bool = False  # the answer (an int or digits) is the 0-based index of an option (AI2D)
     # answer -> gold (HallusionBench: ++data.answer_map.1=Yes; in YAML quote both: {"1": "Yes"})
     answer_map: dict[str, str] = field(default_factory=dict)
+    # A path built from the row's columns (relative to data.image_root) where a set names its media
+    # by id only: Video-MME's "data/{videoID}.mp4", NExT-QA's "NExTVideo/{video}.mp4"
+    image_path: Optional[str] = None
+    video_path: Optional[str] = None
+    # The frame rate of videos given as a folder of frames (MVBench's TVQA: 3); a folder is read only with it
+    frames_fps: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.answers_metric not in ANSWERS_METRICS:
             raise ValueError(f"data.answers_metric must be one of {sorted(ANSWERS_METRICS)}, got {self.answers_metric!r}")
+        for key in ("image_path", "video_path"):
+            template = getattr(self, key)
+            try:
+                bad = template is not None and any(name is not None and (not name or spec or conversion)
+                                                   for _, name, spec, conversion in string.Formatter().parse(template))
+            except ValueError:
+                bad = True
+            if bad:
+                raise ValueError(f"data.{key}={template!r}: a path with column names in braces, e.g. 'data/{{videoID}}.mp4'")
+        if self.frames_fps is not None and not 0 < self.frames_fps < float("inf"):
+            raise ValueError(f"data.frames_fps must be > 0, got {self.frames_fps}")
+
+
+def with_unique_ids(rows: list, layout: PromptLayout) -> PromptLayout:
+    """The layout, its id column set to the first common id column whose values are unique where the
+    first one present repeats (VLMEvalKit's HallusionBench: `question_id` counts within a figure,
+    `index` is unique). Unchanged when data.columns.id is given or no such column exists."""
+    if layout.columns.id is not None:
+        return layout
+    dicts = [r for r in rows if isinstance(r, dict)]
+    present = [c for c in CANDIDATES["id"] if any(r.get(c) is not None for r in dicts)]
+
+    def unique(column: str) -> bool:
+        values = [r.get(column) for r in dicts]
+        return None not in values and len({str(v) for v in values}) == len(values)
+
+    if len(present) < 2 or unique(present[0]):
+        return layout
+    better = next((c for c in present[1:] if unique(c)), None)
+    return replace(layout, columns=replace(layout.columns, id=better)) if better else layout
 
 
 def _column(raw: dict, name: str, layout: PromptLayout) -> Optional[str]:
     chosen = getattr(layout.columns, name)
     if chosen is not None:
-        return chosen
+        return chosen or None  # "": no column
     present = [c for c in CANDIDATES[name] if raw.get(c) is not None]
     if name in ("images", "videos"):  # MathVision: `image` holds a relative path, `decoded_image` the pixels
         present.sort(key=lambda c: _only_text(raw[c]))
@@ -142,6 +187,8 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         if name == "question" and out.get("messages") is not None:
             continue
         column = _column(raw, name, layout)
+        if getattr(layout.columns, name) == "" and name in out:  # not this field: kept under another name
+            out[f"row_{name}"] = out.pop(name)
         if column is None or column == name:
             continue
         if "," in column:  # several columns, in order (MMMU's image_1 .. image_7; an id of several parts)
@@ -163,7 +210,10 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         out["id"] = str(out["id"])
     answer_column = _column(raw, "answer", layout) or ""
     if layout.accepted_answers or answer_column.split(".")[0] in ANY_OF_COLUMNS:
-        out["answer"] = _any_of(out.get("answer"), layout.answers_metric)
+        answer = out.get("answer")
+        if layout.accepted_answers and isinstance(answer, str) and answer.strip().startswith("["):
+            answer = _python_text(answer)  # VLMEvalKit's OCRBench: "['3/3/79', 'March 3, 1979']"
+        out["answer"] = _any_of(answer, layout.answers_metric)
     if layout.answer_map:
         out["answer"] = _mapped(out.get("answer"), layout.answer_map)
     if out.get("domain") is None and layout.domain:
@@ -171,20 +221,26 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
     question = out.get("question")
     if isinstance(question, list) and question and all(isinstance(t, dict) and "role" in t for t in question):
         out["messages"] = out.pop("question")  # `prompt` as chat turns (verl and TRL layouts)
+    for media, template in (("images", layout.image_path), ("videos", layout.video_path)):
+        if template:
+            out[media] = _filled(template, raw)
     for media in ("images", "videos"):  # one per row (a video: a file, bytes, or {frames, fps}) or a list
         value = out.get(media)
         if value is not None:
             out[media] = [v for v in value if v is not None] if isinstance(value, list) else [value]
+    if out.get("videos") and (layout.columns.video_start or layout.columns.video_end or layout.frames_fps):
+        out["videos"] = [_as_clip(v, raw, layout) for v in out["videos"]]
     if _given(out.get("context")) and isinstance(out.get("question"), str):  # MMBench's hint
         out["question"] = f"{out.pop('context').strip()}\n{out['question']}"
     if out.get("options") is None and layout.columns.options is None:
         out.update(_option_columns(out))
+        if out.get("options") is None and isinstance(out.get("question"), str):
+            out.update(_inline_options(out["question"]))
     options = out.get("options")
     if isinstance(options, str) and options.strip().startswith(("[", "{")):
-        try:
-            out["options"] = ast.literal_eval(options)  # MMMU / MathVerse store the list's Python text
-        except (ValueError, SyntaxError):
-            pass
+        out["options"] = _python_text(options)  # MMMU / MathVerse store the list's Python text
+    if out.get("options") is not None:
+        out["options"] = _without_own_letters(out["options"])
     if out.get("options") is None:
         out.pop("options", None)
     elif isinstance(out.get("question"), str):
@@ -201,6 +257,48 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
             if layout.options_in_prompt and letters and not bare and not _lists_options(out["question"], letters):
                 out["question"] = out["question"].rstrip() + "\n" + "\n".join(f"{k}. {v}" for k, v in letters.items())
     return out
+
+
+def _python_text(text: str) -> Any:
+    """The value a list's or dict's Python text writes, or the text itself if it is none."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+def _filled(template: str, row: dict) -> str:
+    """data.image_path / data.video_path with the row's columns (or dotted paths) filled in; a column
+    the row lacks (or leaves empty) leaves its `{name}` in place, so the path is a counted
+    missing_image / missing_video naming it, not a prompt asked without its media."""
+    parts = []
+    for literal, name, _, _ in string.Formatter().parse(template):
+        value = _value(row, name) if name else None
+        parts.append(literal + ("" if name is None else "{" + name + "}" if value is None else str(value)))
+    return "".join(parts)
+
+
+def _as_clip(video: Any, row: dict, layout: PromptLayout) -> Any:
+    """A video file or folder as a clip: the part the row's start / end columns give, a folder's
+    frame rate (data_pipelines/prompts.py parse_video checks them). Frames already listed stay."""
+    if isinstance(video, dict) and ("frames" in video or "video" in video):
+        return video
+    clip = {"video": video, "start": _value(row, layout.columns.video_start) if layout.columns.video_start else None,
+            "end": _value(row, layout.columns.video_end) if layout.columns.video_end else None,
+            "fps": layout.frames_fps}
+    return {k: v for k, v in clip.items() if v is not None}
+
+
+def _without_own_letters(options: Any) -> Any:
+    """Options that each start with their own letter ("A. Apples.", "B. Red.": Video-MME) without it,
+    so the prompt does not say "A. A. Apples." and "Red" grades as B. Anything else as it is."""
+    letters = _lettered(options)
+    if not letters or not all(isinstance(v, str) for v in (options.values() if isinstance(options, dict) else options)):
+        return options
+    stripped = {k: re.sub(_OWN_LETTER.format(letter=k), "", v, flags=re.IGNORECASE) for k, v in letters.items()}
+    if any(stripped[k] == v or not stripped[k] for k, v in letters.items()):
+        return options
+    return list(stripped.values()) if isinstance(options, list) else stripped
 
 
 def _mapped(answer: Any, answer_map: dict[str, str]) -> Any:
@@ -232,8 +330,8 @@ def _option_columns(row: dict) -> dict[str, Any]:
     (null, "nan": MMBench's rows with fewer than four) are left out, the others keep their letters."""
     for pattern in OPTION_COLUMNS:
         names = {}
-        for letter in string.ascii_uppercase:
-            name = pattern.format(A=letter, a=letter.lower())
+        for i, letter in enumerate(string.ascii_uppercase):
+            name = pattern.format(A=letter, a=letter.lower(), i=i)
             if name not in row:
                 break
             names[letter] = name
@@ -242,6 +340,17 @@ def _option_columns(row: dict) -> dict[str, Any]:
             kept = {letter: text for letter, text in options.items() if text is not None}
             return {"options": kept} if kept else {}
     return {}
+
+
+def _inline_options(question: str) -> dict[str, Any]:
+    """{"options": {letter: text}} from a line that lists them, MMStar's "Options: A: red, B: blue, C:
+    green" (letters in order from A); {} if the question has no such line."""
+    match = _OPTIONS_LINE.search(question)
+    parts = re.split(r"(?:^|,\s*)([A-H])\s*[:.)]\s*", match.group(1).strip()) if match else []
+    letters, texts = parts[1::2], [t.strip() for t in parts[2::2]]
+    if parts[:1] != [""] or len(letters) < 2 or letters != list(string.ascii_uppercase[:len(letters)]) or not all(texts):
+        return {}
+    return {"options": dict(zip(letters, texts))}
 
 
 def _lettered(options: Any) -> dict[str, str]:

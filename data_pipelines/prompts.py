@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from collections import Counter
@@ -34,8 +35,10 @@ from PIL import Image, ImageOps
 from .chat import DEFAULT_VIDEO_FPS, ChatRenderer, media_payload
 from .chat_formats import PLACEHOLDER, PLACEHOLDERS, image_mark_is_video, placeholder_items
 from .processor import BadSample
-from .prompt_columns import PromptLayout, normalize_row
+from .prompt_columns import PromptLayout, normalize_row, with_unique_ids
 from .records import undecoded_videos
+from .video import VideoClip
+from .vlmeval_tsv import read_tsv_rows
 from .document import Document, Visual
 
 NUMBERED_IMAGE = re.compile(r"<image ?(\d+)>")  # MMMU's "<image 1>", MathVision's "<image1>"
@@ -74,10 +77,14 @@ def _count_items(messages: list[dict], kind: str) -> int:
 def parse_video(raw: Any, rid: str) -> tuple[Any, float | None]:
     """A record's video: a file (path or bytes, or HF `Video()`'s {bytes, path}; decoded at 2 fps), or
     `{"frames": [...], "fps": F}`, or `{"frames": [...], "timestamps": [seconds, ...]}` (evenly
-    spaced; fps from their spacing)."""
+    spaced; fps from their spacing), or a clip, `{"video": file or folder of frames, "start": s,
+    "end": e, "fps": a folder's frame rate}` (each key but `video` optional)."""
     raw = media_payload(raw)
     if isinstance(raw, (str, bytes)) and raw:
         return raw, None
+    if isinstance(raw, dict) and "video" in raw:
+        clip = _parse_clip(raw, rid)
+        return clip, clip.fps
     frames = raw.get("frames") if isinstance(raw, dict) else None
     if not isinstance(frames, list) or not frames:
         raise PromptRecordError("malformed_record", f"{rid}: a video is a file or {{frames, fps | timestamps}}")
@@ -93,6 +100,25 @@ def parse_video(raw: Any, rid: str) -> tuple[Any, float | None]:
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
         raise PromptRecordError("malformed_record", f"{rid}: video fps must be a positive number")
     return frames, float(fps)
+
+
+def _parse_clip(raw: dict, rid: str) -> VideoClip:
+    source = media_payload(raw["video"])
+    if not isinstance(source, (str, bytes)) or not source:
+        raise PromptRecordError("malformed_record", f"{rid}: a clip's video is a file or a folder of frames")
+    numbers = {}
+    for key in ("start", "end", "fps"):
+        value = raw.get(key)
+        try:
+            numbers[key] = None if value is None or value == "" else float(value)  # TSV cells are text
+        except (TypeError, ValueError):
+            numbers[key] = math.nan
+    start, end, fps = numbers["start"] or 0.0, numbers["end"], numbers["fps"]
+    if not (0 <= start < math.inf) or (end is not None and not start < end < math.inf) or (
+            fps is not None and not 0 < fps < math.inf):
+        raise PromptRecordError("malformed_record", f"{rid}: a clip needs 0 <= start < end and fps > 0, got "
+                                                    f"start={raw.get('start')!r} end={raw.get('end')!r} fps={raw.get('fps')!r}")
+    return VideoClip(source, start, end, fps)
 
 
 def parse_record(raw: dict[str, Any]) -> PromptRecord:
@@ -184,8 +210,11 @@ def _placeholder_turns(messages: list[dict], images: int, videos: int) -> list[d
 
 
 def _raw_records(path: Path) -> tuple[list[Any], Counter]:
-    """JSONL lines, or the rows of an HF dataset (a `save_to_disk` directory, .parquet, .json)."""
+    """JSONL lines, VLMEvalKit's TSV rows, or the rows of an HF dataset (a `save_to_disk` directory,
+    .parquet, .json)."""
     bad = Counter()
+    if path.is_file() and path.suffix == ".tsv":
+        return read_tsv_rows(path), bad
     if path.is_file() and path.suffix == ".jsonl":
         rows = []
         for line in path.read_bytes().splitlines():  # bytes: one line of bad UTF-8 is one skip, not a crash
@@ -203,7 +232,7 @@ def _raw_records(path: Path) -> tuple[list[Any], Counter]:
     elif path.suffix in (".parquet", ".json"):
         dataset = datasets.load_dataset(path.suffix[1:], data_files=str(path), split="train")
     else:
-        raise ValueError(f"prompt data {path}: expected .jsonl, .parquet, .json or a save_to_disk directory")
+        raise ValueError(f"prompt data {path}: expected .jsonl, .parquet, .json, .tsv or a save_to_disk directory")
     if isinstance(dataset, datasets.DatasetDict):
         raise ValueError(f"prompt data {path} holds several splits ({list(dataset)}); point at one")
     return list(undecoded_videos(dataset)), bad
@@ -217,6 +246,11 @@ def load_prompt_records(path: str | Path, layout: PromptLayout | None = None) ->
         raise FileNotFoundError(f"prompt data not found: {path}")
     layout = layout if layout is not None else PromptLayout()
     rows, skipped = _raw_records(path)
+    unique = with_unique_ids(rows, layout)
+    if unique is not layout:
+        logging.getLogger(__name__).info("%s: ids read from the column %r (the first id column repeats)",
+                                         path, unique.columns.id)
+        layout = unique
     records, seen = [], set()
     for row, raw in enumerate(rows):
         try:

@@ -134,6 +134,8 @@ USABLE_HINTS = {
                    "answers without a box"),
     "missing_image": ("data.image_root", "Relative image paths are read from data.image_root (default: the data "
                       "file's folder)"),
+    "missing_video": ("data.image_root", "Relative video paths are read from data.image_root (default: the data "
+                      "file's folder)"),
     "no_text": ("text_field", "A text source reads the field its text_field names (default: text)"),
     "no_caption": ("caption_field", "An image-text source reads the caption from caption_field, else the .txt member"),
 }

@@ -15,6 +15,7 @@ PyAV is imported on first use, so image-only pipelines do not need it.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -31,6 +32,24 @@ MAX_FRAME_PIXELS = 7680 * 4320
 # model keeps at most 600 frames of any video.
 MAX_VIDEO_BYTES = 2 * 1024**3
 VIDEO_EXTENSIONS = ("mp4", "mkv", "webm", "avi", "mov", "m4v", "mpg", "mpeg", "ts", "gif")
+
+
+@dataclass(frozen=True)
+class VideoClip:
+    """A video cut to [start, end) seconds (MVBench's `start` / `end`: the question is about that
+    part), or a folder of frames extracted at `fps` (MVBench's TVQA frames at 3 fps), cut the same
+    way. The clip's timestamps start at 0."""
+
+    source: Any  # a file's path or bytes, or a folder's path
+    start: float = 0.0
+    end: float | None = None  # None: to the end
+    fps: float | None = None  # a folder's frame rate (a file's is its stream's)
+
+    def frame_range(self, frames: int, fps: float) -> range:
+        """The indices of the frames (of `frames` at `fps`) inside the clip."""
+        first = min(frames, int(self.start * fps))
+        last = frames if self.end is None else min(frames, math.ceil(self.end * fps))
+        return range(first, last)
 
 
 def _av() -> Any:
@@ -100,12 +119,18 @@ def probe_video(data: bytes) -> VideoInfo:
     return VideoInfo(width, height, frames, fps)
 
 
-def decode_video(data: bytes, processor: VisionProcessor) -> ProcessedVideo:
-    """A video file's bytes -> the processed video (2 fps sampling, frame pairs, timestamps)."""
+def decode_video(data: bytes, processor: VisionProcessor, clip: VideoClip | None = None) -> ProcessedVideo:
+    """A video file's bytes -> the processed video (2 fps sampling, frame pairs, timestamps); with
+    `clip`, only its part of the video (timestamps from the clip's start)."""
     av = _av()
     info = probe_video(data)
     cfg = processor.cfg
-    indices = sample_frame_indices(info.frames, info.fps, cfg)
+    window = clip.frame_range(info.frames, info.fps) if clip else range(info.frames)
+    if not window:
+        raise BadVideoError(f"the clip [{clip.start}, {clip.end}) s holds no frame of the "
+                            f"{info.frames / info.fps:.1f} s video")
+    in_clip = sample_frame_indices(len(window), info.fps, cfg)
+    indices = [window.start + i for i in in_clip]
     wanted = sorted(set(indices))
     padded = len(indices) + (-len(indices) % cfg.temporal_patch_size)
     height, width = smart_resize(padded, info.height, info.width, cfg.temporal_patch_size, cfg.factor,
@@ -127,4 +152,4 @@ def decode_video(data: bytes, processor: VisionProcessor) -> ProcessedVideo:
         container.close()
     if len(kept) < len(wanted):
         raise BadVideoError(f"video decodes to fewer frames than its {info.frames} declared")
-    return processor.process_sampled_video([kept[i] for i in indices], indices, info.fps)
+    return processor.process_sampled_video([kept[i] for i in indices], in_clip, info.fps)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -48,10 +49,12 @@ from trainer.logging import log
 from trainer.model import ModelConfig
 
 # skip reasons a wrong media column gives (MMMU's image_1 .. image_7 unread: image_count_mismatch)
-MEDIA_SKIPS = {"missing_image", "undecodable_image", "bad_video", "image_count_mismatch"}
+MEDIA_SKIPS = {"missing_image", "missing_video", "remote_image", "undecodable_image", "bad_video",
+               "image_count_mismatch"}
 
 Metrics = dict[str, Any]
-PROMPT_FILE_SUFFIXES = (".jsonl", ".parquet", ".json")  # what load_prompt_records reads (or a directory)
+HUB_SHARD = re.compile(r"(\w+)-\d{5}-of-\d{5}")  # a hub dataset's parquet file: <split>-00000-of-00001
+PROMPT_FILE_SUFFIXES = (".jsonl", ".parquet", ".json", ".tsv")  # what load_prompt_records reads (or a directory)
 
 
 # A wrong data.domain makes one message per distinct gold answer ("gold '5' is not a letter"): keep
@@ -70,7 +73,10 @@ def _most_common(counts: Counter, keep: int) -> dict[str, int]:
 class EvalDataConfig(PromptLayout):
     """Prompt sets, and (PromptLayout) where their fields are: columns, domain, mc_to_blank."""
 
-    paths: list[str] = field(default_factory=list)  # prompt sets: .jsonl, .parquet, .json, save_to_disk dirs
+    paths: list[str] = field(default_factory=list)  # prompt sets: .jsonl, .parquet, .json, .tsv, save_to_disk dirs
+    # Sets with settings of their own, after `paths`: {path, name?, image_root?, max_prompts?, and any
+    # layout setting above: domain, columns, options_in_prompt, ...}; what a set leaves out is data.<key>
+    sets: list[dict[str, Any]] = field(default_factory=list)
     image_root: Optional[str] = None  # relative image paths resolve here; default: each set's own directory
     system_prompt: Optional[str] = None
     max_prompt_tokens: int = 4096  # longer prompts (images expanded) are skipped and counted
@@ -103,12 +109,13 @@ class EvalRunConfig:
     def __post_init__(self) -> None:
         if not self.model.init:
             raise ValueError("model.init is empty: give the checkpoint to evaluate (a run dir, step_N, or HF dir)")
-        if not self.data.paths:
+        paths = [s.path for s in prompt_sets(self.data)]  # checks data.sets' keys
+        if not paths:
             raise ValueError("data.paths is empty: give one or more prompt sets, e.g. data.paths=[a.jsonl,b.parquet]")
-        missing = [p for p in self.data.paths if not Path(p).exists()]
+        missing = [p for p in paths if not Path(p).exists()]
         if missing:
             raise ValueError(f"data.paths: not found: {missing}")
-        unknown = [p for p in self.data.paths if Path(p).is_file() and Path(p).suffix not in PROMPT_FILE_SUFFIXES]
+        unknown = [p for p in paths if Path(p).is_file() and Path(p).suffix not in PROMPT_FILE_SUFFIXES]
         if unknown:
             raise ValueError(f"data.paths: {unknown} are not {PROMPT_FILE_SUFFIXES} files or save_to_disk directories")
         if self.samples < 0 or not (self.greedy or self.samples):
@@ -204,16 +211,61 @@ def grouped_metrics(outcomes: list[PromptOutcome], ks: tuple[int, ...], pass_thr
 
 def set_names(paths: list[str]) -> list[tuple[str, str]]:
     """(name, path) per prompt set: the file's stem or the directory's name (a split of a saved
-    DatasetDict: `<dataset>_<split>`), made unique with _2, _3, ..."""
+    DatasetDict, or a hub parquet shard `<split>-00000-of-00001`: `<dataset folder>_<split>`), made
+    unique with _2, _3, ..."""
     seen: Counter = Counter()
     out = []
     for path in paths:
         p = Path(path)
         base = p.stem if p.is_file() else p.name
-        if (p.parent / "dataset_dict.json").is_file():
-            base = f"{p.parent.name}_{p.name}"
+        shard = HUB_SHARD.fullmatch(base)
+        if (p.parent / "dataset_dict.json").is_file() or shard:
+            base = f"{p.parent.name}_{shard.group(1) if shard else p.name}"
         seen[base] += 1
         out.append((base if seen[base] == 1 else f"{base}_{seen[base]}", path))
+    return out
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """One prompt set of a run, with the layout and media root its records are read with."""
+
+    name: str
+    path: str
+    layout: PromptLayout
+    image_root: Optional[str]
+    max_prompts: Optional[int]
+
+
+LAYOUT_KEYS = tuple(f.name for f in dataclasses.fields(PromptLayout))
+SET_KEYS = ("path", "name", "image_root", "max_prompts", *LAYOUT_KEYS)
+
+
+def prompt_sets(data: EvalDataConfig) -> list[PromptSet]:
+    """data.paths (each read with data's settings), then data.sets (each with its own over data's):
+    MVBench's tasks each keep their videos under another folder; one run may hold MMBench (multiple
+    choice) and OCRBench (accepted answers)."""
+    entries = [{"path": p} for p in data.paths] + [dict(s) for s in data.sets]
+    for entry in entries:
+        unknown = sorted(set(entry) - set(SET_KEYS))
+        limit = entry.get("max_prompts")
+        if unknown or not isinstance(entry.get("path"), str) or (limit is not None and not (
+                isinstance(limit, int) and limit >= 1)):
+            raise ValueError(f"data.sets: each set is {{path, and any of {', '.join(SET_KEYS[1:])}}} "
+                             f"(max_prompts >= 1); got {entry} (unknown: {unknown})")
+    names = set_names([e["path"] for e in entries])
+    out = []
+    for entry, (auto_name, path) in zip(entries, names):
+        overrides = {k: entry[k] for k in LAYOUT_KEYS if k in entry and k != "columns"}
+        try:
+            columns = dataclasses.replace(data.columns, **entry.get("columns", {}))
+        except TypeError as err:  # a field PromptColumns does not have
+            raise ValueError(f"data.sets: {path}: columns {entry['columns']}: {err}") from err
+        layout = PromptLayout(**{**{k: getattr(data, k) for k in LAYOUT_KEYS}, **overrides, "columns": columns})
+        out.append(PromptSet(entry.get("name") or auto_name, path, layout, entry.get("image_root", data.image_root),
+                             entry.get("max_prompts", data.max_prompts)))
+    if len({s.name for s in out}) < len(out):
+        raise ValueError(f"data.sets: two sets share a name: {[s.name for s in out]}")
     return out
 
 
@@ -241,12 +293,13 @@ class SetEvaluator:
         self.roller = GroupRoller(engine, Scorer(cfg.rewards), cfg.rollout, tokenizer, special)
         self.decodings = decodings(cfg)
 
-    def __call__(self, set_index: int, name: str, path: str, loaded: tuple[list[PromptRecord], Counter]) -> Metrics:
+    def __call__(self, set_index: int, prompt_set: PromptSet, loaded: tuple[list[PromptRecord], Counter]) -> Metrics:
         """Metrics of one prompt set (identical on every rank); `loaded`: its records (at most
         data.max_prompts) and skip counts."""
         started = time.perf_counter()
         records, load_skipped = loaded
-        image_root = self.cfg.data.image_root or str(Path(path).resolve().parent)
+        name, path = prompt_set.name, prompt_set.path
+        image_root = prompt_set.image_root or str(Path(path).resolve().parent)
         everyone = gather(self._run_share(set_index, name, records, image_root), self.info)
         failed = {slot: reason for _, fails in everyone for slot, reason in fails}
         evaluated = [r for slot, r in enumerate(records) if slot not in failed]
@@ -306,12 +359,12 @@ def evaluate(cfg: EvalRunConfig, info: DistInfo, responses_path: Path | None = N
     With cfg.save_responses, `responses_path` (if given) gets one JSON line per response."""
     hf_dir = resolve_hf_dir(cfg.model.init)
     started = time.perf_counter()
-    log.info("evaluating %s on %d prompt set(s), %d rank(s)", hf_dir, len(cfg.data.paths), info.world_size)
-    named = set_names(cfg.data.paths)
-    loaded = [load_gradable_prompts(path, cfg.data, cfg.rewards, cfg.data.max_prompts) for _, path in named]
+    sets_to_run = prompt_sets(cfg.data)
+    log.info("evaluating %s on %d prompt set(s), %d rank(s)", hf_dir, len(sets_to_run), info.world_size)
+    loaded = [load_gradable_prompts(s.path, s.layout, cfg.rewards, s.max_prompts) for s in sets_to_run]
     evaluator = SetEvaluator(cfg, info, hf_dir)
     try:
-        sets = {name: evaluator(i, name, path, loaded[i]) for i, (name, path) in enumerate(named)}
+        sets = {s.name: evaluator(i, s, loaded[i]) for i, s in enumerate(sets_to_run)}
         if responses_path is not None and cfg.save_responses:
             responses_path.write_text("".join(json.dumps(r) + "\n" for r in evaluator.responses))
     finally:
@@ -378,7 +431,8 @@ def nothing_evaluated(results: Metrics) -> str | None:
     if not empty:
         return None
     hint = (" Images and videos are read relative to data.image_root (default: the set's directory); "
-            "data.columns.images / data.columns.videos name their columns."
+            "data.columns.images / data.columns.videos name their columns, data.image_path / data.video_path "
+            "build a path from a row's columns (Video-MME: data.video_path='data/{videoID}.mp4')."
             if any(MEDIA_SKIPS & set(s) for s in empty.values()) else "")
     return "ponder eval: no prompt evaluated in " + "; ".join(f"{n} (skipped: {s})" for n, s in empty.items()) + "." + hint
 

@@ -493,3 +493,105 @@ def write_video_prompt_set(root: Path, clip: bytes) -> Path:
                                                            "answer": datasets.Value("string"),
                                                            "domain": datasets.Value("string")})).to_parquet(str(path))
     return path
+
+
+def write_vlmeval_tsvs(root: Path) -> dict[str, Path]:
+    """VLMEvalKit's LMUData TSVs as its tools write them (pandas, tab-separated, NaN as an empty cell):
+    base64 images; an `image` cell of <= 64 characters is the `index` of the row whose image it shares
+    (MMBench, MME); MMMU's multi-image cell is the Python text of a list; OCRBench's answer the Python
+    text of a list; MMStar's options only inline; HallusionBench's question_id repeats, index does not."""
+    import base64
+
+    import numpy as np
+    import pandas as pd
+
+    def b64(colour: str) -> str:
+        return base64.b64encode(jpeg(colour, (56, 56))).decode("ascii")
+
+    def photo() -> str:  # a real cell is 20-200 KB: no legal file name
+        noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(noise).save(buf, format="JPEG", quality=85)
+        return base64.b64encode(buf.getvalue()).decode("ascii")
+
+    nan, out = float("nan"), {}
+
+    def write(name: str, rows: list[dict]) -> None:
+        out[name] = root / f"{name}.tsv"
+        pd.DataFrame(rows).to_csv(out[name], sep="\t", index=False)
+
+    mmbench = {"hint": nan, "C": nan, "D": nan, "category": "attribute_recognition", "source": "MMBench",
+               "l2-category": "finegrained_perception (instance-level)", "comment": nan, "split": "dev"}
+    write("MMBench_DEV_EN", [
+        {**mmbench, "index": 0, "question": "What colour is the square?", "A": "red", "B": "blue", "C": "green",
+         "answer": "A", "image": b64("red")},
+        {**mmbench, "index": 1, "question": "Is this picture noisy?", "A": "yes", "B": "no", "answer": "A",
+         "image": photo()},
+        {**mmbench, "index": 2, "question": "Is the square warm or cold?", "hint": "Red is a warm colour.",
+         "A": "cold", "B": "warm", "answer": "B", "image": "0"}])
+    write("MMStar", [{"index": 0, "question": "What colour is shown?\nOptions: A: red, B: blue, C: green, D: yellow",
+                      "answer": "A", "category": "coarse perception", "l2_category": "image scene and topic",
+                      "bench": "SEEDBench_IMG", "image": b64("red")}])
+    write("OCRBench", [{"index": 0, "image": b64("white"), "question": "what is written in the image?",
+                        "answer": "['3/3/79', 'March 3, 1979']", "category": "Regular Text Recognition"}])
+    write("HallusionBench", [{"index": i, "image": b64("red"), "question": q, "answer": a, "category": "VD",
+                              "l2-category": "illusion", "set_id": 0, "figure_id": 0, "question_id": 0}
+                             for i, (q, a) in enumerate((("Is the square red?", "Yes"), ("Is it blue?", "No")))])
+    write("MMMU_DEV_VAL", [
+        {"index": 0, "id": "validation_Art_2", "question": "Which of <image 1> and <image 2> is blue?",
+         "A": "<image 1>", "B": "<image 2>", "C": nan, "D": nan, "answer": "B", "question_type": "multiple-choice",
+         "image": str([b64("red"), b64("blue")]), "image_path": str(["validation_Art_2_1.jpg", "validation_Art_2_2.jpg"])}])
+    return out
+
+
+def write_video_eval_sets(root: Path) -> dict[str, Path]:
+    """Video-MME (lmms-lab/Video-MME: a parquet without a path column, videos `data/{videoID}.mp4`,
+    options "A. Apples.", a `domain` column that is the video's category), MVBench (OpenGVLab:
+    `json/<task>.json` with `candidates`, the answer's text, `start` / `end` seconds; videos under a
+    per-task folder, TVQA's as folders of frames at 3 fps) and NExT-QA (lmms-lab/NExTQA: options a0..a4,
+    the answer their index, `video` the file's stem)."""
+    import datasets
+
+    from data_pipelines.synthetic import write_mp4
+
+    def clip(path: Path, colours: list[str], fps: int = 4) -> None:  # one colour per second
+        write_mp4([Image.new("RGB", (56, 56), c) for c in colours for _ in range(fps)], path, fps=fps)
+
+    text, out = datasets.Value("string"), {}
+    clip(root / "videomme" / "data" / "fFjv93ACGo8.mp4", ["red", "blue"])
+    out["videomme"] = root / "videomme" / "videomme" / "test-00000-of-00001.parquet"
+    out["videomme"].parent.mkdir(parents=True)
+    columns = ("video_id", "duration", "domain", "sub_category", "url", "videoID", "question_id", "task_type",
+               "question", "answer")
+    datasets.Dataset.from_list(
+        [{"video_id": "001", "duration": "short", "domain": "Knowledge", "sub_category": "Humanity & History",
+          "url": "https://www.youtube.com/watch?v=fFjv93ACGo8", "videoID": "fFjv93ACGo8", "question_id": "001-1",
+          "task_type": "Temporal Perception", "question": "Which colour fills the screen at the start?",
+          "options": ["A. Apples.", "B. Red.", "C. Black.", "D. White."], "answer": "B"}],
+        features=datasets.Features({**{c: text for c in columns}, "options": datasets.Sequence(text)}),
+    ).to_parquet(str(out["videomme"]))
+    mvbench = root / "mvbench"
+    clip(mvbench / "video" / "star" / "Charades_v1_480" / "ZS9XR.mp4", ["red", "green", "blue", "blue"])
+    frames = mvbench / "video" / "tvqa" / "frames_fps3_hq" / "s01e01_seg02_clip_00"
+    frames.mkdir(parents=True)
+    for i, colour in enumerate(["red"] * 3 + ["green"] * 3 + ["blue"] * 3):  # 3 s at 3 fps
+        (frames / f"{i + 1:05d}.jpg").write_bytes(jpeg(colour, (56, 56)))
+    (mvbench / "json").mkdir()
+    for task, video, candidates, answer, window in (
+            ("action_sequence", "ZS9XR.mp4", ["Ate the medicine.", "Took the box."], "Took the box.", (1.0, 3.0)),
+            ("episodic_reasoning", "s01e01_seg02_clip_00", ["He stood up.", "He ate.", "He left."], "He ate.", (1.0, 2.0))):
+        out[f"mvbench_{task}"] = mvbench / "json" / f"{task}.json"
+        out[f"mvbench_{task}"].write_text(json.dumps([{"video": video, "question": "What happened?", "candidates":
+                                                       candidates, "answer": answer, "start": window[0], "end": window[1]}]))
+    clip(root / "nextqa" / "NExTVideo" / "4010069381.mp4", ["red", "blue"])
+    out["nextqa"] = root / "nextqa" / "MC" / "test-00000-of-00001.parquet"
+    out["nextqa"].parent.mkdir(parents=True)
+    integer = datasets.Value("int64")
+    datasets.Dataset.from_list(
+        [{"video": "4010069381", "frame_count": 8, "width": 56, "height": 56, "question": "what colour is shown first",
+          "answer": 2, "qid": 4, "type": "TN", "a0": "black", "a1": "white", "a2": "red", "a3": "blue", "a4": "pink"}],
+        features=datasets.Features({"video": text, "frame_count": integer, "width": integer, "height": integer,
+                                    "question": text, "answer": integer, "qid": integer, "type": text,
+                                    **{f"a{i}": text for i in range(5)}}),
+    ).to_parquet(str(out["nextqa"]))
+    return out

@@ -24,6 +24,7 @@ from stages.evaluate import (
     grouped_metrics,
     set_names,
 )
+from stages.evaluate import prompt_sets as sets_of  # `prompt_sets` is a fixture below
 from stages.rl.pass_at_k import mean_pass_at_k, pass_at_k
 from trainer.checkpoint import resolve_hf_dir
 from tests.rl.helpers import (
@@ -111,12 +112,37 @@ def test_metrics_per_domain_by_hand():
 def test_set_names_are_stems_made_unique(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    for p in ("a/eval.jsonl", "b/eval.jsonl", "c.parquet"):
+    (tmp_path / "videomme").mkdir()
+    for p in ("a/eval.jsonl", "b/eval.jsonl", "c.parquet", "videomme/test-00000-of-00001.parquet"):
         (tmp_path / p).write_text("")
     (tmp_path / "geometry3k" / "test").mkdir(parents=True)  # a split of a saved DatasetDict
     (tmp_path / "geometry3k" / "dataset_dict.json").write_text('{"splits": ["test"]}')
-    paths = [str(tmp_path / p) for p in ("a/eval.jsonl", "b/eval.jsonl", "c.parquet", "a", "geometry3k/test")]
-    assert [n for n, _ in set_names(paths)] == ["eval", "eval_2", "c", "a", "geometry3k_test"]
+    paths = [str(tmp_path / p) for p in ("a/eval.jsonl", "b/eval.jsonl", "c.parquet", "a", "geometry3k/test",
+                                         "videomme/test-00000-of-00001.parquet")]  # a hub parquet shard
+    assert [n for n, _ in set_names(paths)] == ["eval", "eval_2", "c", "a", "geometry3k_test", "videomme_test"]
+
+
+def test_sets_with_settings_of_their_own(tmp_path):
+    for p in ("mmbench.tsv", "ocrbench.tsv"):
+        (tmp_path / p).write_text("")
+    data = EvalDataConfig(paths=[str(tmp_path / "mmbench.tsv")], domain="multiple_choice", options_in_prompt=True,
+                          image_root="/images",
+                          sets=[{"path": str(tmp_path / "ocrbench.tsv"), "name": "ocr", "domain": "ocr",
+                                 "accepted_answers": True, "columns": {"id": "index"}, "max_prompts": 5}])
+    mmbench, ocr = sets_of(data)
+    assert (mmbench.name, mmbench.layout.domain, mmbench.layout.options_in_prompt, mmbench.layout.accepted_answers,
+            mmbench.image_root, mmbench.max_prompts) == ("mmbench", "multiple_choice", True, False, "/images", None)
+    assert (ocr.name, ocr.layout.domain, ocr.layout.options_in_prompt, ocr.layout.accepted_answers,
+            ocr.layout.columns.id, ocr.image_root, ocr.max_prompts) == ("ocr", "ocr", True, True, "index", "/images", 5)
+    assert data.columns.id is None  # data's own columns unchanged
+    with pytest.raises(ValueError, match=r"unknown: \['domian'\]"):
+        sets_of(EvalDataConfig(sets=[{"path": "x.tsv", "domian": "ocr"}]))
+    with pytest.raises(ValueError, match="columns"):
+        sets_of(EvalDataConfig(sets=[{"path": "x.tsv", "columns": {"answr": "a"}}]))
+    with pytest.raises(ValueError, match="max_prompts >= 1"):
+        sets_of(EvalDataConfig(sets=[{"path": "x.tsv", "max_prompts": 0}]))
+    with pytest.raises(ValueError, match="share a name"):
+        sets_of(EvalDataConfig(sets=[{"path": "a.tsv", "name": "s"}, {"path": "b.tsv", "name": "s"}]))
 
 
 # ---- config and checkpoint resolution ------------------------------------------------------------
@@ -269,9 +295,11 @@ def prompt_sets(tmp_path_factory) -> list[Path]:
     return [tasks, root / "vision.parquet"]
 
 
-def _eval(init: Path, sets: list[Path], run: Path, nproc: int, *extra: str) -> dict:
-    """eval.json's numbers, plus the lines of responses.jsonl (under "_responses") when written."""
-    overrides = ["recipe=eval_tiny", f"model.init={init}", f"data.paths=[{sets[0]},{sets[1]}]",
+def _eval(init: Path, sets: list[Path], run: Path, nproc: int, *extra: str,
+          data: str | None = None) -> dict:
+    """eval.json's numbers, plus the lines of responses.jsonl (under "_responses") when written.
+    `data`: the sets as given on the command line (default: data.paths=[both])."""
+    overrides = ["recipe=eval_tiny", f"model.init={init}", data or f"data.paths=[{sets[0]},{sets[1]}]",
                  f"samples={SAMPLES}", f"ks=[{','.join(map(str, KS))}]", "rollout.max_new_tokens=16",
                  f"hydra.run.dir={run}", *TASK_VERIFIERS, *extra]
     proc = check(launch("eval.py", overrides, nproc=nproc, timeout=300))
@@ -293,8 +321,11 @@ def two_ranks(policy_run, prompt_sets, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def one_rank(policy_run, prompt_sets, tmp_path_factory) -> dict:
-    # model.init as the run directory: its latest complete checkpoint
-    return _eval(policy_run, prompt_sets, tmp_path_factory.mktemp("e1") / "run", 1)
+    # model.init as the run directory: its latest complete checkpoint; the sets as data.sets, each
+    # with its settings (the same as data's here: the numbers must be those of data.paths)
+    tasks, vision = prompt_sets
+    return _eval(policy_run, prompt_sets, tmp_path_factory.mktemp("e1") / "run", 1,
+                 data=f"data.sets=[{{path: {tasks}}}, {{path: {vision}, image_root: {vision.parent}, max_prompts: 100}}]")
 
 
 def test_two_ranks_report_every_set_domain_and_k(two_ranks, policy_run):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from data_pipelines.chat import ChatRenderer
-from data_pipelines.processor import ProcessorConfig, VisionProcessor
-from data_pipelines.prompt_columns import PromptColumns, PromptLayout
-from data_pipelines.prompts import encode_prompt_record, load_prompt_records
-from tests.public_layouts import write_prompt_sets
+from data_pipelines.processor import BadSample, ProcessorConfig, VisionProcessor
+from data_pipelines.prompt_columns import PromptColumns, PromptLayout, normalize_row, with_unique_ids
+from data_pipelines.prompts import encode_prompt_record, load_prompt_records, parse_record
+from tests.public_layouts import png, write_prompt_sets
 
 
 @pytest.fixture(scope="module")
@@ -437,3 +437,57 @@ def test_video_placeholders_in_questions_place_the_video(question, content):
     with pytest.raises(PromptRecordError) as skipped:
         parse_record({"id": "v", "domain": "ocr", "answer": "blue", "question": "<video><video>Why?", "videos": ["a.mp4"]})
     assert skipped.value.reason == "image_count_mismatch"
+
+
+@pytest.mark.parametrize("options, kept", [
+    (["A. Apples.", "B. Red."], ["Apples.", "Red."]),  # Video-MME
+    ({"A": "(A) x", "B": "(B) y"}, {"A": "x", "B": "y"}),
+    (["A", "B", "C"], ["A", "B", "C"]),  # MathVision: the options are their letters
+    (["A. x", "C. y"], ["A. x", "C. y"]),  # not each its own letter
+    (["A. x", "y"], ["A. x", "y"]),
+    (["A.B. testing", "B. none"], ["A.B. testing", "B. none"]),  # "A.B." is no "A. " prefix
+])
+def test_options_that_carry_their_own_letter(options, kept):
+    row = normalize_row({"question": "Which?", "options": options, "answer": "A"}, 0, PromptLayout())
+    assert row["options"] == kept
+
+
+@pytest.mark.parametrize("question, options", [
+    ("What colour?\nOptions: A: red, B: blue, C: green", {"A": "red", "B": "blue", "C": "green"}),  # MMStar
+    ("Which?\nChoices: A. yes, B. no", {"A": "yes", "B": "no"}),
+    ("Which?\nOptions: red, blue", None),
+    ("Which?\nOptions: A: red, C: blue", None),  # letters out of order
+    ("Options: A: red", None),  # one option
+    ("The options: A: red, B: blue are shown.", None),  # not a line of options
+])
+def test_options_listed_inline_in_the_question(question, options):
+    row = normalize_row({"question": question, "answer": "A"}, 0, PromptLayout())
+    assert row.get("options") == options
+
+
+def test_numbered_option_columns_candidates_and_unique_ids():
+    nextqa = normalize_row({"question": "q", "answer": 2, **{f"a{i}": t for i, t in enumerate("vwxyz")}}, 0,
+                           PromptLayout())
+    assert nextqa["answer"] == "C" and nextqa["options"] == dict(zip("ABCDE", "vwxyz"))
+    mvbench = normalize_row({"question": "q", "candidates": ["x", "y"], "answer": "y"}, 0, PromptLayout())
+    assert mvbench["options"] == ["x", "y"] and mvbench["answer"] == "y"
+    rows = [{"question_id": 0, "index": i} for i in range(3)]
+    assert with_unique_ids(rows, PromptLayout()).columns.id == "index"  # question_id repeats
+    assert with_unique_ids([{"question_id": 0}, {"question_id": 0}], PromptLayout()).columns.id is None
+    explicit = PromptLayout(columns=PromptColumns(id="question_id"))
+    assert with_unique_ids(rows, explicit) is explicit
+
+
+def test_media_paths_built_from_columns(tmp_path, renderer):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "7.png").write_bytes(png("red"))
+    layout = PromptLayout(domain="ocr", image_path="img/{pid}.png")
+    rows = [{"pid": 7, "question": "q", "answer": "a"}, {"question": "q", "answer": "a"}]
+    found, lacking = (parse_record(normalize_row(r, i, layout)) for i, r in enumerate(rows))
+    assert found.images == ["img/7.png"] and encoded_images(found, renderer, tmp_path) == 1
+    with pytest.raises(BadSample, match=r"img/\{pid\}.png") as err:  # the column it lacks, named
+        encode_prompt_record(lacking, renderer, image_root=tmp_path)
+    assert err.value.reason == "missing_image"
+    for template in ("data/{videoID", "{videoID!r}.mp4", "{}.mp4", "{videoID:>8}.mp4"):  # a typo stops at start
+        with pytest.raises(ValueError, match="data.video_path"):
+            PromptLayout(video_path=template)

@@ -105,7 +105,8 @@ def check_domains(domains: Iterable[str], config: RewardConfig) -> None:
         problems.append(
             f"no verifier for the domain(s) {', '.join(unknown)}: map each to a registered verifier "
             f"({', '.join(registered_names())}) or an import path (`++rewards.domain_verifiers.<domain>=<name>`), "
-            f"or set `rewards.default_verifier=<name>`")
+            f"or set `rewards.default_verifier=<name>`; if the set's `domain` column is a category, not a "
+            f"verifier, `data.columns.domain=''` reads every row as data.domain")
     problems += broken
     if problems:
         raise RewardConfigError("; ".join(problems))

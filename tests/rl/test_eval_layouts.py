@@ -1,0 +1,147 @@
+"""Eval sets as their publishers ship them: VLMEvalKit's TSVs (base64 images, shared-image indexes,
+list texts) and video sets (Video-MME, MVBench, NExT-QA), read, rendered and graded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from data_pipelines.chat import ChatRenderer
+from data_pipelines.processor import BadSample, ProcessorConfig, VisionProcessor
+from data_pipelines.prompt_columns import PromptColumns, PromptLayout
+from data_pipelines.prompts import encode_prompt_record, load_prompt_records
+from stages.rl.rewards import RewardConfig
+from stages.rl.rewards.scoring import score
+from tests.public_layouts import write_video_eval_sets, write_vlmeval_tsvs
+
+
+@pytest.fixture(scope="module")
+def tsvs(tmp_path_factory):
+    return write_vlmeval_tsvs(tmp_path_factory.mktemp("LMUData"))
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    return write_video_eval_sets(tmp_path_factory.mktemp("video_sets"))
+
+
+@pytest.fixture(scope="module")
+def renderer(tokenizer):
+    return ChatRenderer(tokenizer, VisionProcessor(ProcessorConfig(max_pixels=56 * 56 * 4)))
+
+
+def grade(record, answer: str) -> float:
+    response = f"<think>I look.</think><answer><|begin_of_box|>{answer}<|end_of_box|></answer>"
+    return score(record.domain, response, record.answer, config=RewardConfig(), **record.info).reward
+
+
+def question(record) -> str:
+    return "".join(i.get("text", "") for i in record.messages[-1]["content"])
+
+
+def spans(prompt) -> list[str]:
+    return [kind for _, _, kind in prompt.document.atomic_spans]
+
+
+def test_mmbench_tsv_base64_images_a_shared_index_and_a_photo(tsvs, renderer):
+    records, skipped = load_prompt_records(tsvs["MMBench_DEV_EN"], PromptLayout(domain="multiple_choice",
+                                                                                 options_in_prompt=True))
+    assert not skipped and [r.id for r in records] == ["0", "1", "2"]
+    assert question(records[0]) == "What colour is the square?\nA. red\nB. blue\nC. green"
+    assert question(records[2]) == "Red is a warm colour.\nIs the square warm or cold?\nA. cold\nB. warm"
+    assert records[2].images == records[0].images  # "0": the image of the row whose index is 0
+    assert len(records[1].images[0]) > 20_000  # a photo's base64: no file name, decoded, not a crash
+    for record in records:
+        assert spans(encode_prompt_record(record, renderer)) == ["image"]
+    assert [grade(records[0], a) for a in ("A", "red", "B")] == [1.0, 1.0, 0.0]
+
+
+def test_other_vlmeval_tsvs(tsvs, renderer):
+    (mmstar,), skipped = load_prompt_records(tsvs["MMStar"], PromptLayout(domain="multiple_choice"))
+    assert mmstar.info["options"] == {"A": "red", "B": "blue", "C": "green", "D": "yellow"}  # inline "Options:"
+    assert [grade(mmstar, a) for a in ("A", "red", "A: red", "blue")] == [1.0, 1.0, 1.0, 0.0]
+    (ocr,), _ = load_prompt_records(tsvs["OCRBench"], PromptLayout(domain="ocr", accepted_answers=True))
+    assert ocr.answer == {"any_of": ["3/3/79", "March 3, 1979"]}  # the list's Python text
+    assert [grade(ocr, a) for a in ("3/3/79", "March 3, 1979")] == [1.0, 1.0]
+    hallusion, skipped = load_prompt_records(tsvs["HallusionBench"], PromptLayout(domain="yesno"))
+    assert not skipped and [r.id for r in hallusion] == ["0", "1"]  # index, not the repeating question_id
+    (mmmu,), _ = load_prompt_records(tsvs["MMMU_DEV_VAL"], PromptLayout(domain="multiple_choice"))
+    assert len(mmmu.images) == 2 and [i.get("type") for i in mmmu.messages[0]["content"]] == [
+        "text", "image", "text", "image", "text"]  # <image 1>, <image 2> in place
+    assert spans(encode_prompt_record(mmmu, renderer)) == ["image", "image"]
+
+
+def test_text_that_names_no_file_is_a_counted_skip(tmp_path, renderer):
+    """A path too long for the file system (OSError) or a file that is not there: missing_image."""
+    data = tmp_path / "set.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "domain": "ocr", "question": "Read it.", "answer": "x",
+                                        "images": [image]}) + "\n"
+                            for i, image in enumerate(["dir/" * 80 + "a.png", "b" * 300 + ".png", "gone.png"])))
+    records, _ = load_prompt_records(data)
+    for record in records:
+        with pytest.raises(BadSample) as err:
+            encode_prompt_record(record, renderer, image_root=tmp_path)
+        assert err.value.reason == "missing_image" and len(str(err.value)) < 400
+
+
+def test_video_mme_ids_only_options_with_letters_and_a_category_column(videos, renderer):
+    path = videos["videomme"]
+    layout = PromptLayout(domain="multiple_choice", options_in_prompt=True, columns=PromptColumns(domain=""),
+                          video_path="data/{videoID}.mp4")
+    (record,), skipped = load_prompt_records(path, layout)
+    assert not skipped and record.domain == "multiple_choice" and record.info["row_domain"] == "Knowledge"
+    assert record.info["options"] == ["Apples.", "Red.", "Black.", "White."]  # "A. Apples." without its letter
+    assert question(record) == "Which colour fills the screen at the start?\nA. Apples.\nB. Red.\nC. Black.\nD. White."
+    assert [grade(record, a) for a in ("B", "Red", "B. Red.", "Apples")] == [1.0, 1.0, 1.0, 0.0]
+    assert spans(encode_prompt_record(record, renderer, image_root=path.parent.parent)) == ["video"]
+    with pytest.raises(BadSample) as err:  # the template's folder is the dataset's, not the parquet's
+        encode_prompt_record(record, renderer, image_root=path.parent)
+    assert err.value.reason == "missing_video"
+
+
+def test_mvbench_candidates_clips_and_folders_of_frames(videos, renderer):
+    root = videos["mvbench_action_sequence"].parent.parent / "video"
+    whole, _ = load_prompt_records(videos["mvbench_action_sequence"], PromptLayout(domain="multiple_choice"))
+    clipped, _ = load_prompt_records(videos["mvbench_action_sequence"], PromptLayout(
+        domain="multiple_choice", columns=PromptColumns(video_start="start", video_end="end")))
+    assert whole[0].info["options"] == ["Ate the medicine.", "Took the box."]  # `candidates`
+    assert [grade(whole[0], a) for a in ("B", "Took the box.", "A")] == [1.0, 1.0, 0.0]
+
+    def frames(record, folder: str) -> int:  # frames the model sees (2 fps, in pairs)
+        prompt = encode_prompt_record(record, renderer, image_root=root / folder)
+        return int(prompt.document.videos[0].grid_thw[0]) * 2
+
+    # 4 s at 4 fps: 8 frames at 2 fps; its 1-3 s: 4
+    assert frames(whole[0], "star/Charades_v1_480") == 8 and frames(clipped[0], "star/Charades_v1_480") == 4
+    tvqa = "tvqa/frames_fps3_hq"
+    folder, _ = load_prompt_records(videos["mvbench_episodic_reasoning"], PromptLayout(
+        domain="multiple_choice", frames_fps=3, columns=PromptColumns(video_start="start", video_end="end")))
+    assert frames(folder[0], tvqa) == 2  # 1-2 s of the 3 s at 3 fps: 3 frames, 2 at 2 fps
+    unknown_rate, _ = load_prompt_records(videos["mvbench_episodic_reasoning"], PromptLayout(domain="multiple_choice"))
+    with pytest.raises(BadSample, match="data.frames_fps") as err:  # a folder's frame rate is not guessed
+        encode_prompt_record(unknown_rate[0], renderer, image_root=root / tvqa)
+    assert err.value.reason == "missing_video"
+
+
+def test_nextqa_numbered_option_columns_and_a_video_stem(videos, renderer):
+    path = videos["nextqa"]
+    (record,), _ = load_prompt_records(path, PromptLayout(domain="multiple_choice",
+                                                          video_path="NExTVideo/{video}.mp4"))
+    assert record.answer == "C" and record.info["options"] == {"A": "black", "B": "white", "C": "red",
+                                                               "D": "blue", "E": "pink"}
+    assert [grade(record, a) for a in ("C", "red", "A")] == [1.0, 1.0, 0.0]
+    assert spans(encode_prompt_record(record, renderer, image_root=path.parent.parent)) == ["video"]
+
+
+@pytest.mark.parametrize("row, clip_error", [
+    ({"start": "x", "end": 2}, True), ({"start": 3, "end": 2}, True), ({"start": -1, "end": 2}, True),
+    ({"start": "0.5", "end": "1.5"}, False),  # TSV cells are text
+])
+def test_clip_bounds_nobody_showed_are_checked(tmp_path, row, clip_error):
+    data = tmp_path / "clips.jsonl"
+    data.write_text(json.dumps({"id": "v", "domain": "multiple_choice", "question": "What?", "answer": "A",
+                                "video": "v.mp4", **row}) + "\n")
+    records, skipped = load_prompt_records(data, PromptLayout(columns=PromptColumns(video_start="start",
+                                                                                    video_end="end")))
+    assert (skipped == {"malformed_record": 1}) if clip_error else (len(records) == 1 and not skipped)
