@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from .answer_format import format_violation
@@ -281,12 +282,19 @@ class ChatRenderer:
         if folder is None:
             return decode_video(_media(clip.source, root, key, "video"), self.processor, clip)
         if clip.fps is None:
-            raise MissingVideo(f"{key}: {folder} is a folder of frames; its frame rate is data.frames_fps")
-        frames = sorted(p for p in folder.iterdir() if p.suffix[1:].lower() in FRAME_EXTENSIONS)
+            raise MissingVideo(f"{key}: {folder} is a folder of frames: give its frame rate (prompt sets: "
+                               "data.frames_fps; records: {\"frames\": [...], \"fps\": F})")
+        frames = sorted((p for p in folder.iterdir() if p.suffix[1:].lower() in FRAME_EXTENSIONS
+                         and not p.name.startswith(".")), key=_in_number_order)
         window = [frames[i] for i in clip.frame_range(len(frames), clip.fps)]
         if not window:
             raise MissingVideo(f"{key}: no frames of {folder} in [{clip.start}, {clip.end}) s")
         return self._video(window, clip.fps, None, key)
+
+
+def _in_number_order(path: Path) -> list:
+    """A sort key that puts frame 2 before frame 10 whether or not the names are zero-padded."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name)]
 
 
 def _frames_folder(source: Any, root: str | Path | None) -> Path | None:
@@ -363,14 +371,28 @@ def _media(source: Any, root: str | Path | None, key: str, kind: str = "image") 
         source = str(source)
     if isinstance(source, str):
         return _text_media(source, root, key, kind)
-    if source is None:
-        raise _missing(kind)(f"{key}: {kind} item without data")
+    if not isinstance(source, (bytes, bytearray, Image.Image)):  # None, a NaN cell, a number
+        raise _missing(kind)(f"{key}: {kind} item without data ({type(source).__name__})")
     return source
 
 
-# Base64 text as VLMEvalKit's TSVs hold images (no `data:` prefix); never a file name of ours, which
-# has a dot. Shorter cells there are another row's index (data_pipelines/prompts.py reads those).
+# Base64 text as VLMEvalKit's TSVs hold images (no `data:` prefix). Shorter cells there are another
+# row's index (data_pipelines/vlmeval_tsv.py reads those). What decodes is taken only if it starts
+# as an image or video file does, so a missing path that happens to be base64 stays missing.
 _BASE64 = re.compile(r"[A-Za-z0-9+/\s]{65,}={0,2}\s*")
+_MEDIA_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"\x1aE\xdf\xa3")
+
+
+def _decoded_base64(text: str) -> bytes | None:
+    """The media file base64 text holds, or None."""
+    if not _BASE64.fullmatch(text):
+        return None
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except binascii.Error:
+        return None
+    riff = data[:4] == b"RIFF" and data[8:12] in (b"WEBP", b"AVI ")
+    return data if data.startswith(_MEDIA_MAGIC) or riff or data[4:8] == b"ftyp" else None
 
 
 def _text_media(text: str, root: str | Path | None, key: str, kind: str) -> bytes:
@@ -396,11 +418,8 @@ def _text_media(text: str, root: str | Path | None, key: str, kind: str) -> byte
                 return candidate.read_bytes()
         except OSError:  # "File name too long": base64, or nothing we can read
             break
-    if _BASE64.fullmatch(text):
-        try:
-            return base64.b64decode(text)
-        except binascii.Error:
-            pass
+    if (data := _decoded_base64(text)) is not None:
+        return data
     shown = str(path) if len(str(path)) <= 120 else str(path)[:100] + f"... ({len(text)} characters)"
     raise _missing(kind)(f"{key}: {kind} {shown} not found (relative paths are read from data.image_root, "
                          "default the data file's folder)")

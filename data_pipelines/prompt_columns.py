@@ -104,12 +104,14 @@ class PromptLayout:
         for key in ("image_path", "video_path"):
             template = getattr(self, key)
             try:
-                bad = template is not None and any(name is not None and (not name or spec or conversion)
+                bad = template is not None and any(name is not None and (not name or "[" in name or spec or conversion)
                                                    for _, name, spec, conversion in string.Formatter().parse(template))
             except ValueError:
                 bad = True
             if bad:
                 raise ValueError(f"data.{key}={template!r}: a path with column names in braces, e.g. 'data/{{videoID}}.mp4'")
+        if empty := [k for k, v in vars(self.columns).items() if v == "" and k != "domain"]:
+            raise ValueError(f"data.columns.{empty[0]}='': only the domain column can be none (a category column)")
         if self.frames_fps is not None and not 0 < self.frames_fps < float("inf"):
             raise ValueError(f"data.frames_fps must be > 0, got {self.frames_fps}")
 
@@ -123,13 +125,13 @@ def with_unique_ids(rows: list, layout: PromptLayout) -> PromptLayout:
     dicts = [r for r in rows if isinstance(r, dict)]
     present = [c for c in CANDIDATES["id"] if any(r.get(c) is not None for r in dicts)]
 
-    def unique(column: str) -> bool:
-        values = [r.get(column) for r in dicts]
-        return None not in values and len({str(v) for v in values}) == len(values)
+    def values(column: str) -> list[str]:
+        return [str(r[column]) for r in dicts if r.get(column) is not None]
 
-    if len(present) < 2 or unique(present[0]):
+    first = values(present[0]) if present else []
+    if len(present) < 2 or len(set(first)) == len(first):
         return layout
-    better = next((c for c in present[1:] if unique(c)), None)
+    better = next((c for c in present[1:] if len(set(v := values(c))) == len(v) == len(dicts)), None)
     return replace(layout, columns=replace(layout.columns, id=better)) if better else layout
 
 
@@ -212,7 +214,7 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
     if layout.accepted_answers or answer_column.split(".")[0] in ANY_OF_COLUMNS:
         answer = out.get("answer")
         if layout.accepted_answers and isinstance(answer, str) and answer.strip().startswith("["):
-            answer = _python_text(answer)  # VLMEvalKit's OCRBench: "['3/3/79', 'March 3, 1979']"
+            answer = python_text(answer)  # VLMEvalKit's OCRBench: "['3/3/79', 'March 3, 1979']"
         out["answer"] = _any_of(answer, layout.answers_metric)
     if layout.answer_map:
         out["answer"] = _mapped(out.get("answer"), layout.answer_map)
@@ -238,9 +240,11 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
             out.update(_inline_options(out["question"]))
     options = out.get("options")
     if isinstance(options, str) and options.strip().startswith(("[", "{")):
-        out["options"] = _python_text(options)  # MMMU / MathVerse store the list's Python text
+        out["options"] = python_text(options)  # MMMU / MathVerse store the list's Python text
     if out.get("options") is not None:
-        out["options"] = _without_own_letters(out["options"])
+        lettered, out["options"] = out["options"], _without_own_letters(out["options"])
+        if out["options"] is not lettered:  # a gold written as the whole option ("A. Apples.") follows it
+            out["answer"] = _same_option(out.get("answer"), lettered, out["options"])
     if out.get("options") is None:
         out.pop("options", None)
     elif isinstance(out.get("question"), str):
@@ -259,7 +263,7 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
     return out
 
 
-def _python_text(text: str) -> Any:
+def python_text(text: str) -> Any:
     """The value a list's or dict's Python text writes, or the text itself if it is none."""
     try:
         return ast.literal_eval(text)
@@ -274,7 +278,10 @@ def _filled(template: str, row: dict) -> str:
     parts = []
     for literal, name, _, _ in string.Formatter().parse(template):
         value = _value(row, name) if name else None
-        parts.append(literal + ("" if name is None else "{" + name + "}" if value is None else str(value)))
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # an id column read as floats (123.0)
+        given = isinstance(value, (str, int, float)) and not isinstance(value, bool) and value == value  # NaN
+        parts.append(literal + ("" if name is None else str(value) if given else "{" + name + "}"))
     return "".join(parts)
 
 
@@ -289,13 +296,20 @@ def _as_clip(video: Any, row: dict, layout: PromptLayout) -> Any:
     return {k: v for k, v in clip.items() if v is not None}
 
 
+def _same_option(answer: Any, before: Any, after: Any) -> Any:
+    """The answer, or the option of `after` at the place of the option of `before` it equals."""
+    before, after = list(_lettered(before).values()), list(_lettered(after).values())
+    texts = [_norm(o) for o in before]
+    return after[texts.index(_norm(answer))] if isinstance(answer, str) and texts.count(_norm(answer)) == 1 else answer
+
+
 def _without_own_letters(options: Any) -> Any:
     """Options that each start with their own letter ("A. Apples.", "B. Red.": Video-MME) without it,
     so the prompt does not say "A. A. Apples." and "Red" grades as B. Anything else as it is."""
     letters = _lettered(options)
     if not letters or not all(isinstance(v, str) for v in (options.values() if isinstance(options, dict) else options)):
         return options
-    stripped = {k: re.sub(_OWN_LETTER.format(letter=k), "", v, flags=re.IGNORECASE) for k, v in letters.items()}
+    stripped = {k: re.sub(_OWN_LETTER.format(letter=re.escape(k)), "", v, flags=re.IGNORECASE) for k, v in letters.items()}
     if any(stripped[k] == v or not stripped[k] for k, v in letters.items()):
         return options
     return list(stripped.values()) if isinstance(options, list) else stripped
@@ -370,15 +384,22 @@ def _answer_index(answer: Any, letters: dict[str, str], is_index: bool = False) 
         return None, ""
     digits = str(answer).strip()
     if isinstance(answer, int) or (is_index and digits.isdigit()):
-        return (int(digits), "index") if 0 <= int(digits) < len(texts) else (None, "")
+        return _by_index(int(digits), letters)
     if texts.count(_norm(digits)) == 1:
         return texts.index(_norm(digits)), "text"
     match = _LETTER.match(digits)
     if match and match.group(1).upper() in letters:
         return list(letters).index(match.group(1).upper()), "letter"
-    if digits.isdigit() and int(digits) < len(texts):
-        return int(digits), "index"
+    if digits.isdigit():
+        return _by_index(int(digits), letters)
     return None, ""
+
+
+def _by_index(index: int, letters: dict[str, str]) -> tuple[Optional[int], str]:
+    """The option a 0-based index names: the index-th letter's, where options left empty (NExT-QA's
+    a0..a4, MMBench's D) were dropped; (None, "") when that option is not there."""
+    letter = string.ascii_uppercase[index] if 0 <= index < 26 else None
+    return (list(letters).index(letter), "index") if letter in letters else (None, "")
 
 
 def _unique(letters: dict[str, str], index: int) -> bool:
@@ -396,7 +417,8 @@ def _lists_options(question: str, letters: dict[str, str]) -> bool:
     """The question lists every option already, a line each ("A. red") or inline ("(A) red (B) blue":
     MathVista's `query`, RealWorldQA, MathVerse)."""
     text = _norm(question)
-    return all(re.search(rf"(^|\s)(\({letter}\)|{letter}[.:)])\s*{re.escape(_norm(option))}", text, re.IGNORECASE)
+    return all(re.search(rf"(^|\s)(\({re.escape(letter)}\)|{re.escape(letter)}[.:)])\s*{re.escape(_norm(option))}",
+                         text, re.IGNORECASE)
                for letter, option in letters.items())
 
 
@@ -414,6 +436,9 @@ def _without_options(question: str, options: list[str]) -> str:
         if _lists_an_option(line, listed):
             continue
         if re.fullmatch(r"\s*(choices|options|answer choices)\s*:?\s*", line, re.IGNORECASE):
+            continue
+        inline = _inline_options(line).get("options", {})
+        if inline and {_norm(o) for o in inline.values()} <= listed:  # MMStar's "Options: A: red, B: blue"
             continue
         kept.append(line)
     return "\n".join(kept).strip()

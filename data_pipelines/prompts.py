@@ -113,6 +113,8 @@ def _parse_clip(raw: dict, rid: str) -> VideoClip:
             numbers[key] = None if value is None or value == "" else float(value)  # TSV cells are text
         except (TypeError, ValueError):
             numbers[key] = math.nan
+        if value != value:  # a float column's null (NaN): not given
+            numbers[key] = None
     start, end, fps = numbers["start"] or 0.0, numbers["end"], numbers["fps"]
     if not (0 <= start < math.inf) or (end is not None and not start < end < math.inf) or (
             fps is not None and not 0 < fps < math.inf):

@@ -12,10 +12,11 @@ applied here, as its `ImageBaseDataset` applies them:
 
 from __future__ import annotations
 
-import ast
 import csv
 from pathlib import Path
 from typing import Any
+
+from .prompt_columns import python_text
 
 SHARED_IMAGE_MAX_CHARS = 64  # VLMEvalKit's bound: a longer cell is an image, a shorter one an index
 _MAX_FIELD = 2**31 - 1  # an image cell is 20-200 KB of base64; csv's default limit is 128 KB
@@ -24,9 +25,12 @@ _MAX_FIELD = 2**31 - 1  # an image cell is 20-200 KB of base64; csv's default li
 def read_tsv_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of a VLMEvalKit TSV as dicts of text (None for empty cells), images resolved."""
     csv.field_size_limit(_MAX_FIELD)
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = [{k: (v if v != "" else None) for k, v in row.items() if k is not None}
-                for row in csv.DictReader(f, delimiter="\t")]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not in the header
+            rows = [{k: (v if v != "" else None) for k, v in row.items() if k is not None}
+                    for row in csv.DictReader(f, delimiter="\t")]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"prompt data {path}: not UTF-8 text ({err})") from err
     if rows and "image" in rows[0]:
         by_index = {row.get("index"): row.get("image") for row in rows}
         for row in rows:
@@ -41,10 +45,7 @@ def _image_cell(cell: str | None, by_index: dict[Any, str | None]) -> Any:
         shared = by_index[cell]
         return _image_cell(shared, {}) if shared is not None and len(shared) > SHARED_IMAGE_MAX_CHARS else cell
     if cell.startswith("["):
-        try:
-            images = ast.literal_eval(cell)
-        except (ValueError, SyntaxError):
-            return cell
+        images = python_text(cell)
         if isinstance(images, list) and all(isinstance(i, str) for i in images):
             return images
     return cell

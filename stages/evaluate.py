@@ -114,7 +114,7 @@ class EvalRunConfig:
             raise ValueError("data.paths is empty: give one or more prompt sets, e.g. data.paths=[a.jsonl,b.parquet]")
         missing = [p for p in paths if not Path(p).exists()]
         if missing:
-            raise ValueError(f"data.paths: not found: {missing}")
+            raise ValueError(f"data.paths / data.sets: not found: {missing}")
         unknown = [p for p in paths if Path(p).is_file() and Path(p).suffix not in PROMPT_FILE_SUFFIXES]
         if unknown:
             raise ValueError(f"data.paths: {unknown} are not {PROMPT_FILE_SUFFIXES} files or save_to_disk directories")
@@ -248,11 +248,12 @@ def prompt_sets(data: EvalDataConfig) -> list[PromptSet]:
     entries = [{"path": p} for p in data.paths] + [dict(s) for s in data.sets]
     for entry in entries:
         unknown = sorted(set(entry) - set(SET_KEYS))
-        limit = entry.get("max_prompts")
-        if unknown or not isinstance(entry.get("path"), str) or (limit is not None and not (
-                isinstance(limit, int) and limit >= 1)):
+        limit, name = entry.get("max_prompts"), entry.get("name")
+        if unknown or not isinstance(entry.get("path"), str) or (name is not None and not (
+                isinstance(name, str) and name)) or (limit is not None and not (
+                isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1)):
             raise ValueError(f"data.sets: each set is {{path, and any of {', '.join(SET_KEYS[1:])}}} "
-                             f"(max_prompts >= 1); got {entry} (unknown: {unknown})")
+                             f"(name a text, max_prompts >= 1); got {entry} (unknown: {unknown})")
     names = set_names([e["path"] for e in entries])
     out = []
     for entry, (auto_name, path) in zip(entries, names):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from data_pipelines.chat import ChatRenderer
 from data_pipelines.processor import BadSample, ProcessorConfig, VisionProcessor
@@ -13,7 +14,7 @@ from data_pipelines.prompt_columns import PromptColumns, PromptLayout
 from data_pipelines.prompts import encode_prompt_record, load_prompt_records
 from stages.rl.rewards import RewardConfig
 from stages.rl.rewards.scoring import score
-from tests.public_layouts import write_video_eval_sets, write_vlmeval_tsvs
+from tests.public_layouts import jpeg, write_video_eval_sets, write_vlmeval_tsvs
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +138,28 @@ def test_nextqa_numbered_option_columns_and_a_video_stem(videos, renderer):
 @pytest.mark.parametrize("row, clip_error", [
     ({"start": "x", "end": 2}, True), ({"start": 3, "end": 2}, True), ({"start": -1, "end": 2}, True),
     ({"start": "0.5", "end": "1.5"}, False),  # TSV cells are text
+    ({"start": float("nan"), "end": float("nan")}, False),  # a float column's nulls: the whole video
 ])
 def test_clip_bounds_nobody_showed_are_checked(tmp_path, row, clip_error):
     data = tmp_path / "clips.jsonl"
     data.write_text(json.dumps({"id": "v", "domain": "multiple_choice", "question": "What?", "answer": "A",
-                                "video": "v.mp4", **row}) + "\n")
+                                "video": "v.mp4", **row}, allow_nan=True) + "\n")
     records, skipped = load_prompt_records(data, PromptLayout(columns=PromptColumns(video_start="start",
                                                                                     video_end="end")))
     assert (skipped == {"malformed_record": 1}) if clip_error else (len(records) == 1 and not skipped)
+
+
+def test_a_folder_of_frames_is_read_in_number_order(tmp_path, renderer):
+    """Unpadded names (1.jpg .. 12.jpg) in time order, hidden files (macOS' ._1.jpg) left out: the
+    frames at 1 s and later are blue, so the two frames kept from the first second are red."""
+    from data_pipelines.video import VideoClip
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i in range(1, 13):  # 2 fps: frames 1-2 red (0-1 s), 3-12 blue
+        (folder / f"{i}.jpg").write_bytes(jpeg("red" if i <= 2 else "blue", (56, 56)))
+    (folder / "._1.jpg").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble: not an image
+    first_second = renderer._video(VideoClip("clip", 0.0, 1.0, 2.0), None, tmp_path, "k")
+    red = renderer._video([jpeg("red", (56, 56))] * 2, 2.0, None, "k")  # (in name order: 1.jpg, 10.jpg)
+    assert torch.equal(first_second.pixel_values, red.pixel_values)
+    assert int(renderer._video(VideoClip("clip", fps=2.0), None, tmp_path, "k").grid_thw[0]) == 6  # 12 frames

@@ -491,3 +491,39 @@ def test_media_paths_built_from_columns(tmp_path, renderer):
     for template in ("data/{videoID", "{videoID!r}.mp4", "{}.mp4", "{videoID:>8}.mp4"):  # a typo stops at start
         with pytest.raises(ValueError, match="data.video_path"):
             PromptLayout(video_path=template)
+
+
+def test_option_edges_nobody_showed():
+    # option keys with regex characters do not stop the load
+    row = normalize_row({"question": "Which?", "options": {"A)": "A) x", "B)": "B) y"}, "answer": "A"}, 0,
+                        PromptLayout(options_in_prompt=True))
+    assert row["answer"] == "A"
+    # a gold written as the whole lettered option follows its option
+    row = normalize_row({"question": "Which?", "options": ["A. Apples.", "B. Red."], "answer": "B. Red."}, 0,
+                        PromptLayout())
+    assert row["options"] == ["Apples.", "Red."] and row["answer"] == "Red."
+    # a blank made from MMStar's inline options leaves no options line behind
+    row = normalize_row({"question": "What colour?\nOptions: A: red, B: blue", "answer": "B"}, 0,
+                        PromptLayout(mc_to_blank=True))
+    assert row["question"] == "What colour?" and row["answer"] == "blue" and "options" not in row
+    # an index names its column's letter where an earlier option was left empty
+    row = normalize_row({"question": "q", "answer": 2, "a0": "x", "a1": None, "a2": "z"}, 0, PromptLayout())
+    assert row["options"] == {"A": "x", "C": "z"} and row["answer"] == "C"
+
+
+def test_media_cells_nobody_showed_are_counted_skips(tmp_path, renderer):
+    import base64
+
+    rows = [{"question": "q", "answer": "a", "image": float("nan")},  # a float column's null
+            {"question": "q", "answer": "a", "image": 3.0},
+            {"question": "q", "answer": "a", "image": "NExTVideo/" + "A" * 80}]  # missing, and base64-shaped
+    for i, row in enumerate(rows):
+        record = parse_record(normalize_row(row, i, PromptLayout(domain="ocr")))
+        with pytest.raises(BadSample) as err:
+            encode_prompt_record(record, renderer, image_root=tmp_path)
+        assert err.value.reason == "missing_image"
+    cell = base64.b64encode(png("red")).decode()  # VLMEvalKit's cell: decoded
+    record = parse_record(normalize_row({"question": "q", "answer": "a", "image": cell}, 0, PromptLayout(domain="ocr")))
+    assert encoded_images(record, renderer, tmp_path) == 1
+    with pytest.raises(ValueError, match="only the domain"):
+        PromptLayout(columns=PromptColumns(id=""))
