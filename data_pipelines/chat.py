@@ -297,12 +297,17 @@ def _in_number_order(path: Path) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name)]
 
 
+def _under_root(path: str | Path, root: str | Path | None) -> Path:
+    """A media path as read: relative ones from `root` (data.image_root)."""
+    path = Path(path)
+    return path if path.is_absolute() or root is None else Path(root) / path
+
+
 def _frames_folder(source: Any, root: str | Path | None) -> Path | None:
     """The folder a clip's source names, or None (a file, bytes, or nothing there)."""
     if not isinstance(source, (str, Path)):
         return None
-    path = Path(source)
-    path = path if path.is_absolute() or root is None else Path(root) / path
+    path = _under_root(source, root)
     try:
         return path if path.is_dir() else None
     except OSError:
@@ -405,9 +410,7 @@ def _text_media(text: str, root: str | Path | None, key: str, kind: str) -> byte
         if isinstance(source, bytes):
             return source
         text = source
-    path = Path(text)
-    if not path.is_absolute() and root is not None:
-        path = Path(root) / path
+    path = _under_root(text, root)
     candidates = [path]
     if kind == "video" and path.suffix[1:].lower() in VIDEO_EXTENSIONS:
         candidates += [path.with_suffix(f".{ext}") for ext in VIDEO_EXTENSIONS]

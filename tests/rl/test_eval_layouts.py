@@ -8,8 +8,7 @@ import json
 import pytest
 import torch
 
-from data_pipelines.chat import ChatRenderer
-from data_pipelines.processor import BadSample, ProcessorConfig, VisionProcessor
+from data_pipelines.processor import BadSample
 from data_pipelines.prompt_columns import PromptColumns, PromptLayout
 from data_pipelines.prompts import encode_prompt_record, load_prompt_records
 from stages.rl.rewards import RewardConfig
@@ -25,11 +24,6 @@ def tsvs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     return write_video_eval_sets(tmp_path_factory.mktemp("video_sets"))
-
-
-@pytest.fixture(scope="module")
-def renderer(tokenizer):
-    return ChatRenderer(tokenizer, VisionProcessor(ProcessorConfig(max_pixels=56 * 56 * 4)))
 
 
 def grade(record, answer: str) -> float:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from data_pipelines.chat import ChatRenderer
-from data_pipelines.processor import BadSample, ProcessorConfig, VisionProcessor
+from data_pipelines.processor import BadSample
 from data_pipelines.prompt_columns import PromptColumns, PromptLayout, normalize_row, with_unique_ids
 from data_pipelines.prompts import encode_prompt_record, load_prompt_records, parse_record
 from tests.public_layouts import png, write_prompt_sets
@@ -15,11 +14,6 @@ from tests.public_layouts import png, write_prompt_sets
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
     return write_prompt_sets(tmp_path_factory.mktemp("prompt_sets"))
-
-
-@pytest.fixture(scope="module")
-def renderer(tokenizer):
-    return ChatRenderer(tokenizer, VisionProcessor(ProcessorConfig(max_pixels=56 * 56 * 4)))
 
 
 def text_of(record) -> str:
