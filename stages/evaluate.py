@@ -81,6 +81,9 @@ class EvalDataConfig(PromptLayout):
     system_prompt: Optional[str] = None
     max_prompt_tokens: int = 4096  # longer prompts (images expanded) are skipped and counted
     max_prompts: Optional[int] = None  # per set: only the first N usable records (quick looks); None: all
+    # VLMEvalKit's circular evaluation (MMBench, CCBench): the set holds each question with its options
+    # rotated, the copies at index + k * 1,000,000; a question counts only if every copy is right
+    circular: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -153,6 +156,17 @@ def decodings(cfg: EvalRunConfig) -> list[Decoding]:
 
 
 # ---- per-prompt outcomes and the metrics over them (pure) -------------------------------------
+CIRCULAR_STRIDE = 1_000_000  # VLMEvalKit: a rotated copy of question i has index i + k * stride
+
+
+def circular_question(record_id: str) -> int:
+    """The question a row of a circular set is a copy of (its index modulo the stride)."""
+    if not re.fullmatch(r"\d+", record_id):
+        raise ValueError(f"circular evaluation needs the integer ids VLMEvalKit writes (index; rotated copies at "
+                         f"index + k * {CIRCULAR_STRIDE:,}); got id {record_id[:60]!r}")
+    return int(record_id) % CIRCULAR_STRIDE
+
+
 @dataclass
 class PromptOutcome:
     """One prompt's graded responses: all the metrics need, small enough to all-gather."""
@@ -177,7 +191,19 @@ def outcome_of(group: GroupResult, record: PromptRecord, texts: list[str] | None
                          [r for r in group.reasons if r.startswith(GRADING_ERRORS)])
 
 
-def decoding_metrics(outcomes: list[PromptOutcome], ks: tuple[int, ...], pass_threshold: float) -> Metrics:
+def circular_metrics(outcomes: list[PromptOutcome], pass_threshold: float) -> Metrics:
+    """Questions (copies grouped by circular_question) and the share right in every copy. With n
+    responses per copy the product of the copies' accuracies is the unbiased estimate of the chance
+    that one response drawn per copy is right in all of them; greedy, it is all copies right."""
+    copies: dict[int, list[float]] = defaultdict(list)
+    for o in outcomes:
+        copies[circular_question(o.id)].append(sum(r >= pass_threshold for r in o.rewards) / len(o.rewards))
+    return {"questions": len(copies),
+            "circular_accuracy": sum(math.prod(a) for a in copies.values()) / len(copies) if copies else None}
+
+
+def decoding_metrics(outcomes: list[PromptOutcome], ks: tuple[int, ...], pass_threshold: float,
+                     circular: bool = False) -> Metrics:
     """The numbers of one decoding over some prompts; rates are None without responses."""
     responses = sum(len(o.rewards) for o in outcomes)
 
@@ -197,16 +223,19 @@ def decoding_metrics(outcomes: list[PromptOutcome], ks: tuple[int, ...], pass_th
     }
     counts = [(len(o.rewards), sum(r >= pass_threshold for r in o.rewards)) for o in outcomes]
     out.update({f"pass@{k}": mean_pass_at_k(counts, k) for k in ks})
+    if circular:
+        out.update(circular_metrics(outcomes, pass_threshold))
     return out
 
 
-def grouped_metrics(outcomes: list[PromptOutcome], ks: tuple[int, ...], pass_threshold: float) -> Metrics:
+def grouped_metrics(outcomes: list[PromptOutcome], ks: tuple[int, ...], pass_threshold: float,
+                    circular: bool = False) -> Metrics:
     """{"all": metrics, "domains": {domain: metrics}} (domains sorted)."""
     by_domain: dict[str, list[PromptOutcome]] = defaultdict(list)
     for o in outcomes:
         by_domain[o.domain].append(o)
-    return {"all": decoding_metrics(outcomes, ks, pass_threshold),
-            "domains": {d: decoding_metrics(by_domain[d], ks, pass_threshold) for d in sorted(by_domain)}}
+    return {"all": decoding_metrics(outcomes, ks, pass_threshold, circular),
+            "domains": {d: decoding_metrics(by_domain[d], ks, pass_threshold, circular) for d in sorted(by_domain)}}
 
 
 def set_names(paths: list[str]) -> list[tuple[str, str]]:
@@ -235,10 +264,11 @@ class PromptSet:
     layout: PromptLayout
     image_root: Optional[str]
     max_prompts: Optional[int]
+    circular: bool = False
 
 
 LAYOUT_KEYS = tuple(f.name for f in dataclasses.fields(PromptLayout))
-SET_KEYS = ("path", "name", "image_root", "max_prompts", *LAYOUT_KEYS)
+SET_KEYS = ("path", "name", "image_root", "max_prompts", "circular", *LAYOUT_KEYS)
 
 
 def prompt_sets(data: EvalDataConfig) -> list[PromptSet]:
@@ -249,11 +279,13 @@ def prompt_sets(data: EvalDataConfig) -> list[PromptSet]:
     for entry in entries:
         unknown = sorted(set(entry) - set(SET_KEYS))
         limit, name = entry.get("max_prompts"), entry.get("name")
-        if unknown or not isinstance(entry.get("path"), str) or (name is not None and not (
+        if unknown or not isinstance(entry.get("path"), str) or not isinstance(entry.get("circular", False), bool) or (
+                name is not None and not (
                 isinstance(name, str) and name)) or (limit is not None and not (
                 isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1)):
             raise ValueError(f"data.sets: each set is {{path, and any of {', '.join(SET_KEYS[1:])}}} "
-                             f"(name a text, max_prompts >= 1); got {entry} (unknown: {unknown})")
+                             f"(name a text, max_prompts >= 1, circular true or false); got {entry} "
+                             f"(unknown: {unknown})")
     names = set_names([e["path"] for e in entries])
     out = []
     for entry, (auto_name, path) in zip(entries, names):
@@ -264,7 +296,7 @@ def prompt_sets(data: EvalDataConfig) -> list[PromptSet]:
             raise ValueError(f"data.sets: {path}: columns {entry['columns']}: {err}") from err
         layout = PromptLayout(**{**{k: getattr(data, k) for k in LAYOUT_KEYS}, **overrides, "columns": columns})
         out.append(PromptSet(entry.get("name") or auto_name, path, layout, entry.get("image_root", data.image_root),
-                             entry.get("max_prompts", data.max_prompts)))
+                             entry.get("max_prompts", data.max_prompts), entry.get("circular", data.circular)))
     if len({s.name for s in out}) < len(out):
         raise ValueError(f"data.sets: two sets share a name: {[s.name for s in out]}")
     return out
@@ -313,7 +345,7 @@ class SetEvaluator:
         grading_errors: Counter = Counter()
         for d in self.decodings:
             outcomes = sorted((o for outs, _ in everyone for o in outs[d.name]), key=lambda o: o.slot)
-            out[d.name] = grouped_metrics(outcomes, d.ks, self.cfg.pass_threshold)
+            out[d.name] = grouped_metrics(outcomes, d.ks, self.cfg.pass_threshold, prompt_set.circular)
             grading_errors.update(e[:120] for o in outcomes for e in o.grading_errors)
             self.responses += [{"set": name, "id": o.id, "domain": o.domain, "decoding": d.name, "sample": i,
                                 "response": text, "reward": o.rewards[i], "format_ok": o.format_ok[i]}
@@ -363,6 +395,12 @@ def evaluate(cfg: EvalRunConfig, info: DistInfo, responses_path: Path | None = N
     sets_to_run = prompt_sets(cfg.data)
     log.info("evaluating %s on %d prompt set(s), %d rank(s)", hf_dir, len(sets_to_run), info.world_size)
     loaded = [load_gradable_prompts(s.path, s.layout, cfg.rewards, s.max_prompts) for s in sets_to_run]
+    for s, (records, _) in zip(sets_to_run, loaded):
+        if s.circular:  # before the engine starts: ids that name no question stop the run here
+            try:
+                [circular_question(r.id) for r in records]
+            except ValueError as err:
+                raise ValueError(f"{s.name} ({s.path}): {err}") from None
     evaluator = SetEvaluator(cfg, info, hf_dir)
     try:
         sets = {s.name: evaluator(i, s, loaded[i]) for i, s in enumerate(sets_to_run)}
@@ -395,13 +433,15 @@ def _cell(value: Any, digits: int = 3) -> str:
 def decoding_table(results: Metrics, decoding: str) -> list[str]:
     """Markdown rows (header included) of one decoding: a row per set, then one per domain."""
     ks = results["decodings"][decoding]["ks"]
-    columns = [*RATE_COLUMNS[:1], *[(f"pass@{k}", f"pass@{k}") for k in ks], *RATE_COLUMNS[1:], *TAIL_COLUMNS]
+    circular = any("circular_accuracy" in r[decoding]["all"] for r in results["sets"].values())
+    columns = [*RATE_COLUMNS[:1], *[("circular_accuracy", "circular acc")] * circular,
+               *[(f"pass@{k}", f"pass@{k}") for k in ks], *RATE_COLUMNS[1:], *TAIL_COLUMNS]
     lines = ["| set | domain | prompts | " + " | ".join(title for _, title in columns) + " |",
              "|---|---|" + "---:|" * (len(columns) + 1)]
     for name, result in results["sets"].items():
         rows = [("all", result[decoding]["all"]), *result[decoding]["domains"].items()]
         for domain, m in rows:
-            cells = [_cell(m[key], 1 if key.startswith("response_length") else 3) for key, _ in columns]
+            cells = [_cell(m.get(key), 1 if key.startswith("response_length") else 3) for key, _ in columns]
             lines.append(f"| {name} | {domain} | {m['prompts']} | " + " | ".join(cells) + " |")
     return lines
 
@@ -420,6 +460,10 @@ def markdown_report(results: Metrics) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in result["skipped"].items()) or "none"
         lines.append(f"- {name}: {result['evaluated']} of {result['records']} records evaluated "
                      f"({result['images']} images, {result['videos']} videos); skipped: {reasons}")
+        first = result[next(iter(results["decodings"]))]["all"]
+        if first.get("questions"):
+            lines.append(f"  - circular: {result['evaluated']} rows are {first['questions']} questions with their "
+                         "options rotated; circular acc counts a question right only if every rotation is")
         if result["grading_errors"]:
             errors = "; ".join(f"{k} ({v} responses)" for k, v in list(result["grading_errors"].items())[:5])
             lines.append(f"  - **not gradable** (scored 0 whatever the response): {errors}")

@@ -498,7 +498,7 @@ def write_video_prompt_set(root: Path, clip: bytes) -> Path:
 def write_vlmeval_tsvs(root: Path) -> dict[str, Path]:
     """VLMEvalKit's LMUData TSVs as its tools write them (pandas, tab-separated, NaN as an empty cell):
     base64 images; an `image` cell of <= 64 characters is the `index` of the row whose image it shares
-    (MMBench, MME); MMMU's multi-image cell is the Python text of a list; OCRBench's answer the Python
+    (MMBench, MME); MMBench's rotated copies of a question at index + k * 1,000,000; MMMU's multi-image cell is the Python text of a list; OCRBench's answer the Python
     text of a list; MMStar's options only inline; HallusionBench's question_id repeats, index does not."""
     import base64
 
@@ -528,7 +528,16 @@ def write_vlmeval_tsvs(root: Path) -> dict[str, Path]:
         {**mmbench, "index": 1, "question": "Is this picture noisy?", "A": "yes", "B": "no", "answer": "A",
          "image": photo()},
         {**mmbench, "index": 2, "question": "Is the square warm or cold?", "hint": "Red is a warm colour.",
-         "A": "cold", "B": "warm", "answer": "B", "image": "0"}])
+         "A": "cold", "B": "warm", "answer": "B", "image": "0"},
+        # the circular copies: the options rotated, at index + k * 1,000,000, the image by index
+        {**mmbench, "index": 1000000, "question": "What colour is the square?", "A": "blue", "B": "green",
+         "C": "red", "answer": "C", "image": "0"},
+        {**mmbench, "index": 2000000, "question": "What colour is the square?", "A": "green", "B": "red",
+         "C": "blue", "answer": "B", "image": "0"},
+        {**mmbench, "index": 1000001, "question": "Is this picture noisy?", "A": "no", "B": "yes", "answer": "B",
+         "image": "1"},
+        {**mmbench, "index": 1000002, "question": "Is the square warm or cold?", "hint": "Red is a warm colour.",
+         "A": "warm", "B": "cold", "answer": "A", "image": "0"}])
     write("MMStar", [{"index": 0, "question": "What colour is shown?\nOptions: A: red, B: blue, C: green, D: yellow",
                       "answer": "A", "category": "coarse perception", "l2_category": "image scene and topic",
                       "bench": "SEEDBench_IMG", "image": b64("red")}])

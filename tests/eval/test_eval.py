@@ -20,6 +20,7 @@ from stages.evaluate import (
     EvalDataConfig,
     EvalRunConfig,
     PromptOutcome,
+    circular_question,
     decoding_metrics,
     grouped_metrics,
     set_names,
@@ -109,6 +110,25 @@ def test_metrics_per_domain_by_hand():
     assert decoding_metrics([], (1,), 1.0)["accuracy"] is None
 
 
+def test_circular_accuracy_by_hand():
+    # VLMEvalKit's copies of question 7 at 1000007 and 2000007; question 8 has one copy
+    outcomes = [_outcome(0, "mc", [1.0, 1.0, 0.0, 1.0], [1] * 4), _outcome(1, "mc", [1.0, 0.0, 0.0, 0.0], [1] * 4),
+                _outcome(2, "mc", [1.0] * 4, [1] * 4), _outcome(3, "mc", [0.0, 1.0, 1.0, 1.0], [1] * 4)]
+    for o, rid in zip(outcomes, ("7", "1000007", "2000007", "8")):
+        o.id = rid
+    got = decoding_metrics(outcomes, (1,), 1.0, circular=True)
+    # question 7: one sample per copy all right with chance 3/4 * 1/4 * 1; question 8: 3/4
+    assert got["questions"] == 2 and got["circular_accuracy"] == pytest.approx((3 / 16 + 3 / 4) / 2)
+    greedy = [_outcome(i, "mc", [r], [1]) for i, r in enumerate((1.0, 0.0, 1.0))]
+    for o, rid in zip(greedy, ("5", "1000005", "6")):
+        o.id = rid
+    assert decoding_metrics(greedy, (1,), 1.0, circular=True)["circular_accuracy"] == 0.5  # all copies right, or not
+    assert "circular_accuracy" not in decoding_metrics(outcomes, (1,), 1.0)
+    assert circular_question("3000012") == 12
+    with pytest.raises(ValueError, match="integer ids"):
+        circular_question("mmbench-12")
+
+
 def test_set_names_are_stems_made_unique(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -141,6 +161,10 @@ def test_sets_with_settings_of_their_own(tmp_path):
         sets_of(EvalDataConfig(sets=[{"path": "x.tsv", "columns": {"answr": "a"}}]))
     with pytest.raises(ValueError, match="max_prompts >= 1"):
         sets_of(EvalDataConfig(sets=[{"path": "x.tsv", "max_prompts": 0}]))
+    circular = sets_of(EvalDataConfig(paths=["a.tsv"], circular=True, sets=[{"path": "b.tsv", "circular": False}]))
+    assert [s.circular for s in circular] == [True, False]
+    with pytest.raises(ValueError, match="circular true or false"):
+        sets_of(EvalDataConfig(sets=[{"path": "x.tsv", "circular": "yes"}]))
     with pytest.raises(ValueError, match="share a name"):
         sets_of(EvalDataConfig(sets=[{"path": "a.tsv", "name": "s"}, {"path": "b.tsv", "name": "s"}]))
 

@@ -11,6 +11,7 @@ import torch
 from data_pipelines.processor import BadSample
 from data_pipelines.prompt_columns import PromptColumns, PromptLayout
 from data_pipelines.prompts import encode_prompt_record, load_prompt_records
+from stages.evaluate import PromptOutcome, decoding_metrics
 from stages.rl.rewards import RewardConfig
 from stages.rl.rewards.scoring import score
 from tests.public_layouts import jpeg, write_video_eval_sets, write_vlmeval_tsvs
@@ -42,7 +43,7 @@ def spans(prompt) -> list[str]:
 def test_mmbench_tsv_base64_images_a_shared_index_and_a_photo(tsvs, renderer):
     records, skipped = load_prompt_records(tsvs["MMBench_DEV_EN"], PromptLayout(domain="multiple_choice",
                                                                                  options_in_prompt=True))
-    assert not skipped and [r.id for r in records] == ["0", "1", "2"]
+    assert not skipped and [r.id for r in records] == ["0", "1", "2", "1000000", "2000000", "1000001", "1000002"]
     assert question(records[0]) == "What colour is the square?\nA. red\nB. blue\nC. green"
     assert question(records[2]) == "Red is a warm colour.\nIs the square warm or cold?\nA. cold\nB. warm"
     assert records[2].images == records[0].images  # "0": the image of the row whose index is 0
@@ -50,6 +51,20 @@ def test_mmbench_tsv_base64_images_a_shared_index_and_a_photo(tsvs, renderer):
     for record in records:
         assert spans(encode_prompt_record(record, renderer)) == ["image"]
     assert [grade(records[0], a) for a in ("A", "red", "B")] == [1.0, 1.0, 0.0]
+    assert records[3].images == records[0].images and records[5].images == records[1].images
+
+
+def test_mmbench_circular_accuracy_needs_every_rotation_right(tsvs):
+    records, _ = load_prompt_records(tsvs["MMBench_DEV_EN"], PromptLayout(domain="multiple_choice"))
+    by_id = {r.id: r for r in records}
+    # A model that always answers "red" for the colour, letter "B" for noise, and "warm" for warmth:
+    # question 0 right in all three rotations, question 1 right in one of two, question 2 in both.
+    answers = {"0": "red", "1000000": "C", "2000000": "red", "1": "B", "1000001": "B", "2": "warm", "1000002": "A"}
+    outcomes = [PromptOutcome(slot, rid, "multiple_choice", [grade(by_id[rid], a)], [True], [9], [False], [False])
+                for slot, (rid, a) in enumerate(answers.items())]
+    got = decoding_metrics(outcomes, (1,), 1.0, circular=True)
+    assert got["accuracy"] == pytest.approx(6 / 7)  # row by row: only the noise question's first copy wrong
+    assert got["questions"] == 3 and got["circular_accuracy"] == pytest.approx(2 / 3)
 
 
 def test_other_vlmeval_tsvs(tsvs, renderer):
