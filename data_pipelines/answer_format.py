@@ -92,3 +92,52 @@ def format_violation(response: str, require_box: bool = True) -> str | None:
     if parsed.box_count != 1:
         return "no_box" if parsed.box_count == 0 else "multiple_boxes"
     return None if parsed.box.strip() else "empty_box"
+
+
+# R1-style long CoT (DeepSeek-R1 distillations, OpenR1; OpenThoughts / Bespoke-Stratos with their own
+# markers): the thinking closed by its tag, then the answer as plain text with \boxed{...}.
+R1_THINKING = (("<think>", "</think>"), ("<|begin_of_thought|>", "<|end_of_thought|>"))
+R1_SOLUTION = ("<|begin_of_solution|>", "<|end_of_solution|>")
+LATEX_BOX = "\\boxed{"
+
+
+def from_r1(response: str) -> str | None:
+    """An R1-style response in this format, or None when it is not one.
+
+    Everything before the closing thinking tag is the thinking (its opening tag may be missing: R1's
+    chat template writes it into the prompt), everything after it the answer, and every
+    `\\boxed{...}` of the answer (braces matched) becomes a box. Responses already holding
+    `<answer>` or box markers, or text before the opening tag, are not R1-style."""
+    if ANSWER_OPEN in response or BOX_OPEN in response or BOX_CLOSE in response:
+        return None
+    for opening, closing in R1_THINKING:
+        if response.count(closing) != 1 or response.count(opening) > 1:
+            continue
+        head, answer = response.split(closing)
+        if opening in head:
+            before, head = head.split(opening)
+            if before.strip():
+                return None
+        answer = answer.strip()
+        if answer.startswith(R1_SOLUTION[0]) and answer.endswith(R1_SOLUTION[1]):
+            answer = answer[len(R1_SOLUTION[0]):-len(R1_SOLUTION[1])].strip()
+        if not answer or any(tag in head or tag in answer for tag in _TAGS):
+            return None
+        return f"{THINK_OPEN}{head.strip()}{THINK_CLOSE}{ANSWER_OPEN}{_latex_boxes(answer)}{ANSWER_CLOSE}"
+    return None
+
+
+def _latex_boxes(text: str) -> str:
+    """Each `\\boxed{...}` (nested braces matched) as `<|begin_of_box|>...<|end_of_box|>`; one whose
+    braces never close stays as it is."""
+    out, i = [], 0
+    while (start := text.find(LATEX_BOX, i)) != -1:
+        depth, j = 1, start + len(LATEX_BOX)
+        while j < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+        if depth:
+            break
+        out += [text[i:start], BOX_OPEN, text[start + len(LATEX_BOX):j - 1], BOX_CLOSE]
+        i = j
+    return "".join(out) + text[i:]

@@ -214,3 +214,49 @@ def test_json_text_and_hf_style_rows_give_the_same_document(chat, tmp_path):
     b = chat({"__key__": "k", "record": hf_row, "root": str(tmp_path)})
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.loss_mask, b.loss_mask)
     assert torch.equal(a.images[0].pixel_values, b.images[0].pixel_values)
+
+
+# R1-style long CoT as its publishers ship it (the thinking of a real row is thousands of tokens)
+OPENR1_MATH = {"problem": "What is 1/4 + 1/4?", "solution": "1/2", "answer": "\\frac{1}{2}", "messages": [
+    {"role": "user", "content": "What is 1/4 + 1/4?"},
+    {"role": "assistant", "content": "<think>\nTwo quarters make a half.\n</think>\n\nAdding: $\\boxed{\\frac{1}{2}}$"}]}
+OPENTHOUGHTS = {"system": "Your role as an assistant involves thoroughly exploring questions.", "conversations": [
+    {"from": "user", "value": "Return your final response within \\boxed{}. What is 3 + 4?"},
+    {"from": "assistant", "value": "<|begin_of_thought|>\n\nThree and four.\n\n<|end_of_thought|>\n\n"
+                                   "<|begin_of_solution|>\n\nThe sum is \\boxed{7}.\n\n<|end_of_solution|>"}]}
+NO_OPENING_TAG = {"messages": [{"role": "user", "content": "2 + 2?"},
+                               {"role": "assistant", "content": "Two and two.\n</think>\nIt is \\boxed{4}."}]}
+
+
+@pytest.mark.parametrize("record,expected", [
+    (OPENR1_MATH, "<think>Two quarters make a half.</think><answer>Adding: "
+                  "$<|begin_of_box|>\\frac{1}{2}<|end_of_box|>$</answer>"),
+    (OPENTHOUGHTS, "<think>Three and four.</think><answer>The sum is <|begin_of_box|>7<|end_of_box|>.</answer>"),
+    (NO_OPENING_TAG, "<think>Two and two.</think><answer>It is <|begin_of_box|>4<|end_of_box|>.</answer>"),
+])
+def test_r1_style_responses_train_in_the_answer_format(tokenizer, processor, chat, record, expected):
+    doc = chat(record)
+    check_invariants(doc)
+    assert targets(tokenizer, doc) == expected + EOS
+    assert answer_format.format_violation(expected) is None
+    with pytest.raises(BadResponseFormat, match="missing_"):  # without the conversion: skipped
+        ChatRenderer(tokenizer, processor, ChatConfig(convert_r1=False))(record)
+
+
+@pytest.mark.parametrize("response,problem", [
+    ("<think>a</think>It is \\boxed{1} or \\boxed{2}.", "multiple_boxes"),
+    ("<think>a</think>It is \\boxed{1.", "no_box"),  # braces never close: no box
+    ("<think>a</think>Proved.", "no_box"),
+])
+def test_r1_style_responses_without_one_box_are_still_skipped(tokenizer, processor, chat, response, problem):
+    record = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": response}]}
+    with pytest.raises(BadResponseFormat, match=problem):
+        chat(record)
+
+
+@pytest.mark.parametrize("response", [
+    "no thinking at all \\boxed{1}", "text first <think>a</think>b", "<think>a</think>", "<think>a</think>b</think>c",
+    "<think>a</think><answer>b</answer>c", "<think>a</think>b <|begin_of_box|>1<|end_of_box|>",
+])
+def test_what_is_not_r1_style_is_left_alone(response):
+    assert answer_format.from_r1(response) is None
