@@ -279,10 +279,10 @@ def prompt_sets(data: EvalDataConfig) -> list[PromptSet]:
     for entry in entries:
         unknown = sorted(set(entry) - set(SET_KEYS))
         limit, name = entry.get("max_prompts"), entry.get("name")
-        if unknown or not isinstance(entry.get("path"), str) or not isinstance(entry.get("circular", False), bool) or (
-                name is not None and not (
-                isinstance(name, str) and name)) or (limit is not None and not (
-                isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1)):
+        bad_name = name is not None and not (isinstance(name, str) and name)
+        bad_limit = limit is not None and not (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1)
+        if (unknown or not isinstance(entry.get("path"), str) or bad_name or bad_limit
+                or not isinstance(entry.get("circular", False), bool)):
             raise ValueError(f"data.sets: each set is {{path, and any of {', '.join(SET_KEYS[1:])}}} "
                              f"(name a text, max_prompts >= 1, circular true or false); got {entry} "
                              f"(unknown: {unknown})")
@@ -398,7 +398,8 @@ def evaluate(cfg: EvalRunConfig, info: DistInfo, responses_path: Path | None = N
     for s, (records, _) in zip(sets_to_run, loaded):
         if s.circular:  # before the engine starts: ids that name no question stop the run here
             try:
-                [circular_question(r.id) for r in records]
+                for record in records:
+                    circular_question(record.id)
             except ValueError as err:
                 raise ValueError(f"{s.name} ({s.path}): {err}") from None
     evaluator = SetEvaluator(cfg, info, hf_dir)
