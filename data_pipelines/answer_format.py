@@ -127,17 +127,28 @@ def from_r1(response: str) -> str | None:
     return None
 
 
+def _box_end(text: str, start: int) -> int | None:
+    """Where the `\\boxed{` at `start` ends (after its matching brace), None if it never closes."""
+    depth, j = 1, start + len(LATEX_BOX)
+    while j < len(text) and depth:
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        j += 1
+    return None if depth else j
+
+
 def _latex_boxes(text: str) -> str:
     """Each `\\boxed{...}` (nested braces matched) as `<|begin_of_box|>...<|end_of_box|>`; one whose
     braces never close stays as it is."""
     out, i = [], 0
-    while (start := text.find(LATEX_BOX, i)) != -1:
-        depth, j = 1, start + len(LATEX_BOX)
-        while j < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
-            j += 1
-        if depth:
-            break
-        out += [text[i:start], BOX_OPEN, text[start + len(LATEX_BOX):j - 1], BOX_CLOSE]
-        i = j
+    while (start := text.find(LATEX_BOX, i)) != -1 and (end := _box_end(text, start)) is not None:
+        out += [text[i:start], BOX_OPEN, text[start + len(LATEX_BOX):end - 1], BOX_CLOSE]
+        i = end
     return "".join(out) + text[i:]
+
+
+def latex_box_content(text: str) -> str | None:
+    """What `\\boxed{...}` holds when it is the whole (stripped) text, else None."""
+    text = text.strip()
+    if text.startswith(LATEX_BOX) and _box_end(text, 0) == len(text):
+        return text[len(LATEX_BOX):-1].strip()
+    return None

@@ -22,12 +22,14 @@ import string
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
+from .answer_format import latex_box_content
+
 ANY_OF = "any_of"  # a ground truth of several accepted answers (stages/rl/rewards/scoring.py)
 VQA_ANSWERS = "vqa_answers"  # the annotators' answers, repeats kept, graded by the VQA accuracy
 ANSWERS_METRICS = {"best": ANY_OF, "vqa": VQA_ANSWERS}
 
 CANDIDATES = {
-    "id": ("id", "pid", "uid", "idx", "question_id", "questionId", "index"),
+    "id": ("id", "pid", "uid", "idx", "question_id", "questionId", "qid", "index"),
     "domain": ("domain",),
     "question": ("question", "problem", "prompt", "query"),
     "answer": ("answer", "solution", "ground_truth", "gt_answer", "label", "answers"),
@@ -35,6 +37,7 @@ CANDIDATES = {
     "videos": ("videos", "video"),
     "options": ("options", "choices", "candidates"),
     "context": ("context", "hint"),
+    "difficulty": ("difficulty",),
 }
 ANY_OF_COLUMNS = ("answers", "direct_answers")
 # Options one per column, by letter: MMBench's A, B, ...; SEED-Bench's choice_a, ...; by 0-based
@@ -67,6 +70,9 @@ class PromptColumns:
     options: Optional[str] = None  # default: options, choices, candidates (a list, a dict by letter, or its Python text);
     # else one column per option by letter (A, B, ...; choice_a, ...; option_a, ...)
     context: Optional[str] = None  # default: context, hint (text that goes before the question)
+    # The curriculum's prior for each prompt (docs/rl.md): a pass rate in [0, 1] or a tier name
+    # (ViRL39K: PassRate_7BUntrained; an empty cell is no prior); default: difficulty
+    difficulty: Optional[str] = None
     # The part of each video the question is about, in seconds (MVBench: start, end); default: all of it
     video_start: Optional[str] = None
     video_end: Optional[str] = None
@@ -216,6 +222,8 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         if layout.accepted_answers and isinstance(answer, str) and answer.strip().startswith("["):
             answer = python_text(answer)  # VLMEvalKit's OCRBench: "['3/3/79', 'March 3, 1979']"
         out["answer"] = _any_of(answer, layout.answers_metric)
+    if isinstance(out.get("answer"), str) and (boxed := latex_box_content(out["answer"])) is not None:
+        out["answer"] = boxed  # ViRL39K writes every gold as \boxed{...}
     if layout.answer_map:
         out["answer"] = _mapped(out.get("answer"), layout.answer_map)
     if out.get("domain") is None and layout.domain:

@@ -162,7 +162,9 @@ def parse_record(raw: dict[str, Any]) -> PromptRecord:
             raise PromptRecordError("image_count_mismatch",
                                     f"{rid}: image / video items in messages != images / videos")
     difficulty = raw.get("difficulty")
-    if difficulty is not None and not isinstance(difficulty, (int, float, str)):
+    if isinstance(difficulty, float) and math.isnan(difficulty):
+        difficulty = None  # an empty cell of a pass-rate column (pandas' NaN): no prior
+    if difficulty is not None and (isinstance(difficulty, bool) or not isinstance(difficulty, (int, float, str))):
         raise PromptRecordError("malformed_record", f"{rid}: difficulty must be a number or a tier name")
     info = {k: v for k, v in raw.items() if k not in KNOWN_FIELDS}
     return PromptRecord(rid, domain, messages, raw["answer"], list(images), videos, difficulty, info)

@@ -417,6 +417,21 @@ def write_prompt_sets(root: Path) -> dict[str, Path]:
                                     "rationales": datasets.Sequence(text)})
     ).to_parquet(str(root / "aokvqa.parquet"))
     out["aokvqa"] = root / "aokvqa.parquet"
+    # ViRL39K (TIGER-Lab, 39Krelease.parquet): every answer written as \boxed{...}, the images a list
+    # of paths into images/ (shipped zipped), `<image>` in the question.
+    (root / "images" / "virl_1.png").write_bytes(png("red"))
+    datasets.Dataset.from_list([
+        {"qid": "MMK12-1", "question": "<image>Find the angle x.", "answer": "\\boxed{17^\\circ}",
+         "image": ["images/virl_1.png"], "category": "(GradeSchool) Geometric", "source": "MMK12",
+         "PassRate_32BTrained": 0.5, "PassRate_7BUntrained": None},
+        {"qid": "M3CoT-2", "question": "<image>Which colour is the square?\nChoices:\nA: red\nB: blue",
+         "answer": "\\boxed{A}", "image": ["images/virl_1.png"], "category": "Spatial Reasoning", "source": "M3CoT",
+         "PassRate_32BTrained": 1.0, "PassRate_7BUntrained": 0.75}],
+        features=datasets.Features({"qid": text, "question": text, "answer": text, "image": datasets.Sequence(text),
+                                    "category": text, "source": text, "PassRate_32BTrained": datasets.Value("float64"),
+                                    "PassRate_7BUntrained": datasets.Value("float64")})
+    ).to_parquet(str(root / "39Krelease.parquet"))
+    out["virl39k"] = root / "39Krelease.parquet"
     out.update(_write_more_eval_sets(root, img))
     return out
 

@@ -521,3 +521,35 @@ def test_media_cells_nobody_showed_are_counted_skips(tmp_path, renderer):
     assert encoded_images(record, renderer, tmp_path) == 1
     with pytest.raises(ValueError, match="only the domain"):
         PromptLayout(columns=PromptColumns(id=""))
+
+
+def test_virl39k_boxed_answers_are_their_box(sets, renderer):
+    from stages.rl.rewards.scoring import score
+
+    records, skipped = load_prompt_records(sets["virl39k"], PromptLayout(domain="math"))
+    assert not skipped and [(r.id, r.answer) for r in records] == [("MMK12-1", "17^\\circ"), ("M3CoT-2", "A")]
+    assert encoded_images(records[0], renderer, sets["virl39k"].parent) == 1
+    assert records[1].info["category"] == "Spatial Reasoning"
+
+    def graded(record, domain: str, answer: str) -> float:
+        response = f"<think>...</think><answer>It is <|begin_of_box|>{answer}<|end_of_box|>.</answer>"
+        return score(domain, response, record.answer, **record.info).reward
+
+    assert [graded(records[0], "math", a) for a in ("17", "17^\\circ", "18")] == [1.0, 1.0, 0.0]
+    # the same golds under verifiers that do not read LaTeX: the box is gone before they see it
+    assert [graded(records[1], "multiple_choice", a) for a in ("A", "(A)", "B")] == [1.0, 1.0, 0.0]
+    assert graded(records[1], "math", "A") == 1.0
+
+
+def test_a_published_pass_rate_is_the_curriculums_prior(sets):
+    from stages.rl.curriculum import CurriculumConfig, PromptMeta, offline_counts
+
+    layout = PromptLayout(domain="math", columns=PromptColumns(difficulty="PassRate_7BUntrained"))
+    records, skipped = load_prompt_records(sets["virl39k"], layout)
+    assert not skipped and [r.difficulty for r in records] == [None, 0.75]  # an empty cell: no prior
+    cfg = CurriculumConfig()
+    passes, samples = offline_counts(PromptMeta(records[1].id, "math", records[1].difficulty), None, cfg)
+    assert (passes, samples) == (0.75 * cfg.human_label_weight, cfg.human_label_weight)
+    nan_cell = parse_record(normalize_row({"question": "q", "answer": "1", "domain": "math", "p": float("nan")}, 0,
+                                          PromptLayout(columns=PromptColumns(difficulty="p"))))
+    assert nan_cell.difficulty is None  # pandas writes an empty cell as NaN
