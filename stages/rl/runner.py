@@ -56,6 +56,10 @@ class LoadedPrompts:
 
     @classmethod
     def load(cls, cfg: RLConfig) -> LoadedPrompts:
+        for key, path, hint in (("data.path", cfg.data.path, ""),
+                                ("eval.path", cfg.eval.path, "; eval.path=null runs no held-out evaluation")):
+            if path and not Path(path).exists():  # name the recipe key (the recipe's default may be the demo's)
+                raise FileNotFoundError(f"{key}={path} not found (relative to {Path.cwd()}){hint}")
         records, skipped = load_gradable_prompts(cfg.data.path, cfg.data, cfg.rewards)
         held_out = (load_gradable_prompts(cfg.eval.path, cfg.data, cfg.rewards, cfg.eval.max_prompts)[0]
                     if cfg.eval.path else [])
