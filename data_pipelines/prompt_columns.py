@@ -265,10 +265,18 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         else:
             if by == "index":  # ScienceQA's, AI2D's index: the letter (the multiple-choice verifier grades
                 out["answer"] = list(letters)[index]  # letters or texts)
-            bare = all(_norm(text) == letter.casefold() for letter, text in letters.items())  # MathVision: on the image
-            if layout.options_in_prompt and letters and not bare and not _lists_options(out["question"], letters):
-                out["question"] = out["question"].rstrip() + "\n" + "\n".join(f"{k}. {v}" for k, v in letters.items())
+            if layout.options_in_prompt and (missing := options_not_shown(out["question"], letters)):
+                out["question"] = out["question"].rstrip() + "\n" + "\n".join(f"{k}. {v}" for k, v in missing.items())
     return out
+
+
+def options_not_shown(question: str, options: Any) -> dict[str, str]:
+    """The lettered options when the question does not list them; {} when it does, or when every
+    option is its own letter (MathVision: the options are on the image)."""
+    letters = _lettered(options)
+    if not letters or all(_norm(text) == letter.casefold() for letter, text in letters.items()):
+        return {}
+    return {} if _lists_options(question, letters) else letters
 
 
 def python_text(text: str) -> Any:

@@ -38,7 +38,7 @@ from stages.rl.groups import GroupResult, GroupRoller
 from stages.rl.metrics import p95
 from stages.rl.pass_at_k import mean_pass_at_k
 from trainer.checkpoint import resolve_hf_dir
-from stages.rl.prompt_sets import load_gradable_prompts
+from stages.rl.prompt_sets import letter_of_unseen_options, load_gradable_prompts
 from stages.rl.rewards import RewardConfig
 from stages.rl.rewards.types import GRADING_ERRORS
 from stages.rl.rollout import RolloutConfig, build_rollout_engine
@@ -341,7 +341,8 @@ class SetEvaluator:
         out: Metrics = {"path": str(Path(path).resolve()), "records": len(records) + sum(load_skipped.values()),
                         "evaluated": len(evaluated), "images": sum(len(r.images) for r in evaluated),
                         "videos": sum(len(r.videos) for r in evaluated),
-                        "skipped": dict(sorted((Counter(load_skipped) + Counter(failed.values())).items()))}
+                        "skipped": dict(sorted((Counter(load_skipped) + Counter(failed.values())).items())),
+                        "options_not_shown": sum(map(letter_of_unseen_options, evaluated))}
         grading_errors: Counter = Counter()
         for d in self.decodings:
             outcomes = sorted((o for outs, _ in everyone for o in outs[d.name]), key=lambda o: o.slot)
@@ -461,6 +462,9 @@ def markdown_report(results: Metrics) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in result["skipped"].items()) or "none"
         lines.append(f"- {name}: {result['evaluated']} of {result['records']} records evaluated "
                      f"({result['images']} images, {result['videos']} videos); skipped: {reasons}")
+        if result.get("options_not_shown"):
+            lines.append(f"  - **options not shown**: {result['options_not_shown']} prompts are answered by an option "
+                         "letter their question never lists; data.options_in_prompt=true lists them")
         first = result[next(iter(results["decodings"]))]["all"]
         if first.get("questions"):
             lines.append(f"  - circular: {result['evaluated']} rows are {first['questions']} questions with their "

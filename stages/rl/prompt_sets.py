@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from data_pipelines.prompt_columns import PromptLayout
+from data_pipelines.prompt_columns import PromptLayout, options_not_shown
 from data_pipelines.prompts import PromptRecord, load_prompt_records, require_records
+
+from trainer.logging import log
 
 from .rewards import RewardConfig, check_domains
 
@@ -20,4 +22,20 @@ def load_gradable_prompts(path: str | Path, layout: PromptLayout, rewards: Rewar
     require_records(path, records, skipped)
     records = records[:limit]
     check_domains((r.domain for r in records), rewards)
+    if unseen := sum(map(letter_of_unseen_options, records)):
+        log.warning("%s: %d of %d prompts are answered by an option letter their question never shows (options "
+                    "in columns, not listed); data.options_in_prompt=true lists them under the question",
+                    path, unseen, len(records))
     return records, skipped
+
+
+def letter_of_unseen_options(record: PromptRecord) -> bool:
+    """The gold is an option's letter, and the prompt does not show the options: no response can
+    know which letter is meant (MMBench read without data.options_in_prompt=true)."""
+    answer, options = record.answer, record.info.get("options")
+    if not isinstance(answer, str) or options is None:
+        return False
+    question = "".join(m["content"] if isinstance(m["content"], str) else
+                       "".join(i.get("text", "") for i in m["content"] if isinstance(i, dict))
+                       for m in record.messages if m.get("role") == "user")
+    return answer.strip().strip("()").upper() in options_not_shown(question, options)

@@ -12,6 +12,7 @@ from data_pipelines.processor import BadSample
 from data_pipelines.prompt_columns import PromptColumns, PromptLayout
 from data_pipelines.prompts import encode_prompt_record, load_prompt_records
 from stages.evaluate import PromptOutcome, decoding_metrics
+from stages.rl.prompt_sets import letter_of_unseen_options
 from stages.rl.rewards import RewardConfig
 from stages.rl.rewards.scoring import score
 from tests.public_layouts import jpeg, write_video_eval_sets, write_vlmeval_tsvs
@@ -172,3 +173,18 @@ def test_a_folder_of_frames_is_read_in_number_order(tmp_path, renderer):
     red = renderer._video([jpeg("red", (56, 56))] * 2, 2.0, None, "k")  # (in name order: 1.jpg, 10.jpg)
     assert torch.equal(first_second.pixel_values, red.pixel_values)
     assert int(renderer._video(VideoClip("clip", fps=2.0), None, tmp_path, "k").grid_thw[0]) == 6  # 12 frames
+
+
+def test_letter_answers_whose_options_the_prompt_never_shows_are_flagged(tsvs, tmp_path):
+    plain, _ = load_prompt_records(tsvs["MMBench_DEV_EN"], PromptLayout(domain="multiple_choice"))
+    listed, _ = load_prompt_records(tsvs["MMBench_DEV_EN"], PromptLayout(domain="multiple_choice",
+                                                                        options_in_prompt=True))
+    assert [letter_of_unseen_options(r) for r in plain] == [True] * 7
+    assert not any(map(letter_of_unseen_options, listed))
+    (mmstar,), _ = load_prompt_records(tsvs["MMStar"], PromptLayout(domain="multiple_choice"))
+    assert not letter_of_unseen_options(mmstar)  # its question lists them ("Options: A: red, ...")
+    named = tmp_path / "named.jsonl"  # a gold named by its text: options are the verifier's, not the model's
+    named.write_text(json.dumps({"id": "1", "domain": "multiple_choice", "question": "Which colour?",
+                                 "answer": "red", "options": ["red", "blue"]}) + "\n")
+    (record,), _ = load_prompt_records(named)
+    assert not letter_of_unseen_options(record)
