@@ -8,6 +8,7 @@ backtracking regex), so a 10^6-character response costs microseconds.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -98,7 +99,6 @@ def format_violation(response: str, require_box: bool = True) -> str | None:
 # markers): the thinking closed by its tag, then the answer as plain text with \boxed{...}.
 R1_THINKING = (("<think>", "</think>"), ("<|begin_of_thought|>", "<|end_of_thought|>"))
 R1_SOLUTION = ("<|begin_of_solution|>", "<|end_of_solution|>")
-LATEX_BOX = "\\boxed{"
 
 
 def from_r1(response: str) -> str | None:
@@ -127,28 +127,43 @@ def from_r1(response: str) -> str | None:
     return None
 
 
-def _box_end(text: str, start: int) -> int | None:
-    """Where the `\\boxed{` at `start` ends (after its matching brace), None if it never closes."""
-    depth, j = 1, start + len(LATEX_BOX)
+_LATEX_BOX = re.compile(r"\\boxed\s*\{")
+# Math delimiters around nothing but one box ("$\\boxed{5}$"): they go with it.
+_AROUND_BOX = (("$$", "$$"), ("$", "$"), ("\\[", "\\]"), ("\\(", "\\)"))
+
+
+def _box_end(text: str, opened: int) -> int | None:
+    """Where a box whose `{` ends at `opened` closes (after its matching brace; escaped braces `\\{`
+    do not count), None if it never closes."""
+    depth, j = 1, opened
     while j < len(text) and depth:
+        if text[j] == "\\":
+            j += 2
+            continue
         depth += {"{": 1, "}": -1}.get(text[j], 0)
         j += 1
     return None if depth else j
 
 
 def _latex_boxes(text: str) -> str:
-    """Each `\\boxed{...}` (nested braces matched) as `<|begin_of_box|>...<|end_of_box|>`; one whose
-    braces never close stays as it is."""
+    """Each `\\boxed{...}` (nested braces matched) as `<|begin_of_box|>...<|end_of_box|>`, math
+    delimiters around nothing but the box dropped; one whose braces never close stays as it is."""
     out, i = [], 0
-    while (start := text.find(LATEX_BOX, i)) != -1 and (end := _box_end(text, start)) is not None:
-        out += [text[i:start], BOX_OPEN, text[start + len(LATEX_BOX):end - 1], BOX_CLOSE]
-        i = end
+    while (box := _LATEX_BOX.search(text, i)) and (end := _box_end(text, box.end())) is not None:
+        before, content, after = text[i:box.start()], text[box.end():end - 1], end
+        for left, right in _AROUND_BOX:
+            if before.rstrip().endswith(left) and text[after:].lstrip().startswith(right):
+                before = before.rstrip()[:-len(left)]
+                after = len(text) - len(text[after:].lstrip()) + len(right)
+                break
+        out += [before, BOX_OPEN, content, BOX_CLOSE]
+        i = after
     return "".join(out) + text[i:]
 
 
 def latex_box_content(text: str) -> str | None:
     """What `\\boxed{...}` holds when it is the whole (stripped) text, else None."""
     text = text.strip()
-    if text.startswith(LATEX_BOX) and _box_end(text, 0) == len(text):
-        return text[len(LATEX_BOX):-1].strip()
+    if (box := _LATEX_BOX.match(text)) and _box_end(text, box.end()) == len(text):
+        return text[box.end():-1].strip()
     return None

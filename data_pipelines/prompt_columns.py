@@ -29,7 +29,7 @@ VQA_ANSWERS = "vqa_answers"  # the annotators' answers, repeats kept, graded by 
 ANSWERS_METRICS = {"best": ANY_OF, "vqa": VQA_ANSWERS}
 
 CANDIDATES = {
-    "id": ("id", "pid", "uid", "idx", "question_id", "questionId", "qid", "index"),
+    "id": ("id", "pid", "uid", "idx", "question_id", "questionId", "index"),
     "domain": ("domain",),
     "question": ("question", "problem", "prompt", "query"),
     "answer": ("answer", "solution", "ground_truth", "gt_answer", "label", "answers"),
@@ -187,7 +187,8 @@ def _value(raw: dict, column: str) -> Any:
 
 def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
     """The row with ponder's field names (a row already in ponder's layout comes back equal, unless
-    it carries a `context` / `hint`, or options one per column: those are read as such)."""
+    it carries a `context` / `hint`, or options one per column: those are read as such, or its
+    answer is one whole `\\boxed{...}`: its content)."""
     if not isinstance(raw, dict):
         return raw
     out = dict(raw)
@@ -223,7 +224,7 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
             answer = python_text(answer)  # VLMEvalKit's OCRBench: "['3/3/79', 'March 3, 1979']"
         out["answer"] = _any_of(answer, layout.answers_metric)
     if isinstance(out.get("answer"), str) and (boxed := latex_box_content(out["answer"])) is not None:
-        out["answer"] = boxed  # ViRL39K writes every gold as \boxed{...}
+        out["answer"] = boxed or None  # ViRL39K writes every gold as \boxed{...}; an empty box is no answer
     if layout.answer_map:
         out["answer"] = _mapped(out.get("answer"), layout.answer_map)
     if out.get("domain") is None and layout.domain:

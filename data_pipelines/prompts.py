@@ -65,6 +65,28 @@ class PromptRecord:
     difficulty: float | str | None = None  # human label: pass rate or tier name
     info: dict[str, Any] = field(default_factory=dict)  # extra fields, passed to the verifier
 
+    def user_text(self) -> str:
+        """The text of every user turn (images and videos left out)."""
+        parts: list[str] = []
+        for message in self.messages:
+            content = message.get("content") if message.get("role") == "user" else None
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts += [i["text"] for i in content if isinstance(i, dict) and isinstance(i.get("text"), str)]
+        return "".join(parts)
+
+
+def _difficulty(value: Any) -> Any:
+    """A pass-rate cell as a number (TSV cells are text: "0.75"), an empty one (NaN, "") as None;
+    tier names and anything else as they are."""
+    if isinstance(value, str):
+        try:
+            value = float(value) if value.strip() else None
+        except ValueError:
+            return value
+    return None if isinstance(value, float) and math.isnan(value) else value
+
 
 def _count_items(messages: list[dict], kind: str) -> int:
     n = 0
@@ -161,10 +183,8 @@ def parse_record(raw: dict[str, Any]) -> PromptRecord:
         if _count_items(messages, "image") != len(images) or _count_items(messages, "video") != len(videos):
             raise PromptRecordError("image_count_mismatch",
                                     f"{rid}: image / video items in messages != images / videos")
-    difficulty = raw.get("difficulty")
-    if isinstance(difficulty, float) and math.isnan(difficulty):
-        difficulty = None  # an empty cell of a pass-rate column (pandas' NaN): no prior
-    if difficulty is not None and (isinstance(difficulty, bool) or not isinstance(difficulty, (int, float, str))):
+    difficulty = _difficulty(raw.get("difficulty"))
+    if difficulty is not None and not isinstance(difficulty, (int, float, str)):
         raise PromptRecordError("malformed_record", f"{rid}: difficulty must be a number or a tier name")
     info = {k: v for k, v in raw.items() if k not in KNOWN_FIELDS}
     return PromptRecord(rid, domain, messages, raw["answer"], list(images), videos, difficulty, info)

@@ -191,19 +191,22 @@ def outcome_of(group: GroupResult, record: PromptRecord, texts: list[str] | None
                          [r for r in group.reasons if r.startswith(GRADING_ERRORS)])
 
 
-def circular_metrics(outcomes: list[PromptOutcome], pass_threshold: float) -> Metrics:
+def circular_metrics(outcomes: list[PromptOutcome], pass_threshold: float, copies: Counter) -> Metrics:
     """Questions (copies grouped by circular_question) and the share right in every copy. With n
     responses per copy the product of the copies' accuracies is the unbiased estimate of the chance
-    that one response drawn per copy is right in all of them; greedy, it is all copies right."""
-    copies: dict[int, list[float]] = defaultdict(list)
+    that one response drawn per copy is right in all of them; greedy, it is all copies right.
+    `copies`: rows per question in the set; a question some of whose copies were skipped (encoding
+    failures, like every skip, are left out of the rates) is counted in `incomplete_questions`."""
+    accuracies: dict[int, list[float]] = defaultdict(list)
     for o in outcomes:
-        copies[circular_question(o.id)].append(sum(r >= pass_threshold for r in o.rewards) / len(o.rewards))
-    return {"questions": len(copies),
-            "circular_accuracy": sum(math.prod(a) for a in copies.values()) / len(copies) if copies else None}
+        accuracies[circular_question(o.id)].append(sum(r >= pass_threshold for r in o.rewards) / len(o.rewards))
+    return {"questions": len(accuracies),
+            "circular_accuracy": sum(map(math.prod, accuracies.values())) / len(accuracies) if accuracies else None,
+            "incomplete_questions": sum(len(a) < copies[q] for q, a in accuracies.items())}
 
 
 def decoding_metrics(outcomes: list[PromptOutcome], ks: tuple[int, ...], pass_threshold: float,
-                     circular: bool = False) -> Metrics:
+                     copies: Counter | None = None) -> Metrics:
     """The numbers of one decoding over some prompts; rates are None without responses."""
     responses = sum(len(o.rewards) for o in outcomes)
 
@@ -223,19 +226,26 @@ def decoding_metrics(outcomes: list[PromptOutcome], ks: tuple[int, ...], pass_th
     }
     counts = [(len(o.rewards), sum(r >= pass_threshold for r in o.rewards)) for o in outcomes]
     out.update({f"pass@{k}": mean_pass_at_k(counts, k) for k in ks})
-    if circular:
-        out.update(circular_metrics(outcomes, pass_threshold))
+    if copies is not None:  # a circular set: its rows per question
+        out.update(circular_metrics(outcomes, pass_threshold, copies))
     return out
 
 
 def grouped_metrics(outcomes: list[PromptOutcome], ks: tuple[int, ...], pass_threshold: float,
-                    circular: bool = False) -> Metrics:
+                    copies: Counter | None = None) -> Metrics:
     """{"all": metrics, "domains": {domain: metrics}} (domains sorted)."""
     by_domain: dict[str, list[PromptOutcome]] = defaultdict(list)
     for o in outcomes:
         by_domain[o.domain].append(o)
-    return {"all": decoding_metrics(outcomes, ks, pass_threshold, circular),
-            "domains": {d: decoding_metrics(by_domain[d], ks, pass_threshold, circular) for d in sorted(by_domain)}}
+    return {"all": decoding_metrics(outcomes, ks, pass_threshold, copies),
+            "domains": {d: decoding_metrics(by_domain[d], ks, pass_threshold, copies) for d in sorted(by_domain)}}
+
+
+def first_questions(records: list[PromptRecord], limit: int | None) -> list[PromptRecord]:
+    """The rows of a circular set's first `limit` questions, every copy kept (all when None)."""
+    questions = [circular_question(r.id) for r in records]  # ids that name no question raise here
+    keep = set(list(dict.fromkeys(questions))[:limit])
+    return [r for r, q in zip(records, questions) if q in keep]
 
 
 def set_names(paths: list[str]) -> list[tuple[str, str]]:
@@ -302,6 +312,19 @@ def prompt_sets(data: EvalDataConfig) -> list[PromptSet]:
     return out
 
 
+def load_set(prompt_set: PromptSet, rewards: RewardConfig) -> tuple[list[PromptRecord], Counter]:
+    """A set's records (data.max_prompts of them; of a circular set, its first max_prompts questions
+    with every copy) and skip counts. Before the engine starts: ids of a circular set that name no
+    question stop the run here."""
+    if not prompt_set.circular:
+        return load_gradable_prompts(prompt_set.path, prompt_set.layout, rewards, prompt_set.max_prompts)
+    records, skipped = load_gradable_prompts(prompt_set.path, prompt_set.layout, rewards)
+    try:
+        return first_questions(records, prompt_set.max_prompts), skipped
+    except ValueError as err:
+        raise ValueError(f"{prompt_set.name} ({prompt_set.path}): {err}") from None
+
+
 # ---- running ------------------------------------------------------------------------------------
 def gather(obj: Any, info: DistInfo) -> list[Any]:
     """Every rank's `obj`, rank order, on every rank (no process group needed in a world of one)."""
@@ -344,9 +367,10 @@ class SetEvaluator:
                         "skipped": dict(sorted((Counter(load_skipped) + Counter(failed.values())).items())),
                         "options_not_shown": sum(map(letter_of_unseen_options, evaluated))}
         grading_errors: Counter = Counter()
+        copies = Counter(circular_question(r.id) for r in records) if prompt_set.circular else None
         for d in self.decodings:
             outcomes = sorted((o for outs, _ in everyone for o in outs[d.name]), key=lambda o: o.slot)
-            out[d.name] = grouped_metrics(outcomes, d.ks, self.cfg.pass_threshold, prompt_set.circular)
+            out[d.name] = grouped_metrics(outcomes, d.ks, self.cfg.pass_threshold, copies)
             grading_errors.update(e[:120] for o in outcomes for e in o.grading_errors)
             self.responses += [{"set": name, "id": o.id, "domain": o.domain, "decoding": d.name, "sample": i,
                                 "response": text, "reward": o.rewards[i], "format_ok": o.format_ok[i]}
@@ -395,14 +419,7 @@ def evaluate(cfg: EvalRunConfig, info: DistInfo, responses_path: Path | None = N
     started = time.perf_counter()
     sets_to_run = prompt_sets(cfg.data)
     log.info("evaluating %s on %d prompt set(s), %d rank(s)", hf_dir, len(sets_to_run), info.world_size)
-    loaded = [load_gradable_prompts(s.path, s.layout, cfg.rewards, s.max_prompts) for s in sets_to_run]
-    for s, (records, _) in zip(sets_to_run, loaded):
-        if s.circular:  # before the engine starts: ids that name no question stop the run here
-            try:
-                for record in records:
-                    circular_question(record.id)
-            except ValueError as err:
-                raise ValueError(f"{s.name} ({s.path}): {err}") from None
+    loaded = [load_set(s, cfg.rewards) for s in sets_to_run]
     evaluator = SetEvaluator(cfg, info, hf_dir)
     try:
         sets = {s.name: evaluator(i, s, loaded[i]) for i, s in enumerate(sets_to_run)}
@@ -463,12 +480,14 @@ def markdown_report(results: Metrics) -> str:
         lines.append(f"- {name}: {result['evaluated']} of {result['records']} records evaluated "
                      f"({result['images']} images, {result['videos']} videos); skipped: {reasons}")
         if result.get("options_not_shown"):
-            lines.append(f"  - **options not shown**: {result['options_not_shown']} prompts are answered by an option "
+            lines.append(f"  - **options not shown**: {result['options_not_shown']} prompts are graded against an option "
                          "letter their question never lists; data.options_in_prompt=true lists them")
         first = result[next(iter(results["decodings"]))]["all"]
         if first.get("questions"):
+            incomplete = (f" ({first['incomplete_questions']} with a rotation skipped: scored on the rest)"
+                          if first["incomplete_questions"] else "")
             lines.append(f"  - circular: {result['evaluated']} rows are {first['questions']} questions with their "
-                         "options rotated; circular acc counts a question right only if every rotation is")
+                         f"options rotated{incomplete}; circular acc counts a question right only if every rotation is")
         if result["grading_errors"]:
             errors = "; ".join(f"{k} ({v} responses)" for k, v in list(result["grading_errors"].items())[:5])
             lines.append(f"  - **not gradable** (scored 0 whatever the response): {errors}")

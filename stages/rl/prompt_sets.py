@@ -23,19 +23,16 @@ def load_gradable_prompts(path: str | Path, layout: PromptLayout, rewards: Rewar
     records = records[:limit]
     check_domains((r.domain for r in records), rewards)
     if unseen := sum(map(letter_of_unseen_options, records)):
-        log.warning("%s: %d of %d prompts are answered by an option letter their question never shows (options "
-                    "in columns, not listed); data.options_in_prompt=true lists them under the question",
+        log.warning("%s: %d of %d prompts are graded against an option letter their question never shows "
+                    "(options in columns, not listed); data.options_in_prompt=true lists them under the question",
                     path, unseen, len(records))
     return records, skipped
 
 
 def letter_of_unseen_options(record: PromptRecord) -> bool:
-    """The gold is an option's letter, and the prompt does not show the options: no response can
-    know which letter is meant (MMBench read without data.options_in_prompt=true)."""
+    """The gold is an option's letter, and the prompt does not show the options: the model is
+    graded on letters it never saw (MMBench read without data.options_in_prompt=true)."""
     answer, options = record.answer, record.info.get("options")
     if not isinstance(answer, str) or options is None:
         return False
-    question = "".join(m["content"] if isinstance(m["content"], str) else
-                       "".join(i.get("text", "") for i in m["content"] if isinstance(i, dict))
-                       for m in record.messages if m.get("role") == "user")
-    return answer.strip().strip("()").upper() in options_not_shown(question, options)
+    return answer.strip().strip("()").upper() in options_not_shown(record.user_text(), options)

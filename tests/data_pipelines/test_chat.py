@@ -230,7 +230,7 @@ NO_OPENING_TAG = {"messages": [{"role": "user", "content": "2 + 2?"},
 
 @pytest.mark.parametrize("record,expected", [
     (OPENR1_MATH, "<think>Two quarters make a half.</think><answer>Adding: "
-                  "$<|begin_of_box|>\\frac{1}{2}<|end_of_box|>$</answer>"),
+                  "<|begin_of_box|>\\frac{1}{2}<|end_of_box|></answer>"),  # the $...$ around the box goes with it
     (OPENTHOUGHTS, "<think>Three and four.</think><answer>The sum is <|begin_of_box|>7<|end_of_box|>.</answer>"),
     (NO_OPENING_TAG, "<think>Two and two.</think><answer>It is <|begin_of_box|>4<|end_of_box|>.</answer>"),
 ])
@@ -252,6 +252,13 @@ def test_r1_style_responses_without_one_box_are_still_skipped(tokenizer, process
     record = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": response}]}
     with pytest.raises(BadResponseFormat, match=problem):
         chat(record)
+
+
+def test_r1_boxes_with_a_space_escaped_braces_or_inside_a_formula():
+    assert answer_format.from_r1("<think>a</think>\\boxed {\\left\\{1, 2\\right\\}}") == (
+        "<think>a</think><answer><|begin_of_box|>\\left\\{1, 2\\right\\}<|end_of_box|></answer>")
+    assert answer_format.from_r1("<think>a</think>\\[ \\boxed{x^2} \\] and $x = \\boxed{2}$") == (
+        "<think>a</think><answer><|begin_of_box|>x^2<|end_of_box|> and $x = <|begin_of_box|>2<|end_of_box|>$</answer>")
 
 
 @pytest.mark.parametrize("response", [

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from collections import Counter
 from fractions import Fraction
 from math import comb
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from data_pipelines.prompts import PromptRecord
 from data_pipelines.synthetic import make_rl_task_records
 from stages.evaluate import (
     EvalDataConfig,
@@ -22,6 +24,7 @@ from stages.evaluate import (
     PromptOutcome,
     circular_question,
     decoding_metrics,
+    first_questions,
     grouped_metrics,
     set_names,
 )
@@ -116,17 +119,22 @@ def test_circular_accuracy_by_hand():
                 _outcome(2, "mc", [1.0] * 4, [1] * 4), _outcome(3, "mc", [0.0, 1.0, 1.0, 1.0], [1] * 4)]
     for o, rid in zip(outcomes, ("7", "1000007", "2000007", "8")):
         o.id = rid
-    got = decoding_metrics(outcomes, (1,), 1.0, circular=True)
+    got = decoding_metrics(outcomes, (1,), 1.0, copies=Counter({7: 3, 8: 1}))
     # question 7: one sample per copy all right with chance 3/4 * 1/4 * 1; question 8: 3/4
     assert got["questions"] == 2 and got["circular_accuracy"] == pytest.approx((3 / 16 + 3 / 4) / 2)
+    assert got["incomplete_questions"] == 0
     greedy = [_outcome(i, "mc", [r], [1]) for i, r in enumerate((1.0, 0.0, 1.0))]
     for o, rid in zip(greedy, ("5", "1000005", "6")):
         o.id = rid
-    assert decoding_metrics(greedy, (1,), 1.0, circular=True)["circular_accuracy"] == 0.5  # all copies right, or not
+    got = decoding_metrics(greedy, (1,), 1.0, copies=Counter({5: 2, 6: 2}))  # a copy of 6 was skipped
+    assert got["circular_accuracy"] == 0.5 and got["incomplete_questions"] == 1  # all copies right, or not
     assert "circular_accuracy" not in decoding_metrics(outcomes, (1,), 1.0)
     assert circular_question("3000012") == 12
     with pytest.raises(ValueError, match="integer ids"):
         circular_question("mmbench-12")
+    rows = [PromptRecord(i, "mc", [], "A") for i in ("1", "2", "1000001", "3", "1000002", "2000001")]
+    assert [r.id for r in first_questions(rows, 2)] == ["1", "2", "1000001", "1000002", "2000001"]
+    assert len(first_questions(rows, None)) == 6
 
 
 def test_set_names_are_stems_made_unique(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from data_pipelines.processor import BadSample
 from data_pipelines.prompt_columns import PromptColumns, PromptLayout, normalize_row, with_unique_ids
-from data_pipelines.prompts import encode_prompt_record, load_prompt_records, parse_record
+from data_pipelines.prompts import PromptRecordError, encode_prompt_record, load_prompt_records, parse_record
 from tests.public_layouts import png, write_prompt_sets
 
 
@@ -526,7 +526,7 @@ def test_media_cells_nobody_showed_are_counted_skips(tmp_path, renderer):
 def test_virl39k_boxed_answers_are_their_box(sets, renderer):
     from stages.rl.rewards.scoring import score
 
-    records, skipped = load_prompt_records(sets["virl39k"], PromptLayout(domain="math"))
+    records, skipped = load_prompt_records(sets["virl39k"], PromptLayout(domain="math", columns=PromptColumns(id="qid")))
     assert not skipped and [(r.id, r.answer) for r in records] == [("MMK12-1", "17^\\circ"), ("M3CoT-2", "A")]
     assert encoded_images(records[0], renderer, sets["virl39k"].parent) == 1
     assert records[1].info["category"] == "Spatial Reasoning"
@@ -550,6 +550,10 @@ def test_a_published_pass_rate_is_the_curriculums_prior(sets):
     cfg = CurriculumConfig()
     passes, samples = offline_counts(PromptMeta(records[1].id, "math", records[1].difficulty), None, cfg)
     assert (passes, samples) == (0.75 * cfg.human_label_weight, cfg.human_label_weight)
-    nan_cell = parse_record(normalize_row({"question": "q", "answer": "1", "domain": "math", "p": float("nan")}, 0,
-                                          PromptLayout(columns=PromptColumns(difficulty="p"))))
-    assert nan_cell.difficulty is None  # pandas writes an empty cell as NaN
+    cells = [parse_record(normalize_row({"question": "q", "answer": "1", "domain": "math", "p": cell}, 0,
+                                        PromptLayout(columns=PromptColumns(difficulty="p")))).difficulty
+             for cell in (float("nan"), "0.25", "", "hard")]
+    assert cells == [None, 0.25, None, "hard"]  # pandas' NaN and TSV text cells; a tier name stays
+    for gold in ("\\boxed{}", " \\boxed{ } "):  # an empty box is no answer
+        with pytest.raises(PromptRecordError, match="missing_answer"):
+            parse_record(normalize_row({"question": "q", "answer": gold, "domain": "math"}, 0, PromptLayout()))
