@@ -32,7 +32,7 @@ class Budget:
     """Sizes of one demo run: records per split and steps per stage."""
 
     # The tasks and levels the ~1M-parameter model can learn on CPU in minutes (OCR and grounding
-    # stay at 0 at this size: docs/RESULTS.md); every stage uses the same ones.
+    # stay at 0 at this size, also after the vision fix: bench/RESULTS.md); every stage uses the same ones.
     tasks: str = "visual_count,visual_majority"
     levels: str = "1-3"
     train_records: int = 1000  # pretraining documents and SFT records
