@@ -8,7 +8,6 @@ from pathlib import Path
 
 from data_pipelines.prompt_columns import PromptLayout, options_not_shown
 from data_pipelines.prompts import PromptRecord, load_prompt_records, require_records
-
 from trainer.logging import log
 
 from .rewards import RewardConfig, check_domains
