@@ -13,6 +13,7 @@ import torch
 from .config import TrainerConfig
 from .distributed import DistInfo
 from .forward import wrap_forward
+from .logging import log
 from .lr_schedule import lr_at
 
 
@@ -84,6 +85,17 @@ def zero3_loading_config(cfg: TrainerConfig, info: DistInfo) -> dict | None:
     return deepspeed_config(cfg, 1, 1, info.world_size)
 
 
+def world_of_one_hint(cfg: TrainerConfig, world_size: int) -> str | None:
+    """ZeRO-3 on one rank shards nothing and pays DeepSpeed's per-module gather hooks on the host:
+    1.6x slower a step than ZeRO-0 for glm41v_1b on an H200 (bench/RESULTS.md, GPU check). The
+    default stays 3 (a resumed run keeps its stage); the user is told."""
+    if cfg.zero_stage != 3 or world_size != 1:
+        return None
+    return ("trainer.zero_stage=3 on a single rank shards nothing and is host-bound (1.6x slower a step than "
+            "trainer.zero_stage=0 for glm41v_1b on an H200, bench/RESULTS.md); on one device pass "
+            "trainer.zero_stage=0 (a run keeps its stage when resumed)")
+
+
 def apply_freezing(model: torch.nn.Module, cfg: TrainerConfig) -> None:
     if cfg.freeze_vision:
         model.model.visual.requires_grad_(False)
@@ -105,6 +117,9 @@ def wrap_deepspeed(model: torch.nn.Module, cfg: TrainerConfig, micro_batch_rows:
                    info: DistInfo, managed_accumulation: bool = True):
     """The model in its training forward (`wrap_forward`) inside a DeepSpeed engine with AdamW (our
     LR schedule is set per step). `ds(batch)` returns logits; `ds.module.model` is the HF model."""
+    hint = world_of_one_hint(cfg, info.world_size)
+    if hint:
+        log.warning(hint)
     apply_freezing(model, cfg)
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

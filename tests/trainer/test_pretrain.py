@@ -161,12 +161,16 @@ def test_recompute_and_zero_stages_train_alike_and_freezing_keeps_the_vision_tow
     from trainer.model import build_model, load_preset
 
     args = BASE + [f"data.shards={shards}", "trainer.max_steps=3", "trainer.save_every=3", "logging.wandb_mode=disabled"]
-    runs = {}
+    runs, logs = {}, {}
     for name, extra in [("plain", []), ("recompute", ["trainer.activation_checkpointing=true"]),
                         ("frozen", ["trainer.freeze_vision=true"]), ("zero0", ["trainer.zero_stage=0"]),
                         ("zero2", ["trainer.zero_stage=2"])]:
         runs[name] = tmp_path / name
-        check(launch("pretrain.py", args + extra + [f"hydra.run.dir={runs[name]}"]))
+        proc = check(launch("pretrain.py", args + extra + [f"hydra.run.dir={runs[name]}"]))
+        logs[name] = proc.stdout + proc.stderr
+    # ZeRO-3 (the default) on one rank shards nothing: the user is pointed at trainer.zero_stage=0.
+    hint = "trainer.zero_stage=3 on a single rank shards nothing"
+    assert hint in logs["plain"] and hint not in logs["zero0"] and hint not in logs["zero2"]
     plain = [m["loss"] for m in metrics(runs["plain"])]
     assert [m["loss"] for m in metrics(runs["recompute"])] == pytest.approx(plain, rel=1e-6)
     # Without ZeRO, DeepSpeed's fp32 engine keeps no gradient norm: it used to read as a non-finite
