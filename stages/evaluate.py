@@ -167,6 +167,17 @@ def circular_question(record_id: str) -> int:
     return int(record_id) % CIRCULAR_STRIDE
 
 
+def circular_copies(records: list[PromptRecord]) -> Counter:
+    """Rows each question of a circular set should have: CircularEval shifts a question's N options
+    N times, so a copy skipped at load (a bad image) leaves its question one row short of its options
+    and counted in `incomplete_questions`; without options, the rows read."""
+    copies = Counter(circular_question(r.id) for r in records)
+    for r in records:
+        q = circular_question(r.id)
+        copies[q] = max(copies[q], len(r.info.get("options") or ()))
+    return copies
+
+
 @dataclass
 class PromptOutcome:
     """One prompt's graded responses: all the metrics need, small enough to all-gather."""
@@ -195,8 +206,8 @@ def circular_metrics(outcomes: list[PromptOutcome], pass_threshold: float, copie
     """Questions (copies grouped by circular_question) and the share right in every copy. With n
     responses per copy the product of the copies' accuracies is the unbiased estimate of the chance
     that one response drawn per copy is right in all of them; greedy, it is all copies right.
-    `copies`: rows per question in the set; a question some of whose copies were skipped (encoding
-    failures, like every skip, are left out of the rates) is counted in `incomplete_questions`."""
+    `copies`: rows per question (circular_copies); a question some of whose copies were skipped, at
+    load or at encoding (skips are left out of the rates), is counted in `incomplete_questions`."""
     accuracies: dict[int, list[float]] = defaultdict(list)
     for o in outcomes:
         accuracies[circular_question(o.id)].append(sum(r >= pass_threshold for r in o.rewards) / len(o.rewards))
@@ -367,7 +378,7 @@ class SetEvaluator:
                         "skipped": dict(sorted((Counter(load_skipped) + Counter(failed.values())).items())),
                         "options_not_shown": sum(map(letter_of_unseen_options, evaluated))}
         grading_errors: Counter = Counter()
-        copies = Counter(circular_question(r.id) for r in records) if prompt_set.circular else None
+        copies = circular_copies(records) if prompt_set.circular else None
         for d in self.decodings:
             outcomes = sorted((o for outs, _ in everyone for o in outs[d.name]), key=lambda o: o.slot)
             out[d.name] = grouped_metrics(outcomes, d.ks, self.cfg.pass_threshold, copies)

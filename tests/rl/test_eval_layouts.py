@@ -12,7 +12,7 @@ import torch
 from data_pipelines.processor import BadSample
 from data_pipelines.prompt_columns import PromptColumns, PromptLayout
 from data_pipelines.prompts import encode_prompt_record, load_prompt_records
-from stages.evaluate import PromptOutcome, decoding_metrics
+from stages.evaluate import PromptOutcome, circular_copies, decoding_metrics
 from stages.rl.prompt_sets import letter_of_unseen_options
 from stages.rl.rewards import RewardConfig
 from stages.rl.rewards.scoring import score
@@ -64,9 +64,18 @@ def test_mmbench_circular_accuracy_needs_every_rotation_right(tsvs):
     answers = {"0": "red", "1000000": "C", "2000000": "red", "1": "B", "1000001": "B", "2": "warm", "1000002": "A"}
     outcomes = [PromptOutcome(slot, rid, "multiple_choice", [grade(by_id[rid], a)], [True], [9], [False], [False])
                 for slot, (rid, a) in enumerate(answers.items())]
-    got = decoding_metrics(outcomes, (1,), 1.0, copies=Counter(int(i) % 1_000_000 for i in answers))
+    copies = circular_copies(records)
+    assert copies == Counter({0: 3, 1: 2, 2: 2})
+    got = decoding_metrics(outcomes, (1,), 1.0, copies=copies)
     assert got["accuracy"] == pytest.approx(6 / 7)  # row by row: only the noise question's first copy wrong
     assert got["questions"] == 3 and got["circular_accuracy"] == pytest.approx(2 / 3)
+    assert got["incomplete_questions"] == 0
+    # A rotation skipped at load (its image unreadable, say): its question is one row short of its
+    # three options, and counted; it is scored on the copies that were read.
+    read = [r for r in records if r.id != "2000000"]
+    assert circular_copies(read) == copies
+    got = decoding_metrics([o for o in outcomes if o.id != "2000000"], (1,), 1.0, copies=circular_copies(read))
+    assert got["questions"] == 3 and got["incomplete_questions"] == 1
 
 
 def test_other_vlmeval_tsvs(tsvs, renderer):
