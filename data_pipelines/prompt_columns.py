@@ -47,7 +47,10 @@ OPTION_COLUMNS = ("{A}", "choice_{a}", "choice_{A}", "option_{a}", "option_{A}",
 _REFERS_TO_OTHERS = re.compile(r"\b(all|none|both|neither) of (the )?(above|these|them|options)\b"
                                r"|^\(?[a-h]\)?\s*(,|and|&)\s*\(?[a-h]\)?$", re.IGNORECASE)
 _LETTER = re.compile(r"^\(?([A-Za-z])\)?[.:)]?$")
-_OPTIONS_LINE = re.compile(r"^\s*(?:options|choices)\s*:\s*(\S.*)$", re.IGNORECASE | re.MULTILINE)
+_OPTIONS_LINE = re.compile(r"^[ \t]*(?:options|choices)[ \t]*:[ \t]*(\S.*)$", re.IGNORECASE | re.MULTILINE)
+# The same header alone on its line, one option per line below it (ViRL39K's M3CoT rows: "Choices:\nA: red")
+_OPTIONS_HEADER = re.compile(r"^[ \t]*(?:options|choices)[ \t]*:?[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_OPTION_ROW = re.compile(r"^\s*(?:\(([A-H])\)|([A-H])\s*[:.)])\s*(\S.*?)\s*$")
 # An option that starts with its own letter: Video-MME's "A. Apples.", also "(B) red", "C) x", "D: y"
 _OWN_LETTER = "^\\s*(\\({letter}\\)\\s*|{letter}[.:)]\\s+)(?=\\S)"
 
@@ -375,13 +378,29 @@ def _option_columns(row: dict) -> dict[str, Any]:
 
 def _inline_options(question: str) -> dict[str, Any]:
     """{"options": {letter: text}} from a line that lists them, MMStar's "Options: A: red, B: blue, C:
-    green" (letters in order from A); {} if the question has no such line."""
+    green", or from the lines under an "Options:" / "Choices:" header, one option a line ("A: red",
+    "B. blue", "(C) green"); letters in order from A; {} if the question has neither."""
     match = _OPTIONS_LINE.search(question)
     parts = re.split(r"(?:^|,\s*)([A-H])\s*[:.)]\s*", match.group(1).strip()) if match else []
     letters, texts = parts[1::2], [t.strip() for t in parts[2::2]]
+    if not letters and (header := _OPTIONS_HEADER.search(question)):
+        letters, texts = _option_rows(question[header.end():].lstrip("\n").splitlines())
+        parts = [""]
     if parts[:1] != [""] or len(letters) < 2 or letters != list(string.ascii_uppercase[:len(letters)]) or not all(texts):
         return {}
     return {"options": dict(zip(letters, texts))}
+
+
+def _option_rows(lines: list[str]) -> tuple[list[str], list[str]]:
+    """Letters and texts of the option lines at the top of `lines`, up to the first line that is not one."""
+    letters, texts = [], []
+    for line in lines:
+        row = _OPTION_ROW.match(line)
+        if row is None:
+            break
+        letters.append(row.group(1) or row.group(2))
+        texts.append(row.group(3))
+    return letters, texts
 
 
 def _lettered(options: Any) -> dict[str, str]:

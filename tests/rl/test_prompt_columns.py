@@ -453,6 +453,10 @@ def test_options_that_carry_their_own_letter(options, kept):
     ("Which?\nOptions: A: red, C: blue", None),  # letters out of order
     ("Options: A: red", None),  # one option
     ("The options: A: red, B: blue are shown.", None),  # not a line of options
+    ("Which colour?\nChoices:\nA: red\nB: blue", {"A": "red", "B": "blue"}),  # ViRL39K's M3CoT rows
+    ("Which?\nOptions:\n\n(A) yes\n(B) no\nAnswer with the letter. A: is not an option", {"A": "yes", "B": "no"}),
+    ("Which?\nChoices:\nB. red\nA. blue", None),  # letters out of order
+    ("Which?\nChoices:\nA. red\nand more", None),  # one option
 ])
 def test_options_listed_inline_in_the_question(question, options):
     row = normalize_row({"question": question, "answer": "A"}, 0, PromptLayout())
@@ -524,6 +528,7 @@ def test_media_cells_nobody_showed_are_counted_skips(tmp_path, renderer):
 
 
 def test_virl39k_boxed_answers_are_their_box(sets, renderer):
+    from stages.rl.prompt_sets import letter_of_unseen_options
     from stages.rl.rewards.scoring import score
 
     records, skipped = load_prompt_records(sets["virl39k"], PromptLayout(domain="math", columns=PromptColumns(id="qid")))
@@ -539,6 +544,9 @@ def test_virl39k_boxed_answers_are_their_box(sets, renderer):
     # the same golds under verifiers that do not read LaTeX: the box is gone before they see it
     assert [graded(records[1], "multiple_choice", a) for a in ("A", "(A)", "B")] == [1.0, 1.0, 0.0]
     assert graded(records[1], "math", "A") == 1.0
+    # its options listed one a line under "Choices:" are the record's options: the text grades too
+    assert records[1].info["options"] == {"A": "red", "B": "blue"} and not letter_of_unseen_options(records[1])
+    assert [graded(records[1], "multiple_choice", a) for a in ("red", "blue")] == [1.0, 0.0]
 
 
 def test_a_published_pass_rate_is_the_curriculums_prior(sets):
