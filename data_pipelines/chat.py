@@ -70,7 +70,7 @@ class ChatConfig:
     # R1-style responses (thinking closed by </think> or <|end_of_thought|>, then the answer with
     # \boxed{...}) are trained in this format: the rest of the answer, its box as box markers
     convert_r1: bool = True
-    format: str = "auto"  # record layout: auto (detected per record) | ponder | sharegpt | llava | openai | cauldron
+    format: str = "auto"  # record layout: auto (detected per record) | ponder | sharegpt | llava | openai | cauldron | columns
 
     def __post_init__(self) -> None:
         if self.format not in CHAT_FORMATS:

@@ -10,6 +10,10 @@
   LLaVA-Video-178K's one `video` marked by `<image>`);
 - The Cauldron (also FineVision): `{"images": [...], "texts": [{"user": str, "assistant": str}, ...]}`,
   no placeholders: the images go before the first user text (as Idefics2 and SmolVLM train on it);
+- columns: one question and its response in columns, the thinking in a column of its own: s1K
+  (`question`, `thinking_trajectories`, `attempt`), s1K-1.1 (`deepseek_thinking_trajectory`,
+  `deepseek_attempt`; its gemini_ columns when those are missing); the response is
+  `<think>thinking</think>attempt`, which `ChatConfig.convert_r1` trains in the box format;
 - ponder: OpenAI's shape with `{"type": "image", "image": IMG}` items (chat.py), passed through.
 
 A record with media and no placeholder at all has them before its first user text (InternVL's
@@ -26,7 +30,12 @@ from typing import Any
 
 from .processor import BadSample
 
-CHAT_FORMATS = ("auto", "ponder", "sharegpt", "llava", "openai", "cauldron")
+CHAT_FORMATS = ("auto", "ponder", "sharegpt", "llava", "openai", "cauldron", "columns")
+# The `columns` layout, each tried in order: the question, the thinking (optional), the response
+PROMPT_COLUMNS = ("question", "problem", "prompt")
+THINKING_COLUMNS = ("deepseek_thinking_trajectory", "thinking_trajectories", "gemini_thinking_trajectory",
+                    "thinking", "reasoning")
+RESPONSE_COLUMNS = ("deepseek_attempt", "attempt", "gemini_attempt", "response", "output")
 PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
 PLACEHOLDERS = re.compile(f"({PLACEHOLDER}|{VIDEO_PLACEHOLDER})")
@@ -70,7 +79,7 @@ def placeholder_items(text: str, image_is_video: bool = False) -> list[dict]:
 def detect(record: dict) -> str:
     """`sharegpt` (also LLaVA: `conversations` or from/value turns), `cauldron` (`texts` of user /
     assistant pairs), `openai` (messages with image_url items, `<image>` placeholders or top-level
-    images) or `ponder`."""
+    images), `columns` (no turns; a question and a response column, s1K) or `ponder`."""
     if isinstance(record.get("conversations"), list) or (isinstance(record.get("conversation"), list)
                                                          and not isinstance(record.get("messages"), list)):
         return "sharegpt"  # Mantis-Instruct names it `conversation`
@@ -78,7 +87,7 @@ def detect(record: dict) -> str:
         return "cauldron"
     turns = record.get("messages")
     if not isinstance(turns, list):
-        return "ponder"  # the renderer reports what is missing
+        return "columns" if _column_pair(record) else "ponder"  # the renderer reports what is missing
     if any(isinstance(t, dict) and "from" in t and "role" not in t for t in turns):
         return "sharegpt"
     if (_top_media(record, "image") or _top_media(record, "video")
@@ -163,6 +172,8 @@ def _turns(record: dict, fmt: str, key: str) -> tuple[Any, str]:
     """A record's turns in its layout, and the field they came from."""
     if fmt == "cauldron":
         return _cauldron_turns(record, key), "texts"
+    if fmt == "columns":
+        return _column_turns(record, key), "question"
     # ShareGPT turns may sit under `messages` (LLaMA-Factory) or `conversation` (Mantis-Instruct)
     names = ("conversations", "messages", "conversation") if fmt in ("sharegpt", "llava") else ("messages",)
     name = next((n for n in names if isinstance(record.get(n), list)), names[0])
@@ -214,6 +225,36 @@ def _cauldron_turns(record: dict, key: str) -> list[dict]:
         return [{"role": role, "content": pair[role]} for pair in pairs for role in ("user", "assistant")]
     return [{"role": role, "content": [{"type": "text", "text": pair[role]}] if pair[role].strip() else []}
             for pair in pairs for role in ("user", "assistant")]
+
+
+def _first_text(record: dict, names: tuple[str, ...]) -> tuple[str, str] | None:
+    """(column, text) of the first of `names` holding text (a list of texts, as s1K's
+    `thinking_trajectories`, is joined by blank lines); None if none does."""
+    for name in names:
+        value = record.get(name)
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            value = "\n\n".join(value)
+        if isinstance(value, str) and value.strip():
+            return name, value
+    return None
+
+
+def _column_pair(record: dict) -> bool:
+    return _first_text(record, PROMPT_COLUMNS) is not None and _first_text(record, RESPONSE_COLUMNS) is not None
+
+
+def _column_turns(record: dict, key: str) -> list[dict]:
+    """The user's question and the assistant's response, `<think>thinking</think>` before it when a
+    thinking column is given (and the response does not hold its own)."""
+    question, response = _first_text(record, PROMPT_COLUMNS), _first_text(record, RESPONSE_COLUMNS)
+    if question is None or response is None:
+        raise UnknownChatLayout(f"{key}: no question column ({', '.join(PROMPT_COLUMNS)}) and response column "
+                                f"({', '.join(RESPONSE_COLUMNS)}) with text")
+    answer = response[1]
+    thinking = _first_text(record, THINKING_COLUMNS)
+    if thinking is not None and "</think>" not in answer:
+        answer = f"<think>{thinking[1].strip()}</think>{answer.strip()}"
+    return [{"role": "user", "content": question[1]}, {"role": "assistant", "content": answer}]
 
 
 class _Media:

@@ -12,6 +12,7 @@ from data_pipelines import answer_format
 from data_pipelines.batch import IGNORE_INDEX, collate_rows
 from data_pipelines.chat import BadResponseFormat, ChatConfig, ChatRenderer, MalformedChat, MissingMedia
 from data_pipelines.processor import AspectRatioError, ProcessorConfig, VisionProcessor
+from data_pipelines.chat_formats import detect
 from data_pipelines.chat import encode_prompt
 
 R1 = "<think>I count them: one, two.</think><answer>There are <|begin_of_box|>2<|end_of_box|> circles.</answer>"
@@ -226,6 +227,14 @@ OPENTHOUGHTS = {"system": "Your role as an assistant involves thoroughly explori
                                    "<|begin_of_solution|>\n\nThe sum is \\boxed{7}.\n\n<|end_of_solution|>"}]}
 NO_OPENING_TAG = {"messages": [{"role": "user", "content": "2 + 2?"},
                                {"role": "assistant", "content": "Two and two.\n</think>\nIt is \\boxed{4}."}]}
+# s1K (simplescaling/s1K): no turns, the thinking in a list column of its own, then the attempt
+S1K = {"solution": "4", "question": "2 + 2?", "cot_type": "math", "source_type": "qfq/openaimath/Algebra",
+       "metadata": "{'level': 1}", "cot": None, "thinking_trajectories": ["Two and two."],
+       "attempt": "The answer is $\\boxed{4}$."}
+# s1K-1.1: DeepSeek-R1's thinking and attempt beside Gemini's; DeepSeek's are trained
+S1K_11 = {"solution": "7", "question": "3 + 4?", "gemini_thinking_trajectory": "Gemini thinks.",
+          "gemini_attempt": "\\boxed{6}", "deepseek_thinking_trajectory": "Three and four.",
+          "deepseek_attempt": "So \\boxed{7}."}
 
 
 @pytest.mark.parametrize("record,expected", [
@@ -233,6 +242,8 @@ NO_OPENING_TAG = {"messages": [{"role": "user", "content": "2 + 2?"},
                   "<|begin_of_box|>\\frac{1}{2}<|end_of_box|></answer>"),  # the $...$ around the box goes with it
     (OPENTHOUGHTS, "<think>Three and four.</think><answer>The sum is <|begin_of_box|>7<|end_of_box|>.</answer>"),
     (NO_OPENING_TAG, "<think>Two and two.</think><answer>It is <|begin_of_box|>4<|end_of_box|>.</answer>"),
+    (S1K, "<think>Two and two.</think><answer>The answer is <|begin_of_box|>4<|end_of_box|>.</answer>"),
+    (S1K_11, "<think>Three and four.</think><answer>So <|begin_of_box|>7<|end_of_box|>.</answer>"),
 ])
 def test_r1_style_responses_train_in_the_answer_format(tokenizer, processor, chat, record, expected):
     doc = chat(record)
@@ -241,6 +252,13 @@ def test_r1_style_responses_train_in_the_answer_format(tokenizer, processor, cha
     assert answer_format.format_violation(expected) is None
     with pytest.raises(BadResponseFormat, match="missing_"):  # without the conversion: skipped
         ChatRenderer(tokenizer, processor, ChatConfig(convert_r1=False))(record)
+
+
+def test_question_and_answer_columns_are_no_chat(chat):
+    # an RL prompt record (a short gold, no response column) is not taken for s1K's layout
+    assert detect({"question": "2 + 2?", "answer": "4"}) == "ponder" and detect(S1K) == "columns"
+    with pytest.raises(MalformedChat):
+        chat({"question": "2 + 2?", "answer": "4"})
 
 
 @pytest.mark.parametrize("response,problem", [
