@@ -49,7 +49,7 @@ _REFERS_TO_OTHERS = re.compile(r"\b(all|none|both|neither) of (the )?(above|thes
 _LETTER = re.compile(r"^\(?([A-Za-z])\)?[.:)]?$")
 _OPTIONS_LINE = re.compile(r"^[ \t]*(?:options|choices)[ \t]*:[ \t]*(\S.*)$", re.IGNORECASE | re.MULTILINE)
 # The same header alone on its line, one option per line below it (ViRL39K's M3CoT rows: "Choices:\nA: red")
-_OPTIONS_HEADER = re.compile(r"^[ \t]*(?:options|choices)[ \t]*:?[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_OPTIONS_HEADER = re.compile(r"^[ \t]*(?:options|choices)[ \t]*:?[ \t\r]*$", re.IGNORECASE | re.MULTILINE)
 _OPTION_ROW = re.compile(r"^\s*(?:\(([A-H])\)|([A-H])\s*[:.)])\s*(\S.*?)\s*$")
 # An option that starts with its own letter: Video-MME's "A. Apples.", also "(B) red", "C) x", "D: y"
 _OWN_LETTER = "^\\s*(\\({letter}\\)\\s*|{letter}[.:)]\\s+)(?=\\S)"

@@ -455,6 +455,7 @@ def test_options_that_carry_their_own_letter(options, kept):
     ("The options: A: red, B: blue are shown.", None),  # not a line of options
     ("Which colour?\nChoices:\nA: red\nB: blue", {"A": "red", "B": "blue"}),  # ViRL39K's M3CoT rows
     ("Which?\nOptions:\n\n(A) yes\n(B) no\nAnswer with the letter. A: is not an option", {"A": "yes", "B": "no"}),
+    ("Which?\r\nChoices:\r\nA) red\r\nB) blue", {"A": "red", "B": "blue"}),  # Windows line ends
     ("Which?\nChoices:\nB. red\nA. blue", None),  # letters out of order
     ("Which?\nChoices:\nA. red\nand more", None),  # one option
 ])
