@@ -5,9 +5,9 @@ Variants, each in its own process on the same 8k packed row as `bench/gpu_check.
   zero2_ckpt   the same under trainer.zero_stage=2; zero0_ckpt: trainer.zero_stage=0
   plain_ckpt   the same forward and loss with plain torch AdamW, checkpointing on
   plain        plain torch AdamW, no checkpointing
-and for `zero3_ckpt` and `plain`: the GPU-busy fraction of a step (CUDA kernel time / wall, torch.profiler), the top
-kernels by CUDA time, and the top Python functions by cumulative CPU time (cProfile) - a step whose
-GPU idles is bound by the host, not by the matmuls.
+and for `zero3_ckpt` and `plain`: the GPU-busy fraction of a step (CUDA kernel time of a profiled
+step over the unprofiled step time), the top kernels by CUDA time, and the top Python functions by
+cumulative CPU time (cProfile) - a step whose GPU idles is bound by the host, not by the matmuls.
 
     bash bench/gpu_check.sh --prepare                  # here: the wheels (DeepSpeed, ...)
     device: pip install the wheels, then python bench/gpu_train_profile.py  (writes $OUT)
@@ -85,8 +85,9 @@ def deepspeed_step_fn(model, chunk: int, zero_stage: int):
     return step
 
 
-def profile_step(step, batch, device: str, out_dir: Path | None, name: str) -> dict:
-    """GPU-busy fraction and top kernels (torch.profiler), top Python functions (cProfile)."""
+def profile_step(step, batch, device: str, out_dir: Path | None, name: str, step_s: float) -> dict:
+    """Kernel time of one step over the unprofiled step time `step_s` (the profiler's own start and
+    stop would inflate the wall), top kernels (torch.profiler), top Python functions (cProfile)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -118,8 +119,7 @@ def profile_step(step, batch, device: str, out_dir: Path | None, name: str) -> d
         (out_dir / f"{name}_kernels.txt").write_text(kernels)
         (out_dir / f"{name}_host_ops.txt").write_text(host_ops)
         (out_dir / f"{name}_python.txt").write_text(python_top + "\n\n=== by own time ===\n" + python_self)
-    return {"profiled_wall_s": wall, "device_busy_s": device_us / 1e6,
-            "device_busy_fraction": device_us / 1e6 / wall if wall else float("nan")}
+    return {"profiled_wall_s": wall, "device_busy_s": device_us / 1e6, "device_busy_fraction": device_us / 1e6 / step_s}
 
 
 def child(variant: str, device: str, small: bool, out_dir: Path | None) -> dict:
@@ -140,7 +140,7 @@ def child(variant: str, device: str, small: bool, out_dir: Path | None) -> dict:
             "tokens_per_s": batch.num_tokens / step_s,
             "peak_gib": torch.cuda.max_memory_allocated() / GIB if device == "cuda" else float("nan")}
     if variant in PROFILED:
-        data.update(profile_step(step, batch, device, out_dir, variant))
+        data.update(profile_step(step, batch, device, out_dir, variant, step_s))
     return data
 
 

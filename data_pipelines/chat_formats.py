@@ -31,11 +31,14 @@ from typing import Any
 from .processor import BadSample
 
 CHAT_FORMATS = ("auto", "ponder", "sharegpt", "llava", "openai", "cauldron", "columns")
-# The `columns` layout, each tried in order: the question, the thinking (optional), the response
+# The `columns` layout: the question column, then (thinking columns, response columns) of one
+# source each, the first source whose response holds text (s1K-1.1's DeepSeek before its Gemini)
 PROMPT_COLUMNS = ("question", "problem", "prompt")
-THINKING_COLUMNS = ("deepseek_thinking_trajectory", "thinking_trajectories", "gemini_thinking_trajectory",
-                    "thinking", "reasoning")
-RESPONSE_COLUMNS = ("deepseek_attempt", "attempt", "gemini_attempt", "response", "output")
+RESPONSE_SOURCES = ((("deepseek_thinking_trajectory",), ("deepseek_attempt",)),
+                    (("thinking_trajectories",), ("attempt",)),
+                    (("gemini_thinking_trajectory",), ("gemini_attempt",)),
+                    (("thinking", "reasoning"), ("response", "output")))
+SYSTEM_COLUMNS = ("system", "system_prompt")  # ShareGPT's top-level system prompt; OpenOrca's
 PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
 PLACEHOLDERS = re.compile(f"({PLACEHOLDER}|{VIDEO_PLACEHOLDER})")
@@ -146,8 +149,8 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
     image_is_video = image_mark_is_video([str(_content(t)) for t in turns if isinstance(t, dict)],
                                          len(media.given["image"]), len(media.given["video"]))
     messages = []
-    system = record.get("system")
-    if isinstance(system, str) and system:  # ShareGPT's top-level system prompt
+    system = _first_text(record, SYSTEM_COLUMNS)
+    if system is not None:
         messages.append({"role": "system", "content": system})
     for turn in turns:
         if not isinstance(turn, dict):
@@ -163,7 +166,7 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
         else:
             messages.append({"role": role, "content": content})  # the renderer reports it
     media.check_all_used()
-    layout_fields = ("conversations", "messages", "images", "image", "videos", "video", "system", turns_from)
+    layout_fields = ("conversations", "messages", "images", "image", "videos", "video", *SYSTEM_COLUMNS, turns_from)
     out = {k: v for k, v in record.items() if k not in layout_fields}
     return {**out, "messages": messages}
 
@@ -227,34 +230,41 @@ def _cauldron_turns(record: dict, key: str) -> list[dict]:
             for pair in pairs for role in ("user", "assistant")]
 
 
-def _first_text(record: dict, names: tuple[str, ...]) -> tuple[str, str] | None:
-    """(column, text) of the first of `names` holding text (a list of texts, as s1K's
-    `thinking_trajectories`, is joined by blank lines); None if none does."""
+def _first_text(record: dict, names: tuple[str, ...], join: bool = False) -> str | None:
+    """The text of the first of `names` that holds some; with `join` a list of texts (s1K's
+    `thinking_trajectories`) is one, joined by blank lines. None if none does."""
     for name in names:
         value = record.get(name)
-        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        if join and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
             value = "\n\n".join(value)
         if isinstance(value, str) and value.strip():
-            return name, value
+            return value
+    return None
+
+
+def _column_response(record: dict) -> tuple[str | None, str] | None:
+    """(thinking, response) of the first source whose response holds text; None if none does."""
+    for thinking, response in RESPONSE_SOURCES:
+        if (text := _first_text(record, response)) is not None:
+            return _first_text(record, thinking, join=True), text
     return None
 
 
 def _column_pair(record: dict) -> bool:
-    return _first_text(record, PROMPT_COLUMNS) is not None and _first_text(record, RESPONSE_COLUMNS) is not None
+    return _first_text(record, PROMPT_COLUMNS) is not None and _column_response(record) is not None
 
 
 def _column_turns(record: dict, key: str) -> list[dict]:
-    """The user's question and the assistant's response, `<think>thinking</think>` before it when a
-    thinking column is given (and the response does not hold its own)."""
-    question, response = _first_text(record, PROMPT_COLUMNS), _first_text(record, RESPONSE_COLUMNS)
+    """The user's question and the assistant's response, `<think>thinking</think>` before it when its
+    source has thinking (and the response does not hold its own)."""
+    question, response = _first_text(record, PROMPT_COLUMNS), _column_response(record)
     if question is None or response is None:
         raise UnknownChatLayout(f"{key}: no question column ({', '.join(PROMPT_COLUMNS)}) and response column "
-                                f"({', '.join(RESPONSE_COLUMNS)}) with text")
-    answer = response[1]
-    thinking = _first_text(record, THINKING_COLUMNS)
+                                f"({', '.join(c for _, r in RESPONSE_SOURCES for c in r)}) with text")
+    thinking, answer = response
     if thinking is not None and "</think>" not in answer:
-        answer = f"<think>{thinking[1].strip()}</think>{answer.strip()}"
-    return [{"role": "user", "content": question[1]}, {"role": "assistant", "content": answer}]
+        answer = f"<think>{thinking.strip()}</think>{answer.strip()}"
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
 
 
 class _Media:

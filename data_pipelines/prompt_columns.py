@@ -50,7 +50,7 @@ _LETTER = re.compile(r"^\(?([A-Za-z])\)?[.:)]?$")
 _OPTIONS_LINE = re.compile(r"^[ \t]*(?:options|choices)[ \t]*:[ \t]*(\S.*)$", re.IGNORECASE | re.MULTILINE)
 # The same header alone on its line, one option per line below it (ViRL39K's M3CoT rows: "Choices:\nA: red")
 _OPTIONS_HEADER = re.compile(r"^[ \t]*(?:options|choices)[ \t]*:?[ \t\r]*$", re.IGNORECASE | re.MULTILINE)
-_OPTION_ROW = re.compile(r"^\s*(?:\(([A-H])\)|([A-H])\s*[:.)])\s*(\S.*?)\s*$")
+_OPTION_ROW = re.compile(r"^\s*(?:\(([A-Z])\)|([A-Z])\s*[:.)])\s*(\S.*?)\s*$")
 # An option that starts with its own letter: Video-MME's "A. Apples.", also "(B) red", "C) x", "D: y"
 _OWN_LETTER = "^\\s*(\\({letter}\\)\\s*|{letter}[.:)]\\s+)(?=\\S)"
 
@@ -249,7 +249,9 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
     if out.get("options") is None and layout.columns.options is None:
         out.update(_option_columns(out))
         if out.get("options") is None and isinstance(out.get("question"), str):
-            out.update(_inline_options(out["question"]))
+            inline = _inline_options(out["question"])
+            if not _letter_outside(out.get("answer"), inline.get("options", {})):
+                out.update(inline)  # a letter gold the parsed list lacks: the list is partial, not the options
     options = out.get("options")
     if isinstance(options, str) and options.strip().startswith(("[", "{")):
         out["options"] = python_text(options)  # MMMU / MathVerse store the list's Python text
@@ -384,7 +386,7 @@ def _inline_options(question: str) -> dict[str, Any]:
     parts = re.split(r"(?:^|,\s*)([A-H])\s*[:.)]\s*", match.group(1).strip()) if match else []
     letters, texts = parts[1::2], [t.strip() for t in parts[2::2]]
     if not letters and (header := _OPTIONS_HEADER.search(question)):
-        letters, texts = _option_rows(question[header.end():].lstrip("\n").splitlines())
+        letters, texts = _option_rows(question[header.end():].splitlines())
         parts = [""]
     if parts[:1] != [""] or len(letters) < 2 or letters != list(string.ascii_uppercase[:len(letters)]) or not all(texts):
         return {}
@@ -392,15 +394,24 @@ def _inline_options(question: str) -> dict[str, Any]:
 
 
 def _option_rows(lines: list[str]) -> tuple[list[str], list[str]]:
-    """Letters and texts of the option lines at the top of `lines`, up to the first line that is not one."""
+    """Letters and texts of the option lines at the top of `lines` (blank lines between them
+    passed over), up to the first other line."""
     letters, texts = [], []
     for line in lines:
+        if not line.strip():
+            continue
         row = _OPTION_ROW.match(line)
         if row is None:
             break
         letters.append(row.group(1) or row.group(2))
         texts.append(row.group(3))
     return letters, texts
+
+
+def _letter_outside(answer: Any, options: dict[str, str]) -> bool:
+    """The gold is a lone letter ("J", "(J)") that `options` has no option for."""
+    letter = _LETTER.match(answer.strip()) if isinstance(answer, str) else None
+    return bool(options) and letter is not None and letter.group(1).upper() not in options
 
 
 def _lettered(options: Any) -> dict[str, str]:

@@ -174,7 +174,8 @@ def circular_copies(records: list[PromptRecord]) -> Counter:
     copies = Counter(circular_question(r.id) for r in records)
     for r in records:
         q = circular_question(r.id)
-        copies[q] = max(copies[q], len(r.info.get("options") or ()))
+        options = r.info.get("options")
+        copies[q] = max(copies[q], len(options) if isinstance(options, (list, dict)) else 0)
     return copies
 
 

@@ -12,7 +12,7 @@ from data_pipelines import answer_format
 from data_pipelines.batch import IGNORE_INDEX, collate_rows
 from data_pipelines.chat import BadResponseFormat, ChatConfig, ChatRenderer, MalformedChat, MissingMedia
 from data_pipelines.processor import AspectRatioError, ProcessorConfig, VisionProcessor
-from data_pipelines.chat_formats import detect
+from data_pipelines.chat_formats import detect, to_ponder
 from data_pipelines.chat import encode_prompt
 
 R1 = "<think>I count them: one, two.</think><answer>There are <|begin_of_box|>2<|end_of_box|> circles.</answer>"
@@ -259,6 +259,14 @@ def test_question_and_answer_columns_are_no_chat(chat):
     assert detect({"question": "2 + 2?", "answer": "4"}) == "ponder" and detect(S1K) == "columns"
     with pytest.raises(MalformedChat):
         chat({"question": "2 + 2?", "answer": "4"})
+    # thinking and attempt come from one source: a DeepSeek row without its attempt trains Gemini's pair
+    turns = to_ponder({**S1K_11, "deepseek_attempt": None})["messages"]
+    assert turns[1]["content"] == "<think>Gemini thinks.</think>\\boxed{6}"
+    # OpenOrca: its system prompt is the system turn; a list of responses is not glued into one
+    orca = to_ponder({"system_prompt": "Be brief.", "question": "Hi?", "response": "Hello."})["messages"]
+    assert [(m["role"], m["content"]) for m in orca] == [("system", "Be brief."), ("user", "Hi?"),
+                                                        ("assistant", "Hello.")]
+    assert detect({"question": "Hi?", "response": ["Hello.", "Hey."]}) == "ponder"
 
 
 @pytest.mark.parametrize("response,problem", [

@@ -3,6 +3,7 @@ list texts) and video sets (Video-MME, MVBench, NExT-QA), read, rendered and gra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 
@@ -76,6 +77,9 @@ def test_mmbench_circular_accuracy_needs_every_rotation_right(tsvs):
     assert circular_copies(read) == copies
     got = decoding_metrics([o for o in outcomes if o.id != "2000000"], (1,), 1.0, copies=circular_copies(read))
     assert got["questions"] == 3 and got["incomplete_questions"] == 1
+    # options kept as text the loader could not split are no count of rotations: the rows read are
+    text = dataclasses.replace(records[0], info={**records[0].info, "options": "red, blue or green"})
+    assert circular_copies([text]) == Counter({0: 1})
 
 
 def test_other_vlmeval_tsvs(tsvs, renderer):

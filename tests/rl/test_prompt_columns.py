@@ -456,12 +456,24 @@ def test_options_that_carry_their_own_letter(options, kept):
     ("Which colour?\nChoices:\nA: red\nB: blue", {"A": "red", "B": "blue"}),  # ViRL39K's M3CoT rows
     ("Which?\nOptions:\n\n(A) yes\n(B) no\nAnswer with the letter. A: is not an option", {"A": "yes", "B": "no"}),
     ("Which?\r\nChoices:\r\nA) red\r\nB) blue", {"A": "red", "B": "blue"}),  # Windows line ends
+    ("Which?\nChoices:\nA. x\n\nB. y\n \nC. z\nPick one.", {"A": "x", "B": "y", "C": "z"}),  # blank lines between
     ("Which?\nChoices:\nB. red\nA. blue", None),  # letters out of order
     ("Which?\nChoices:\nA. red\nand more", None),  # one option
 ])
 def test_options_listed_inline_in_the_question(question, options):
     row = normalize_row({"question": question, "answer": "A"}, 0, PromptLayout())
     assert row.get("options") == options
+
+
+def test_options_read_from_the_question_must_hold_a_letter_gold():
+    # ten options, the gold the tenth: the list is read whole; a list that stops short of a letter
+    # gold (a line the reader does not take for an option) is no list of the options, and the
+    # letter grades as before
+    ten = "Which?\nOptions:\n" + "\n".join(f"{c}. opt{c}" for c in "ABCDEFGHIJ")
+    assert list(normalize_row({"question": ten, "answer": "J"}, 0, PromptLayout())["options"]) == list("ABCDEFGHIJ")
+    cut = "Which?\nChoices:\nA. x\nB. y\nsee the figure\nC. z"
+    assert "options" not in normalize_row({"question": cut, "answer": "(C)"}, 0, PromptLayout())
+    assert normalize_row({"question": cut, "answer": "B"}, 0, PromptLayout())["options"] == {"A": "x", "B": "y"}
 
 
 def test_numbered_option_columns_candidates_and_unique_ids():
