@@ -167,3 +167,30 @@ def latex_box_content(text: str) -> str | None:
     if (box := _LATEX_BOX.match(text)) and _box_end(text, box.end()) == len(text):
         return text[box.end():-1].strip()
     return None
+
+
+# A final answer inside a worked solution or a wrapper, as published golds write it
+_ANY_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BARE_BOX = re.compile(r"\\boxed[ \t]+([^\s${}][^$\n]*)")  # hendrycks' "\boxed 2" (no braces)
+_GSM8K_FINAL = re.compile(r"(?:^|\n)####[ \t]*(\S[^\n]*?)\s*$")  # GSM8K: the worked solution, then "#### 72"
+_ANSWER_TAGS = re.compile(r"^\s*<answer>(.*)</answer>\s*$", re.DOTALL)  # R1-V's "<answer> 3 </answer>"
+
+
+def final_answer(text: str) -> str | None:
+    """The final answer a published gold holds, None if it is already one:
+    - the whole text in `<answer>...</answer>` (R1-V's CLEVR): what the tags hold;
+    - a worked solution ending in `#### X` (GSM8K): X, thousands commas dropped, as its grader does;
+    - a worked solution with boxes (MATH): the last box, `\\boxed{...}`, `\\fbox{...}` or `\\boxed X`,
+      as hendrycks' `last_boxed_only_string` takes it (earlier boxes are intermediate results)."""
+    if (tags := _ANSWER_TAGS.match(text)) is not None:
+        return tags.group(1).strip()
+    if (gsm8k := _GSM8K_FINAL.search(text)) is not None:
+        return re.sub(r"(?<=\d),(?=\d{3}\b)", "", gsm8k.group(1))
+    last: tuple[int, str] | None = None
+    for box in _ANY_BOX.finditer(text):
+        if (end := _box_end(text, box.end())) is not None:
+            last = (box.start(), text[box.end():end - 1].strip())
+    for bare in _BARE_BOX.finditer(text):
+        if last is None or bare.start() > last[0]:
+            last = (bare.start(), bare.group(1).strip().rstrip("."))
+    return last[1] if last is not None and last[1] else None

@@ -319,8 +319,30 @@ def write_prompt_sets(root: Path) -> dict[str, Path]:
     # MATH: problem, solution (worked, with the boxed answer), level, type.
     (root / "math.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
         {"problem": "What is $2+3$?", "solution": "We add: $2+3=\\boxed{5}$.", "level": "Level 1", "type": "Algebra"},
-        {"problem": "What is $4 \\cdot 2$?", "solution": "$\\boxed{8}$", "level": "Level 1", "type": "Algebra"}]))
+        {"problem": "What is $4 \\cdot 2$?", "solution": "$\\boxed{8}$", "level": "Level 1", "type": "Algebra"},
+        # intermediate results boxed before the final one, and hendrycks' brace-less box
+        {"problem": "Add the roots of $x^2-8x+15$.", "solution": "The roots are $\\boxed{3}$ and $\\boxed{5}$, "
+         "so their sum is $\\boxed{8}$.", "level": "Level 2", "type": "Algebra"},
+        {"problem": "Solve $2x+3=7$.", "solution": "So $x=\\boxed 2$.", "level": "Level 1", "type": "Algebra"}]))
     out["math"] = root / "math.jsonl"
+    # GSM8K (openai/gsm8k, main): the worked solution, its calculator marks, then "#### <answer>".
+    datasets.Dataset.from_list([
+        {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+                     "How many clips did Natalia sell altogether in April and May?",
+         "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips "
+                   "altogether in April and May.\n#### 72"},
+        {"question": "Betty has 1,200 stamps and buys 1,000 more. How many does she have?",
+         "answer": "1,200 + 1,000 = <<1200+1000=2200>>2,200\n#### 2,200"}],
+        features=datasets.Features({"question": datasets.Value("string"), "answer": datasets.Value("string")})
+    ).to_parquet(str(root / "gsm8k_main_test.parquet"))
+    out["gsm8k"] = root / "gsm8k_main_test.parquet"
+    # R1-V's CLEVR counting set (leonardPKU/clevr_cogen_a_train): the gold in answer tags.
+    datasets.Dataset.from_list([{"image": img("red"), "problem": "How many items are there in the image?",
+                                 "solution": "<answer> 3 </answer>"}],
+                               features=datasets.Features({"image": datasets.Image(), "problem": datasets.Value("string"),
+                                                           "solution": datasets.Value("string")})
+                               ).to_parquet(str(root / "clevr_cogen_a_train.parquet"))
+    out["clevr_r1v"] = root / "clevr_cogen_a_train.parquet"
     # verl's RL parquet: prompt as chat turns, the ground truth nested in reward_model.
     verl = [{"data_source": "gsm8k", "prompt": [{"role": "user", "content": "Tom has 3 apples and buys 4. How many?"}],
              "ability": "math", "reward_model": {"ground_truth": "7", "style": "rule"},

@@ -110,8 +110,8 @@ def test_numbered_image_references_place_their_image(tmp_path):
 
 def test_math_and_verl_layouts(sets):
     math, _ = load_prompt_records(sets["math"], PromptLayout(domain="math"))
-    assert [(r.id, text_of(r), r.answer) for r in math] == [
-        ("row-0", "What is $2+3$?", "We add: $2+3=\\boxed{5}$."), ("row-1", "What is $4 \\cdot 2$?", "$\\boxed{8}$")]
+    assert [(r.id, text_of(r), r.answer) for r in math[:2]] == [  # the gold: the worked solution's last box
+        ("row-0", "What is $2+3$?", "5"), ("row-1", "What is $4 \\cdot 2$?", "8")]
     layout = PromptLayout(columns=PromptColumns(domain="ability", answer="reward_model.ground_truth", id="extra_info.index"))
     verl, skipped = load_prompt_records(sets["verl"], layout)
     assert not skipped and (verl[0].id, verl[0].domain, verl[0].answer) == ("0", "math", "7")
@@ -371,8 +371,29 @@ def test_normalised_records_grade_with_the_verifiers(sets):
     assert score("multiple_choice", response("B"), mc[0].answer, **mc[0].info).reward == 1.0
     assert score("multiple_choice", response("A"), mc[0].answer, **mc[0].info).reward == 0.0
     math, _ = load_prompt_records(sets["math"], PromptLayout(domain="math"))  # a worked solution as ground truth
-    assert [score("math", response(a), r.answer).reward for r, a in zip(math, ["5", "8"])] == [1.0, 1.0]
-    assert score("math", response("6"), math[0].answer).reward == 0.0
+    assert [r.answer for r in math] == ["5", "8", "8", "2"]  # its last box, as MATH's grader takes it
+    assert [score("math", response(a), r.answer).reward for r, a in zip(math, ["5", "8", "8", "2"])] == [1.0] * 4
+    assert [score("math", response(a), r.answer).reward for r, a in zip(math, ["6", "9", "3", "4"])] == [0.0] * 4
+
+
+def test_final_answers_inside_published_golds(sets):
+    from stages.rl.rewards.scoring import score
+
+    def graded(domain: str, record, answer: str) -> float:
+        response = f"<think>...</think><answer>It is <|begin_of_box|>{answer}<|end_of_box|>.</answer>"
+        return score(domain, response, record.answer, **record.info).reward
+
+    # GSM8K: the worked solution was the gold, and 72 scored 0 without a word
+    gsm8k, skipped = load_prompt_records(sets["gsm8k"], PromptLayout(domain="math"))
+    assert not skipped and [r.answer for r in gsm8k] == ["72", "2200"]  # thousands commas go, as GSM8K's grader drops them
+    assert [graded("math", gsm8k[0], a) for a in ("72", "73")] == [1.0, 0.0]
+    assert [graded("math", gsm8k[1], a) for a in ("2200", "2,200", "2000")] == [1.0, 1.0, 0.0]
+    # R1-V's CLEVR: "<answer> 3 </answer>" was ungradable under counting and 0 under math
+    (clevr,), _ = load_prompt_records(sets["clevr_r1v"], PromptLayout(domain="counting"))
+    assert clevr.answer == "3" and [graded(d, clevr, a) for d in ("counting", "math") for a in ("3", "4")] == [
+        1.0, 0.0, 1.0, 0.0]
+    with pytest.raises(PromptRecordError, match="missing_answer"):  # empty tags are no answer
+        parse_record(normalize_row({"question": "q", "answer": "<answer> </answer>", "domain": "math"}, 0, PromptLayout()))
 
 
 def test_bad_prompt_rows_are_counted_by_reason(tmp_path, renderer):
