@@ -81,6 +81,9 @@ class PromptColumns:
     video_end: Optional[str] = None
 
 
+BOX_UNITS = ("permille", "pixels")  # data.box_units
+
+
 @dataclass
 class PromptLayout:
     """How the rows of a prompt set map onto prompt records (shared by RL, grading, evaluation)."""
@@ -106,6 +109,9 @@ class PromptLayout:
     video_path: Optional[str] = None
     # The frame rate of videos given as a folder of frames (MVBench's TVQA: 3); a folder is read only with it
     frames_fps: Optional[float] = None
+    # Grounding golds: "permille" (GLM-4.1V's 0-999 of the image's width / height) or "pixels" of the
+    # prompt's first image as published (VLM-R1's RefCOCO), scaled to 0-999 when the image is read
+    box_units: str = "permille"
 
     def __post_init__(self) -> None:
         if self.answers_metric not in ANSWERS_METRICS:
@@ -121,6 +127,8 @@ class PromptLayout:
                 raise ValueError(f"data.{key}={template!r}: a path with column names in braces, e.g. 'data/{{videoID}}.mp4'")
         if empty := [k for k, v in vars(self.columns).items() if v == "" and k != "domain"]:
             raise ValueError(f"data.columns.{empty[0]}='': only the domain column can be none (a category column)")
+        if self.box_units not in BOX_UNITS:
+            raise ValueError(f"data.box_units must be one of {BOX_UNITS}, got {self.box_units!r}")
         if self.frames_fps is not None and not 0 < self.frames_fps < float("inf"):
             raise ValueError(f"data.frames_fps must be > 0, got {self.frames_fps}")
 
@@ -234,6 +242,8 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         out["answer"] = _mapped(out.get("answer"), layout.answer_map)
     if out.get("domain") is None and layout.domain:
         out["domain"] = layout.domain
+    if layout.box_units == "pixels":
+        out["box_units"] = "pixels"  # the verifier scales the gold by the image size (encode_prompt_record)
     question = out.get("question")
     if isinstance(question, list) and question and all(isinstance(t, dict) and "role" in t for t in question):
         out["messages"] = out.pop("question")  # `prompt` as chat turns (verl and TRL layouts)

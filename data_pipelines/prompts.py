@@ -352,6 +352,16 @@ def open_image(source: Any) -> Image.Image:
         return ImageOps.exif_transpose(img).convert("RGB")
 
 
+def image_size(source: Any) -> tuple[int, int]:
+    """(width, height) of an image as the processor got it (PIL or bytes), EXIF orientation applied."""
+    if isinstance(source, Image.Image):
+        return source.size
+    import io
+
+    with Image.open(io.BytesIO(source)) as img:
+        return ImageOps.exif_transpose(img).size
+
+
 def encode_prompt_record(record: PromptRecord, renderer: ChatRenderer, image_root: str | Path | None = None,
                          system_prompt: str | None = None, max_tokens: int | None = None) -> EncodedPrompt:
     """Render the chat template with a generation prompt and process the images. Raises the
@@ -363,6 +373,8 @@ def encode_prompt_record(record: PromptRecord, renderer: ChatRenderer, image_roo
     rendered = renderer.render_prompt(messages, record.images, record.videos, root=image_root, key=record.id)
     if max_tokens is not None and len(rendered.document) > max_tokens:
         raise PromptRecordError("prompt_too_long", f"{record.id}: {len(rendered.document)} tokens")
+    if record.info.get("box_units") == "pixels" and rendered.images:
+        record.info["image_size"] = list(image_size(rendered.images[0]))  # pixel golds scale by it
     return EncodedPrompt(record, rendered.document, rendered.raw_ids, rendered.images)
 
 

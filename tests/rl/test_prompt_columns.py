@@ -583,6 +583,43 @@ def test_virl39k_boxed_answers_are_their_box(sets, renderer):
     assert [graded(records[1], "multiple_choice", a) for a in ("red", "blue")] == [1.0, 0.0]
 
 
+def test_pixel_boxes_of_vlm_r1_rec_are_scaled_by_their_image(tmp_path, renderer):
+    import json
+
+    from PIL import Image
+
+    from stages.rl.rewards.scoring import score
+
+    # VLM-R1's RefCOCO REC lines: a COCO path, the expression, the gold box in pixels of a 640 x 480 image
+    (tmp_path / "coco").mkdir()
+    Image.new("RGB", (640, 480), "red").save(tmp_path / "coco" / "1.jpg")
+    rows = [{"image": "coco/1.jpg", "problem": "the top left quarter", "normal_caption": "the top left quarter",
+             "solution": [0.0, 0.0, 320.0, 240.0]},
+            {"image": "coco/1.jpg", "problem": "the right half", "solution": [320, 0, 640, 480]}]
+    (tmp_path / "rec.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records, skipped = load_prompt_records(tmp_path / "rec.jsonl", PromptLayout(domain="grounding", box_units="pixels"))
+    assert not skipped and len(records) == 2
+
+    def graded(record, box: list[int]) -> tuple[float, str]:
+        got = score("grounding", f"<think>...</think><answer><|begin_of_box|>{box}<|end_of_box|></answer>",
+                    record.answer, **record.info)
+        return got.reward, got.reason
+
+    # before its image is read the size is unknown: ungradable, never a guess
+    assert graded(records[0], [0, 0, 500, 500])[1].startswith("bad_ground_truth")
+    for record in records:
+        assert encoded_images(record, renderer, tmp_path) == 1
+    assert records[0].info["image_size"] == [640, 480]
+    assert graded(records[0], [0, 0, 500, 500])[0] == 1.0  # the quarter on GLM's 0-999 grid
+    assert graded(records[0], [0, 0, 320, 240])[0] == 0.0  # the pixels echoed are not it
+    assert graded(records[1], [500, 0, 999, 999])[0] == 1.0  # a right edge at 640 px is 999
+    # read as published without the key, pixels passed for 0-999 and the right answer scored 0
+    plain, _ = load_prompt_records(tmp_path / "rec.jsonl", PromptLayout(domain="grounding"))
+    assert graded(plain[0], [0, 0, 500, 500])[0] == 0.0
+    with pytest.raises(ValueError, match="box_units"):
+        PromptLayout(box_units="normalized")
+
+
 def test_a_published_pass_rate_is_the_curriculums_prior(sets):
     from stages.rl.curriculum import CurriculumConfig, PromptMeta, offline_counts
 

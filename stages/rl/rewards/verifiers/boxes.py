@@ -7,6 +7,7 @@ import math
 from typing import Any, Sequence
 
 Box = tuple[float, float, float, float]
+PERMILLE_LIMIT = 999  # the largest coordinate on the 0-999 grid
 
 
 class BoxFormatError(ValueError):
@@ -38,26 +39,28 @@ def loads_strict(text: str) -> Any:
         raise BoxFormatError("nested too deeply") from None
 
 
-def as_box(value: Any) -> Box:
+def as_box(value: Any, limit: float | None = PERMILLE_LIMIT) -> Box:
+    """`limit`: the largest coordinate allowed (None: any, pixel boxes before scaling)."""
     if not isinstance(value, (list, tuple)) or len(value) != 4:
         raise BoxFormatError("a box is [x1, y1, x2, y2]")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
         raise BoxFormatError("box coordinates must be numbers")
     x1, y1, x2, y2 = (float(v) for v in value)
-    if not (0 <= x1 < x2 <= 999 and 0 <= y1 < y2 <= 999):
-        raise BoxFormatError("box must satisfy 0 <= x1 < x2 <= 999 and 0 <= y1 < y2 <= 999")
+    top = math.inf if limit is None else limit
+    if not (0 <= x1 < x2 <= top and 0 <= y1 < y2 <= top):
+        raise BoxFormatError(f"box must satisfy 0 <= x1 < x2 <= {top:g} and 0 <= y1 < y2 <= {top:g}")
     return x1, y1, x2, y2
 
 
-def as_boxes(value: Any, max_boxes: int) -> list[Box]:
+def as_boxes(value: Any, max_boxes: int, limit: float | None = PERMILLE_LIMIT) -> list[Box]:
     """One box [x1,y1,x2,y2] or a list of boxes [[...], ...] (an empty list is no box)."""
     if not isinstance(value, (list, tuple)):
         raise BoxFormatError("boxes must be a list")
     if len(value) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        return [as_box(value)]
+        return [as_box(value, limit)]
     if len(value) > max_boxes:
         raise BoxFormatError(f"more than {max_boxes} boxes")
-    return [as_box(v) for v in value]
+    return [as_box(v, limit) for v in value]
 
 
 def iou(a: Box, b: Box) -> float:

@@ -1,5 +1,6 @@
 """Grounding: the box holds JSON boxes `[[x1, y1, x2, y2], ...]` (or one `[x1, y1, x2, y2]`) in 0-999
-per-mille coordinates.
+per-mille coordinates. Golds published in pixels (`data.box_units=pixels`: the record's info has
+`box_units` and the first image's `image_size`) are scaled to the same grid first.
 
 reward = (gold boxes matched one-to-one at IoU > iou_threshold) / max(#gold, #predicted).
 The issue's metric is the matched fraction of gold boxes; dividing by the larger count as well makes
@@ -14,15 +15,18 @@ from typing import Any
 from ..config import RewardConfig
 from ..registry import register_verifier
 from ..types import GroundTruthError, Verdict
-from .boxes import BoxFormatError, as_boxes, count_matches, loads_strict
+from .boxes import PERMILLE_LIMIT, BoxFormatError, as_boxes, count_matches, loads_strict
 
 
 @register_verifier("grounding")
 def verify_grounding(answer: str, ground_truth: Any, config: RewardConfig, **info: Any) -> Verdict:  # noqa: ARG001
     try:
-        gold = as_boxes(loads_strict(ground_truth) if isinstance(ground_truth, str) else ground_truth, 10 ** 6)
+        gold = as_boxes(loads_strict(ground_truth) if isinstance(ground_truth, str) else ground_truth, 10 ** 6,
+                        limit=None if info.get("box_units") == "pixels" else PERMILLE_LIMIT)
     except BoxFormatError as err:
         raise GroundTruthError(f"grounding gold: {err}") from None
+    if info.get("box_units") == "pixels":
+        gold = [permille_box(box, info.get("image_size")) for box in gold]
     try:
         pred = as_boxes(loads_strict(answer.strip()), config.max_boxes)
     except BoxFormatError as err:
@@ -31,3 +35,14 @@ def verify_grounding(answer: str, ground_truth: Any, config: RewardConfig, **inf
         return Verdict(1.0, "correct") if not gold and not pred else Verdict(0.0, "wrong")
     reward = count_matches(gold, pred, config.iou_threshold) / max(len(gold), len(pred))
     return Verdict(reward, "correct" if reward == 1.0 else "partial" if reward > 0 else "wrong")
+
+
+def permille_box(box: list[float], image_size: Any) -> list[int]:
+    """A pixel box on an image of `image_size` (width, height) on the 0-999 grid (x * 1000 / width),
+    as ponder's own grounding task draws its golds."""
+    if not (isinstance(image_size, (list, tuple)) and len(image_size) == 2 and all(v > 0 for v in image_size)):
+        raise GroundTruthError("grounding gold in pixels (data.box_units=pixels) without its image's size: "
+                               "the prompt has no image")
+    width, height = image_size
+    scale = (1000 / width, 1000 / height, 1000 / width, 1000 / height)
+    return [min(999, max(0, round(v * k))) for v, k in zip(box, scale)]
