@@ -38,7 +38,7 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from .answer_format import format_violation, from_r1
-from .chat_formats import CHAT_FORMATS, from_url, to_ponder
+from .chat_formats import CHAT_FORMATS, from_url, no_turns_reason, to_ponder
 from .document import Document, Visual
 from .processor import (
     BadSample,
@@ -179,7 +179,7 @@ class ChatRenderer:
         record = to_ponder(record, self.cfg.format, key)  # ShareGPT / LLaVA / OpenAI layouts
         raw = record.get("messages")
         if not isinstance(raw, list) or not raw:
-            raise MalformedChat(f"{key}: `messages` must be a non-empty list")
+            raise MalformedChat(f"{key}: {no_turns_reason(record)}")
         messages = [_message(m, key) for m in raw]
         if messages[-1].role != "assistant":
             raise MalformedChat(f"{key}: the last message must be the assistant's response")

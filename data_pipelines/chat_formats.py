@@ -250,6 +250,17 @@ def _column_response(record: dict) -> tuple[str | None, str] | None:
     return None
 
 
+def no_turns_reason(record: dict) -> str:
+    """Why a record without turns is no chat, in a user's terms (a prompt record given to SFT)."""
+    question = next((c for c in PROMPT_COLUMNS if _first_text(record, (c,)) is not None), None)
+    if question is None:
+        return "`messages` must be a non-empty list"
+    responses = ", ".join(c for _, r in RESPONSE_SOURCES for c in r)
+    return (f"a `{question}` without a response to train (none of {responses} holds text): a prompt record "
+            "(RL / eval data, its answer a gold, not a response); SFT reads chats, or a question with its "
+            "response in columns (docs/data.md, published chat layouts)")
+
+
 def _column_pair(record: dict) -> bool:
     return _first_text(record, PROMPT_COLUMNS) is not None and _column_response(record) is not None
 

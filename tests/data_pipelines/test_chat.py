@@ -257,7 +257,7 @@ def test_r1_style_responses_train_in_the_answer_format(tokenizer, processor, cha
 def test_question_and_answer_columns_are_no_chat(chat):
     # an RL prompt record (a short gold, no response column) is not taken for s1K's layout
     assert detect({"question": "2 + 2?", "answer": "4"}) == "ponder" and detect(S1K) == "columns"
-    with pytest.raises(MalformedChat):
+    with pytest.raises(MalformedChat, match="a `question` without a response to train"):  # GSM8K given to SFT
         chat({"question": "2 + 2?", "answer": "4"})
     # thinking and attempt come from one source: a DeepSeek row without its attempt trains Gemini's pair
     turns = to_ponder({**S1K_11, "deepseek_attempt": None})["messages"]
