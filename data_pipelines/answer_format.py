@@ -127,6 +127,30 @@ def from_r1(response: str) -> str | None:
     return None
 
 
+# LLaVA-CoT's four stages (Xkev/LLaVA-CoT-100k); the caption may be missing
+_LLAVA_COT = re.compile(r"^\s*<SUMMARY>(.*?)</SUMMARY>\s*(?:<CAPTION>(.*?)</CAPTION>\s*)?<REASONING>(.*?)</REASONING>"
+                        r"\s*<CONCLUSION>(.*?)</CONCLUSION>\s*$", re.DOTALL)
+
+
+def from_llava_cot(response: str) -> str | None:
+    """A LLaVA-CoT response in this format, or None when it is not one: summary, caption and
+    reasoning are the thinking, the conclusion the answer (its `\\boxed{...}` a box; it has none as
+    published, so `require_box` skips it: open-ended answers train with data.chat.require_box=false)."""
+    stages = _LLAVA_COT.match(response)
+    if stages is None or any(tag in response for tag in (*_TAGS, BOX_OPEN, BOX_CLOSE)):
+        return None
+    thinking = "\n\n".join(part.strip() for part in stages.groups()[:3] if part and part.strip())
+    answer = stages.group(4).strip()
+    if not thinking or not answer:
+        return None
+    return f"{THINK_OPEN}{thinking}{THINK_CLOSE}{ANSWER_OPEN}{_latex_boxes(answer)}{ANSWER_CLOSE}"
+
+
+def from_published(response: str) -> str | None:
+    """A response in a published long-CoT format (R1-style, LLaVA-CoT) in this one, or None."""
+    return from_r1(response) or from_llava_cot(response)
+
+
 _LATEX_BOX = re.compile(r"\\boxed\s*\{")
 # Math delimiters around nothing but one box ("$\\boxed{5}$"): they go with it.
 _AROUND_BOX = (("$$", "$$"), ("$", "$"), ("\\[", "\\]"), ("\\(", "\\)"))

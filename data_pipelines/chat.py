@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
-from .answer_format import format_violation, from_r1
+from .answer_format import format_violation, from_published
 from .chat_formats import CHAT_FORMATS, from_url, no_turns_reason, to_ponder
 from .document import Document, Visual
 from .processor import (
@@ -68,7 +68,8 @@ class ChatConfig:
     skip_bad_format: bool = True  # skip (and count) records whose trained responses break the format
     require_box: bool = True  # the format needs exactly one non-empty <|begin_of_box|>...<|end_of_box|>
     # R1-style responses (thinking closed by </think> or <|end_of_thought|>, then the answer with
-    # \boxed{...}) are trained in this format: the rest of the answer, its box as box markers
+    # \boxed{...}) are trained in this format: the rest of the answer, its box as box markers; so are
+    # LLaVA-CoT's <SUMMARY><CAPTION><REASONING> (thinking) and <CONCLUSION> (answer)
     convert_r1: bool = True
     format: str = "auto"  # record layout: auto (detected per record) | ponder | sharegpt | llava | openai | cauldron | columns
 
@@ -142,7 +143,7 @@ class ChatRenderer:
         trained = assistant if self.cfg.train_turns == "all" else assistant[-1:]
         for i in trained:
             problem = format_violation(messages[i].text_or_items, self.cfg.require_box)
-            if problem and self.cfg.convert_r1 and (converted := from_r1(messages[i].text_or_items)) is not None:
+            if problem and self.cfg.convert_r1 and (converted := from_published(messages[i].text_or_items)) is not None:
                 messages[i].text_or_items = converted
                 problem = format_violation(converted, self.cfg.require_box)
             if problem and self.cfg.skip_bad_format:

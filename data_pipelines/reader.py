@@ -129,9 +129,10 @@ def check_usable(label: str, source: SampleSource, to_document: Callable[[Any], 
 # What a user can change when every sample fails for one reason (docs/data.md has the full list):
 # the setting, and the hint that names it.
 USABLE_HINTS = {
-    "bad_format": ("skip_bad_format", "Responses not in <think>...</think><answer>...</answer> form: "
-                   "data.chat.skip_bad_format=false trains them as they are, data.chat.require_box=false accepts "
-                   "answers without a box"),
+    "bad_format": ("skip_bad_format", "Responses not in <think>...</think><answer>...</answer> form (R1-style and "
+                   "LLaVA-CoT responses are converted to it): data.chat.require_box=false accepts answers without "
+                   "a box (open-ended ones, LLaVA-CoT's conclusions), data.chat.skip_bad_format=false trains "
+                   "responses as they are"),
     "missing_image": ("data.image_root", "Relative image paths are read from data.image_root (default: the data "
                       "file's folder)"),
     "missing_video": ("data.image_root", "Relative video paths are read from data.image_root (default: the data "

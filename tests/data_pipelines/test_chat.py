@@ -254,6 +254,22 @@ def test_r1_style_responses_train_in_the_answer_format(tokenizer, processor, cha
         ChatRenderer(tokenizer, processor, ChatConfig(convert_r1=False))(record)
 
 
+# LLaVA-CoT-100k (Xkev/LLaVA-CoT-100k): ShareGPT turns, the response in four tagged stages
+LLAVA_COT = {"id": "1", "conversations": [
+    {"from": "human", "value": "How many apples are there?"},
+    {"from": "gpt", "value": "<SUMMARY>I will count the apples.</SUMMARY>\n\n<CAPTION>Three red apples on a table."
+                             "</CAPTION>\n\n<REASONING>One, two, three.</REASONING>\n\n<CONCLUSION>3</CONCLUSION>"}]}
+
+
+def test_llava_cot_stages_train_in_the_answer_format(tokenizer, processor, chat):
+    open_ended = ChatRenderer(tokenizer, processor, ChatConfig(require_box=False))
+    expected = ("<think>I will count the apples.\n\nThree red apples on a table.\n\nOne, two, three.</think>"
+                "<answer>3</answer>")
+    assert targets(tokenizer, open_ended(LLAVA_COT)) == expected + EOS
+    with pytest.raises(BadResponseFormat, match="no_box"):  # its conclusions have no box: skipped by default
+        chat(LLAVA_COT)
+
+
 def test_question_and_answer_columns_are_no_chat(chat):
     # an RL prompt record (a short gold, no response column) is not taken for s1K's layout
     assert detect({"question": "2 + 2?", "answer": "4"}) == "ponder" and detect(S1K) == "columns"
