@@ -3,6 +3,7 @@ skip counts, stopped at load, before any engine or policy starts, when nothing i
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -10,7 +11,9 @@ from data_pipelines.prompt_columns import PromptLayout, options_not_shown
 from data_pipelines.prompts import PromptRecord, load_prompt_records, require_records
 from trainer.logging import log
 
-from .rewards import RewardConfig, check_domains
+from .rewards import RewardConfig, check_domains, get_verifier, resolve_verifier, score
+
+GOLD_CHECK_RECORDS = 32  # golds scored against themselves at load (a misread set shows in its first rows)
 
 
 def load_gradable_prompts(path: str | Path, layout: PromptLayout, rewards: RewardConfig,
@@ -21,11 +24,41 @@ def load_gradable_prompts(path: str | Path, layout: PromptLayout, rewards: Rewar
     require_records(path, records, skipped)
     records = records[:limit]
     check_domains((r.domain for r in records), rewards)
+    if problems := ungradable_golds(records[:GOLD_CHECK_RECORDS], rewards):
+        log.warning("%s: %d of the first %d golds cannot be graded by their verifier, even answered by "
+                    "themselves (e.g. %s); their prompts will score 0 whatever the model says. See docs/data.md "
+                    "for the set's layout (data.columns.answer, data.box_units, ...)", path, len(problems),
+                    min(len(records), GOLD_CHECK_RECORDS), problems[0][:300])
     if unseen := sum(map(letter_of_unseen_options, records)):
         log.warning("%s: %d of %d prompts are graded against an option letter their question never shows "
                     "(options in columns, not listed); data.options_in_prompt=true lists them under the question",
                     path, unseen, len(records))
     return records, skipped
+
+
+def ungradable_golds(records: list[PromptRecord], rewards: RewardConfig) -> list[str]:
+    """"id: reason" of the records whose gold their verifier cannot read (`bad_ground_truth`) when the
+    gold itself is the boxed answer (a list as JSON): a misread layout (a wrapper around the gold, pixel
+    boxes read as 0-999), found before any rollout. Golds that are dicts (accepted answers,
+    {"any_of": ...}), those graded by a judge model, and pixel boxes (scaled once their image is read)
+    are not tried."""
+    judge = get_verifier("judge")
+    out = []
+    for record in records:
+        gold = record.answer
+        if isinstance(gold, bool) or not isinstance(gold, (str, int, float, list)) or (
+                record.domain in rewards.nonverifiable_domains or record.info.get("box_units") == "pixels"
+                or resolve_verifier(record.domain, rewards) is judge):
+            continue
+        try:
+            written = json.dumps(gold) if isinstance(gold, list) else gold  # boxes as a response writes them
+        except (TypeError, ValueError):
+            continue
+        response = f"<think>.</think><answer><|begin_of_box|>{written}<|end_of_box|></answer>"
+        got = score(record.domain, response, gold, config=rewards, **record.info)
+        if got.reason.startswith("bad_ground_truth"):
+            out.append(f"{record.id}: {got.reason}")
+    return out
 
 
 def letter_of_unseen_options(record: PromptRecord) -> bool:

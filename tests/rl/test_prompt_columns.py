@@ -3,6 +3,8 @@ MMMU, MATH, verl's parquet), data.columns, and multiple choice -> fill in the bl
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from data_pipelines.processor import BadSample
@@ -583,11 +585,13 @@ def test_virl39k_boxed_answers_are_their_box(sets, renderer):
     assert [graded(records[1], "multiple_choice", a) for a in ("red", "blue")] == [1.0, 0.0]
 
 
-def test_pixel_boxes_of_vlm_r1_rec_are_scaled_by_their_image(tmp_path, renderer):
+def test_pixel_boxes_of_vlm_r1_rec_are_scaled_by_their_image(tmp_path, renderer, caplog):
     import json
 
     from PIL import Image
 
+    from stages.rl.prompt_sets import load_gradable_prompts
+    from stages.rl.rewards import RewardConfig
     from stages.rl.rewards.scoring import score
 
     # VLM-R1's RefCOCO REC lines: a COCO path, the expression, the gold box in pixels of a 640 x 480 image
@@ -616,6 +620,16 @@ def test_pixel_boxes_of_vlm_r1_rec_are_scaled_by_their_image(tmp_path, renderer)
     # read as published without the key, pixels passed for 0-999 and the right answer scored 0
     plain, _ = load_prompt_records(tmp_path / "rec.jsonl", PromptLayout(domain="grounding"))
     assert graded(plain[0], [0, 0, 500, 500])[0] == 0.0
+    # ... and a gold past 999 (a 1280-px image) cannot be read at all: said at load, before any rollout
+    Image.new("RGB", (1280, 960), "red").save(tmp_path / "coco" / "2.jpg")
+    rows.append({"image": "coco/2.jpg", "problem": "the right half", "solution": [640, 0, 1280, 960]})
+    (tmp_path / "rec.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level(logging.WARNING, logger="ponder"):
+        load_gradable_prompts(tmp_path / "rec.jsonl", PromptLayout(domain="grounding", box_units="pixels"), RewardConfig())
+    assert "cannot be graded" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="ponder"):
+        load_gradable_prompts(tmp_path / "rec.jsonl", PromptLayout(domain="grounding"), RewardConfig())
+    assert "1 of the first 3 golds cannot be graded by their verifier" in caplog.text and "row-2" in caplog.text
     with pytest.raises(ValueError, match="box_units"):
         PromptLayout(box_units="normalized")
 
