@@ -108,8 +108,8 @@ def from_r1(response: str) -> str | None:
     chat template writes it into the prompt), everything after it the answer, and every
     `\\boxed{...}` of the answer (braces matched) becomes a box. Responses already holding
     `<answer>` or box markers, or text before the opening tag, are not R1-style."""
-    if ANSWER_OPEN in response or BOX_OPEN in response or BOX_CLOSE in response:
-        return None
+    if ANSWER_OPEN in response or BOX_OPEN in response or BOX_CLOSE in response or any(_stage_tags(response).values()):
+        return None  # LLaVA-CoT's stages are from_llava_cot's, even with a stray </think> inside
     for opening, closing in R1_THINKING:
         if response.count(closing) != 1 or response.count(opening) > 1:
             continue
@@ -129,13 +129,22 @@ def from_r1(response: str) -> str | None:
 
 # LLaVA-CoT's four stages (Xkev/LLaVA-CoT-100k); the caption may be missing
 _LLAVA_COT = re.compile(r"^\s*<SUMMARY>(.*?)</SUMMARY>\s*(?:<CAPTION>(.*?)</CAPTION>\s*)?<REASONING>(.*?)</REASONING>"
-                        r"\s*<CONCLUSION>(.*?)</CONCLUSION>\s*$", re.DOTALL)
+                        r"\s*<CONCLUSION>(.*?)</CONCLUSION>\s*$", re.DOTALL | re.IGNORECASE)
+LLAVA_COT_STAGES = ("SUMMARY", "CAPTION", "REASONING", "CONCLUSION")
+
+
+def _stage_tags(response: str) -> dict[str, int]:
+    upper = response.upper()
+    return {tag: upper.count(f"<{tag}>") + upper.count(f"</{tag}>") for tag in LLAVA_COT_STAGES}
 
 
 def from_llava_cot(response: str) -> str | None:
     """A LLaVA-CoT response in this format, or None when it is not one: summary, caption and
     reasoning are the thinking, the conclusion the answer (its `\\boxed{...}` a box; it has none as
     published, so `require_box` skips it: open-ended answers train with data.chat.require_box=false)."""
+    tags = _stage_tags(response)  # each stage once (a regex over repeated stages is slow, and leaks tags)
+    if any(n not in (0, 2) for n in tags.values()) or 0 in (tags["SUMMARY"], tags["REASONING"], tags["CONCLUSION"]):
+        return None
     stages = _LLAVA_COT.match(response)
     if stages is None or any(tag in response for tag in (*_TAGS, BOX_OPEN, BOX_CLOSE)):
         return None
@@ -195,26 +204,41 @@ def latex_box_content(text: str) -> str | None:
 
 # A final answer inside a worked solution or a wrapper, as published golds write it
 _ANY_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_BARE_BOX = re.compile(r"\\boxed[ \t]+([^\s${}][^$\n]*)")  # hendrycks' "\boxed 2" (no braces)
-_GSM8K_FINAL = re.compile(r"(?:^|\n)####[ \t]*(\S[^\n]*?)\s*$")  # GSM8K: the worked solution, then "#### 72"
+_BARE_BOX = re.compile(r"\\boxed[ \t]+([^\s${}]+)")  # hendrycks' "\boxed 2" (no braces): one token
+_GSM8K_FINAL = re.compile(r"(?:^|\n)####[ \t]*(-?[\d,]*\.?\d+)\s*$")  # GSM8K: the solution, then "#### 72"
 _ANSWER_TAGS = re.compile(r"^\s*<answer>(.*)</answer>\s*$", re.DOTALL)  # R1-V's "<answer> 3 </answer>"
+# What may stand between two boxes of one answer ("$x=\boxed{3}$ or $x=\boxed{-3}$", "(1) ...; (2) ...")
+_BOX_JOINER = re.compile(r"(?:and|or|\(\w{1,3}\)|\w{1,3}\)|[A-Za-z](?:_\{?\w+\}?)?=)*")
+
+
+def _joins(between: str) -> bool:
+    return _BOX_JOINER.fullmatch(re.sub(r"[\s$,;.]|\\[()\[\]]", "", between)) is not None
 
 
 def final_answer(text: str) -> str | None:
-    """The final answer a published gold holds, None if it is already one:
-    - the whole text in `<answer>...</answer>` (R1-V's CLEVR): what the tags hold;
-    - a worked solution ending in `#### X` (GSM8K): X, thousands commas dropped, as its grader does;
-    - a worked solution with boxes (MATH): the last box, `\\boxed{...}`, `\\fbox{...}` or `\\boxed X`,
-      as hendrycks' `last_boxed_only_string` takes it (earlier boxes are intermediate results)."""
-    if (tags := _ANSWER_TAGS.match(text)) is not None:
+    """The final answer a published gold holds, None if it is not written inside one:
+    - the whole text in one `<answer>...</answer>` (R1-V's CLEVR): what the tags hold;
+    - a worked solution ending in `#### <number>` (GSM8K): the number, thousands commas dropped,
+      as its grader does;
+    - a worked solution with boxes (MATH): its last box (`\\boxed{...}`, `\\fbox{...}`), as hendrycks'
+      `last_boxed_only_string` takes it: earlier boxes are intermediate results; boxes separated by
+      nothing but separators and labels ("$x=\\boxed{3}$ or $x=\\boxed{-3}$") are one answer, joined
+      by ", "; without braced boxes, a brace-less `\\boxed 2`."""
+    if (tags := _ANSWER_TAGS.match(text)) is not None and text.count("<answer>") == 1:
         return tags.group(1).strip()
     if (gsm8k := _GSM8K_FINAL.search(text)) is not None:
         return re.sub(r"(?<=\d),(?=\d{3}\b)", "", gsm8k.group(1))
-    last: tuple[int, str] | None = None
+    boxes = []  # (start, end, content)
     for box in _ANY_BOX.finditer(text):
-        if (end := _box_end(text, box.end())) is not None:
-            last = (box.start(), text[box.end():end - 1].strip())
-    for bare in _BARE_BOX.finditer(text):
-        if last is None or bare.start() > last[0]:
-            last = (bare.start(), bare.group(1).strip().rstrip("."))
-    return last[1] if last is not None and last[1] else None
+        if (end := _box_end(text, box.end())) is not None and (not boxes or box.start() >= boxes[-1][1]):
+            boxes.append((box.start(), end, text[box.end():end - 1].strip()))
+    if boxes:
+        run = [boxes[-1]]
+        while len(run) < len(boxes) and _joins(text[boxes[-len(run) - 1][1]:run[0][0]]):
+            run.insert(0, boxes[-len(run) - 1])
+        answer = ", ".join(content for _, _, content in run if content)
+        while (inner := latex_box_content(answer)) is not None:  # \boxed{\boxed{3}}
+            answer = inner
+        return answer
+    bare = _BARE_BOX.findall(text)
+    return bare[-1].rstrip(".") if bare else None

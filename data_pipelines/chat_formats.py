@@ -255,6 +255,9 @@ def no_turns_reason(record: dict) -> str:
     question = next((c for c in PROMPT_COLUMNS if _first_text(record, (c,)) is not None), None)
     if question is None:
         return "`messages` must be a non-empty list"
+    if _column_response(record) is not None:
+        return (f"a `{question}` and its response in columns, not `messages`: data.chat.format=columns "
+                "(or auto) reads them")
     responses = ", ".join(c for _, r in RESPONSE_SOURCES for c in r)
     return (f"a `{question}` without a response to train (none of {responses} holds text): a prompt record "
             "(RL / eval data, its answer a gold, not a response); SFT reads chats, or a question with its "

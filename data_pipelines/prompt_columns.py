@@ -22,7 +22,7 @@ import string
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
-from .answer_format import final_answer, latex_box_content
+from .answer_format import latex_box_content
 
 ANY_OF = "any_of"  # a ground truth of several accepted answers (stages/rl/rewards/scoring.py)
 VQA_ANSWERS = "vqa_answers"  # the annotators' answers, repeats kept, graded by the VQA accuracy
@@ -236,8 +236,6 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         out["answer"] = _any_of(answer, layout.answers_metric)
     if isinstance(out.get("answer"), str) and (boxed := latex_box_content(out["answer"])) is not None:
         out["answer"] = boxed or None  # ViRL39K writes every gold as \boxed{...}; an empty box is no answer
-    elif isinstance(out.get("answer"), str) and (final := final_answer(out["answer"])) is not None:
-        out["answer"] = final or None  # GSM8K's "#### 72", MATH's last box, R1-V's "<answer> 3 </answer>"
     if layout.answer_map:
         out["answer"] = _mapped(out.get("answer"), layout.answer_map)
     if out.get("domain") is None and layout.domain:

@@ -353,13 +353,16 @@ def open_image(source: Any) -> Image.Image:
 
 
 def image_size(source: Any) -> tuple[int, int]:
-    """(width, height) of an image as the processor got it (PIL or bytes), EXIF orientation applied."""
+    """(width, height) of an image as the processor got it (PIL or bytes), EXIF orientation applied
+    (a quarter turn swaps them), from the file's header: nothing decoded."""
     if isinstance(source, Image.Image):
         return source.size
     import io
 
     with Image.open(io.BytesIO(source)) as img:
-        return ImageOps.exif_transpose(img).size
+        width, height = img.size
+        turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF Orientation
+    return (height, width) if turned else (width, height)
 
 
 def encode_prompt_record(record: PromptRecord, renderer: ChatRenderer, image_root: str | Path | None = None,

@@ -3,17 +3,23 @@ skip counts, stopped at load, before any engine or policy starts, when nothing i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
 
+from data_pipelines.answer_format import final_answer
 from data_pipelines.prompt_columns import PromptLayout, options_not_shown
 from data_pipelines.prompts import PromptRecord, load_prompt_records, require_records
 from trainer.logging import log
 
-from .rewards import RewardConfig, check_domains, get_verifier, resolve_verifier, score
+from .rewards import RewardConfig, check_domains, get_verifier, registered_names, resolve_verifier, score_with
 
 GOLD_CHECK_RECORDS = 32  # golds scored against themselves at load (a misread set shows in its first rows)
+# Verifiers that grade one final answer: a worked solution given as their gold is read for it
+# (GSM8K's "#### 72", MATH's last box, R1-V's "<answer> 3 </answer>"); OCR, VQA, chart and grounding
+# golds are taken as they are
+FINAL_ANSWER_VERIFIERS = ("math", "counting", "multiple_choice")
 
 
 def load_gradable_prompts(path: str | Path, layout: PromptLayout, rewards: RewardConfig,
@@ -21,6 +27,7 @@ def load_gradable_prompts(path: str | Path, layout: PromptLayout, rewards: Rewar
     """The first `limit` usable records of a set (all when None) and the skip counts; a set with no
     usable record, or a domain with no verifier, stops here (not at its first score)."""
     records, skipped = load_prompt_records(path, layout)
+    records = with_final_answers(records, rewards, skipped)
     require_records(path, records, skipped)
     records = records[:limit]
     check_domains((r.domain for r in records), rewards)
@@ -36,26 +43,50 @@ def load_gradable_prompts(path: str | Path, layout: PromptLayout, rewards: Rewar
     return records, skipped
 
 
+def _verifier(domain: str, rewards: RewardConfig):
+    """The domain's verifier, None where it has none (check_domains says so) or it does not load."""
+    try:
+        return resolve_verifier(domain, rewards)
+    except Exception:  # noqa: BLE001 - UnknownVerifierError / RewardConfigError: reported by check_domains
+        return None
+
+
+def with_final_answers(records: list[PromptRecord], rewards: RewardConfig, skipped: Counter) -> list[PromptRecord]:
+    """The records, a text gold graded by a final-answer verifier replaced by the final answer it
+    holds (answer_format.final_answer); one whose final answer is empty is a `missing_answer` skip."""
+    takers = {get_verifier(name) for name in FINAL_ANSWER_VERIFIERS}
+    out = []
+    for record in records:
+        if isinstance(record.answer, str) and _verifier(record.domain, rewards) in takers:
+            final = final_answer(record.answer)
+            if final == "":
+                skipped["missing_answer"] += 1
+                continue
+            if final is not None:
+                record = dataclasses.replace(record, answer=final)
+        out.append(record)
+    return out
+
+
 def ungradable_golds(records: list[PromptRecord], rewards: RewardConfig) -> list[str]:
     """"id: reason" of the records whose gold their verifier cannot read (`bad_ground_truth`) when the
     gold itself is the boxed answer (a list as JSON): a misread layout (a wrapper around the gold, pixel
     boxes read as 0-999), found before any rollout. Golds that are dicts (accepted answers,
     {"any_of": ...}), those graded by a judge model, and pixel boxes (scaled once their image is read)
-    are not tried."""
-    judge = get_verifier("judge")
+    are not tried, nor verifiers loaded by import path (a judge model, a sandbox)."""
+    builtin = {get_verifier(name) for name in registered_names()} - {get_verifier("judge")}
     out = []
     for record in records:
-        gold = record.answer
-        if isinstance(gold, bool) or not isinstance(gold, (str, int, float, list)) or (
-                record.domain in rewards.nonverifiable_domains or record.info.get("box_units") == "pixels"
-                or resolve_verifier(record.domain, rewards) is judge):
+        gold, verifier = record.answer, _verifier(record.domain, rewards)
+        if (verifier not in builtin or isinstance(gold, bool) or not isinstance(gold, (str, int, float, list))
+                or record.domain in rewards.nonverifiable_domains or record.info.get("box_units") == "pixels"):
             continue
         try:
             written = json.dumps(gold) if isinstance(gold, list) else gold  # boxes as a response writes them
-        except (TypeError, ValueError):
+            response = f"<think>.</think><answer><|begin_of_box|>{written}<|end_of_box|></answer>"
+            got = score_with(verifier, record.domain, response, gold, rewards, record.info)
+        except Exception:  # noqa: BLE001 - a check at load never stops a load that worked without it
             continue
-        response = f"<think>.</think><answer><|begin_of_box|>{written}<|end_of_box|></answer>"
-        got = score(record.domain, response, gold, config=rewards, **record.info)
         if got.reason.startswith("bad_ground_truth"):
             out.append(f"{record.id}: {got.reason}")
     return out

@@ -10,6 +10,8 @@ import pytest
 from data_pipelines.processor import BadSample
 from data_pipelines.prompt_columns import PromptColumns, PromptLayout, normalize_row, with_unique_ids
 from data_pipelines.prompts import PromptRecordError, encode_prompt_record, load_prompt_records, parse_record
+from stages.rl.prompt_sets import load_gradable_prompts
+from stages.rl.rewards import RewardConfig
 from tests.public_layouts import png, write_prompt_sets
 
 
@@ -112,8 +114,8 @@ def test_numbered_image_references_place_their_image(tmp_path):
 
 def test_math_and_verl_layouts(sets):
     math, _ = load_prompt_records(sets["math"], PromptLayout(domain="math"))
-    assert [(r.id, text_of(r), r.answer) for r in math[:2]] == [  # the gold: the worked solution's last box
-        ("row-0", "What is $2+3$?", "5"), ("row-1", "What is $4 \\cdot 2$?", "8")]
+    assert [(r.id, text_of(r), r.answer) for r in math[:2]] == [  # as published (the graders take its last box)
+        ("row-0", "What is $2+3$?", "We add: $2+3=\\boxed{5}$."), ("row-1", "What is $4 \\cdot 2$?", "$\\boxed{8}$")]
     layout = PromptLayout(columns=PromptColumns(domain="ability", answer="reward_model.ground_truth", id="extra_info.index"))
     verl, skipped = load_prompt_records(sets["verl"], layout)
     assert not skipped and (verl[0].id, verl[0].domain, verl[0].answer) == ("0", "math", "7")
@@ -372,13 +374,16 @@ def test_normalised_records_grade_with_the_verifiers(sets):
     assert score("multiple_choice", response("red"), mc[0].answer, **mc[0].info).reward == 1.0
     assert score("multiple_choice", response("B"), mc[0].answer, **mc[0].info).reward == 1.0
     assert score("multiple_choice", response("A"), mc[0].answer, **mc[0].info).reward == 0.0
-    math, _ = load_prompt_records(sets["math"], PromptLayout(domain="math"))  # a worked solution as ground truth
-    assert [r.answer for r in math] == ["5", "8", "8", "2"]  # its last box, as MATH's grader takes it
+    math, _ = load_gradable_prompts(sets["math"], PromptLayout(domain="math"), RewardConfig())  # worked solutions
+    assert [r.answer for r in math] == ["5", "8", "8", "2"]  # their last box, as MATH's grader takes it
     assert [score("math", response(a), r.answer).reward for r, a in zip(math, ["5", "8", "8", "2"])] == [1.0] * 4
     assert [score("math", response(a), r.answer).reward for r, a in zip(math, ["6", "9", "3", "4"])] == [0.0] * 4
 
 
-def test_final_answers_inside_published_golds(sets):
+def test_final_answers_inside_published_golds(sets, tmp_path):
+    import json
+
+    from data_pipelines.answer_format import final_answer
     from stages.rl.rewards.scoring import score
 
     def graded(domain: str, record, answer: str) -> float:
@@ -386,16 +391,28 @@ def test_final_answers_inside_published_golds(sets):
         return score(domain, response, record.answer, **record.info).reward
 
     # GSM8K: the worked solution was the gold, and 72 scored 0 without a word
-    gsm8k, skipped = load_prompt_records(sets["gsm8k"], PromptLayout(domain="math"))
+    gsm8k, skipped = load_gradable_prompts(sets["gsm8k"], PromptLayout(domain="math"), RewardConfig())
     assert not skipped and [r.answer for r in gsm8k] == ["72", "2200"]  # thousands commas go, as GSM8K's grader drops them
     assert [graded("math", gsm8k[0], a) for a in ("72", "73")] == [1.0, 0.0]
     assert [graded("math", gsm8k[1], a) for a in ("2200", "2,200", "2000")] == [1.0, 1.0, 0.0]
     # R1-V's CLEVR: "<answer> 3 </answer>" was ungradable under counting and 0 under math
-    (clevr,), _ = load_prompt_records(sets["clevr_r1v"], PromptLayout(domain="counting"))
+    (clevr,), _ = load_gradable_prompts(sets["clevr_r1v"], PromptLayout(domain="counting"), RewardConfig())
     assert clevr.answer == "3" and [graded(d, clevr, a) for d in ("counting", "math") for a in ("3", "4")] == [
         1.0, 0.0, 1.0, 0.0]
-    with pytest.raises(PromptRecordError, match="missing_answer"):  # empty tags are no answer
-        parse_record(normalize_row({"question": "q", "answer": "<answer> </answer>", "domain": "math"}, 0, PromptLayout()))
+    # only verifiers of one final answer read it: an OCR or VQA gold is taken as it is
+    rows = [{"question": "q", "answer": "<answer> </answer>"}, {"question": "r", "answer": "y = \\boxed{x^2} + 1"},
+            {"question": "s", "answer": "Chapter 1\n#### Summary"},
+            {"question": "t", "answer": "4", "response": "4", "config": "c"}]  # columns named like score's arguments
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    math, skipped = load_gradable_prompts(tmp_path / "mixed.jsonl", PromptLayout(domain="math"), RewardConfig())
+    assert skipped == {"missing_answer": 1} and [r.answer for r in math] == ["x^2", "Chapter 1\n#### Summary", "4"]
+    ocr, skipped = load_gradable_prompts(tmp_path / "mixed.jsonl", PromptLayout(domain="ocr"), RewardConfig())
+    assert not skipped and [r.answer for r in ocr] == [row["answer"] for row in rows]
+    # boxes one answer is written in, and those that are steps before it
+    assert final_answer("$x=\\boxed{3}$ or $x=\\boxed{-3}$") == "3, -3"
+    assert final_answer("(1) $\\boxed{a_n=2n-1}$; (2) $\\boxed{T_n=n^2}$") == "a_n=2n-1, T_n=n^2"
+    assert final_answer("Roots $\\boxed{3}$ and $\\boxed{5}$, so the sum is $\\boxed{8}$.") == "8"
+    assert final_answer("<answer>x</answer> and <answer>y</answer>") is None
 
 
 def test_bad_prompt_rows_are_counted_by_reason(tmp_path, renderer):
@@ -590,8 +607,6 @@ def test_pixel_boxes_of_vlm_r1_rec_are_scaled_by_their_image(tmp_path, renderer,
 
     from PIL import Image
 
-    from stages.rl.prompt_sets import load_gradable_prompts
-    from stages.rl.rewards import RewardConfig
     from stages.rl.rewards.scoring import score
 
     # VLM-R1's RefCOCO REC lines: a COCO path, the expression, the gold box in pixels of a 640 x 480 image

@@ -10,6 +10,7 @@ right. Malformed JSON, coordinates outside 0-999, or x1 >= x2 score 0.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..config import RewardConfig
@@ -39,10 +40,12 @@ def verify_grounding(answer: str, ground_truth: Any, config: RewardConfig, **inf
 
 def permille_box(box: list[float], image_size: Any) -> list[int]:
     """A pixel box on an image of `image_size` (width, height) on the 0-999 grid (x * 1000 / width),
-    as ponder's own grounding task draws its golds."""
+    rounded outwards so that a small box keeps its area."""
     if not (isinstance(image_size, (list, tuple)) and len(image_size) == 2 and all(v > 0 for v in image_size)):
         raise GroundTruthError("grounding gold in pixels (data.box_units=pixels) without its image's size: "
                                "the prompt has no image")
     width, height = image_size
-    scale = (1000 / width, 1000 / height, 1000 / width, 1000 / height)
-    return [min(999, max(0, round(v * k))) for v, k in zip(box, scale)]
+    x1, y1 = (min(998, math.floor(v * 1000 / size)) for v, size in ((box[0], width), (box[1], height)))
+    x2, y2 = (min(999, max(low + 1, math.ceil(v * 1000 / size)))  # a box of a few pixels keeps a width
+              for v, size, low in ((box[2], width, x1), (box[3], height, y1)))
+    return [x1, y1, x2, y2]
