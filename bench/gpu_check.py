@@ -295,14 +295,15 @@ def matmul_tflops(device: str, n: int = 8192, repeats: int = 10) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - started) / 1e12
 
 
-def deepspeed_step_fn(model, chunk: int):
-    """ZeRO-3 as the stages run it (trainer/zero.py), in a world of one."""
+def deepspeed_step_fn(model, chunk: int, zero_stage: int = 3):
+    """The stages' DeepSpeed engine (trainer/zero.py; ZeRO-3 by default) in a world of one."""
     from trainer.config import TrainerConfig
     from trainer.distributed import init_distributed
     from trainer.zero import wrap_deepspeed
 
     info = init_distributed()
-    cfg = TrainerConfig(max_steps=1000, precision="bf16", activation_checkpointing=True, loss_chunk_tokens=chunk)
+    cfg = TrainerConfig(max_steps=1000, precision="bf16", activation_checkpointing=True, loss_chunk_tokens=chunk,
+                        zero_stage=zero_stage)
     ds = wrap_deepspeed(model, cfg, micro_batch_rows=1, grad_accum=1, info=info)
 
     def step(batch) -> None:
@@ -333,10 +334,9 @@ def plain_step_fn(model, chunk: int):
     return step
 
 
-def check_train(device: str, small: bool) -> dict:
-    import torch
-
-    from bench.train_speed import flops_per_token
+def train_inputs(device: str, small: bool) -> tuple:
+    """(preset, seq_len, loss chunk, model config, tokenizer, batch): glm41v_1b (tiny on a dry run)
+    in bf16 and one packed row of synthetic documents with images."""
     from data_pipelines.batch import collate_rows
     from trainer.model import load_preset
 
@@ -346,6 +346,15 @@ def check_train(device: str, small: bool) -> dict:
     docs = synthetic_docs(special, 200, seed=2, text=(30, 200) if small else (200, 1400),
                           images=((4, 4), (8, 6)) if small else ((16, 16), (28, 28), (20, 36)), vocab=2048)
     batch = collate_rows(pack_rows(docs, 1, seq_len), seq_len=seq_len, pad_id=special.eos).to(device)
+    return preset, seq_len, chunk, cfg, tokenizer, batch
+
+
+def check_train(device: str, small: bool) -> dict:
+    import torch
+
+    from bench.train_speed import flops_per_token
+
+    preset, seq_len, chunk, cfg, tokenizer, batch = train_inputs(device, small)
     peak_measured = matmul_tflops(device)
     torch.manual_seed(0)
     model = build_on(device, cfg, tokenizer)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import dataclasses
 import io
 import json
 import os
@@ -33,7 +32,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.gpu_check import (  # noqa: E402 - the check's own row, builders and step functions
-    GIB, build_on, pack_rows, plain_step_fn, synchronize, synthetic_docs, tiny_tokenizer_and_special)
+    GIB, build_on, deepspeed_step_fn, plain_step_fn, synchronize, train_inputs)
 
 VARIANTS = ("zero3_ckpt", "zero2_ckpt", "zero0_ckpt", "plain_ckpt", "plain")
 PROFILED = ("zero3_ckpt", "plain")
@@ -42,15 +41,7 @@ PROFILED = ("zero3_ckpt", "plain")
 def setup(device: str, small: bool):
     import torch
 
-    from data_pipelines.batch import collate_rows
-    from trainer.model import load_preset
-
-    preset, seq_len, chunk = ("tiny", 512, 128) if small else ("glm41v_1b", 8192, 2048)
-    tokenizer, special = tiny_tokenizer_and_special()
-    cfg = dataclasses.replace(load_preset(preset), tokenizer="tiny", dtype="bfloat16")
-    docs = synthetic_docs(special, 200, seed=2, text=(30, 200) if small else (200, 1400),
-                          images=((4, 4), (8, 6)) if small else ((16, 16), (28, 28), (20, 36)), vocab=2048)
-    batch = collate_rows(pack_rows(docs, 1, seq_len), seq_len=seq_len, pad_id=special.eos).to(device)
+    _, _, chunk, cfg, tokenizer, batch = train_inputs(device, small)
     torch.manual_seed(0)
     return build_on(device, cfg, tokenizer), batch, chunk
 
@@ -64,25 +55,6 @@ def timed_steps(step, batch, device: str, warmup: int, timed: int) -> float:
         step(batch)
     synchronize(device)
     return (time.perf_counter() - started) / timed
-
-
-def deepspeed_step_fn(model, chunk: int, zero_stage: int):
-    """The stages' DeepSpeed engine (trainer/zero.py) in a world of one, at `zero_stage`."""
-    from trainer.config import TrainerConfig
-    from trainer.distributed import init_distributed
-    from trainer.zero import wrap_deepspeed
-
-    info = init_distributed()
-    cfg = TrainerConfig(max_steps=1000, precision="bf16", activation_checkpointing=True, loss_chunk_tokens=chunk,
-                        zero_stage=zero_stage)
-    ds = wrap_deepspeed(model, cfg, micro_batch_rows=1, grad_accum=1, info=info)
-
-    def step(batch) -> None:
-        losses = ds(batch, per_token_loss=True)
-        ds.backward((losses * batch.label_weights).sum() / batch.label_weights.sum())
-        ds.step()
-
-    return step
 
 
 def profile_step(step, batch, device: str, out_dir: Path | None, name: str, step_s: float) -> dict:
