@@ -107,6 +107,7 @@ class RecordShards:
         self.fmt, self.files = resolve_records(spec, fmt)
         self.image_root = image_root
         self._dataset = None
+        self._row_starts: list[int] | None = None  # the first row of each file in the joined table
         if self.fmt == "jsonl":
             self._file_of, self._offset = _index_lines(self.files)
             count = len(self._offset)
@@ -131,9 +132,8 @@ class RecordShards:
         indices = self._shards[shard]
         if self.fmt != "jsonl":
             dataset = self._hf()
-            root = self.image_root or str(self.files[0] if self.fmt == "disk" else self.files[0].parent)
             for i in indices:
-                yield {"__key__": str(int(i)), "record": dataset[int(i)], "root": root}
+                yield {"__key__": str(int(i)), "record": dataset[int(i)], "root": self._root_of(int(i))}
             return
         handles: dict[int, Any] = {}
         try:
@@ -151,6 +151,22 @@ class RecordShards:
         """Every sample, shard after shard."""
         for shard in range(len(self)):
             yield from self.samples(shard)
+
+    def _root_of(self, row: int) -> str:
+        """Where the relative image paths of a row of a parquet / JSON / save_to_disk table point:
+        data.image_root, else the folder of the file the row came from (a glob over several folders
+        resolved every row against the first file's folder, and took another folder's images)."""
+        if self.image_root:
+            return self.image_root
+        if self.fmt == "disk" or len(self.files) == 1:
+            return str(self.files[0] if self.fmt == "disk" else self.files[0].parent)
+        if self._row_starts is None:
+            counts = [_rows_in(f, self.fmt) for f in self.files]
+            if sum(counts) != len(self._hf()):
+                raise ValueError(f"the {self.fmt} files of {self.files[0].parent} hold {sum(counts)} rows read one by "
+                                 f"one and {len(self._hf())} read together; give data.image_root")
+            self._row_starts = np.cumsum([0, *counts[:-1]]).tolist()
+        return str(self.files[int(np.searchsorted(self._row_starts, row, side="right")) - 1].parent)
 
     def _hf(self):
         if self._dataset is None:
@@ -176,6 +192,17 @@ class RecordShards:
     def __getstate__(self) -> dict:
         # Workers reopen the dataset themselves (it is memory-mapped; cheap to reopen).
         return {**self.__dict__, "_dataset": None}
+
+
+def _rows_in(path: Path, fmt: str) -> int:
+    """Rows of one parquet (its footer: nothing decoded) or JSON file."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    import datasets
+
+    return len(datasets.load_dataset(fmt, data_files=[str(path)], split="train"))
 
 
 def _index_lines(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:

@@ -55,6 +55,22 @@ def test_blank_lines_are_not_records_and_every_line_reads_back(tmp_path):
     assert {s["root"] for s in source.records()} == {str(tmp_path)}
 
 
+def test_a_glob_over_folders_reads_each_rows_images_from_its_own_folder(tmp_path):
+    import datasets
+
+    # OBELICS-style pages in two folders, each with its own 0000.png: a row read from part-b took
+    # part-a's image before, without a word
+    for part, rows in (("part-a", 2), ("part-b", 3)):
+        (tmp_path / part).mkdir()
+        datasets.Dataset.from_list([{"id": f"{part}-{i}", "images": ["0000.png", None], "texts": [None, "x"]}
+                                    for i in range(rows)]).to_parquet(str(tmp_path / part / "data.parquet"))
+    source = RecordShards(str(tmp_path / "part-*" / "data.parquet"), records_per_shard=2, seed=3)
+    roots = {s["record"]["id"]: s["root"] for s in source.records()}
+    assert len(roots) == 5 and all(root == str(tmp_path / rid[:6]) for rid, root in roots.items())
+    given = RecordShards(str(tmp_path / "part-*" / "data.parquet"), records_per_shard=2, image_root="/imgs")
+    assert {s["root"] for s in given.records()} == {"/imgs"}
+
+
 def test_parquet_and_saved_datasets_give_the_same_documents_as_jsonl(records, chat, tmp_path):
     import datasets
 
