@@ -16,6 +16,7 @@ aspect ratios) are counted by reason and skipped; a truncated shard ends early a
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import random
 from collections import Counter
@@ -105,15 +106,19 @@ def _probe_url(url: str) -> None:
 def check_usable(label: str, source: SampleSource, to_document: Callable[[Any], Document], samples: int = 16) -> None:
     """Stop at start when the first `samples` samples of the first shard are all unusable (the
     wrong layout, a wrong field name, images only as URLs), naming the skip reasons, instead of
-    after a whole epoch of skips."""
+    after a whole epoch of skips. Once one is skipped the rest are read too, and a warning says
+    so when half of them or more are unusable (MINT-1T's pages with URL images skipped, its few
+    pages without images trained)."""
     reasons: Counter = Counter()
-    first = ""
+    first, usable = "", 0
     for n, sample in enumerate(source.samples(0, _CountingHandler(reasons))):
         if n == samples:
             break
         try:
             to_document(sample)
-            return
+            usable += 1
+            if not reasons:  # a clean start: nothing to say, nothing more to read
+                return
         except BadSample as exc:
             reasons[exc.reason] += 1
             first = first or str(exc)
@@ -122,6 +127,12 @@ def check_usable(label: str, source: SampleSource, to_document: Callable[[Any], 
         detail += f"; the first: {first[:300]}"
     hints = "".join(f" {hint}." for r in reasons if r in USABLE_HINTS
                     for setting, hint in [USABLE_HINTS[r]] if setting not in first)  # not said twice
+    if usable:
+        if sum(reasons.values()) >= usable:
+            logging.getLogger("ponder").warning("%s (%s): %d of its first %d samples are unusable (%s).%s Training "
+                                                "goes on with the rest", label, source.name(0),
+                                                sum(reasons.values()), usable + sum(reasons.values()), detail, hints)
+        return
     raise ValueError(f"{label} ({source.name(0)}): none of its first samples is usable ({detail}).{hints} "
                      "See docs/data.md for the layouts each reader takes")
 

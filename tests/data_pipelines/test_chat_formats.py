@@ -196,6 +196,30 @@ def test_a_file_in_no_known_layout_stops_at_start(chat, tmp_path):
         check_usable("data.train", RecordShards(str(path), records_per_shard=20), chat)
 
 
+def test_a_source_mostly_unusable_is_said_at_start(chat, tmp_path, caplog):
+    import logging
+
+    from data_pipelines.reader import check_usable
+
+    # images only as URLs (MINT-1T, OmniCorpus as published) beside a few records without images:
+    # training would go on with the few, so the start says how many of the first samples are skipped
+    remote = {"messages": [{"role": "user", "content": [{"type": "image", "image": "https://example.com/a.jpg"},
+                                                       {"type": "text", "text": "What is it?"}]},
+                           {"role": "assistant", "content": "<think>a</think><answer><|begin_of_box|>x<|end_of_box|></answer>"}]}
+    plain = {"messages": [{"role": "user", "content": "Hi?"},
+                          {"role": "assistant", "content": "<think>a</think><answer><|begin_of_box|>y<|end_of_box|></answer>"}]}
+    path = tmp_path / "mostly_remote.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [remote, remote, remote, plain]))
+    with caplog.at_level(logging.WARNING, logger="ponder"):
+        check_usable("data.train", RecordShards(str(path), records_per_shard=4, shuffle=False), chat)
+    assert "3 of its first 4 samples are unusable (remote_image: 3" in caplog.text
+    caplog.clear()
+    path.write_text("".join(json.dumps(r) + "\n" for r in [remote, plain, plain]))
+    with caplog.at_level(logging.WARNING, logger="ponder"):
+        check_usable("data.train", RecordShards(str(path), records_per_shard=4, shuffle=False), chat)
+    assert "unusable" not in caplog.text  # one in three: counted in the metrics, not said at start
+
+
 def test_responses_api_items(layouts):
     root = layouts["ponder"].parent
     record = {"messages": [{"role": "user", "content": [
