@@ -392,13 +392,16 @@ def _inline_options(question: str) -> dict[str, Any]:
     """{"options": {letter: text}} from a line that lists them, MMStar's "Options: A: red, B: blue, C:
     green", or from the lines under an "Options:" / "Choices:" header, one option a line ("A: red",
     "B. blue", "(C) green"); letters in order from A; {} if the question has neither."""
-    match = _OPTIONS_LINE.search(question)
-    parts = re.split(r"(?:^|,\s*)([A-H])\s*[:.)]\s*", match.group(1).strip()) if match else []
-    letters, texts = parts[1::2], [t.strip() for t in parts[2::2]]
-    if not letters and (header := _OPTIONS_HEADER.search(question)):
+    if (line := _OPTIONS_LINE.search(question)) is not None:
+        parts = re.split(r"(?:^|,\s*)([A-H])\s*[:.)]\s*", line.group(1).strip())
+        letters, texts = parts[1::2], [t.strip() for t in parts[2::2]]
+        if parts[0]:  # text before the first letter: not a list of options
+            return {}
+    elif (header := _OPTIONS_HEADER.search(question)) is not None:
         letters, texts = _option_rows(question[header.end():].splitlines())
-        parts = [""]
-    if parts[:1] != [""] or len(letters) < 2 or letters != list(string.ascii_uppercase[:len(letters)]) or not all(texts):
+    else:
+        return {}
+    if len(letters) < 2 or letters != list(string.ascii_uppercase[:len(letters)]) or not all(texts):
         return {}
     return {"options": dict(zip(letters, texts))}
 

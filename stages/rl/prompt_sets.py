@@ -71,9 +71,9 @@ def with_final_answers(records: list[PromptRecord], rewards: RewardConfig, skipp
 def ungradable_golds(records: list[PromptRecord], rewards: RewardConfig) -> list[str]:
     """"id: reason" of the records whose gold their verifier cannot read (`bad_ground_truth`) when the
     gold itself is the boxed answer (a list as JSON): a misread layout (a wrapper around the gold, pixel
-    boxes read as 0-999), found before any rollout. Golds that are dicts (accepted answers,
-    {"any_of": ...}), those graded by a judge model, and pixel boxes (scaled once their image is read)
-    are not tried, nor verifiers loaded by import path (a judge model, a sandbox)."""
+    boxes read as 0-999), found before any rollout. Only the built-in verifiers but the judge are
+    called (no model or sandbox at load); golds that are dicts (accepted answers) and pixel boxes
+    (scaled once their image is read) are not tried."""
     builtin = {get_verifier(name) for name in registered_names()} - {get_verifier("judge")}
     out = []
     for record in records:
