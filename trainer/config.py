@@ -21,12 +21,17 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
+    # The vision tower's learning rate as a fraction of `lr` (every step of the schedule): RL can
+    # then adapt what the tower sees at a rate that does not break it. 1: one rate for all.
+    vision_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"trainer.optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
             raise ValueError("trainer.optim: need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0")
+        if self.vision_lr_scale <= 0:
+            raise ValueError("trainer.optim.vision_lr_scale must be > 0 (trainer.freeze_vision=true freezes the tower)")
 
 
 @dataclass

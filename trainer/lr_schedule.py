@@ -21,5 +21,6 @@ def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """`lr` on every group, times the group's `lr_scale` (trainer/zero.py param_groups)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -206,7 +206,9 @@ def zero3_buffers(shape: ModelShape, world: int, precision: str, zero: ZeroSetti
 
 def _param_group_shards(shape: ModelShape, world: int) -> list[int]:
     """Shard elements per AdamW parameter group of the trainer (trainer/zero.py param_groups:
-    weight-decayed tensors of rank >= 2, the rest without decay), trainable parameters only."""
+    weight-decayed tensors of rank >= 2, the rest without decay), trainable parameters only. A
+    `vision_lr_scale` != 1 splits each group in two (tower, rest): smaller groups, so this can only
+    overstate the largest sub-group."""
     groups: list[list[int]] = [[], []]
     for n, ndim, trainable in zip(shape.numels, shape.ndims, shape.trainable):
         if trainable:

@@ -15,6 +15,7 @@ from .distributed import DistInfo
 from .forward import wrap_forward
 from .logging import log
 from .lr_schedule import lr_at
+from .model_shape import VISUAL
 
 
 def resolved_precision(cfg: TrainerConfig) -> str:
@@ -104,13 +105,16 @@ def apply_freezing(model: torch.nn.Module, cfg: TrainerConfig) -> None:
         model.lm_head.requires_grad_(False)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms and other 1-D parameters."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+def param_groups(model: torch.nn.Module, weight_decay: float, vision_lr_scale: float = 1.0) -> list[dict]:
+    """No weight decay on biases, norms and other 1-D parameters. With `vision_lr_scale` != 1 the
+    vision tower's parameters get groups of their own whose `lr_scale` `set_lr` applies."""
+    groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:  # under ZeRO-3 init a parameter's real shape is its ds_shape
-            (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            scale = vision_lr_scale if name.startswith(VISUAL) else 1.0
+            groups.setdefault((len(getattr(p, "ds_shape", p.shape)) >= 2, scale), []).append(p)
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
+            for (decays, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))]
 
 
 def wrap_deepspeed(model: torch.nn.Module, cfg: TrainerConfig, micro_batch_rows: int, grad_accum: int,
@@ -126,7 +130,7 @@ def wrap_deepspeed(model: torch.nn.Module, cfg: TrainerConfig, micro_batch_rows:
     o = cfg.optim
     clipping = {"max_norm": cfg.clip_grad_norm} if clips_itself(cfg) else {}
     optimizer = (ClippingAdamW if clipping else torch.optim.AdamW)(
-        param_groups(model, o.weight_decay),
+        param_groups(model, o.weight_decay, o.vision_lr_scale),
         lr=lr_at(0, cfg.max_steps, o),
         betas=(o.beta1, o.beta2),
         eps=o.eps,

@@ -1,5 +1,6 @@
 """ZeRO-3-aware loading: on 2 ranks each rank holds about half of the parameters from the moment
-`model.init` is loaded, and the model computes what the plainly loaded one does."""
+`model.init` is loaded, the model computes what the plainly loaded one does, and a scaled vision
+learning rate reaches ZeRO-3's optimizer."""
 
 from __future__ import annotations
 
@@ -22,4 +23,8 @@ def test_init_loads_straight_into_zero3_shards(tmp_path):
         assert r["partitioned"]
         assert 0.45 < r["local_elements"] / full < 0.55  # about half of one model per rank
         assert r["max_logit_diff"] < 1e-5
+        # trainer.optim.vision_lr_scale=0.25 survives ZeRO-3's optimizer: the tower's groups run at a
+        # quarter of the rate, and Adam's first step moves its elements by at most that much.
+        assert r["group_lrs"] == [0.00025, 0.00025, 0.001, 0.001]
+        assert 0.2e-3 < r["max_change"]["vision"] <= 0.2501e-3 < 0.9e-3 < r["max_change"]["language"] <= 1.0001e-3
     assert sum(r["local_elements"] for r in ranks) >= full  # together they hold all of it (plus padding)
