@@ -215,6 +215,14 @@ def _joins(between: str) -> bool:
     return _BOX_JOINER.fullmatch(re.sub(r"[\s$,;.]|\\[()\[\]]", "", between)) is not None
 
 
+def tagged_answer(text: str) -> str | None:
+    """What one `<answer>...</answer>` holds when it is the whole text (R1-V's and Video-R1's golds),
+    else None."""
+    if (tags := _ANSWER_TAGS.match(text)) is not None and text.count("<answer>") == 1:
+        return tags.group(1).strip()
+    return None
+
+
 def final_answer(text: str) -> str | None:
     """The final answer a published gold holds, None if it is not written inside one:
     - the whole text in one `<answer>...</answer>` (R1-V's CLEVR): what the tags hold;
@@ -224,8 +232,8 @@ def final_answer(text: str) -> str | None:
       `last_boxed_only_string` takes it: earlier boxes are intermediate results; boxes separated by
       nothing but separators and labels ("$x=\\boxed{3}$ or $x=\\boxed{-3}$") are one answer, joined
       by ", "; without braced boxes, a brace-less `\\boxed 2`."""
-    if (tags := _ANSWER_TAGS.match(text)) is not None and text.count("<answer>") == 1:
-        return tags.group(1).strip()
+    if (tagged := tagged_answer(text)) is not None:
+        return tagged
     if (gsm8k := _GSM8K_FINAL.search(text)) is not None:
         return re.sub(r"(?<=\d),(?=\d{3}\b)", "", gsm8k.group(1))
     boxes = []  # (start, end, content)

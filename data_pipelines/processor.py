@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")  # image files by name
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _EXIF_ORIENTATION = 0x0112

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from .answer_format import latex_box_content
+from .processor import IMAGE_EXTENSIONS
+from .video import VIDEO_EXTENSIONS
 
 ANY_OF = "any_of"  # a ground truth of several accepted answers (stages/rl/rewards/scoring.py)
 VQA_ANSWERS = "vqa_answers"  # the annotators' answers, repeats kept, graded by the VQA accuracy
@@ -40,6 +42,11 @@ CANDIDATES = {
     "difficulty": ("difficulty",),
 }
 ANY_OF_COLUMNS = ("answers", "direct_answers")
+# One image or video per row in one column, of the kind the row's `data_type` names ("image" /
+# "video") or else its file extension shows (Video-R1's `path`); read when a row has no media
+# under the images / videos columns
+MEDIA_COLUMNS = ("path",)
+MEDIA_KIND_COLUMN = "data_type"
 # Options one per column, by letter: MMBench's A, B, ...; SEED-Bench's choice_a, ...; by 0-based
 # number: NExT-QA's a0 .. a4
 OPTION_COLUMNS = ("{A}", "choice_{a}", "choice_{A}", "option_{a}", "option_{A}", "a{i}")
@@ -50,7 +57,8 @@ _LETTER = re.compile(r"^\(?([A-Za-z])\)?[.:)]?$")
 _OPTIONS_LINE = re.compile(r"^[ \t]*(?:options|choices)[ \t]*:[ \t]*(\S.*)$", re.IGNORECASE | re.MULTILINE)
 # The same header alone on its line, one option per line below it (ViRL39K's M3CoT rows: "Choices:\nA: red")
 _OPTIONS_HEADER = re.compile(r"^[ \t]*(?:options|choices)[ \t]*:?[ \t\r]*$", re.IGNORECASE | re.MULTILINE)
-_OPTION_ROW = re.compile(r"^\s*(?:\(([A-Z])\)|([A-Z])\s*[:.)])\s*(\S.*?)\s*$")
+# One option a line: "A: red", "B. blue", "(C) green", TempCompass's "Caption A: A man runs."
+_OPTION_ROW = re.compile(r"^\s*(?:Caption\s+)?(?:\(([A-Z])\)|([A-Z])\s*[:.)])\s*(\S.*?)\s*$")
 # An option that starts with its own letter: Video-MME's "A. Apples.", also "(B) red", "C) x", "D: y"
 _OWN_LETTER = "^\\s*(\\({letter}\\)\\s*|{letter}[.:)]\\s+)(?=\\S)"
 
@@ -76,6 +84,9 @@ class PromptColumns:
     # The curriculum's prior for each prompt (docs/rl.md): a pass rate in [0, 1] or a tier name
     # (ViRL39K: PassRate_7BUntrained; an empty cell is no prior); default: difficulty
     difficulty: Optional[str] = None
+    # Images and videos in one column, each row's kind by its `data_type` or file extension (Video-R1:
+    # path); default: path, when its values name image or video files
+    media: Optional[str] = None
     # The part of each video the question is about, in seconds (MVBench: start, end); default: all of it
     video_start: Optional[str] = None
     video_end: Optional[str] = None
@@ -248,6 +259,8 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
     for media, template in (("images", layout.image_path), ("videos", layout.video_path)):
         if template:
             out[media] = _filled(template, raw)
+    if out.get("images") is None and out.get("videos") is None:
+        out.update(_media_by_kind(out, layout.columns.media))
     for media in ("images", "videos"):  # one per row (a video: a file, bytes, or {frames, fps}) or a list
         value = out.get(media)
         if value is not None:
@@ -279,8 +292,10 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
             out["answer"] = list(letters.values())[index]
             out.pop("options")
         else:
-            if by == "index":  # ScienceQA's, AI2D's index: the letter (the multiple-choice verifier grades
-                out["answer"] = list(letters)[index]  # letters or texts)
+            # ScienceQA's, AI2D's index, TempCompass's "B. from right to left": the letter (the
+            # multiple-choice verifier grades letters or texts)
+            if by in ("index", "lettered_text"):
+                out["answer"] = list(letters)[index]
             if layout.options_in_prompt and (missing := options_not_shown(out["question"], letters)):
                 out["question"] = out["question"].rstrip() + "\n" + "\n".join(f"{k}. {v}" for k, v in missing.items())
     return out
@@ -315,6 +330,36 @@ def _filled(template: str, row: dict) -> str:
         given = isinstance(value, (str, int, float)) and not isinstance(value, bool) and value == value  # NaN
         parts.append(literal + ("" if name is None else str(value) if given else "{" + name + "}"))
     return "".join(parts)
+
+
+def _media_by_kind(row: dict, column: Optional[str]) -> dict[str, list]:
+    """{"images": [...], "videos": [...]} from one column of media paths (popped from the row), each
+    path an image or a video by the row's `data_type`, else by its extension; {} when the column is
+    absent, or is the default one and a value is no media file name (it then stays as it is). A
+    column named in data.columns.media is read whatever its extensions (an undecodable file is a
+    counted skip)."""
+    name = column or next((c for c in MEDIA_COLUMNS if c in row), None)
+    value = _value(row, name) if name else None
+    paths = value if isinstance(value, list) else [value]
+    if not paths or not all(isinstance(p, str) and p.strip() for p in paths):
+        return {}
+    declared = row.get(MEDIA_KIND_COLUMN)
+    declared = declared.strip().lower() if isinstance(declared, str) else None
+    kinds = [declared if declared in ("image", "video") else _kind_by_extension(p, named=column is not None)
+             for p in paths]
+    if None in kinds:
+        return {}
+    row.pop(name, None)
+    found = {"images": [p for p, k in zip(paths, kinds) if k == "image"],
+             "videos": [p for p, k in zip(paths, kinds) if k == "video"]}
+    return {media: items for media, items in found.items() if items}
+
+
+def _kind_by_extension(path: str, named: bool) -> Optional[str]:
+    extension = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
+    if extension in VIDEO_EXTENSIONS and extension != "gif":  # a GIF is an image unless data_type says otherwise
+        return "video"
+    return "image" if extension in IMAGE_EXTENSIONS or named else None
 
 
 def _as_clip(video: Any, row: dict, layout: PromptLayout) -> Any:
@@ -391,7 +436,8 @@ def _option_columns(row: dict) -> dict[str, Any]:
 def _inline_options(question: str) -> dict[str, Any]:
     """{"options": {letter: text}} from a line that lists them, MMStar's "Options: A: red, B: blue, C:
     green", or from the lines under an "Options:" / "Choices:" header, one option a line ("A: red",
-    "B. blue", "(C) green"); letters in order from A; {} if the question has neither."""
+    "B. blue", "(C) green"), or without a header from the option lines that end the question;
+    letters in order from A; {} if the question has none of these."""
     if (line := _OPTIONS_LINE.search(question)) is not None:
         parts = re.split(r"(?:^|,\s*)([A-H])\s*[:.)]\s*", line.group(1).strip())
         letters, texts = parts[1::2], [t.strip() for t in parts[2::2]]
@@ -399,8 +445,12 @@ def _inline_options(question: str) -> dict[str, Any]:
             return {}
     elif (header := _OPTIONS_HEADER.search(question)) is not None:
         letters, texts = _option_rows(question[header.end():].splitlines())
-    else:
-        return {}
+    else:  # the option lines that end the question, below it (TempCompass: "...?\nA. left\nB. right")
+        lines = question.rstrip().splitlines()
+        ending = next((i for i in range(len(lines), 0, -1) if not _OPTION_ROW.match(lines[i - 1])), 0)
+        if not any(line.strip() for line in lines[:ending]):
+            return {}  # only options: no question above them
+        letters, texts = _option_rows(lines[ending:])
     if len(letters) < 2 or letters != list(string.ascii_uppercase[:len(letters)]) or not all(texts):
         return {}
     return {"options": dict(zip(letters, texts))}
@@ -450,6 +500,10 @@ def _answer_index(answer: Any, letters: dict[str, str], is_index: bool = False) 
     match = _LETTER.match(digits)
     if match and match.group(1).upper() in letters:
         return list(letters).index(match.group(1).upper()), "letter"
+    row = _OPTION_ROW.match(digits)  # "B. from right to left", "Caption A: ...": the letter and its text
+    letter = row and (row.group(1) or row.group(2))
+    if letter in letters and _norm(row.group(3)) == texts[list(letters).index(letter)]:
+        return list(letters).index(letter), "lettered_text"
     if digits.isdigit():
         return _by_index(int(digits), letters)
     return None, ""

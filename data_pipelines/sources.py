@@ -25,13 +25,12 @@ from transformers import PreTrainedTokenizerBase
 from .chat import _media, media_payload
 from .document import Document, DocumentBuilder
 from .interleaved import InterleavedDocuments, MalformedSample
-from .processor import BadSample, VisionProcessor
+from .processor import IMAGE_EXTENSIONS, BadSample, VisionProcessor
 from .reader import REMOTE_PREFIXES, MixturePart, ReaderConfig, TarShards, check_usable
 from .records import FORMATS, RecordShards
 
 KINDS = ("interleaved", "captions", "obelics", "text")
 TAR_KINDS = ("interleaved", "captions")
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 CAPTION_FIELDS = ("caption", "txt", "text", "TEXT")  # captions in record files, by default
 
 

@@ -640,4 +640,60 @@ def write_video_eval_sets(root: Path) -> dict[str, Path]:
                                     "question": text, "answer": integer, "qid": integer, "type": text,
                                     **{f"a{i}": text for i in range(5)}}),
     ).to_parquet(str(out["nextqa"]))
+    out.update(_write_video_rl_sets(root, clip, text))
+    return out
+
+
+def _write_video_rl_sets(root: Path, clip, text) -> dict[str, Path]:
+    """Video-R1 (tulerfeng/Video-R1: one JSON list of image and video rows, `path` relative to the
+    data root, `data_type`, `problem_type` with spaces, golds in `<answer>` tags, options "A. ..."),
+    VSI-Bench (nyu-visionx: parquet, `{dataset}/{scene_name}.mp4`, numerical golds as text, options
+    null for them) and TempCompass (lmms-lab: options as the question's last lines, no header; golds
+    "B. from right to left", "Caption A: ...")."""
+    import datasets
+
+    out = {}
+    video_r1 = root / "Video-R1-data"
+    clip(video_r1 / "LLaVA-Video-178K" / "videos" / "ytb_7nRmsEw7nsE.mp4", ["red", "blue"])
+    (video_r1 / "Multimodal-Open-R1" / "images").mkdir(parents=True)
+    (video_r1 / "Multimodal-Open-R1" / "images" / "geo_1.png").write_bytes(png("green"))
+    out["video_r1"] = video_r1 / "Video-R1-260k.json"
+    common = {"process": "<think>I look at it.</think>", "data_source": "LLaVA-Video-178K/2_3_m_youtube_v0_1"}
+    out["video_r1"].write_text(json.dumps([
+        {"problem_id": 2, "problem": "Which colour comes first?", "data_type": "video", "problem_type": "multiple choice",
+         "options": ["A. Blue", "B. Red", "C. Green"], "solution": "<answer>B</answer>",
+         "path": "./LLaVA-Video-178K/videos/ytb_7nRmsEw7nsE.mp4", **common},
+        {"problem_id": 3, "problem": "What is the area of the triangle?", "data_type": "image", "problem_type": "numerical",
+         "options": [], "solution": "<answer>12.5</answer>", "path": "./Multimodal-Open-R1/images/geo_1.png", **common},
+        {"problem_id": 4, "problem": "What text is on the sign?", "data_type": "image", "problem_type": "OCR",
+         "options": [], "solution": "<answer>STOP HERE</answer>", "path": "./Multimodal-Open-R1/images/geo_1.png", **common},
+        {"problem_id": 5, "problem": "How far does the ball roll, in metres?", "data_type": "video",
+         "problem_type": "regression", "options": [], "solution": "<answer>2.4</answer>",
+         "path": "./LLaVA-Video-178K/videos/ytb_7nRmsEw7nsE.mp4", **common}]))
+    vsi = root / "VSI-Bench"
+    clip(vsi / "arkitscenes" / "41069025.mp4", ["white", "grey"])
+    out["vsibench"] = vsi / "test-00000-of-00001.parquet"
+    datasets.Dataset.from_list(
+        [{"id": 0, "dataset": "arkitscenes", "scene_name": "41069025", "question_type": "object_abs_distance",
+          "question": "What is the distance between the sofa and the table (in meters)?", "ground_truth": "22.5",
+          "options": None},
+         {"id": 1, "dataset": "arkitscenes", "scene_name": "41069025", "question_type": "object_rel_direction_easy",
+          "question": "Is the table to the left or the right of the sofa?", "ground_truth": "B",
+          "options": ["A. left", "B. right"]}],
+        features=datasets.Features({"id": datasets.Value("int64"), "dataset": text, "scene_name": text,
+                                    "question_type": text, "question": text, "ground_truth": text,
+                                    "options": datasets.Sequence(text)}),
+    ).to_parquet(str(out["vsibench"]))
+    tempcompass = root / "TempCompass"
+    clip(tempcompass / "videos" / "1025198.mp4", ["red", "blue"])
+    for task, question, answer in (
+            ("multi-choice", "What is the direction of the car?\nA. from left to right\nB. from right to left\n"
+                             "C. it does not move", "B. from right to left"),
+            ("caption_matching", "Which caption matches the video better?\nCaption A: A car drives left.\n"
+                                 "Caption B: A car drives right.", "Caption A: A car drives left.")):
+        out[f"tempcompass_{task}"] = tempcompass / task / "test-00000-of-00001.parquet"
+        out[f"tempcompass_{task}"].parent.mkdir(parents=True)
+        datasets.Dataset.from_list([{"video_id": "1025198", "question": question, "answer": answer, "dim": "direction"}],
+                                   features=datasets.Features({c: text for c in ("video_id", "question", "answer", "dim")}),
+                                   ).to_parquet(str(out[f"tempcompass_{task}"]))
     return out

@@ -8,7 +8,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from data_pipelines.answer_format import final_answer
+from data_pipelines.answer_format import final_answer, tagged_answer
 from data_pipelines.prompt_columns import PromptLayout, options_not_shown
 from data_pipelines.prompts import PromptRecord, load_prompt_records, require_records
 from trainer.logging import log
@@ -53,12 +53,13 @@ def _verifier(domain: str, rewards: RewardConfig):
 
 def with_final_answers(records: list[PromptRecord], rewards: RewardConfig, skipped: Counter) -> list[PromptRecord]:
     """The records, a text gold graded by a final-answer verifier replaced by the final answer it
-    holds (answer_format.final_answer); one whose final answer is empty is a `missing_answer` skip."""
+    holds (answer_format.final_answer), any other text gold wholly in `<answer>` tags by what they
+    hold (Video-R1's OCR and free-form golds); one whose answer is then empty is a `missing_answer` skip."""
     takers = {get_verifier(name) for name in FINAL_ANSWER_VERIFIERS}
     out = []
     for record in records:
-        if isinstance(record.answer, str) and _verifier(record.domain, rewards) in takers:
-            final = final_answer(record.answer)
+        if isinstance(record.answer, str):
+            final = (final_answer if _verifier(record.domain, rewards) in takers else tagged_answer)(record.answer)
             if final == "":
                 skipped["missing_answer"] += 1
                 continue

@@ -37,6 +37,22 @@ def test_register_function_and_class_and_refuse_silent_clashes():
     assert isinstance(get_verifier("test_registry_class"), Half)
 
 
+def test_kinds_of_question_as_public_sets_name_them():
+    """Video-R1's `problem_type` values name verifiers after case, spaces and hyphens, or as its own
+    kinds; a mapping's keys are read the same way."""
+    from stages.rl.rewards import resolve_verifier
+
+    rewards = RewardConfig(domain_verifiers={"free_form": "vqa"})
+    named = {kind: resolve_verifier(kind, rewards) for kind in
+             ("multiple choice", "OCR", "numerical", "regression", "Free-Form", "Math")}
+    assert named == {"multiple choice": get_verifier("multiple_choice"), "OCR": get_verifier("ocr"),
+                     "numerical": get_verifier("math"), "regression": get_verifier("mra"),
+                     "Free-Form": get_verifier("vqa"), "Math": get_verifier("math")}
+    assert score("multiple choice", respond("B"), "B", options=["x", "y"]).reward == 1.0
+    with pytest.raises(UnknownVerifierError):
+        resolve_verifier("free-form", RewardConfig())
+
+
 def test_unknown_domain_raises_a_typed_error():
     with pytest.raises(UnknownVerifierError, match="no verifier named 'astrology'") as err:
         score("astrology", respond("x"), "y")

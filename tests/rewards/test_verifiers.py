@@ -350,6 +350,43 @@ def test_chart_tolerance_comes_from_config():
     assert reward("chart", "1990", 1989, config=RewardConfig(chart_year_max=1900)) == 1.0  # not a year any more
 
 
+# Mean relative accuracy (VSI-Bench) ------------------------------------------------------------
+
+def vsi_bench_mra(pred: float, gold: float) -> float:
+    """The paper's definition, written out: the share of θ in {0.50, 0.55, ..., 0.95} with
+    |pred - gold| / gold < 1 - θ (thresholds as exact fractions)."""
+    from fractions import Fraction
+    error = Fraction(abs(Fraction(str(pred)) - Fraction(str(gold)))) / abs(Fraction(str(gold)))
+    return sum(error < 1 - Fraction(k, 20) for k in range(10, 20)) / 10
+
+
+@pytest.mark.parametrize("box, gold, expected", [
+    ("21", 22.5, 0.9), ("5", 4, 0.5), ("2.2", "2.3", 1.0), ("14", 10, 0.2), ("16", 10, 0.0),
+    ("15", 10, 0.0), ("95", 100, 0.9), ("105.0", "100", 0.9), ("1,200", 1000, 0.6), ("-2", -2.5, 0.6),
+    ("21 m", 22.5, 0.9), ("21 meters.", "22.5", 0.9), ("21m", 22.5, 0.9), ("0", 0, 1.0), ("0.1", 0, 0.0),
+])
+def test_mra_is_the_mean_over_thresholds(box, gold, expected):
+    assert reward("mra", box, gold) == pytest.approx(expected)
+    if float(gold) != 0:
+        assert reward("mra", box, gold) == pytest.approx(vsi_bench_mra(float(box.split()[0].rstrip("m").replace(",", "")),
+                                                                         float(gold)))
+
+
+@pytest.mark.parametrize("box, why", [
+    ("about 22", "wrong:hedged(about)"), ("21 or 22", "wrong:hedged(or)"), ("２２", "wrong:lookalike_digits"),
+    ("21-23", "wrong:not_a_number"), ("21 and 22", "wrong:not_a_number"), ("twenty", "wrong:not_a_number"),
+    ("1e999", "wrong:not_a_number"), ("21 m²", "wrong:lookalike_digits"),
+])
+def test_mra_refuses_what_is_not_one_estimate(box, why):
+    r = score("mra", respond(box), 22.5)
+    assert (r.reward, r.reason) == (0.0, why)
+
+
+def test_mra_gold_must_be_a_number():
+    assert score("mra", respond("3"), "three").reason.startswith("bad_ground_truth")
+    assert score("mra", respond("3"), True).reason.startswith("bad_ground_truth")
+
+
 # Grounding ---------------------------------------------------------------------------------------
 
 def test_iou_values():

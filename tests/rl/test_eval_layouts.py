@@ -1,5 +1,6 @@
 """Eval sets as their publishers ship them: VLMEvalKit's TSVs (base64 images, shared-image indexes,
-list texts) and video sets (Video-MME, MVBench, NExT-QA), read, rendered and graded."""
+list texts) and video sets (Video-MME, MVBench, NExT-QA, Video-R1, VSI-Bench, TempCompass), read,
+rendered and graded."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from data_pipelines.processor import BadSample
 from data_pipelines.prompt_columns import PromptColumns, PromptLayout
 from data_pipelines.prompts import encode_prompt_record, load_prompt_records
 from stages.evaluate import PromptOutcome, circular_copies, decoding_metrics
-from stages.rl.prompt_sets import letter_of_unseen_options
+from stages.rl.prompt_sets import letter_of_unseen_options, load_gradable_prompts
 from stages.rl.rewards import RewardConfig
 from stages.rl.rewards.scoring import score
 from tests.public_layouts import jpeg, write_video_eval_sets, write_vlmeval_tsvs
@@ -157,6 +158,60 @@ def test_nextqa_numbered_option_columns_and_a_video_stem(videos, renderer):
                                                                "D": "blue", "E": "pink"}
     assert [grade(record, a) for a in ("C", "red", "A")] == [1.0, 1.0, 0.0]
     assert spans(encode_prompt_record(record, renderer, image_root=path.parent.parent)) == ["video"]
+
+
+def test_video_r1_mixed_image_and_video_rows_kinds_of_question_and_tagged_golds(videos, renderer):
+    """Video-R1's one file: `path` is an image or a video by `data_type`; `problem_type` names the
+    verifier as Video-R1 does ("multiple choice", "OCR", "numerical", "regression"); every gold is in
+    <answer> tags, whatever its verifier. Before, the media were dropped without a word, and OCR and
+    regression golds kept their tags: right answers scored 0.35 and 0."""
+    path = videos["video_r1"]
+    layout = PromptLayout(columns=PromptColumns(domain="problem_type"), options_in_prompt=True)
+    records, skipped = load_gradable_prompts(path, layout, RewardConfig())
+    assert not skipped and [(len(r.images), len(r.videos)) for r in records] == [(0, 1), (1, 0), (1, 0), (0, 1)]
+    assert [r.answer for r in records] == ["B", "12.5", "STOP HERE", "2.4"]
+    choice, area, sign, distance = records
+    assert question(choice).endswith("\nA. Blue\nB. Red\nC. Green")
+    assert [grade(choice, a) for a in ("B", "Red", "A")] == [1.0, 1.0, 0.0]
+    assert [grade(area, a) for a in ("12.5", "25/2", "12")] == [1.0, 1.0, 0.0]
+    assert grade(sign, "STOP HERE") == 1.0 and grade(sign, "GO") < 0.2  # OCR: 1 - normalised edit distance
+    assert [grade(distance, a) for a in ("2.4", "2.2 m", "4")] == [1.0, 0.9, 0.0]  # mean relative accuracy
+    for record in records:
+        assert spans(encode_prompt_record(record, renderer, image_root=path.parent)) == (
+            ["video"] if record.videos else ["image"])
+
+
+def test_vsi_bench_numerical_answers_by_mean_relative_accuracy(videos, renderer):
+    path = videos["vsibench"]
+    layout = PromptLayout(columns=PromptColumns(domain="question_type"), options_in_prompt=True,
+                          video_path="{dataset}/{scene_name}.mp4")
+    rewards = RewardConfig(domain_verifiers={"object_abs_distance": "mra",
+                                             "object_rel_direction_easy": "multiple_choice"})
+    (distance, direction), skipped = load_gradable_prompts(path, layout, rewards)
+    assert not skipped and distance.answer == "22.5" and direction.info["options"] == ["left", "right"]
+
+    def graded(record, answer):
+        response = f"<think>I look.</think><answer><|begin_of_box|>{answer}<|end_of_box|></answer>"
+        return score(record.domain, response, record.answer, config=rewards, **record.info).reward
+
+    # VSI-Bench's MRA: 21 is 6.7% off, within 1 - θ for θ = 0.50 .. 0.90: 9 of 10
+    assert [graded(distance, a) for a in ("22.5", "21", "21 meters", "45", "about 22")] == [1.0, 0.9, 0.9, 0.0, 0.0]
+    assert [graded(direction, a) for a in ("B", "right", "A")] == [1.0, 1.0, 0.0]
+    assert spans(encode_prompt_record(distance, renderer, image_root=path.parent)) == ["video"]
+
+
+@pytest.mark.parametrize("task, right, wrong", [
+    ("multi-choice", ("B", "from right to left", "B. from right to left"), ("A", "from left to right")),
+    ("caption_matching", ("A", "Caption A", "A car drives left."), ("B", "A car drives right.")),
+])
+def test_tempcompass_options_below_the_question_and_lettered_golds(videos, task, right, wrong):
+    """The options are the question's last lines, without an "Options:" header, and the gold is the
+    whole option line: before, only that exact line scored, and the letter asked for scored 0."""
+    (record,), _ = load_gradable_prompts(videos[f"tempcompass_{task}"], PromptLayout(
+        domain="multiple_choice", video_path="../videos/{video_id}.mp4"), RewardConfig())
+    assert len(record.info["options"]) in (2, 3) and record.answer in ("A", "B")
+    assert [grade(record, a) for a in right] == [1.0] * len(right)
+    assert [grade(record, a) for a in wrong] == [0.0] * len(wrong)
 
 
 @pytest.mark.parametrize("row, clip_error", [

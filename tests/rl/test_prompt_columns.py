@@ -399,7 +399,8 @@ def test_final_answers_inside_published_golds(sets, tmp_path):
     (clevr,), _ = load_gradable_prompts(sets["clevr_r1v"], PromptLayout(domain="counting"), RewardConfig())
     assert clevr.answer == "3" and [graded(d, clevr, a) for d in ("counting", "math") for a in ("3", "4")] == [
         1.0, 0.0, 1.0, 0.0]
-    # only verifiers of one final answer read it: an OCR or VQA gold is taken as it is
+    # only verifiers of one final answer read it: an OCR or VQA gold is taken as it is, but for what
+    # one pair of <answer> tags holds (Video-R1's golds; empty: no answer)
     rows = [{"question": "q", "answer": "<answer> </answer>"}, {"question": "r", "answer": "y = \\boxed{x^2} + 1"},
             {"question": "s", "answer": "Chapter 1\n#### Summary"},
             {"question": "t", "answer": "4", "response": "4", "config": "c"}]  # columns named like score's arguments
@@ -407,7 +408,7 @@ def test_final_answers_inside_published_golds(sets, tmp_path):
     math, skipped = load_gradable_prompts(tmp_path / "mixed.jsonl", PromptLayout(domain="math"), RewardConfig())
     assert skipped == {"missing_answer": 1} and [r.answer for r in math] == ["x^2", "Chapter 1\n#### Summary", "4"]
     ocr, skipped = load_gradable_prompts(tmp_path / "mixed.jsonl", PromptLayout(domain="ocr"), RewardConfig())
-    assert not skipped and [r.answer for r in ocr] == [row["answer"] for row in rows]
+    assert skipped == {"missing_answer": 1} and [r.answer for r in ocr] == [row["answer"] for row in rows[1:]]
     # boxes one answer is written in, and those that are steps before it
     assert final_answer("$x=\\boxed{3}$ or $x=\\boxed{-3}$") == "3, -3"
     assert final_answer("(1) $\\boxed{a_n=2n-1}$; (2) $\\boxed{T_n=n^2}$") == "a_n=2n-1, T_n=n^2"
@@ -665,3 +666,20 @@ def test_a_published_pass_rate_is_the_curriculums_prior(sets):
     for gold in ("\\boxed{}", " \\boxed{ } "):  # an empty box is no answer
         with pytest.raises(PromptRecordError, match="missing_answer"):
             parse_record(normalize_row({"question": "q", "answer": gold, "domain": "math"}, 0, PromptLayout()))
+
+
+@pytest.mark.parametrize("row, columns, media", [
+    ({"path": "clips/a.MP4"}, {}, {"videos": ["clips/a.MP4"]}),
+    ({"path": "a.png", "data_type": "video"}, {}, {"videos": ["a.png"]}),  # data_type decides
+    ({"path": ["a.jpg", "b.webm"]}, {}, {"images": ["a.jpg"], "videos": ["b.webm"]}),
+    ({"path": "a.gif"}, {}, {"images": ["a.gif"]}),
+    ({"path": "runs/2024/notes"}, {}, {}),  # not a media file: the column stays as it is
+    ({"image": "x.png", "path": "a.mp4"}, {}, {"images": ["x.png"]}),  # media columns come first
+    ({"file": "scans/0042.dcm"}, {"media": "file"}, {"images": ["scans/0042.dcm"]}),  # named: read as is
+])
+def test_one_media_column_per_row_kind(row, columns, media):
+    out = normalize_row({"question": "What is shown?", "answer": "x", **row}, 0, PromptLayout(
+        columns=PromptColumns(**columns)))
+    assert {k: out[k] for k in ("images", "videos") if k in out} == media
+    if not media:
+        assert out["path"] == row["path"]

@@ -8,6 +8,7 @@ A verifier is a callable `verifier(answer: str, ground_truth, config: RewardConf
 from __future__ import annotations
 
 import importlib
+import re
 from collections import Counter
 from collections.abc import Iterable
 from functools import lru_cache
@@ -18,6 +19,9 @@ from .types import RewardConfigError, UnknownVerifierError
 
 Verifier = Callable[..., Any]
 _REGISTRY: dict[str, Verifier] = {}
+# Kinds of question as public sets name them (Video-R1's `problem_type`) -> the verifier that grades
+# them; other names are read as a verifier's after case, spaces and hyphens ("multiple choice", "OCR")
+PUBLISHED_KINDS = {"numerical": "math", "regression": "mra"}
 
 
 def _instantiate(obj: Any, origin: str) -> Verifier:
@@ -80,12 +84,25 @@ def load_verifier(path: str) -> Verifier:
 def resolve_verifier(domain: str, config: RewardConfig) -> Verifier:
     """The verifier for a dataset domain: its entry in config.domain_verifiers (a registered name or
     an import path), else the domain itself when it names a verifier (or is an import path), else
-    config.default_verifier."""
+    config.default_verifier. A domain is also found as its canonical name (lower case, "_" for spaces
+    and hyphens: Video-R1's "multiple choice", "OCR"), in the mapping and among the verifiers, and
+    Video-R1's "numerical" / "regression" are graded by math / mra."""
+    canonical = _canonical(domain)
     target = config.domain_verifiers.get(domain)
     if target is None:
-        named = domain in _REGISTRY or ":" in domain
-        target = domain if named or not config.default_verifier else config.default_verifier
+        target = {_canonical(k): v for k, v in config.domain_verifiers.items()}.get(canonical)
+    if target is None:
+        if domain in _REGISTRY or ":" in domain:
+            target = domain
+        elif (kind := PUBLISHED_KINDS.get(canonical, canonical)) in _REGISTRY:
+            target = kind
+        else:
+            target = config.default_verifier or domain
     return load_verifier(target) if ":" in target else get_verifier(target)
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[\s\-]+", "_", name.strip()).lower()
 
 
 def check_domains(domains: Iterable[str], config: RewardConfig) -> None:

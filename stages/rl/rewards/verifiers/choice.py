@@ -1,4 +1,5 @@
-"""Multiple choice: the boxed letter ("B", "(B)", "B.", "Option B", "B. <option text>") or the exact
+"""Multiple choice: the boxed letter ("B", "(B)", "B.", "Option B", TempCompass's "Caption B",
+"B. <option text>") or the exact
 text of one option (needs `options=` in info).
 
 Ground truth: a letter ("B"), several letters for multi-select (["A", "C"], "A,C", or "AC" when every
@@ -22,7 +23,7 @@ from ..text import strip_wrappers
 from ..types import GroundTruthError, Verdict
 
 _LETTER_ANSWER = re.compile(
-    r"(?:(?:option|choice|answer)\s*(?:[:：]\s*)?)?[(\[]?([A-Z])[)\]]?(?:\s*[.:：)]\s*|\s+)?(.*)", re.S | re.I,
+    r"(?:(?:option|choice|answer|caption)\s*(?:[:：]\s*)?)?[(\[]?([A-Z])[)\]]?(?:\s*[.:：)]\s*|\s+)?(.*)", re.S | re.I,
 )
 # Each run of spaces has one way to match (no nested optional \s*), so failing inputs stay linear.
 _LETTER_LIST = re.compile(r"[(\[]?[A-Z][)\]]?(?:\s*(?:(?:,|，|;|&|and|or)\s*)?[(\[]?[A-Z][)\]]?)+")

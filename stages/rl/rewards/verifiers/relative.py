@@ -1,0 +1,67 @@
+"""Numerical estimates graded by mean relative accuracy (MRA), VSI-Bench's metric for distances,
+sizes, counts and durations (Yang et al., "Thinking in Space", 2024), also what Video-R1 evaluates
+its `regression` questions with:
+
+    MRA = 1/10 · Σ_{θ ∈ {0.50, 0.55, ..., 0.95}} 1[ |ŷ − y| / |y| < 1 − θ ]
+
+so 21 against 22.5 (6.7% off) scores 0.9 and 5 against 4 scores 0.5. A gold of 0 takes 0 only.
+
+The answer is one number, a unit word after it allowed ("2.5 meters", "3 m"); hedges ("about 3",
+"3 or 4"), several numbers and look-alike digits score 0. Gold: a number, or text that is one
+("2.5", "1,200").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from ..config import RewardConfig
+from ..registry import register_verifier
+from ..text import has_lookalike_digits, hedge_in, strip_wrappers
+from ..types import GroundTruthError, Verdict
+from .chart import as_number
+
+# θ = k / 20 for k = 10..19: the answer passes θ when 20·|ŷ − y| < (20 − k)·|y| (exact for the
+# decimal thresholds, where 1 − 0.95 in floats is 0.04999...)
+_THRESHOLDS = range(10, 20)
+# One number and, after it, at most a unit of letters (and a trailing full stop)
+_ESTIMATE = re.compile(r"^(?P<number>[^\sA-Za-z]+)(?:\s*[A-Za-z][A-Za-z ./]*)?\.?$")
+
+
+def gold_value(ground_truth: Any) -> float:
+    if isinstance(ground_truth, bool):
+        raise GroundTruthError("mra gold must be a number, got a bool")
+    if isinstance(ground_truth, (int, float)):
+        value = float(ground_truth)
+    elif isinstance(ground_truth, str) and (value := as_number(ground_truth)) is not None:
+        pass
+    else:
+        raise GroundTruthError(f"mra gold must be a number, got {ground_truth!r}")
+    if not math.isfinite(value):
+        raise GroundTruthError(f"mra gold must be finite, got {ground_truth!r}")
+    return value
+
+
+def mean_relative_accuracy(prediction: float, gold: float) -> float:
+    if gold == 0:
+        return 1.0 if prediction == 0 else 0.0
+    error, scale = abs(prediction - gold), abs(gold)
+    return sum(20 * error < (20 - k) * scale for k in _THRESHOLDS) / len(_THRESHOLDS)
+
+
+@register_verifier("mra")
+def verify_mra(answer: str, ground_truth: Any, config: RewardConfig, **info: Any) -> Verdict:  # noqa: ARG001
+    gold = gold_value(ground_truth)
+    text = strip_wrappers(answer).strip()
+    if has_lookalike_digits(text):
+        return Verdict(0.0, "wrong:lookalike_digits")
+    if (hedge := hedge_in(text, str(ground_truth))) is not None:
+        return Verdict(0.0, f"wrong:hedged({hedge})")
+    match = _ESTIMATE.match(text)
+    value = as_number(match.group("number")) if match else None
+    if value is None or not math.isfinite(value):
+        return Verdict(0.0, "wrong:not_a_number")
+    score = mean_relative_accuracy(value, gold)
+    return Verdict(score, "correct" if score == 1.0 else "partial" if score > 0 else "wrong")
