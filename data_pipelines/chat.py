@@ -29,9 +29,9 @@ import binascii
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from PIL import Image
@@ -72,10 +72,16 @@ class ChatConfig:
     # LLaVA-CoT's <SUMMARY><CAPTION><REASONING> (thinking) and <CONCLUSION> (answer)
     convert_r1: bool = True
     format: str = "auto"  # record layout: auto (detected per record) | ponder | sharegpt | llava | openai | cauldron | columns
+    # The frame rate of videos given as folders of frames (ShareGPTVideo's frames); a video item's
+    # own `fps` wins. Unset, a folder without one is a counted missing_video: a guessed rate would
+    # put wrong timestamps in the prompt
+    frames_fps: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.format not in CHAT_FORMATS:
             raise ValueError(f"chat.format must be one of {CHAT_FORMATS}, got {self.format!r}")
+        if self.frames_fps is not None and not 0 < self.frames_fps < float("inf"):
+            raise ValueError(f"data.chat.frames_fps must be > 0, got {self.frames_fps}")
         if self.train_turns not in TRAIN_TURNS:
             raise ValueError(f"chat.train_turns must be one of {TRAIN_TURNS}, got {self.train_turns!r}")
 
@@ -215,9 +221,14 @@ class ChatRenderer:
     def _build(self, key: str, messages: list[_Message], root: str | Path | None,
                add_generation_prompt: bool, trained: set[int]) -> Rendered:
         pieces = self._pieces(messages, add_generation_prompt, key)
-        media = [_media(src, root, key) for m in messages for src in m.images]
-        images = [self.processor.process_image(m) for m in media]
-        videos = [self._video(frames, fps, root, key) for m in messages for frames, fps in m.videos]
+        try:
+            media = [_media(src, root, key) for m in messages for src in m.images]
+            images = [self.processor.process_image(m) for m in media]
+            videos = [self._video(frames, fps, root, key) for m in messages for frames, fps in m.videos]
+        except BadSample as exc:  # the processor's messages do not name the record; the skip log should
+            if str(exc).startswith(f"{key}:"):
+                raise
+            raise type(exc)(f"{key}: {exc}") from exc
         sp = self.special
         vision_ids = {sp.image_start, sp.image_end, sp.image, sp.video_start, sp.video_end, sp.video}
         ids: list[int] = []
@@ -288,9 +299,12 @@ class ChatRenderer:
         folder = _frames_folder(clip.source, root)
         if folder is None:
             return decode_video(_media(clip.source, root, key, "video"), self.processor, clip)
+        if clip.fps is None and self.cfg.frames_fps is not None:
+            clip = replace(clip, fps=self.cfg.frames_fps)
         if clip.fps is None:
             raise MissingVideo(f"{key}: {folder} is a folder of frames: give its frame rate (prompt sets: "
-                               "data.frames_fps; records: {\"frames\": [...], \"fps\": F})")
+                               "data.frames_fps; chat records: data.chat.frames_fps, or the video item's "
+                               "\"fps\": {\"type\": \"video\", \"video\": FOLDER, \"fps\": F})")
         frames = sorted((p for p in folder.iterdir() if p.suffix[1:].lower() in FRAME_EXTENSIONS
                          and not p.name.startswith(".")), key=_in_number_order)
         window = [frames[i] for i in clip.frame_range(len(frames), clip.fps)]
@@ -348,7 +362,12 @@ def _message(raw: Any, key: str) -> _Message:
             images.append(item["image"])
         elif kind == "video" and isinstance(video := media_payload(item.get("video")), (str, Path, bytes)) and video:
             items.append({"type": "video"})  # a video file: decoded at 2 fps (data_pipelines/video.py)
-            videos.append((video, None))
+            fps = item.get("fps")
+            if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0):
+                raise MalformedChat(f"{key}: video fps must be a positive number, got {fps!r}")
+            # a folder of frames at its `fps` (a file's own rate is its stream's)
+            videos.append((VideoClip(video, fps=float(fps)), float(fps)) if fps is not None and
+                          isinstance(video, (str, Path)) else (video, None))
         elif kind == "video" and isinstance(item.get("video"), VideoClip):  # a part of a file, or a folder
             items.append({"type": "video"})
             videos.append((item["video"], item["video"].fps))

@@ -14,6 +14,9 @@
   (`question`, `thinking_trajectories`, `attempt`), s1K-1.1 (`deepseek_thinking_trajectory`,
   `deepseek_attempt`; its gemini_ columns when those are missing); the response is
   `<think>thinking</think>attempt`, which `ChatConfig.convert_r1` trains in the box format;
+  Video-R1-COT (`problem`, `process`, `solution` = "<answer>B</answer>", `options`, `path`): the
+  thinking, then the gold in the box, the options listed under the question, `path` the image or
+  video (by `data_type`);
 - ponder: OpenAI's shape with `{"type": "image", "image": IMG}` items (chat.py), passed through.
 
 A record with media and no placeholder at all has them before its first user text (InternVL's
@@ -26,18 +29,30 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
+from .answer_format import ANSWER_CLOSE, ANSWER_OPEN, BOX_CLOSE, BOX_OPEN, THINK_CLOSE, THINK_OPEN, tagged_answer
 from .processor import BadSample
+from .prompt_columns import media_by_kind, options_block
 
 CHAT_FORMATS = ("auto", "ponder", "sharegpt", "llava", "openai", "cauldron", "columns")
 # The `columns` layout: the question column, then (thinking columns, response columns) of one
 # source each, the first source whose response holds text (s1K-1.1's DeepSeek before its Gemini)
 PROMPT_COLUMNS = ("question", "problem", "prompt")
-RESPONSE_SOURCES = ((("deepseek_thinking_trajectory",), ("deepseek_attempt",)),
-                    (("thinking_trajectories",), ("attempt",)),
-                    (("gemini_thinking_trajectory",), ("gemini_attempt",)),
-                    (("thinking", "reasoning"), ("response", "output")))
+class ResponseSource(NamedTuple):
+    thinking: tuple[str, ...]
+    response: tuple[str, ...]
+    # The response column holds the gold answer, not a written one (Video-R1-COT's `solution`,
+    # "<answer>B</answer>"): boxed whole, and read only beside its thinking (MATH's `solution`
+    # alone is a worked solution, RL data)
+    gold: bool = False
+
+
+RESPONSE_SOURCES = (ResponseSource(("deepseek_thinking_trajectory",), ("deepseek_attempt",)),
+                    ResponseSource(("thinking_trajectories",), ("attempt",)),
+                    ResponseSource(("gemini_thinking_trajectory",), ("gemini_attempt",)),
+                    ResponseSource(("thinking", "reasoning"), ("response", "output")),
+                    ResponseSource(("process",), ("solution",), gold=True))
 SYSTEM_COLUMNS = ("system", "system_prompt")  # ShareGPT's top-level system prompt; OpenOrca's
 PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
@@ -143,7 +158,11 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
     turns, turns_from = _turns(record, fmt, key)
     if not isinstance(turns, list) or not turns:
         raise UnknownChatLayout(f"{key}: no {fmt} turns")
-    media = _Media(_top_media(record, "image"), _top_media(record, "video"), key)
+    images, videos = _top_media(record, "image"), _top_media(record, "video")
+    if not images and not videos:  # one column of images and videos, each row's by data_type (Video-R1's path)
+        by_kind = media_by_kind(dict(record), None)
+        images, videos = by_kind.get("images", []), by_kind.get("videos", [])
+    media = _Media(images, videos, key)
     if not _marks_media(turns):  # no placeholder anywhere: the media go before the first user text
         turns = _media_first(turns, media)
     image_is_video = image_mark_is_video([str(_content(t)) for t in turns if isinstance(t, dict)],
@@ -242,11 +261,14 @@ def _first_text(record: dict, names: tuple[str, ...], join: bool = False) -> str
     return None
 
 
-def _column_response(record: dict) -> tuple[str | None, str] | None:
-    """(thinking, response) of the first source whose response holds text; None if none does."""
-    for thinking, response in RESPONSE_SOURCES:
-        if (text := _first_text(record, response)) is not None:
-            return _first_text(record, thinking, join=True), text
+def _column_response(record: dict) -> tuple[str | None, str, bool] | None:
+    """(thinking, response, whether it is a gold) of the first source whose response holds text
+    (and, for a gold, whose thinking does); None if none does."""
+    for source in RESPONSE_SOURCES:
+        if (text := _first_text(record, source.response)) is not None:
+            thinking = _first_text(record, source.thinking, join=True)
+            if not source.gold or thinking is not None:
+                return thinking, text, source.gold
     return None
 
 
@@ -258,7 +280,7 @@ def no_turns_reason(record: dict) -> str:
     if _column_response(record) is not None:
         return (f"a `{question}` and its response in columns, not `messages`: data.chat.format=columns "
                 "(or auto) reads them")
-    responses = ", ".join(c for _, r in RESPONSE_SOURCES for c in r)
+    responses = ", ".join(c for source in RESPONSE_SOURCES if not source.gold for c in source.response)
     return (f"a `{question}` without a response to train (none of {responses} holds text): a prompt record "
             "(RL / eval data, its answer a gold, not a response); SFT reads chats, or a question with its "
             "response in columns (docs/data.md, published chat layouts)")
@@ -274,11 +296,23 @@ def _column_turns(record: dict, key: str) -> list[dict]:
     question, response = _first_text(record, PROMPT_COLUMNS), _column_response(record)
     if question is None or response is None:
         raise UnknownChatLayout(f"{key}: no question column ({', '.join(PROMPT_COLUMNS)}) and response column "
-                                f"({', '.join(c for _, r in RESPONSE_SOURCES for c in r)}) with text")
-    thinking, answer = response
-    if thinking is not None and "</think>" not in answer:
-        answer = f"<think>{thinking.strip()}</think>{answer.strip()}"
+                                f"({', '.join(c for source in RESPONSE_SOURCES for c in source.response)}) with text")
+    thinking, answer, gold = response
+    if gold:  # "<think>...</think>" + "<answer>B</answer>": the gold is the box (Video-R1-COT)
+        thinking = _untagged(thinking.strip(), THINK_OPEN, THINK_CLOSE)
+        answer = f"{ANSWER_OPEN}{BOX_OPEN}{tagged_answer(answer) or answer.strip()}{BOX_CLOSE}{ANSWER_CLOSE}"
+    if thinking is not None and THINK_CLOSE not in answer:
+        answer = f"{THINK_OPEN}{thinking.strip()}{THINK_CLOSE}{answer.strip()}"
+    if block := options_block(question, record.get("options")):  # Video-R1 keeps them in a column
+        question = f"{question.rstrip()}\n{block}"
     return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+def _untagged(text: str, opening: str, closing: str) -> str:
+    """The text without one pair of tags around all of it."""
+    if text.startswith(opening) and text.endswith(closing) and text.count(closing) == 1:
+        return text[len(opening):-len(closing)].strip()
+    return text
 
 
 class _Media:

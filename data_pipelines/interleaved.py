@@ -17,10 +17,10 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from .document import Document, DocumentBuilder, Visual
-from .processor import (BadSample, BadVideoError, EmptyImageError, ImageDecodeError, VisionProcessor, image_token_ids,
-                        sample_frame_indices, video_token_ids)
+from .processor import (BadSample, BadVideoError, EmptyImageError, ImageDecodeError, ProcessedVideo, VisionProcessor,
+                        image_token_ids, sample_frame_indices, video_token_ids)
 from .tokenizer import SpecialTokens
-from .video import decode_video
+from .video import VideoClip, decode_video
 
 
 class MalformedSample(BadSample):
@@ -59,10 +59,7 @@ class InterleavedDocuments:
             elif "image" in segment:
                 self.add_image(doc, _member(sample, str(segment["image"]), doc.key))
             elif "video" in segment:
-                video = self._video(sample, segment, doc.key)
-                ids, types = video_token_ids(video.grid_thw, video.timestamps, self.special, self.tokenizer,
-                                             self.processor.cfg.merge_size)
-                doc.add_visual(ids, types, Visual(video.pixel_values, video.grid_thw), "video")
+                self.add_video(doc, self._video(sample, segment, doc.key))
             else:
                 raise MalformedSample(f"{doc.key}: segment has neither text, image nor video")
         doc.add_tokens([self.special.eos], train=True)
@@ -81,12 +78,24 @@ class InterleavedDocuments:
         types = [0] + [1] * n + [0]
         doc.add_visual(ids, types, Visual(image.pixel_values, image.grid_thw), "image")
 
+    def add_video(self, doc: DocumentBuilder, video: ProcessedVideo) -> None:
+        """A video span with its frames' timestamps, never trained on and never cut."""
+        ids, types = video_token_ids(video.grid_thw, video.timestamps, self.special, self.tokenizer,
+                                     self.processor.cfg.merge_size)
+        doc.add_visual(ids, types, Visual(video.pixel_values, video.grid_thw), "video")
 
     def _video(self, sample: dict[str, Any], segment: dict[str, Any], key: str):
         """A video file member, or a list of frame members at `fps` -> the processed video."""
         source = segment["video"]
-        if isinstance(source, str):
-            return decode_video(_member(sample, source, key), self.processor)
+        if isinstance(source, str):  # a file; with start / end, the part of it the document is about
+            clip = None
+            if "start" in segment or "end" in segment:
+                start, end = segment.get("start", 0.0), segment.get("end")
+                if not all(isinstance(b, int | float) and not isinstance(b, bool) and b >= 0
+                           for b in (start, end) if b is not None) or (end is not None and end <= start):
+                    raise BadVideoError(f"{key}: video start / end {start!r} / {end!r} are not a part of it in seconds")
+                clip = VideoClip(None, float(start), None if end is None else float(end))
+            return decode_video(_member(sample, source, key), self.processor, clip)
         fps = segment.get("fps")
         if not isinstance(source, list) or not source or not all(isinstance(f, str) for f in source):
             raise BadVideoError(f"{key}: a video is a file member or a non-empty list of frame members")

@@ -260,7 +260,7 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         if template:
             out[media] = _filled(template, raw)
     if out.get("images") is None and out.get("videos") is None:
-        out.update(_media_by_kind(out, layout.columns.media))
+        out.update(media_by_kind(out, layout.columns.media))
     for media in ("images", "videos"):  # one per row (a video: a file, bytes, or {frames, fps}) or a list
         value = out.get(media)
         if value is not None:
@@ -301,6 +301,14 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
     return out
 
 
+def options_block(question: str, options: Any) -> str:
+    """The lines ("A. red") listing `options` (a list, or a dict by letter; options that start with
+    their own letter lose it) under a question that does not list them; "" when it does or there
+    are none (Video-R1's SFT rows keep their options in a column of their own)."""
+    missing = options_not_shown(question, _without_own_letters(options)) if options else {}
+    return "\n".join(f"{k}. {v}" for k, v in missing.items())
+
+
 def options_not_shown(question: str, options: Any) -> dict[str, str]:
     """The lettered options when the question does not list them; {} when it does, or when every
     option is its own letter (MathVision: the options are on the image)."""
@@ -332,7 +340,7 @@ def _filled(template: str, row: dict) -> str:
     return "".join(parts)
 
 
-def _media_by_kind(row: dict, column: Optional[str]) -> dict[str, list]:
+def media_by_kind(row: dict, column: Optional[str]) -> dict[str, list]:
     """{"images": [...], "videos": [...]} from one column of media paths (popped from the row), each
     path an image or a video by the row's `data_type`, else by its extension; {} when the column is
     absent, or is the default one and a value is no media file name (it then stays as it is). A

@@ -4,7 +4,9 @@ One sample per document: `KEY.json` (the document, images and videos replaced by
 references with their sizes) and `KEY.img000.jpg`, `KEY.img001.png`, ... holding the original
 image bytes. A video segment is a file (`{"video": "clips/a.mp4"}`, stored as `KEY.vid000.mp4`,
 probed with PyAV: size, frame count, fps) or frames already extracted at a known rate
-(`{"video": ["f/0.jpg", "f/1.jpg", ...], "fps": 2}`, stored as `KEY.vid000.f000.jpg`, ...).
+(`{"video": ["f/0.jpg", "f/1.jpg", ...], "fps": 2}`, stored as `KEY.vid000.f000.jpg`, ...). A video
+file's segment may name the part of it the document is about, `"start"` / `"end"` in seconds
+(Panda-70M's clips): only that part is decoded, its timestamps from 0.
 Bad documents are counted by reason and skipped; see docs/data.md for the schema and policy.
 """
 
@@ -99,12 +101,25 @@ def _parse_line(raw: bytes) -> dict[str, Any]:
 def _check_video_segment(doc_id: str, seg: dict[str, Any]) -> None:
     video = seg["video"]
     if isinstance(video, str):
+        _check_clip_bounds(doc_id, seg)
         return
     if not isinstance(video, list) or not video or not all(isinstance(f, str) for f in video):
         raise SkipDocument("malformed_json", f"{doc_id}: video is a path or a non-empty list of frame paths")
     fps = seg.get("fps")
     if isinstance(fps, bool) or not isinstance(fps, int | float) or not fps > 0:
         raise SkipDocument("bad_video", f"{doc_id}: video frames need a positive fps, got {fps!r}")
+
+
+def _check_clip_bounds(doc_id: str, seg: dict[str, Any]) -> None:
+    """`start` / `end` (seconds, optional): the part of a video file the document is about
+    (Panda-70M's and InternVid's clips are spans of longer videos)."""
+    start, end = seg.get("start", 0.0), seg.get("end")
+    for bound in (start, end):
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int | float)
+                                  or not 0 <= bound < float("inf")):
+            raise SkipDocument("malformed_json", f"{doc_id}: video start / end must be seconds >= 0, got {bound!r}")
+    if end is not None and end <= start:
+        raise SkipDocument("malformed_json", f"{doc_id}: video end {end} is not after its start {start}")
 
 
 def _media_path(image_root: Path, rel: str, kind: str) -> Path:
@@ -179,7 +194,8 @@ def _video_members(seg: dict[str, Any], stem: str, image_root: Path, sample: dic
     if isinstance(seg["video"], str):
         data, info, ext = _load_video(image_root, seg["video"])
         sample[f"{stem}.{ext}"] = data
-        return {"video": f"{stem}.{ext}", **info}
+        bounds = {k: float(seg[k]) for k in ("start", "end") if seg.get(k) is not None}
+        return {"video": f"{stem}.{ext}", **info, **bounds}
     names = []
     for i, rel in enumerate(seg["video"]):
         try:

@@ -26,6 +26,7 @@ from .chat import _media, media_payload
 from .document import Document, DocumentBuilder
 from .interleaved import InterleavedDocuments, MalformedSample
 from .processor import IMAGE_EXTENSIONS, BadSample, VisionProcessor
+from .video import VIDEO_EXTENSIONS, decode_video
 from .reader import REMOTE_PREFIXES, MixturePart, ReaderConfig, TarShards, check_usable
 from .records import FORMATS, RecordShards
 
@@ -96,8 +97,13 @@ class PretrainDataConfig(ReaderConfig):
             raise ValueError(f"data.sources names must be unique, got {names}")
 
 
+# Video members of a caption sample (video2dataset's webdataset: KEY.mp4 + KEY.txt + KEY.json)
+CAPTION_VIDEO_EXTENSIONS = tuple(ext for ext in VIDEO_EXTENSIONS if ext != "gif")
+
+
 class CaptionDocuments(InterleavedDocuments):
-    """An img2dataset sample (`jpg`/`png`/`webp` + `txt` + `json`) -> image, caption, `<|endoftext|>`."""
+    """An img2dataset sample (`jpg`/`png`/`webp` + `txt` + `json`) -> image, caption, `<|endoftext|>`;
+    a video2dataset sample (`mp4` + `txt` + `json`) -> video, caption, `<|endoftext|>`."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, processor: VisionProcessor, caption_field: str = "txt"):
         super().__init__(tokenizer, processor)
@@ -117,16 +123,21 @@ class CaptionDocuments(InterleavedDocuments):
         if meta.get("status") not in (None, "success"):
             raise FailedDownload(f"{key}: status {meta.get('status')!r}")
         image = next((sample[ext] for ext in IMAGE_EXTENSIONS if isinstance(sample.get(ext), bytes)), None)
-        if image is None:
-            raise NoImage(f"{key}: no image member ({', '.join(IMAGE_EXTENSIONS)})")
+        video = next((sample[ext] for ext in CAPTION_VIDEO_EXTENSIONS if isinstance(sample.get(ext), bytes)), None)
+        if image is None and video is None:
+            raise NoImage(f"{key}: no image or video member ({', '.join(IMAGE_EXTENSIONS + CAPTION_VIDEO_EXTENSIONS)})")
         caption = _caption(sample, meta, self.caption_field)
         if not caption:
             raise NoCaption(f"{key}: no {self.caption_field} caption")
-        return self.pair_document(key, image, caption)
+        return self.pair_document(key, image, caption) if image is not None else self.pair_document(
+            key, video, caption, "video")
 
-    def pair_document(self, key: str, image: Any, caption: str) -> Document:
+    def pair_document(self, key: str, media: Any, caption: str, kind: str = "image") -> Document:
         doc = DocumentBuilder(key)
-        self.add_image(doc, image)
+        if kind == "video":
+            self.add_video(doc, decode_video(media, self.processor))
+        else:
+            self.add_image(doc, media)
         self.add_text(doc, caption)
         doc.add_tokens([self.special.eos], train=True)
         return doc.build()
@@ -144,16 +155,22 @@ class RecordCaptionDocuments(CaptionDocuments):
         record, key, root = _record(sample)
         if record.get("status") not in (None, "success"):  # img2dataset keeps its failures as rows
             raise FailedDownload(f"{key}: status {record.get('status')!r}")
-        payloads = (media_payload(record.get(f)) for f in ("image", *IMAGE_EXTENSIONS))
-        image = next((p for p in payloads if p is not None), None)
-        if image is None:
-            raise NoImage(f"{key}: no image in the columns image, {', '.join(IMAGE_EXTENSIONS)}")
-        _refuse_remote(image, key)
+        kind, media = "image", _first_payload(record, ("image", *IMAGE_EXTENSIONS))
+        if media is None:
+            kind, media = "video", _first_payload(record, ("video", *CAPTION_VIDEO_EXTENSIONS))
+        if media is None:
+            raise NoImage(f"{key}: no image or video in the columns image, {', '.join(IMAGE_EXTENSIONS)}, video, "
+                          f"{', '.join(CAPTION_VIDEO_EXTENSIONS)}")
+        _refuse_remote(media, key)
         texts = [record.get(f) for f in self.caption_fields]
         caption = next((t.strip() for t in texts if isinstance(t, str) and t.strip()), "")
         if not caption:
             raise NoCaption(f"{key}: no non-empty text in {' / '.join(self.caption_fields)}")
-        return self.pair_document(str(record.get("id") or key), _media(image, root, key), caption)
+        return self.pair_document(str(record.get("id") or key), _media(media, root, key, kind), caption, kind)
+
+
+def _first_payload(record: dict, columns: tuple[str, ...]) -> Any:
+    return next((p for p in (media_payload(record.get(c)) for c in columns) if p is not None), None)
 
 
 def _refuse_remote(image: Any, key: str) -> None:

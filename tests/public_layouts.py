@@ -77,6 +77,31 @@ def write_img2dataset(out_dir: Path, shards: int, per_shard: int, seed: int = 0,
     return tars
 
 
+def write_video2dataset(out_dir: Path, per_shard: int = 3) -> Path:
+    """video2dataset `--output_format webdataset`: `00000.tar` with `{key}.mp4`, `{key}.txt`,
+    `{key}.json` (WebVid / Panda-70M clips as it downloads them), one undecodable clip last; and
+    the same pairs as records (`clips.jsonl`: `video` a path next to it, `caption`)."""
+    import webdataset as wds
+
+    from data_pipelines.synthetic import write_mp4
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    with wds.TarWriter(str(out_dir / "00000.tar")) as sink:
+        for i in range(per_shard):
+            key, colour = f"{i:09d}", COLOURS[i % len(COLOURS)]
+            write_mp4([Image.new("RGB", (56, 56), colour)] * 8, out_dir / f"{key}.mp4", fps=4)
+            caption = f"a {colour} screen for two seconds"
+            meta = {"url": f"https://example.com/v/{key}.mp4", "key": key, "status": "success", "caption": caption,
+                    "duration": 2.0, "clips": [[0.0, 2.0]]}
+            sink.write({"__key__": key, "mp4": (out_dir / f"{key}.mp4").read_bytes(), "txt": caption,
+                        "json": json.dumps(meta)})
+            records.append({"video": f"{key}.mp4", "caption": caption})
+        sink.write({"__key__": "broken", "mp4": b"\x00\x00\x00\x18ftypmp42 not a video", "txt": "x", "json": "{}"})
+    (out_dir / "clips.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return out_dir / "00000.tar"
+
+
 def obelics_rows(n: int, images: str, image_dir: Path | None = None, seed: int = 0) -> list[dict]:
     """OBELICS rows: `texts` and `images` aligned by position (one of the two null at each).
     `images`: "bytes" (raw encoded bytes), "hf" ({bytes, path} dicts, HF's Image storage), "path"

@@ -296,3 +296,72 @@ def test_one_placeholder_reading_for_sft_records_and_prompts():
     assert sft["messages"][0]["content"] == [{"type": "video", "video": "clip.mp4"},
                                              {"type": "text", "text": "\nWhat moves first?"}]
     assert prompt.messages[0]["content"] == [{"type": "video"}, {"type": "text", "text": "\nWhat moves first?"}]
+
+
+def test_video_r1_cot_trains_its_thinking_and_its_gold_in_the_box(chat, tmp_path):
+    """Video-R1-COT-165k as published (a JSON list; `path` an image or a video by `data_type`,
+    options in a column, `process` the thinking, `solution` the gold in <answer> tags). Before, it
+    stopped at start as `malformed_chat`; renamed by hand, it trained without its media or options."""
+    from PIL import Image
+
+    from data_pipelines.synthetic import write_mp4
+    from tests.public_layouts import png
+
+    write_mp4([Image.new("RGB", (56, 56), c) for c in ("red", "red", "blue", "blue")], tmp_path / "LLaVA-Video-178K" / "a.mp4", fps=2)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "b.png").write_bytes(png("green"))
+    rows = [{"problem_id": 1, "problem": "Which colour comes first?", "data_type": "video", "problem_type": "multiple choice",
+             "options": ["A. Blue", "B. Red"], "process": "<think>Red fills the first second.</think>",
+             "solution": "<answer>B</answer>", "path": "./LLaVA-Video-178K/a.mp4", "data_source": "LLaVA-Video-178K"},
+            {"problem_id": 2, "problem": "What is the area?", "data_type": "image", "problem_type": "numerical",
+             "options": [], "process": "<think>Half of 5 by 5.</think>", "solution": "<answer>12.5</answer>",
+             "path": "./images/b.png", "data_source": "Multimodal-Open-R1"}]
+    (tmp_path / "Video-R1-COT-165k.json").write_text(json.dumps(rows))
+    got, skipped = documents(tmp_path / "Video-R1-COT-165k.json", chat)
+    assert not skipped and len(got) == 2
+    video, image = sorted(got.values(), key=lambda d: len(d.videos), reverse=True)
+    assert (len(video.videos), len(video.images), len(image.videos), len(image.images)) == (1, 0, 0, 1)
+
+    def text(doc, trained: bool) -> str:
+        keep = (doc.loss_mask if trained else ~doc.loss_mask) & (doc.mm_token_type_ids == 0)
+        return chat.tokenizer.decode(doc.input_ids[keep].tolist())
+
+    assert text(video, True) == ("<think>Red fills the first second.</think><answer><|begin_of_box|>B<|end_of_box|>"
+                                 "</answer><|endoftext|>")
+    assert "Which colour comes first?\nA. Blue\nB. Red" in text(video, False)
+    assert text(image, True).endswith("<answer><|begin_of_box|>12.5<|end_of_box|></answer><|endoftext|>")
+    # MATH's problem and worked solution, without a thinking column, is still a prompt record
+    assert detect({"problem": "1+1?", "solution": "It is \\boxed{2}."}) == "ponder"
+
+
+def test_folders_of_frames_take_their_rate_from_the_item_or_the_config(tokenizer, tmp_path):
+    """ShareGPTVideo keeps each video as a folder of frames. Without a rate the skip names where to
+    give one (its hint used to name data.frames_fps, which SFT does not have, and an item's `fps`
+    was ignored)."""
+    from tests.public_layouts import jpeg
+
+    folder = tmp_path / "frames" / "v_0001"
+    folder.mkdir(parents=True)
+    for i in range(8):
+        (folder / f"c{i + 1:02d}.jpg").write_bytes(jpeg("red" if i < 4 else "blue", (56, 56)))
+    answer = "<think>It turns blue.</think><answer><|begin_of_box|>blue<|end_of_box|></answer>"
+    llava = {"id": "v", "video": "frames/v_0001", "conversations": [
+        {"from": "human", "value": "<video>What happens?"}, {"from": "gpt", "value": answer}]}
+    item = {"id": "v", "messages": [{"role": "user", "content": [
+        {"type": "video", "video": "frames/v_0001", "fps": 2}, {"type": "text", "text": "What happens?"}]},
+        {"role": "assistant", "content": answer}]}
+    processor = VisionProcessor(ProcessorConfig(max_pixels=56 * 56 * 4))
+    plain, at_two = ChatRenderer(tokenizer, processor), ChatRenderer(tokenizer, processor, ChatConfig(frames_fps=2))
+    with pytest.raises(BadSample, match="data.chat.frames_fps") as err:
+        plain.document(llava, root=tmp_path)
+    assert err.value.reason == "missing_video"
+    by_config, by_item = at_two.document(llava, root=tmp_path), plain.document(item, root=tmp_path)
+    # 8 frames at 2 fps are 4 s: 8 frames at the model's 2 fps, in pairs
+    assert int(by_config.videos[0].grid_thw[0]) == 4 and torch.equal(by_config.input_ids, by_item.input_ids)
+    assert torch.equal(by_config.videos[0].pixel_values, by_item.videos[0].pixel_values)
+    # a video PyAV cannot read: the skip's message names the record (it said "'<none>'")
+    broken = {**item, "messages": [{"role": "user", "content": [{"type": "video", "video": b"\x00not a video"}]},
+                                   item["messages"][1]]}
+    with pytest.raises(BadSample, match="^v: undecodable video") as err:
+        plain.document(broken, key="v")
+    assert err.value.reason == "bad_video"

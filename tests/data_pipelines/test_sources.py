@@ -33,6 +33,7 @@ from tests.public_layouts import (
     write_mmc4_jsonl,
     write_obelics_parquet,
     write_text_jsonl,
+    write_video2dataset,
 )
 
 PROCESSOR = VisionProcessor(ProcessorConfig(max_pixels=56 * 56 * 4))
@@ -79,6 +80,21 @@ def test_img2dataset_shards_read_as_published(data, tokenizer):
     assert [d.input_ids.tolist() for d in docs_json] == [d.input_ids.tolist() for d in docs]
 
 
+def test_video_caption_pairs_as_video2dataset_writes_them(tokenizer, tmp_path):
+    """video2dataset's tars (mp4 + txt + json) and the same pairs as records train as a video span,
+    then its caption; before, every sample was `no_image`."""
+    tar = write_video2dataset(tmp_path / "webvid")
+    for path in (tar, tar.parent / "clips.jsonl"):
+        docs, skipped = read_all(build_part(SourceConfig(name="v", kind="captions", path=str(path)), tokenizer,
+                                            PROCESSOR), tokenizer)
+        assert len(docs) == 3 and skipped == (Counter(bad_video=1) if path == tar else Counter())
+        for doc in docs:
+            assert not doc.images and len(doc.videos) == 1 and int(doc.videos[0].grid_thw[0]) == 2  # 2 s at 2 fps, pairs
+            caption = tokenizer.decode(doc.input_ids[doc.mm_token_type_ids == 0].tolist())
+            assert caption.startswith("<|begin_of_video|>") and caption.endswith("screen for two seconds<|endoftext|>")
+            assert not doc.loss_mask[doc.mm_token_type_ids != 0].any()
+
+
 def test_failed_status_and_missing_members_are_counted(tokenizer):
     documents = CaptionDocuments(tokenizer, PROCESSOR)
     from data_pipelines.processor import BadSample
@@ -86,6 +102,7 @@ def test_failed_status_and_missing_members_are_counted(tokenizer):
     for sample, reason in [({"__key__": "a", "txt": b"x", "json": b'{"status": "failed_to_download"}'},
                             "failed_download"),
                            ({"__key__": "b", "txt": b"x"}, "no_image"),
+                           ({"__key__": "v", "mp4": b"not a video", "txt": b"x"}, "bad_video"),
                            ({"__key__": "c", "jpg": b"not a jpeg", "txt": b"x"}, "undecodable_image")]:
         with pytest.raises(BadSample) as err:
             documents(sample)

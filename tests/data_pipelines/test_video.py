@@ -167,3 +167,32 @@ def test_the_writer_skips_bad_videos_with_a_reason(tmp_path, monkeypatch):
     assert dict(stats.skipped) == {"bad_video": 5, "missing_video": 1}
     index = json.loads((tmp_path / "shards" / "index.json").read_text())
     assert index["skipped"] == {"bad_video": 5, "missing_video": 1}
+
+
+def test_a_video_segment_names_the_part_it_is_about(tmp_path, tokenizer):
+    """Panda-70M / InternVid captions are about seconds of longer videos: `start` / `end` in a
+    segment reach the shard and only that part is decoded. Before, the bounds were dropped without
+    a word and the whole video trained under a caption about one part of it."""
+    frames, _ = moving_shape_frames(random.Random(5), 24)  # 6 s at 4 fps
+    write_mp4(frames, tmp_path / "long.mp4", 4)
+    docs = [{"id": "whole", "segments": [{"video": "long.mp4"}, {"text": "a shape moves"}]},
+            {"id": "part", "segments": [{"video": "long.mp4", "start": 1.0, "end": 3.0}, {"text": "a shape moves"}]},
+            {"id": "tail", "segments": [{"video": "long.mp4", "start": 4}, {"text": "a shape moves"}]},
+            {"id": "backwards", "segments": [{"video": "long.mp4", "start": 3, "end": 1}]},
+            {"id": "text_bound", "segments": [{"video": "long.mp4", "start": "1"}]}]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    stats = write_shards(tmp_path / "docs.jsonl", tmp_path, tmp_path / "shards", samples_per_shard=10)
+    assert stats.written == 3 and dict(stats.skipped) == {"malformed_json": 2}
+    documents = InterleavedDocuments(tokenizer, VisionProcessor())
+    read = {}
+    for sample in wds.WebDataset(str(tmp_path / "shards" / "shard-000000.tar"), shardshuffle=False):
+        doc = documents(sample)
+        read[doc.key] = doc
+    # 2 fps, frames in pairs: 6 s -> 6 temporal patches, [1, 3) s -> 2, [4, 6) s -> 2
+    assert {k: int(d.videos[0].grid_thw[0]) for k, d in read.items()} == {"whole": 6, "part": 2, "tail": 2}
+    clip = decode_video((tmp_path / "long.mp4").read_bytes(), VisionProcessor(), video_module.VideoClip(None, 1.0, 3.0))
+    assert torch.equal(read["part"].videos[0].pixel_values, clip.pixel_values)
+    bad = {"__key__": "x", "json": json.dumps({"id": "x", "segments": [{"video": "v.mp4", "start": -1}]}),
+           "v.mp4": (tmp_path / "long.mp4").read_bytes()}
+    with pytest.raises(video_module.BadVideoError, match="start / end"):  # shards written by hand: counted
+        documents(bad)
