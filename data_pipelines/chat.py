@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -50,7 +51,7 @@ from .processor import (
     video_token_ids,
 )
 from .tokenizer import SpecialTokens
-from .video import VIDEO_EXTENSIONS, VideoClip, decode_video
+from .video import VIDEO_EXTENSIONS, VideoClip, clip_bounds, decode_video
 
 TRAIN_TURNS = ("last", "all")
 ROLES = ("system", "user", "assistant")
@@ -80,7 +81,7 @@ class ChatConfig:
     def __post_init__(self) -> None:
         if self.format not in CHAT_FORMATS:
             raise ValueError(f"chat.format must be one of {CHAT_FORMATS}, got {self.format!r}")
-        if self.frames_fps is not None and not 0 < self.frames_fps < float("inf"):
+        if self.frames_fps is not None and not 0 < self.frames_fps < math.inf:
             raise ValueError(f"data.chat.frames_fps must be > 0, got {self.frames_fps}")
         if self.train_turns not in TRAIN_TURNS:
             raise ValueError(f"chat.train_turns must be one of {TRAIN_TURNS}, got {self.train_turns!r}")
@@ -362,21 +363,18 @@ def _message(raw: Any, key: str) -> _Message:
             images.append(item["image"])
         elif kind == "video" and isinstance(video := media_payload(item.get("video")), (str, Path, bytes)) and video:
             items.append({"type": "video"})  # a video file: decoded at 2 fps (data_pipelines/video.py)
-            fps = item.get("fps")
-            if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0):
-                raise MalformedChat(f"{key}: video fps must be a positive number, got {fps!r}")
-            # a folder of frames at its `fps` (a file's own rate is its stream's)
-            videos.append((VideoClip(video, fps=float(fps)), float(fps)) if fps is not None and
-                          isinstance(video, (str, Path)) else (video, None))
+            fps = _fps(item.get("fps"), key)  # a folder of frames at its `fps` (a file's own rate is its stream's)
+            videos.append((VideoClip(video, fps=fps), fps) if fps is not None and isinstance(video, (str, Path))
+                          else (video, None))
         elif kind == "video" and isinstance(item.get("video"), VideoClip):  # a part of a file, or a folder
             items.append({"type": "video"})
             videos.append((item["video"], item["video"].fps))
         elif kind == "video" and isinstance(item.get("video"), list) and item["video"]:
-            fps = item.get("fps", DEFAULT_VIDEO_FPS)
-            if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
-                raise MalformedChat(f"{key}: video fps must be a positive number, got {fps!r}")
+            fps = _fps(item.get("fps", DEFAULT_VIDEO_FPS), key)
+            if fps is None:
+                raise MalformedChat(f"{key}: video fps must be a positive number, got {item.get('fps')!r}")
             items.append({"type": "video"})
-            videos.append((item["video"], float(fps)))
+            videos.append((item["video"], fps))
         else:
             raise MalformedChat(f"{key}: bad content item {str(item)[:80]}")
     if role != "user" and (images or videos):
@@ -384,6 +382,13 @@ def _message(raw: Any, key: str) -> _Message:
     if role == "assistant":  # one string, so the template can strip the thinking of earlier turns
         return _Message(role, "".join(i["text"] for i in items), [], [])
     return _Message(role, items, images, videos)
+
+
+def _fps(value: Any, key: str) -> float | None:
+    try:
+        return clip_bounds(fps=value)[2]
+    except ValueError as exc:
+        raise MalformedChat(f"{key}: video fps must be a positive number, got {value!r}") from exc
 
 
 def media_payload(source: Any) -> Any:

@@ -20,7 +20,7 @@ from .document import Document, DocumentBuilder, Visual
 from .processor import (BadSample, BadVideoError, EmptyImageError, ImageDecodeError, ProcessedVideo, VisionProcessor,
                         image_token_ids, sample_frame_indices, video_token_ids)
 from .tokenizer import SpecialTokens
-from .video import VideoClip, decode_video
+from .video import VideoClip, clip_bounds, decode_video
 
 
 class MalformedSample(BadSample):
@@ -88,19 +88,21 @@ class InterleavedDocuments:
         """A video file member, or a list of frame members at `fps` -> the processed video."""
         source = segment["video"]
         if isinstance(source, str):  # a file; with start / end, the part of it the document is about
-            clip = None
-            if "start" in segment or "end" in segment:
-                start, end = segment.get("start", 0.0), segment.get("end")
-                if not all(isinstance(b, int | float) and not isinstance(b, bool) and b >= 0
-                           for b in (start, end) if b is not None) or (end is not None and end <= start):
-                    raise BadVideoError(f"{key}: video start / end {start!r} / {end!r} are not a part of it in seconds")
-                clip = VideoClip(None, float(start), None if end is None else float(end))
+            try:
+                start, end, _ = clip_bounds(segment.get("start"), segment.get("end"))
+            except ValueError as exc:  # shards written by hand
+                raise BadVideoError(f"{key}: {exc}") from exc
+            clip = VideoClip(None, start, end) if ("start" in segment or "end" in segment) else None
             return decode_video(_member(sample, source, key), self.processor, clip)
         fps = segment.get("fps")
         if not isinstance(source, list) or not source or not all(isinstance(f, str) for f in source):
             raise BadVideoError(f"{key}: a video is a file member or a non-empty list of frame members")
-        if isinstance(fps, bool) or not isinstance(fps, int | float) or not fps > 0:
-            raise BadVideoError(f"{key}: video frames need a positive fps, got {fps!r}")
+        try:
+            fps = clip_bounds(fps=fps)[2]
+        except ValueError:
+            fps = None
+        if fps is None:
+            raise BadVideoError(f"{key}: video frames need a positive fps, got {segment.get('fps')!r}")
         indices = sample_frame_indices(len(source), float(fps), self.processor.cfg)
         frames = [_member(sample, source[i], key) for i in indices]
         try:

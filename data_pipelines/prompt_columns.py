@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 from .answer_format import latex_box_content
 from .processor import IMAGE_EXTENSIONS
-from .video import VIDEO_EXTENSIONS
+from .video import VIDEO_FILE_EXTENSIONS
 
 ANY_OF = "any_of"  # a ground truth of several accepted answers (stages/rl/rewards/scoring.py)
 VQA_ANSWERS = "vqa_answers"  # the annotators' answers, repeats kept, graded by the VQA accuracy
@@ -272,7 +272,7 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
     if out.get("options") is None and layout.columns.options is None:
         out.update(_option_columns(out))
         if out.get("options") is None and isinstance(out.get("question"), str):
-            inline = _inline_options(out["question"])
+            inline = _inline_options(out["question"]) or _trailing_options(out["question"], out.get("answer"))
             if not _letter_outside(out.get("answer"), inline.get("options", {})):
                 out.update(inline)  # a letter gold the parsed list lacks: the list is partial, not the options
     options = out.get("options")
@@ -296,8 +296,8 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
             # multiple-choice verifier grades letters or texts)
             if by in ("index", "lettered_text"):
                 out["answer"] = list(letters)[index]
-            if layout.options_in_prompt and (missing := options_not_shown(out["question"], letters)):
-                out["question"] = out["question"].rstrip() + "\n" + "\n".join(f"{k}. {v}" for k, v in missing.items())
+            if layout.options_in_prompt and (block := options_block(out["question"], out["options"])):
+                out["question"] = f"{out['question'].rstrip()}\n{block}"
     return out
 
 
@@ -365,7 +365,7 @@ def media_by_kind(row: dict, column: Optional[str]) -> dict[str, list]:
 
 def _kind_by_extension(path: str, named: bool) -> Optional[str]:
     extension = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
-    if extension in VIDEO_EXTENSIONS and extension != "gif":  # a GIF is an image unless data_type says otherwise
+    if extension in VIDEO_FILE_EXTENSIONS:  # a GIF is an image unless data_type says otherwise
         return "video"
     return "image" if extension in IMAGE_EXTENSIONS or named else None
 
@@ -444,8 +444,7 @@ def _option_columns(row: dict) -> dict[str, Any]:
 def _inline_options(question: str) -> dict[str, Any]:
     """{"options": {letter: text}} from a line that lists them, MMStar's "Options: A: red, B: blue, C:
     green", or from the lines under an "Options:" / "Choices:" header, one option a line ("A: red",
-    "B. blue", "(C) green"), or without a header from the option lines that end the question;
-    letters in order from A; {} if the question has none of these."""
+    "B. blue", "(C) green"); letters in order from A; {} if the question has neither."""
     if (line := _OPTIONS_LINE.search(question)) is not None:
         parts = re.split(r"(?:^|,\s*)([A-H])\s*[:.)]\s*", line.group(1).strip())
         letters, texts = parts[1::2], [t.strip() for t in parts[2::2]]
@@ -453,12 +452,26 @@ def _inline_options(question: str) -> dict[str, Any]:
             return {}
     elif (header := _OPTIONS_HEADER.search(question)) is not None:
         letters, texts = _option_rows(question[header.end():].splitlines())
-    else:  # the option lines that end the question, below it (TempCompass: "...?\nA. left\nB. right")
-        lines = question.rstrip().splitlines()
-        ending = next((i for i in range(len(lines), 0, -1) if not _OPTION_ROW.match(lines[i - 1])), 0)
-        if not any(line.strip() for line in lines[:ending]):
-            return {}  # only options: no question above them
-        letters, texts = _option_rows(lines[ending:])
+    else:
+        return {}
+    return _as_options(letters, texts)
+
+
+def _trailing_options(question: str, answer: Any) -> dict[str, Any]:
+    """{"options": {letter: text}} from the option lines that end a question without a header
+    (TempCompass: "...?\nA. left\nB. right"), when the gold names one of them by letter, text or
+    both ("B. right"); {} otherwise: a question may end in lettered lines that are not its choices
+    ("How many are true?\nA. 2 is prime.\nB. 9 is prime." with the gold "1")."""
+    lines = question.rstrip().splitlines()
+    ending = next((i for i in range(len(lines), 0, -1) if not _OPTION_ROW.match(lines[i - 1])), 0)
+    if not any(line.strip() for line in lines[:ending]):
+        return {}  # only options: no question above them
+    options = _as_options(*_option_rows(lines[ending:]))
+    named = _answer_index(answer, options["options"])[1] if options and not isinstance(answer, int) else ""
+    return options if named in ("text", "letter", "lettered_text") else {}
+
+
+def _as_options(letters: list[str], texts: list[str]) -> dict[str, Any]:
     if len(letters) < 2 or letters != list(string.ascii_uppercase[:len(letters)]) or not all(texts):
         return {}
     return {"options": dict(zip(letters, texts))}

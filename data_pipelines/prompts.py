@@ -37,7 +37,7 @@ from .chat_formats import PLACEHOLDER, PLACEHOLDERS, image_mark_is_video, placeh
 from .processor import BadSample
 from .prompt_columns import PromptLayout, normalize_row, with_unique_ids
 from .records import undecoded_videos
-from .video import VideoClip
+from .video import VideoClip, clip_bounds
 from .vlmeval_tsv import read_tsv_rows
 from .document import Document, Visual
 
@@ -117,31 +117,23 @@ def parse_video(raw: Any, rid: str) -> tuple[Any, float | None]:
                 or any(b <= a for a, b in zip(stamps, stamps[1:]))):
             raise PromptRecordError("malformed_record", f"{rid}: video timestamps must increase, one per frame")
         fps = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else DEFAULT_VIDEO_FPS
-    if fps is None:
-        fps = DEFAULT_VIDEO_FPS
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+    if fps is not None and not isinstance(fps, (int, float)):
         raise PromptRecordError("malformed_record", f"{rid}: video fps must be a positive number")
-    return frames, float(fps)
+    try:
+        fps = clip_bounds(fps=fps)[2]
+    except ValueError as exc:
+        raise PromptRecordError("malformed_record", f"{rid}: {exc}") from exc
+    return frames, DEFAULT_VIDEO_FPS if fps is None else fps
 
 
 def _parse_clip(raw: dict, rid: str) -> VideoClip:
     source = media_payload(raw["video"])
     if not isinstance(source, (str, bytes)) or not source:
         raise PromptRecordError("malformed_record", f"{rid}: a clip's video is a file or a folder of frames")
-    numbers = {}
-    for key in ("start", "end", "fps"):
-        value = raw.get(key)
-        try:
-            numbers[key] = None if value is None or value == "" else float(value)  # TSV cells are text
-        except (TypeError, ValueError):
-            numbers[key] = math.nan
-        if value != value:  # a float column's null (NaN): not given
-            numbers[key] = None
-    start, end, fps = numbers["start"] or 0.0, numbers["end"], numbers["fps"]
-    if not (0 <= start < math.inf) or (end is not None and not start < end < math.inf) or (
-            fps is not None and not 0 < fps < math.inf):
-        raise PromptRecordError("malformed_record", f"{rid}: a clip needs 0 <= start < end and fps > 0, got "
-                                                    f"start={raw.get('start')!r} end={raw.get('end')!r} fps={raw.get('fps')!r}")
+    try:  # TSV cells are text; a float column's null (NaN) is not given
+        start, end, fps = clip_bounds(raw.get("start"), raw.get("end"), raw.get("fps"))
+    except ValueError as exc:
+        raise PromptRecordError("malformed_record", f"{rid}: {exc}") from exc
     return VideoClip(source, start, end, fps)
 
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from .processor import BadSample, image_size
 from . import video
-from .video import VIDEO_EXTENSIONS, probe_video
+from .video import VIDEO_EXTENSIONS, clip_bounds, probe_video
 
 SCHEMA_VERSION = 1
 INDEX_NAME = "index.json"
@@ -100,26 +100,20 @@ def _parse_line(raw: bytes) -> dict[str, Any]:
 
 def _check_video_segment(doc_id: str, seg: dict[str, Any]) -> None:
     video = seg["video"]
-    if isinstance(video, str):
-        _check_clip_bounds(doc_id, seg)
+    if isinstance(video, str):  # `start` / `end`: the part of the file the document is about (Panda-70M's clips)
+        try:
+            clip_bounds(seg.get("start"), seg.get("end"))
+        except ValueError as exc:
+            raise SkipDocument("malformed_json", f"{doc_id}: {exc}") from exc
         return
     if not isinstance(video, list) or not video or not all(isinstance(f, str) for f in video):
         raise SkipDocument("malformed_json", f"{doc_id}: video is a path or a non-empty list of frame paths")
-    fps = seg.get("fps")
-    if isinstance(fps, bool) or not isinstance(fps, int | float) or not fps > 0:
-        raise SkipDocument("bad_video", f"{doc_id}: video frames need a positive fps, got {fps!r}")
-
-
-def _check_clip_bounds(doc_id: str, seg: dict[str, Any]) -> None:
-    """`start` / `end` (seconds, optional): the part of a video file the document is about
-    (Panda-70M's and InternVid's clips are spans of longer videos)."""
-    start, end = seg.get("start", 0.0), seg.get("end")
-    for bound in (start, end):
-        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int | float)
-                                  or not 0 <= bound < float("inf")):
-            raise SkipDocument("malformed_json", f"{doc_id}: video start / end must be seconds >= 0, got {bound!r}")
-    if end is not None and end <= start:
-        raise SkipDocument("malformed_json", f"{doc_id}: video end {end} is not after its start {start}")
+    try:
+        fps = clip_bounds(fps=seg.get("fps"))[2]
+    except ValueError:
+        fps = None
+    if fps is None:
+        raise SkipDocument("bad_video", f"{doc_id}: video frames need a positive fps, got {seg.get('fps')!r}")
 
 
 def _media_path(image_root: Path, rel: str, kind: str) -> Path:
@@ -194,7 +188,8 @@ def _video_members(seg: dict[str, Any], stem: str, image_root: Path, sample: dic
     if isinstance(seg["video"], str):
         data, info, ext = _load_video(image_root, seg["video"])
         sample[f"{stem}.{ext}"] = data
-        bounds = {k: float(seg[k]) for k in ("start", "end") if seg.get(k) is not None}
+        start, end, _ = clip_bounds(seg.get("start"), seg.get("end"))
+        bounds = {"start": start, "end": end} if ("start" in seg or "end" in seg) else {}
         return {"video": f"{stem}.{ext}", **info, **bounds}
     names = []
     for i, rel in enumerate(seg["video"]):

@@ -26,7 +26,7 @@ from .chat import _media, media_payload
 from .document import Document, DocumentBuilder
 from .interleaved import InterleavedDocuments, MalformedSample
 from .processor import IMAGE_EXTENSIONS, BadSample, VisionProcessor
-from .video import VIDEO_EXTENSIONS, decode_video
+from .video import VIDEO_FILE_EXTENSIONS, decode_video
 from .reader import REMOTE_PREFIXES, MixturePart, ReaderConfig, TarShards, check_usable
 from .records import FORMATS, RecordShards
 
@@ -97,10 +97,6 @@ class PretrainDataConfig(ReaderConfig):
             raise ValueError(f"data.sources names must be unique, got {names}")
 
 
-# Video members of a caption sample (video2dataset's webdataset: KEY.mp4 + KEY.txt + KEY.json)
-CAPTION_VIDEO_EXTENSIONS = tuple(ext for ext in VIDEO_EXTENSIONS if ext != "gif")
-
-
 class CaptionDocuments(InterleavedDocuments):
     """An img2dataset sample (`jpg`/`png`/`webp` + `txt` + `json`) -> image, caption, `<|endoftext|>`;
     a video2dataset sample (`mp4` + `txt` + `json`) -> video, caption, `<|endoftext|>`."""
@@ -123,9 +119,9 @@ class CaptionDocuments(InterleavedDocuments):
         if meta.get("status") not in (None, "success"):
             raise FailedDownload(f"{key}: status {meta.get('status')!r}")
         image = next((sample[ext] for ext in IMAGE_EXTENSIONS if isinstance(sample.get(ext), bytes)), None)
-        video = next((sample[ext] for ext in CAPTION_VIDEO_EXTENSIONS if isinstance(sample.get(ext), bytes)), None)
+        video = next((sample[ext] for ext in VIDEO_FILE_EXTENSIONS if isinstance(sample.get(ext), bytes)), None)
         if image is None and video is None:
-            raise NoImage(f"{key}: no image or video member ({', '.join(IMAGE_EXTENSIONS + CAPTION_VIDEO_EXTENSIONS)})")
+            raise NoImage(f"{key}: no image or video member ({', '.join(IMAGE_EXTENSIONS + VIDEO_FILE_EXTENSIONS)})")
         caption = _caption(sample, meta, self.caption_field)
         if not caption:
             raise NoCaption(f"{key}: no {self.caption_field} caption")
@@ -157,10 +153,10 @@ class RecordCaptionDocuments(CaptionDocuments):
             raise FailedDownload(f"{key}: status {record.get('status')!r}")
         kind, media = "image", _first_payload(record, ("image", *IMAGE_EXTENSIONS))
         if media is None:
-            kind, media = "video", _first_payload(record, ("video", *CAPTION_VIDEO_EXTENSIONS))
+            kind, media = "video", _first_payload(record, ("video", *VIDEO_FILE_EXTENSIONS))
         if media is None:
             raise NoImage(f"{key}: no image or video in the columns image, {', '.join(IMAGE_EXTENSIONS)}, video, "
-                          f"{', '.join(CAPTION_VIDEO_EXTENSIONS)}")
+                          f"{', '.join(VIDEO_FILE_EXTENSIONS)}")
         _refuse_remote(media, key)
         texts = [record.get(f) for f in self.caption_fields]
         caption = next((t.strip() for t in texts if isinstance(t, str) and t.strip()), "")

@@ -32,6 +32,8 @@ MAX_FRAME_PIXELS = 7680 * 4320
 # model keeps at most 600 frames of any video.
 MAX_VIDEO_BYTES = 2 * 1024**3
 VIDEO_EXTENSIONS = ("mp4", "mkv", "webm", "avi", "mov", "m4v", "mpg", "mpeg", "ts", "gif")
+# Extensions that name a video for sure: a .gif is an image unless a record says otherwise
+VIDEO_FILE_EXTENSIONS = tuple(ext for ext in VIDEO_EXTENSIONS if ext != "gif")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,29 @@ class VideoClip:
         first = min(frames, int(self.start * fps))
         last = frames if self.end is None else min(frames, math.ceil(self.end * fps))
         return range(first, last)
+
+
+def clip_bounds(start: Any = None, end: Any = None, fps: Any = None) -> tuple[float, float | None, float | None]:
+    """(start, end, fps) of a clip or frame list, checked once for every reader (prompt sets, chat
+    records, shards): numbers or their text (TSV cells); None, "" or a float column's NaN is not given
+    (start: 0). ValueError unless 0 <= start < end < inf and 0 < fps < inf."""
+    def number(value: Any) -> float | None:
+        if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float) and value != value):
+            return None
+        if isinstance(value, bool):
+            return math.nan
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return math.nan
+
+    first, last, rate = number(start), number(end), number(fps)
+    first = 0.0 if first is None else first
+    if not (0 <= first < math.inf) or (last is not None and not first < last < math.inf) or (
+            rate is not None and not 0 < rate < math.inf):
+        raise ValueError(f"a video part needs 0 <= start < end (seconds) and 0 < fps, finite; got start={start!r} "
+                         f"end={end!r} fps={fps!r}")
+    return first, last, rate
 
 
 def _av() -> Any:

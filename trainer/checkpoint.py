@@ -218,7 +218,8 @@ class Checkpointer:
         _write_json(tmp / f"rank_{self.info.rank}.json", client_state)
         faults.maybe_kill("save", step)
         if self.info.is_main:
-            _write_json(tmp / "trainer_state.json", {**trainer_state, "world_size": self.info.world_size})
+            _write_json(tmp / "trainer_state.json", {**trainer_state, "world_size": self.info.world_size,
+                                                     "optimizer_groups": len(ds.optimizer.param_groups)})
         dist.barrier()
         # Every file is written: the manifest, each rank hashing its share of them.
         files = [list_files(tmp) if self.info.is_main else None]
@@ -256,6 +257,13 @@ class Checkpointer:
                 "To continue with another size, start a new run from its weights: "
                 f"model.init={path / 'hf'} (fresh optimizer), see docs/training.md."
             )
+        saved_groups, groups = trainer_state.get("optimizer_groups"), len(ds.optimizer.param_groups)
+        if saved_groups is not None and saved_groups != groups:
+            raise RuntimeError(
+                f"{path} holds an optimizer of {saved_groups} parameter groups, this run's has {groups}: "
+                "trainer.optim.vision_lr_scale other than 1 gives the vision tower groups of its own. Resume "
+                "with the run's setting (any value other than 1 keeps the groups), or start a new run from "
+                f"its weights: model.init={path / 'hf'} (fresh optimizer).")
         ds.load_checkpoint(
             str(path / "state"), tag="zero", load_optimizer_states=True, load_lr_scheduler_states=False
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -30,7 +31,7 @@ class OptimConfig:
             raise ValueError(f"trainer.optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
             raise ValueError("trainer.optim: need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0")
-        if self.vision_lr_scale <= 0:
+        if not 0 < self.vision_lr_scale < math.inf:
             raise ValueError("trainer.optim.vision_lr_scale must be > 0 (trainer.freeze_vision=true freezes the tower)")
 
 

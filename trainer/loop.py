@@ -172,7 +172,7 @@ class Trainer:
         started = time.perf_counter()
         lr = lr_at(self.step, self.cfg.max_steps, self.cfg.optim)
         plan = stage.plan(self.step)
-        set_lr(self.ds.optimizer, lr)
+        set_lr(self.ds.optimizer, lr, self.cfg.optim.vision_lr_scale)
         results = [self._update(stage, update, last=i == len(plan.updates) - 1)
                    for i, update in enumerate(plan.updates)]
         if not plan.updates:

@@ -20,7 +20,8 @@ def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """`lr` on every group, times the group's `lr_scale` (trainer/zero.py param_groups)."""
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, vision_lr_scale: float = 1.0) -> None:
+    """`lr` on every group; on the vision tower's (marked `vision`, trainer/zero.py param_groups)
+    times `vision_lr_scale`."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        group["lr"] = lr * vision_lr_scale if group.get("vision") else lr

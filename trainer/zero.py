@@ -107,14 +107,16 @@ def apply_freezing(model: torch.nn.Module, cfg: TrainerConfig) -> None:
 
 def param_groups(model: torch.nn.Module, weight_decay: float, vision_lr_scale: float = 1.0) -> list[dict]:
     """No weight decay on biases, norms and other 1-D parameters. With `vision_lr_scale` != 1 the
-    vision tower's parameters get groups of their own whose `lr_scale` `set_lr` applies."""
-    groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
+    vision tower's parameters get groups of their own, marked `vision` (set_lr scales their rate by
+    the config's value, so a resumed run follows its config, not the groups it saved)."""
+    split = vision_lr_scale != 1.0
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:  # under ZeRO-3 init a parameter's real shape is its ds_shape
-            scale = vision_lr_scale if name.startswith(VISUAL) else 1.0
-            groups.setdefault((len(getattr(p, "ds_shape", p.shape)) >= 2, scale), []).append(p)
-    return [{"params": params, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
-            for (decays, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1]))]
+            vision = split and name.startswith(VISUAL)
+            groups.setdefault((len(getattr(p, "ds_shape", p.shape)) >= 2, vision), []).append(p)
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0, **({"vision": True} if vision else {})}
+            for (decays, vision), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
 
 
 def wrap_deepspeed(model: torch.nn.Module, cfg: TrainerConfig, micro_batch_rows: int, grad_accum: int,

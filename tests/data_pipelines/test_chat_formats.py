@@ -359,6 +359,11 @@ def test_folders_of_frames_take_their_rate_from_the_item_or_the_config(tokenizer
     # 8 frames at 2 fps are 4 s: 8 frames at the model's 2 fps, in pairs
     assert int(by_config.videos[0].grid_thw[0]) == 4 and torch.equal(by_config.input_ids, by_item.input_ids)
     assert torch.equal(by_config.videos[0].pixel_values, by_item.videos[0].pixel_values)
+    endless = {**item, "messages": [{"role": "user", "content": [{"type": "video", "video": "frames/v_0001",
+                                                                  "fps": float("inf")}]}, item["messages"][1]]}
+    with pytest.raises(BadSample, match="fps must be a positive number") as err:  # it crashed the cut (NaN to int)
+        plain.document(endless, root=tmp_path)
+    assert err.value.reason == "malformed_chat"
     # a video PyAV cannot read: the skip's message names the record (it said "'<none>'")
     broken = {**item, "messages": [{"role": "user", "content": [{"type": "video", "video": b"\x00not a video"}]},
                                    item["messages"][1]]}

@@ -51,6 +51,9 @@ def test_kinds_of_question_as_public_sets_name_them():
     assert score("multiple choice", respond("B"), "B", options=["x", "y"]).reward == 1.0
     with pytest.raises(UnknownVerifierError):
         resolve_verifier("free-form", RewardConfig())
+    # exact names come first: a mapping for "Math" leaves the registered domain "math" to its verifier
+    assert resolve_verifier("math", RewardConfig(domain_verifiers={"Math": "judge"})) is get_verifier("math")
+    assert resolve_verifier("Math", RewardConfig(domain_verifiers={"Math": "judge"})) is get_verifier("judge")
 
 
 def test_unknown_domain_raises_a_typed_error():

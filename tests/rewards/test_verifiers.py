@@ -353,16 +353,18 @@ def test_chart_tolerance_comes_from_config():
 # Mean relative accuracy (VSI-Bench) ------------------------------------------------------------
 
 def vsi_bench_mra(pred: float, gold: float) -> float:
-    """The paper's definition, written out: the share of θ in {0.50, 0.55, ..., 0.95} with
-    |pred - gold| / gold < 1 - θ (thresholds as exact fractions)."""
+    """VSI-Bench's evaluation code, written out with exact decimals: `abs_dist_norm(pred, target) <=
+    1 - np.linspace(.5, .95, int((.95 - .5) / .05 + 2))`, whose int() of 10.999... gives 10 thresholds."""
     from fractions import Fraction
-    error = Fraction(abs(Fraction(str(pred)) - Fraction(str(gold)))) / abs(Fraction(str(gold)))
-    return sum(error < 1 - Fraction(k, 20) for k in range(10, 20)) / 10
+    assert int((0.95 - 0.5) / 0.05 + 2) == 10
+    error = abs(Fraction(str(pred)) - Fraction(str(gold))) / abs(Fraction(str(gold)))
+    return sum(error <= 1 - Fraction(k, 20) for k in range(10, 20)) / 10
 
 
 @pytest.mark.parametrize("box, gold, expected", [
-    ("21", 22.5, 0.9), ("5", 4, 0.5), ("2.2", "2.3", 1.0), ("14", 10, 0.2), ("16", 10, 0.0),
-    ("15", 10, 0.0), ("95", 100, 0.9), ("105.0", "100", 0.9), ("1,200", 1000, 0.6), ("-2", -2.5, 0.6),
+    ("21", 22.5, 0.9), ("5", 4, 0.6), ("3", 2, 0.1), ("9", 10, 0.9), ("21", 20, 1.0), ("2.2", "2.3", 1.0),
+    ("14", 10, 0.3), ("16", 10, 0.0), ("15", 10, 0.1), ("95", 100, 1.0), ("105.0", "100", 1.0), ("1,200", 1000, 0.7),
+    ("-2", -2.5, 0.7), ("2.2", 2, 0.9),
     ("21 m", 22.5, 0.9), ("21 meters.", "22.5", 0.9), ("21m", 22.5, 0.9), ("0", 0, 1.0), ("0.1", 0, 0.0),
 ])
 def test_mra_is_the_mean_over_thresholds(box, gold, expected):

@@ -216,6 +216,7 @@ def test_tempcompass_options_below_the_question_and_lettered_golds(videos, task,
 
 @pytest.mark.parametrize("row, clip_error", [
     ({"start": "x", "end": 2}, True), ({"start": 3, "end": 2}, True), ({"start": -1, "end": 2}, True),
+    ({"start": 0, "end": float("inf")}, True), ({"start": True, "end": 2}, True),
     ({"start": "0.5", "end": "1.5"}, False),  # TSV cells are text
     ({"start": float("nan"), "end": float("nan")}, False),  # a float column's nulls: the whole video
 ])

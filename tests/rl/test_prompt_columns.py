@@ -683,3 +683,15 @@ def test_one_media_column_per_row_kind(row, columns, media):
     assert {k: out[k] for k in ("images", "videos") if k in out} == media
     if not media:
         assert out["path"] == row["path"]
+
+
+def test_lettered_lines_that_are_not_choices_leave_a_numeric_gold_alone():
+    """Option lines that end a question without a header are its options only when the gold names
+    one: a question about lettered statements or points keeps its number."""
+    statements = {"question": "How many of these are true?\nA. 2 is prime.\nB. 9 is prime.\nC. 7 is prime.", "answer": "2"}
+    points = {"question": "Find the distance between\nA: (0, 0)\nB: (3, 4)", "answer": 5}
+    for row in (statements, points):
+        out = normalize_row(row, 0, PromptLayout(domain="math"))
+        assert out["answer"] == row["answer"] and "options" not in out
+    by_text = normalize_row({**statements, "answer": "9 is prime."}, 0, PromptLayout(domain="multiple_choice"))
+    assert by_text["options"] == {"A": "2 is prime.", "B": "9 is prime.", "C": "7 is prime."}

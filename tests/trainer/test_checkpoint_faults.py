@@ -84,3 +84,25 @@ def test_failed_saves_keep_latest_and_a_damaged_checkpoint_falls_back_exactly(sh
     assert [m["loss"] for m in metrics(run)] == [m["loss"] for m in metrics(reference)]  # bitwise
     assert [m["step"] for m in metrics(run)] == list(range(1, 10))
     assert (ckpts / "latest").read_text() == "step_9" and check_share(ckpts / "step_6") == []
+
+
+def test_a_checkpoint_of_other_optimizer_groups_stops_the_resume_with_the_reason(tmp_path):
+    """trainer.optim.vision_lr_scale other than 1 splits the optimizer's groups: resuming across that
+    change stops before DeepSpeed reads a shard, saying which setting to use (not DeepSpeed's bare
+    group-count error)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from trainer.checkpoint import Checkpointer
+    from trainer.distributed import DistInfo
+
+    step = tmp_path / "checkpoints" / "step_4"
+    step.mkdir(parents=True)
+    (step / "COMPLETE").write_text("ok\n")
+    (step / "trainer_state.json").write_text(json.dumps({"step": 4, "world_size": 1, "optimizer_groups": 2}))
+    ds = SimpleNamespace(optimizer=SimpleNamespace(param_groups=[{}] * 4),
+                         load_checkpoint=lambda *a, **k: pytest.fail("read the shards"))
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="vision_lr_scale"):
+        Checkpointer(tmp_path, info, keep_last=2).load(step, ds)

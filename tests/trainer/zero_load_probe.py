@@ -81,7 +81,7 @@ def vision_lr_step(ds, batch) -> dict:
     model = ds.module.model
     before = full_copies(model)
     ds.train()
-    set_lr(ds.optimizer, 1e-3)
+    set_lr(ds.optimizer, 1e-3, 0.25)
     ds.backward(ds(batch).float().logsumexp(-1).mean())
     ds.step()
     after = full_copies(model)

@@ -89,15 +89,14 @@ def resolve_verifier(domain: str, config: RewardConfig) -> Verifier:
     Video-R1's "numerical" / "regression" are graded by math / mra."""
     canonical = _canonical(domain)
     target = config.domain_verifiers.get(domain)
+    if target is None and (domain in _REGISTRY or ":" in domain):
+        target = domain  # exact names first: a mapping of "Math" does not take the registered "math"
     if target is None:
         target = {_canonical(k): v for k, v in config.domain_verifiers.items()}.get(canonical)
+    if target is None and (kind := PUBLISHED_KINDS.get(canonical, canonical)) in _REGISTRY:
+        target = kind
     if target is None:
-        if domain in _REGISTRY or ":" in domain:
-            target = domain
-        elif (kind := PUBLISHED_KINDS.get(canonical, canonical)) in _REGISTRY:
-            target = kind
-        else:
-            target = config.default_verifier or domain
+        target = config.default_verifier or domain
     return load_verifier(target) if ":" in target else get_verifier(target)
 
 

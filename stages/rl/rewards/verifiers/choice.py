@@ -23,7 +23,7 @@ from ..text import strip_wrappers
 from ..types import GroundTruthError, Verdict
 
 _LETTER_ANSWER = re.compile(
-    r"(?:(?:option|choice|answer|caption)\s*(?:[:：]\s*)?)?[(\[]?([A-Z])[)\]]?(?:\s*[.:：)]\s*|\s+)?(.*)", re.S | re.I,
+    r"(?:(?:option|choice|answer)\s*(?:[:：]\s*)?|caption\s+)?[(\[]?([A-Z])[)\]]?(?:\s*[.:：)]\s*|\s+)?(.*)", re.S | re.I,
 )
 # Each run of spaces has one way to match (no nested optional \s*), so failing inputs stay linear.
 _LETTER_LIST = re.compile(r"[(\[]?[A-Z][)\]]?(?:\s*(?:(?:,|，|;|&|and|or)\s*)?[(\[]?[A-Z][)\]]?)+")

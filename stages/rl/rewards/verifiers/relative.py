@@ -2,9 +2,12 @@
 sizes, counts and durations (Yang et al., "Thinking in Space", 2024), also what Video-R1 evaluates
 its `regression` questions with:
 
-    MRA = 1/10 · Σ_{θ ∈ {0.50, 0.55, ..., 0.95}} 1[ |ŷ − y| / |y| < 1 − θ ]
+    MRA = 1/10 · Σ_{θ ∈ {0.50, 0.55, ..., 0.95}} 1[ |ŷ − y| / |y| ≤ 1 − θ ]
 
-so 21 against 22.5 (6.7% off) scores 0.9 and 5 against 4 scores 0.5. A gold of 0 takes 0 only.
+with `≤` as VSI-Bench's evaluation code compares (its paper writes `<`; the two differ exactly at
+the thresholds, which small integer counts hit: 5 for 4 is 0.6 by the code, 0.5 by the paper), so
+21 against 22.5 (6.7% off) scores 0.9. A gold of 0 takes 0 only. Both numbers are compared as the
+decimals they are written as (2.2 is 11/5, not the float nearest it).
 
 The answer is one number, a unit word after it allowed ("2.5 meters", "3 m"); hedges ("about 3",
 "3 or 4"), several numbers and look-alike digits score 0. Gold: a number, or text that is one
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
 from typing import Any
 
 from ..config import RewardConfig
@@ -23,8 +27,8 @@ from ..text import has_lookalike_digits, hedge_in, strip_wrappers
 from ..types import GroundTruthError, Verdict
 from .chart import as_number
 
-# θ = k / 20 for k = 10..19: the answer passes θ when 20·|ŷ − y| < (20 − k)·|y| (exact for the
-# decimal thresholds, where 1 − 0.95 in floats is 0.04999...)
+# θ = k / 20 for k = 10..19: the answer passes θ when 20·|ŷ − y| ≤ (20 − k)·|y|, in exact fractions
+# (1 − 0.95 in floats is 0.04999..., and 2.2 - 2.0 is 0.20000000000000018)
 _THRESHOLDS = range(10, 20)
 # One number and, after it, at most a unit of letters (and a trailing full stop)
 _ESTIMATE = re.compile(r"^(?P<number>[^\sA-Za-z]+)(?:\s*[A-Za-z][A-Za-z ./]*)?\.?$")
@@ -47,8 +51,9 @@ def gold_value(ground_truth: Any) -> float:
 def mean_relative_accuracy(prediction: float, gold: float) -> float:
     if gold == 0:
         return 1.0 if prediction == 0 else 0.0
-    error, scale = abs(prediction - gold), abs(gold)
-    return sum(20 * error < (20 - k) * scale for k in _THRESHOLDS) / len(_THRESHOLDS)
+    exact = [Fraction(repr(x)) for x in (prediction, gold)]  # the shortest decimal that is the float
+    error, scale = abs(exact[0] - exact[1]), abs(exact[1])
+    return sum(20 * error <= (20 - k) * scale for k in _THRESHOLDS) / len(_THRESHOLDS)
 
 
 @register_verifier("mra")
