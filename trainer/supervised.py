@@ -55,14 +55,19 @@ class PackedBatches:
         if self.batches is None:
             self.batches = iter(self.loader)
         micro = [next(self.batches).to(self.info.device) for _ in range(self.grad_accum)]
+        # images and videos the step trains on (whole rows: the ranks of a sequence-parallel group
+        # read the same rows, so each group counts them once), so a user sees the media arrive
+        media = [sum(len(g) for b in micro if (g := getattr(b, grid)) is not None) / (self.sp.size if self.sp else 1)
+                 for grid in ("image_grid_thw", "video_grid_thw")]
         if self.sp is not None:  # weights and tokens below then count each slice once
             micro = [shard_batch(b, self.sp) for b in micro]
         local = torch.tensor([float(sum(b.label_weights.sum() for b in micro)),
-                              float(sum(b.num_tokens for b in micro))], device=self.info.device)
-        weight_total, tokens = all_reduce_sum(local).tolist()
+                              float(sum(b.num_tokens for b in micro)), *media], device=self.info.device)
+        weight_total, tokens, images, videos = all_reduce_sum(local).tolist()
         self.progress["tokens"] += int(tokens)
         return StepPlan([Update(micro, weight_total)], int(tokens),
-                        {"tokens": self.progress["tokens"], "packing_efficiency": tokens / self.slots_per_step})
+                        {"tokens": self.progress["tokens"], "packing_efficiency": tokens / self.slots_per_step,
+                         "images/train": round(images), "videos/train": round(videos)})
 
     def loss(self, ds, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         weighted, _ = weighted_loss_sum(ds, batch)

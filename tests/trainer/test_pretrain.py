@@ -40,8 +40,9 @@ def test_two_rank_run_trains_logs_and_saves_loadable_checkpoints(two_rank_run):
     assert [m["step"] for m in lines] == list(range(1, 31))
     losses = [m["loss"] for m in lines]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0  # the loss falls
-    for key in ("lr", "grad_norm", "tokens", "tokens_per_s", "packing_efficiency", "skipped"):
+    for key in ("lr", "grad_norm", "tokens", "tokens_per_s", "packing_efficiency", "skipped", "videos/train"):
         assert key in lines[-1]
+    assert sum(m["images/train"] for m in lines) > 0  # the images that reached the update, every step's
     tokens = [m["tokens"] for m in lines]
     assert tokens == sorted(tokens) and tokens[0] > 0.9 * 4 * 512  # 4 rows of 512 per step, ~full
     ckpts = two_rank_run / "checkpoints"

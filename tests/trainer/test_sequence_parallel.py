@@ -70,6 +70,8 @@ def test_sp2_equals_sp1_and_resumes_exactly(shards, tmp_path):
     assert [m["tokens"] for m in after] == [m["tokens"] for m in reference]
     assert [m["documents"] for m in after] == [m["documents"] for m in reference]  # counted once per group
     assert [m["packing_efficiency"] for m in after] == [m["packing_efficiency"] for m in reference]
+    assert [m["images/train"] for m in after] == [m["images/train"] for m in reference]  # once per group too
+    assert sum(m["images/train"] for m in reference) > 0
     for a, b in zip(after, reference):
         assert abs(a["loss"] - b["loss"]) <= 1e-4, (a["step"], a["loss"], b["loss"])
     assert reference[-1]["loss"] < reference[0]["loss"] - 1.0  # it trains
