@@ -33,12 +33,14 @@ from typing import Any, NamedTuple
 
 from .answer_format import ANSWER_CLOSE, ANSWER_OPEN, BOX_CLOSE, BOX_OPEN, THINK_CLOSE, THINK_OPEN, tagged_answer
 from .processor import BadSample
-from .prompt_columns import media_by_kind, options_block
+from .prompt_columns import MEDIA_KIND_COLUMN, media_by_kind, options_block
 
 CHAT_FORMATS = ("auto", "ponder", "sharegpt", "llava", "openai", "cauldron", "columns")
 # The `columns` layout: the question column, then (thinking columns, response columns) of one
 # source each, the first source whose response holds text (s1K-1.1's DeepSeek before its Gemini)
 PROMPT_COLUMNS = ("question", "problem", "prompt")
+
+
 class ResponseSource(NamedTuple):
     thinking: tuple[str, ...]
     response: tuple[str, ...]
@@ -159,7 +161,10 @@ def to_ponder(record: dict, fmt: str = "auto", key: str = "record") -> dict:
     if not isinstance(turns, list) or not turns:
         raise UnknownChatLayout(f"{key}: no {fmt} turns")
     images, videos = _top_media(record, "image"), _top_media(record, "video")
-    if not images and not videos:  # one column of images and videos, each row's by data_type (Video-R1's path)
+    # One column of images and videos, each row's by data_type (Video-R1's path): for question /
+    # response columns, or a record that says its media's kind; a `path` beside chat turns that
+    # place their own media is metadata, not one more image
+    if not images and not videos and (fmt == "columns" or MEDIA_KIND_COLUMN in record):
         by_kind = media_by_kind(dict(record), None)
         images, videos = by_kind.get("images", []), by_kind.get("videos", [])
     media = _Media(images, videos, key)

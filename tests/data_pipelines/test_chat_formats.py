@@ -332,6 +332,10 @@ def test_video_r1_cot_trains_its_thinking_and_its_gold_in_the_box(chat, tmp_path
     assert text(image, True).endswith("<answer><|begin_of_box|>12.5<|end_of_box|></answer><|endoftext|>")
     # MATH's problem and worked solution, without a thinking column, is still a prompt record
     assert detect({"problem": "1+1?", "solution": "It is \\boxed{2}."}) == "ponder"
+    # beside turns that place their own image, a `path` is metadata, not a second image
+    placed = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "a.png"}}]},
+                           {"role": "assistant", "content": "x"}], "path": "meta/b.jpg"}
+    assert to_ponder(placed)["messages"][0]["content"] == [{"type": "image", "image": "a.png"}]
 
 
 def test_folders_of_frames_take_their_rate_from_the_item_or_the_config(tokenizer, tmp_path):

@@ -1,6 +1,6 @@
 """Numerical estimates graded by mean relative accuracy (MRA), VSI-Bench's metric for distances,
-sizes, counts and durations (Yang et al., "Thinking in Space", 2024), also what Video-R1 evaluates
-its `regression` questions with:
+sizes, counts and durations (Yang et al., "Thinking in Space", 2024); Video-R1's `regression`
+questions are graded by it here:
 
     MRA = 1/10 · Σ_{θ ∈ {0.50, 0.55, ..., 0.95}} 1[ |ŷ − y| / |y| ≤ 1 − θ ]
 
