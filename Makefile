@@ -23,7 +23,7 @@ setup:
 	# torch first and pinned, so nothing below can pull another build.
 	$(BIN)/pip install -q $(TORCH) || $(MISSING_WHEEL)
 	$(BIN)/pip install -q $(TORCH) $(VLLM) $(DEEPSPEED) "transformers>=5.17,<5.20" accelerate datasets \
-		webdataset wandb hydra-core hydra-submitit-launcher math-verify pillow safetensors tokenizers \
+		webdataset wandb hydra-core hydra-submitit-launcher math-verify rouge-score pillow safetensors tokenizers \
 		matplotlib pytest pytest-xdist==3.8.0 "av>=14,<20" || $(MISSING_WHEEL)
 	# CUDA-linked wheels break `import Glm4vForConditionalGeneration` on CPU torch.
 	$(if $(HAS_GPU),,$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true)

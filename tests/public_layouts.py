@@ -694,6 +694,9 @@ def _write_video_rl_sets(root: Path, clip, text) -> dict[str, Path]:
          "options": [], "solution": "<answer>STOP HERE</answer>", "path": "./Multimodal-Open-R1/images/geo_1.png", **common},
         {"problem_id": 5, "problem": "How far does the ball roll, in metres?", "data_type": "video",
          "problem_type": "regression", "options": [], "solution": "<answer>2.4</answer>",
+         "path": "./LLaVA-Video-178K/videos/ytb_7nRmsEw7nsE.mp4", **common},
+        {"problem_id": 6, "problem": "What happens in the video?", "data_type": "video", "problem_type": "free-form",
+         "options": [], "solution": "<answer>The screen turns from red to blue.</answer>",
          "path": "./LLaVA-Video-178K/videos/ytb_7nRmsEw7nsE.mp4", **common}]))
     vsi = root / "VSI-Bench"
     clip(vsi / "arkitscenes" / "41069025.mp4", ["white", "grey"])

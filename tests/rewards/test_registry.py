@@ -49,8 +49,9 @@ def test_kinds_of_question_as_public_sets_name_them():
                      "numerical": get_verifier("math"), "regression": get_verifier("mra"),
                      "Free-Form": get_verifier("vqa"), "Math": get_verifier("math")}
     assert score("multiple choice", respond("B"), "B", options=["x", "y"]).reward == 1.0
+    assert resolve_verifier("free-form", RewardConfig()) is get_verifier("rouge")  # Video-R1's reward for it
     with pytest.raises(UnknownVerifierError):
-        resolve_verifier("free-form", RewardConfig())
+        resolve_verifier("essay", RewardConfig())
     # exact names come first: a mapping for "Math" leaves the registered domain "math" to its verifier
     assert resolve_verifier("math", RewardConfig(domain_verifiers={"Math": "judge"})) is get_verifier("math")
     assert resolve_verifier("Math", RewardConfig(domain_verifiers={"Math": "judge"})) is get_verifier("judge")

@@ -389,6 +389,25 @@ def test_mra_gold_must_be_a_number():
     assert score("mra", respond("3"), True).reason.startswith("bad_ground_truth")
 
 
+# ROUGE (Video-R1's free-form reward) -------------------------------------------------------------
+
+def test_rouge_is_the_mean_of_rouge1_rouge2_rougel_f_with_stemming():
+    """Against the package Video-R1 calls, and hand-counted on one pair: gold "the dog jumps over
+    the fence", answer "the dogs jumped over a fence": stems the dog jump over the fenc / the dog
+    jump over a fenc; unigrams 5 of 6 on each side (F 5/6), bigrams 3 of 5 (F 3/5), LCS 5 (F 5/6)."""
+    from rouge_score import rouge_scorer
+
+    gold, answer = "The dog jumps over the fence.", "the dogs jumped over a fence"
+    assert reward("rouge", answer, gold) == pytest.approx((5 / 6 + 3 / 5 + 5 / 6) / 3)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    for pair in [(gold, answer), ("A red ball rolls left.", "a ball"), ("Two cats sleep.", "Two cats sleep")]:
+        scores = scorer.score(*pair)
+        assert reward("rouge", pair[1], pair[0]) == pytest.approx(sum(s.fmeasure for s in scores.values()) / 3)
+    assert reward("rouge", "Two cats sleep", "Two cats sleep.") == 1.0
+    assert reward("rouge", "nothing alike", "Two cats sleep.") == 0.0
+    assert score("rouge", respond("x"), "").reason.startswith("bad_ground_truth")
+
+
 # Grounding ---------------------------------------------------------------------------------------
 
 def test_iou_values():

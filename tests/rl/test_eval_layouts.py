@@ -162,20 +162,21 @@ def test_nextqa_numbered_option_columns_and_a_video_stem(videos, renderer):
 
 def test_video_r1_mixed_image_and_video_rows_kinds_of_question_and_tagged_golds(videos, renderer):
     """Video-R1's one file: `path` is an image or a video by `data_type`; `problem_type` names the
-    verifier as Video-R1 does ("multiple choice", "OCR", "numerical", "regression"); every gold is in
+    verifier as Video-R1 does ("multiple choice", "OCR", "numerical", "regression", "free-form"); every gold is in
     <answer> tags, whatever its verifier. Before, the media were dropped without a word, and OCR and
     regression golds kept their tags: right answers scored 0.35 and 0."""
     path = videos["video_r1"]
     layout = PromptLayout(columns=PromptColumns(domain="problem_type"), options_in_prompt=True)
     records, skipped = load_gradable_prompts(path, layout, RewardConfig())
-    assert not skipped and [(len(r.images), len(r.videos)) for r in records] == [(0, 1), (1, 0), (1, 0), (0, 1)]
-    assert [r.answer for r in records] == ["B", "12.5", "STOP HERE", "2.4"]
-    choice, area, sign, distance = records
+    assert not skipped and [(len(r.images), len(r.videos)) for r in records] == [(0, 1), (1, 0), (1, 0), (0, 1), (0, 1)]
+    assert [r.answer for r in records] == ["B", "12.5", "STOP HERE", "2.4", "The screen turns from red to blue."]
+    choice, area, sign, distance, story = records
     assert question(choice).endswith("\nA. Blue\nB. Red\nC. Green")
     assert [grade(choice, a) for a in ("B", "Red", "A")] == [1.0, 1.0, 0.0]
     assert [grade(area, a) for a in ("12.5", "25/2", "12")] == [1.0, 1.0, 0.0]
     assert grade(sign, "STOP HERE") == 1.0 and grade(sign, "GO") < 0.2  # OCR: 1 - normalised edit distance
     assert [grade(distance, a) for a in ("2.4", "2.2 m", "4")] == [1.0, 0.9, 0.0]  # mean relative accuracy
+    assert grade(story, "The screen turns from red to blue") == 1.0 and 0 < grade(story, "it turns blue") < 0.6  # ROUGE
     for record in records:
         assert spans(encode_prompt_record(record, renderer, image_root=path.parent)) == (
             ["video"] if record.videos else ["image"])

@@ -21,7 +21,7 @@ Verifier = Callable[..., Any]
 _REGISTRY: dict[str, Verifier] = {}
 # Kinds of question as public sets name them (Video-R1's `problem_type`) -> the verifier that grades
 # them; other names are read as a verifier's after case, spaces and hyphens ("multiple choice", "OCR")
-PUBLISHED_KINDS = {"numerical": "math", "regression": "mra"}
+PUBLISHED_KINDS = {"numerical": "math", "regression": "mra", "free_form": "rouge"}
 
 
 def _instantiate(obj: Any, origin: str) -> Verifier:
@@ -86,7 +86,7 @@ def resolve_verifier(domain: str, config: RewardConfig) -> Verifier:
     an import path), else the domain itself when it names a verifier (or is an import path), else
     config.default_verifier. A domain is also found as its canonical name (lower case, "_" for spaces
     and hyphens: Video-R1's "multiple choice", "OCR"), in the mapping and among the verifiers, and
-    Video-R1's "numerical" / "regression" are graded by math / mra."""
+    Video-R1's "numerical" / "regression" / "free-form" are graded by math / mra / rouge."""
     canonical = _canonical(domain)
     target = config.domain_verifiers.get(domain)
     if target is None and (domain in _REGISTRY or ":" in domain):
