@@ -51,7 +51,7 @@ from .processor import (
     video_token_ids,
 )
 from .tokenizer import SpecialTokens
-from .video import VIDEO_EXTENSIONS, VideoClip, clip_bounds, decode_video
+from .video import VIDEO_EXTENSIONS, VideoClip, clip_bounds, decode_video, frames_in_order
 
 TRAIN_TURNS = ("last", "all")
 ROLES = ("system", "user", "assistant")
@@ -60,7 +60,6 @@ ROLE_MARKERS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assi
 _MARKER_RE = re.compile("|".join(re.escape(m) for m in ROLE_MARKERS.values()))
 _MARKER_ROLE = {m: r for r, m in ROLE_MARKERS.items()}
 DEFAULT_VIDEO_FPS = 2.0
-FRAME_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")  # the frames a folder of frames holds
 
 
 @dataclass
@@ -306,17 +305,11 @@ class ChatRenderer:
             raise MissingVideo(f"{key}: {folder} is a folder of frames: give its frame rate (prompt sets: "
                                "data.frames_fps; chat records: data.chat.frames_fps, or the video item's "
                                "\"fps\": {\"type\": \"video\", \"video\": FOLDER, \"fps\": F})")
-        frames = sorted((p for p in folder.iterdir() if p.suffix[1:].lower() in FRAME_EXTENSIONS
-                         and not p.name.startswith(".")), key=_in_number_order)
+        frames = frames_in_order(folder)
         window = [frames[i] for i in clip.frame_range(len(frames), clip.fps)]
         if not window:
             raise MissingVideo(f"{key}: no frames of {folder} in [{clip.start}, {clip.end}) s")
         return self._video(window, clip.fps, None, key)
-
-
-def _in_number_order(path: Path) -> list:
-    """A sort key that puts frame 2 before frame 10 whether or not the names are zero-padded."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name)]
 
 
 def _under_root(path: str | Path, root: str | Path | None) -> Path:

@@ -6,7 +6,8 @@ image bytes. A video segment is a file (`{"video": "clips/a.mp4"}`, stored as `K
 probed with PyAV: size, frame count, fps) or frames already extracted at a known rate
 (`{"video": ["f/0.jpg", "f/1.jpg", ...], "fps": 2}`, stored as `KEY.vid000.f000.jpg`, ...). A video
 file's segment may name the part of it the document is about, `"start"` / `"end"` in seconds
-(Panda-70M's clips): only that part is decoded, its timestamps from 0.
+(Panda-70M's clips): only that part is decoded, its timestamps from 0. A video path naming a
+folder of frames (ShareGPTVideo) is read as its frames in time order at the segment's `fps`.
 Bad documents are counted by reason and skipped; see docs/data.md for the schema and policy.
 """
 
@@ -101,8 +102,8 @@ def _parse_line(raw: bytes) -> dict[str, Any]:
 def _check_video_segment(doc_id: str, seg: dict[str, Any]) -> None:
     video = seg["video"]
     if isinstance(video, str):  # `start` / `end`: the part of the file the document is about (Panda-70M's clips)
-        try:
-            clip_bounds(seg.get("start"), seg.get("end"))
+        try:  # `fps`: a folder's frame rate
+            clip_bounds(seg.get("start"), seg.get("end"), seg.get("fps"))
         except ValueError as exc:
             raise SkipDocument("malformed_json", f"{doc_id}: {exc}") from exc
         return
@@ -183,8 +184,27 @@ def build_sample(doc: dict[str, Any], image_root: Path) -> dict[str, Any]:
     return sample
 
 
+def _frames_of_folder(seg: dict[str, Any], image_root: Path) -> dict[str, Any]:
+    """A segment whose video names a folder of frames (ShareGPTVideo's layout) as the list of its
+    frames in time order, cut to `start` / `end` at its `fps`; any other segment as it is."""
+    if not isinstance(seg["video"], str):
+        return seg
+    folder = (image_root.resolve() / seg["video"]).resolve()
+    if not folder.is_dir() or not folder.is_relative_to(image_root.resolve()):
+        return seg
+    start, end, fps = clip_bounds(seg.get("start"), seg.get("end"), seg.get("fps"))
+    if fps is None:
+        raise SkipDocument("missing_video", f"{seg['video']} is a folder of frames: give its \"fps\"")
+    frames = video.frames_in_order(folder)
+    window = [frames[i] for i in video.VideoClip(None, start, end).frame_range(len(frames), fps)]
+    if not window:
+        raise SkipDocument("missing_video", f"{seg['video']}: no frames in [{start}, {end}) s")
+    return {"video": [str(p.relative_to(image_root.resolve())) for p in window], "fps": fps}
+
+
 def _video_members(seg: dict[str, Any], stem: str, image_root: Path, sample: dict[str, Any]) -> dict[str, Any]:
     """Add one video's members to `sample`; its segment as the reader expects it."""
+    seg = _frames_of_folder(seg, image_root)
     if isinstance(seg["video"], str):
         data, info, ext = _load_video(image_root, seg["video"])
         sample[f"{stem}.{ext}"] = data

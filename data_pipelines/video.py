@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -52,6 +54,19 @@ class VideoClip:
         first = min(frames, int(self.start * fps))
         last = frames if self.end is None else min(frames, math.ceil(self.end * fps))
         return range(first, last)
+
+
+FRAME_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")  # the frames a folder of frames holds
+
+
+def frames_in_order(folder: Path) -> list[Path]:
+    """A folder's frames in time order: frame 2 before frame 10 whether or not the names are
+    zero-padded; hidden files (macOS' ._1.jpg) left out."""
+    def number_order(path: Path) -> list:
+        return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name)]
+
+    return sorted((p for p in folder.iterdir() if p.suffix[1:].lower() in FRAME_EXTENSIONS
+                   and not p.name.startswith(".")), key=number_order)
 
 
 def clip_bounds(start: Any = None, end: Any = None, fps: Any = None) -> tuple[float, float | None, float | None]:

@@ -196,3 +196,28 @@ def test_a_video_segment_names_the_part_it_is_about(tmp_path, tokenizer):
            "v.mp4": (tmp_path / "long.mp4").read_bytes()}
     with pytest.raises(video_module.BadVideoError, match="0 <= start < end"):  # shards written by hand: counted
         documents(bad)
+
+
+def test_a_folder_of_frames_becomes_its_frames_at_the_segments_rate(tmp_path, tokenizer):
+    """ShareGPTVideo keeps each video as a folder of frames: `{"video": FOLDER, "fps": F}` is its
+    frames in time order (2 before 10), cut by start / end; without `fps` the document is a counted
+    missing_video (it was one for any folder)."""
+    folder = tmp_path / "train_300k" / "v_01"
+    folder.mkdir(parents=True)
+    frames, _ = moving_shape_frames(random.Random(6), 12)
+    for i, frame in enumerate(frames):
+        frame.save(folder / f"c{i + 1}.jpg")  # unpadded: c10.jpg sorts after c9.jpg
+    (folder / "._c1.jpg").write_bytes(b"macOS metadata")
+    listed = [f"train_300k/v_01/c{i + 1}.jpg" for i in range(12)]
+    docs = [{"id": "folder", "segments": [{"video": "train_300k/v_01", "fps": 4}, {"text": "a shape moves"}]},
+            {"id": "listed", "segments": [{"video": listed, "fps": 4}, {"text": "a shape moves"}]},
+            {"id": "part", "segments": [{"video": "train_300k/v_01", "fps": 4, "start": 1, "end": 2}, {"text": "x"}]},
+            {"id": "no_rate", "segments": [{"video": "train_300k/v_01"}]}]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    stats = write_shards(tmp_path / "docs.jsonl", tmp_path, tmp_path / "shards", samples_per_shard=10)
+    assert stats.written == 3 and dict(stats.skipped) == {"missing_video": 1}
+    documents = InterleavedDocuments(tokenizer, VisionProcessor())
+    read = {doc.key: doc for doc in map(documents, wds.WebDataset(str(tmp_path / "shards" / "shard-000000.tar"),
+                                                                  shardshuffle=False))}
+    assert torch.equal(read["folder"].videos[0].pixel_values, read["listed"].videos[0].pixel_values)
+    assert int(read["folder"].videos[0].grid_thw[0]) == 3 and int(read["part"].videos[0].grid_thw[0]) == 1  # 3 s, 1 s
