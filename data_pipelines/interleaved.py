@@ -20,7 +20,7 @@ from .document import Document, DocumentBuilder, Visual
 from .processor import (BadSample, BadVideoError, EmptyImageError, ImageDecodeError, ProcessedVideo, VisionProcessor,
                         image_token_ids, sample_frame_indices, video_token_ids)
 from .tokenizer import SpecialTokens
-from .video import VideoClip, clip_bounds, decode_video
+from .video import VideoClip, clip_bounds, decode_video, frames_fps
 
 
 class MalformedSample(BadSample):
@@ -97,11 +97,7 @@ class InterleavedDocuments:
         fps = segment.get("fps")
         if not isinstance(source, list) or not source or not all(isinstance(f, str) for f in source):
             raise BadVideoError(f"{key}: a video is a file member or a non-empty list of frame members")
-        try:
-            fps = clip_bounds(fps=fps)[2]
-        except ValueError:
-            fps = None
-        if fps is None:
+        if (fps := frames_fps(fps)) is None:
             raise BadVideoError(f"{key}: video frames need a positive fps, got {segment.get('fps')!r}")
         indices = sample_frame_indices(len(source), float(fps), self.processor.cfg)
         frames = [_member(sample, source[i], key) for i in indices]

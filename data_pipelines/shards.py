@@ -29,7 +29,7 @@ from PIL import Image
 
 from .processor import BadSample, image_size
 from . import video
-from .video import VIDEO_EXTENSIONS, clip_bounds, probe_video
+from .video import VIDEO_EXTENSIONS, clip_bounds, frames_fps, probe_video
 
 SCHEMA_VERSION = 1
 INDEX_NAME = "index.json"
@@ -109,19 +109,19 @@ def _check_video_segment(doc_id: str, seg: dict[str, Any]) -> None:
         return
     if not isinstance(video, list) or not video or not all(isinstance(f, str) for f in video):
         raise SkipDocument("malformed_json", f"{doc_id}: video is a path or a non-empty list of frame paths")
-    try:
-        fps = clip_bounds(fps=seg.get("fps"))[2]
-    except ValueError:
-        fps = None
-    if fps is None:
+    if frames_fps(seg.get("fps")) is None:
         raise SkipDocument("bad_video", f"{doc_id}: video frames need a positive fps, got {seg.get('fps')!r}")
 
 
-def _media_path(image_root: Path, rel: str, kind: str) -> Path:
-    root = image_root.resolve()
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root):
+def _under_root(image_root: Path, rel: str, kind: str) -> Path:
+    path = (image_root.resolve() / rel).resolve()
+    if not path.is_relative_to(image_root.resolve()):
         raise SkipDocument(f"bad_{kind}_path", f"{rel} is outside the image root")
+    return path
+
+
+def _media_path(image_root: Path, rel: str, kind: str) -> Path:
+    path = _under_root(image_root, rel, kind)
     if not path.is_file():
         raise SkipDocument(f"missing_{kind}", rel)
     return path
@@ -189,8 +189,8 @@ def _frames_of_folder(seg: dict[str, Any], image_root: Path) -> dict[str, Any]:
     frames in time order, cut to `start` / `end` at its `fps`; any other segment as it is."""
     if not isinstance(seg["video"], str):
         return seg
-    folder = (image_root.resolve() / seg["video"]).resolve()
-    if not folder.is_dir() or not folder.is_relative_to(image_root.resolve()):
+    folder = _under_root(image_root, seg["video"], "video")
+    if not folder.is_dir():
         return seg
     start, end, fps = clip_bounds(seg.get("start"), seg.get("end"), seg.get("fps"))
     if fps is None:

@@ -92,6 +92,15 @@ def clip_bounds(start: Any = None, end: Any = None, fps: Any = None) -> tuple[fl
     return first, last, rate
 
 
+def frames_fps(value: Any) -> float | None:
+    """The frame rate a list or folder of frames needs: `value` as a finite number > 0, None when it
+    is missing or is not one."""
+    try:
+        return clip_bounds(fps=value)[2]
+    except ValueError:
+        return None
+
+
 def _av() -> Any:
     try:
         import av
