@@ -15,7 +15,9 @@ from trainer.logging import log
 
 from .rewards import RewardConfig, check_domains, get_verifier, registered_names, resolve_verifier, score_with
 
-GOLD_CHECK_RECORDS = 32  # golds scored against themselves at load (a misread set shows in its first rows)
+# Golds scored against themselves at load, the first of each domain (a misread layout shows in a
+# domain's first rows; a set sorted by source may start its OCR rows deep into the file)
+GOLD_CHECK_RECORDS = 32
 # Verifiers that grade one final answer: a worked solution given as their gold is read for it
 # (GSM8K's "#### 72", MATH's last box, R1-V's "<answer> 3 </answer>"); OCR, VQA, chart and grounding
 # golds are taken as they are
@@ -31,11 +33,12 @@ def load_gradable_prompts(path: str | Path, layout: PromptLayout, rewards: Rewar
     require_records(path, records, skipped)
     records = records[:limit]
     check_domains((r.domain for r in records), rewards)
-    if problems := ungradable_golds(records[:GOLD_CHECK_RECORDS], rewards):
-        log.warning("%s: %d of the first %d golds cannot be graded by their verifier, even answered by "
-                    "themselves (e.g. %s); their prompts will score 0 whatever the model says. See docs/data.md "
-                    "for the set's layout (data.columns.answer, data.box_units, ...)", path, len(problems),
-                    min(len(records), GOLD_CHECK_RECORDS), problems[0][:300])
+    checked = first_of_each_domain(records, GOLD_CHECK_RECORDS)
+    if problems := ungradable_golds(checked, rewards):
+        log.warning("%s: %d of %d golds checked (the first %d of each domain) cannot be graded by their verifier, "
+                    "even answered by themselves (e.g. %s); their prompts will score 0 whatever the model says. "
+                    "See docs/data.md for the set's layout (data.columns.answer, data.box_units, ...)", path,
+                    len(problems), len(checked), GOLD_CHECK_RECORDS, problems[0][:300])
     if unseen := sum(map(letter_of_unseen_options, records)):
         log.warning("%s: %d of %d prompts are graded against an option letter their question never shows "
                     "(options in columns, not listed); data.options_in_prompt=true lists them under the question",
@@ -66,6 +69,17 @@ def with_final_answers(records: list[PromptRecord], rewards: RewardConfig, skipp
             if final is not None:
                 record = dataclasses.replace(record, answer=final)
         out.append(record)
+    return out
+
+
+def first_of_each_domain(records: list[PromptRecord], n: int) -> list[PromptRecord]:
+    """The first `n` records of each domain, in file order."""
+    seen: Counter = Counter()
+    out = []
+    for record in records:
+        if seen[record.domain] < n:
+            seen[record.domain] += 1
+            out.append(record)
     return out
 
 

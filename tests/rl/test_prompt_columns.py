@@ -3,6 +3,7 @@ MMMU, MATH, verl's parquet), data.columns, and multiple choice -> fill in the bl
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -645,7 +646,8 @@ def test_pixel_boxes_of_vlm_r1_rec_are_scaled_by_their_image(tmp_path, renderer,
     assert "cannot be graded" not in caplog.text
     with caplog.at_level(logging.WARNING, logger="ponder"):
         load_gradable_prompts(tmp_path / "rec.jsonl", PromptLayout(domain="grounding"), RewardConfig())
-    assert "1 of the first 3 golds cannot be graded by their verifier" in caplog.text and "row-2" in caplog.text
+    assert "1 of 3 golds checked (the first 32 of each domain) cannot be graded by their verifier" in caplog.text
+    assert "row-2" in caplog.text
     with pytest.raises(ValueError, match="box_units"):
         PromptLayout(box_units="normalized")
 
@@ -695,3 +697,17 @@ def test_lettered_lines_that_are_not_choices_leave_a_numeric_gold_alone():
         assert out["answer"] == row["answer"] and "options" not in out
     by_text = normalize_row({**statements, "answer": "9 is prime."}, 0, PromptLayout(domain="multiple_choice"))
     assert by_text["options"] == {"A": "2 is prime.", "B": "9 is prime.", "C": "7 is prime."}
+
+
+def test_the_gold_check_reads_every_domain_of_a_set_sorted_by_source(tmp_path, caplog):
+    """A set sorted by source (Video-R1: its OCR rows start deep into the file): a domain whose
+    golds its verifier cannot read is named at load even when 40 readable rows come first."""
+    rows = [{"id": f"count-{i}", "problem": "How many?", "solution": str(i % 5), "domain": "counting"}
+            for i in range(40)]
+    rows += [{"id": f"box-{i}", "problem": "Where?", "solution": [640, 0, 1280, 960], "domain": "grounding"}
+             for i in range(3)]
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level(logging.WARNING, logger="ponder"):
+        records, _ = load_gradable_prompts(tmp_path / "mixed.jsonl", PromptLayout(), RewardConfig())
+    assert len(records) == 43
+    assert "3 of 35 golds checked (the first 32 of each domain)" in caplog.text and "box-0" in caplog.text
