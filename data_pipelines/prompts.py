@@ -36,7 +36,7 @@ from .chat import DEFAULT_VIDEO_FPS, ChatRenderer, media_payload
 from .chat_formats import PLACEHOLDER, PLACEHOLDERS, image_mark_is_video, placeholder_items
 from .processor import BadSample
 from .prompt_columns import PromptLayout, normalize_row, with_unique_ids
-from .records import undecoded_videos
+from .records import is_pattern, pattern_stem, resolve_records, rows_in, undecoded_videos
 from .video import VideoClip, clip_bounds
 from .vlmeval_tsv import read_tsv_rows
 from .document import Document, Visual
@@ -64,6 +64,9 @@ class PromptRecord:
     videos: list[tuple[Any, float | None]] = field(default_factory=list)
     difficulty: float | str | None = None  # human label: pass rate or tier name
     info: dict[str, Any] = field(default_factory=dict)  # extra fields, passed to the verifier
+    # Where its relative media paths resolve unless data.image_root says: the folder of its file
+    # (of a save_to_disk directory: the folder holding it)
+    root: str | None = None
 
     def user_text(self) -> str:
         """The text of every user turn (images and videos left out)."""
@@ -225,43 +228,63 @@ def _placeholder_turns(messages: list[dict], images: int, videos: int) -> list[d
             if isinstance(m.get("content"), str) and PLACEHOLDERS.search(m["content"]) else m for m in messages]
 
 
-def _raw_records(path: Path) -> tuple[list[Any], Counter]:
-    """JSONL lines, VLMEvalKit's TSV rows, or the rows of an HF dataset (a `save_to_disk` directory,
-    .parquet, .json)."""
-    bad = Counter()
+def _raw_records(path: Path) -> tuple[list[Any], list[str], Counter]:
+    """(rows, the folder each row's relative media paths resolve in, skip counts) of JSONL lines,
+    VLMEvalKit's TSV rows, or the rows of an HF dataset: a `save_to_disk` directory, .parquet or
+    .json files, or a downloaded hub folder or glob of them (`data/train-*.parquet`: one split;
+    records.resolve_records refuses a folder holding several)."""
     if path.is_file() and path.suffix == ".tsv":
-        return read_tsv_rows(path), bad
-    if path.is_file() and path.suffix == ".jsonl":
-        rows = []
-        for line in path.read_bytes().splitlines():  # bytes: one line of bad UTF-8 is one skip, not a crash
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # JSONDecodeError and UnicodeDecodeError
-                bad["malformed_json"] += 1
-        return rows, bad
+        rows = read_tsv_rows(path)
+        return rows, [str(path.resolve().parent)] * len(rows), Counter()
+    saved = path.is_dir() and any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json"))
+    fmt, files = ("disk", [path]) if saved else (("jsonl", [path]) if path.is_file() and path.suffix == ".jsonl"
+                                                   else resolve_records(str(path)))
+    if fmt == "jsonl":
+        rows, roots, bad = [], [], Counter()
+        for file in files:
+            before = len(rows)
+            rows += _jsonl_rows(file, bad)
+            roots += [str(file.resolve().parent)] * (len(rows) - before)
+        return rows, roots, bad
     import datasets  # only for HF datasets: it is slow to import
 
-    if path.is_dir():
+    if fmt == "disk":
         dataset = datasets.load_from_disk(str(path))
-    elif path.suffix in (".parquet", ".json"):
-        dataset = datasets.load_dataset(path.suffix[1:], data_files=str(path), split="train")
-    else:
-        raise ValueError(f"prompt data {path}: expected .jsonl, .parquet, .json, .tsv or a save_to_disk directory")
-    if isinstance(dataset, datasets.DatasetDict):
-        raise ValueError(f"prompt data {path} holds several splits ({list(dataset)}); point at one")
-    return list(undecoded_videos(dataset)), bad
+        if isinstance(dataset, datasets.DatasetDict):
+            raise ValueError(f"prompt data {path} holds several splits ({list(dataset)}); point at one")
+        rows = list(undecoded_videos(dataset))
+        return rows, [str(path.resolve().parent)] * len(rows), Counter()
+    rows = list(undecoded_videos(datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")))
+    folders = [str(f.resolve().parent) for f in files]
+    if len(set(folders)) == 1:
+        return rows, folders[:1] * len(rows), Counter()
+    counts = [rows_in(f, fmt) for f in files]  # files in several folders: each row resolves in its own
+    if sum(counts) != len(rows):
+        raise ValueError(f"prompt data {path}: its {fmt} files hold {sum(counts)} rows read one by one and "
+                         f"{len(rows)} read together; point at one folder's files or give data.image_root")
+    return rows, [folder for folder, n in zip(folders, counts) for _ in range(n)], Counter()
+
+
+def _jsonl_rows(path: Path, bad: Counter) -> list[Any]:
+    rows = []
+    for line in path.read_bytes().splitlines():  # bytes: one line of bad UTF-8 is one skip, not a crash
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            bad["malformed_json"] += 1
+    return rows
 
 
 def load_prompt_records(path: str | Path, layout: PromptLayout | None = None) -> tuple[list[PromptRecord], Counter]:
     """All usable records of a prompt file, and counts of the skipped ones by reason. `layout`:
     where the fields are (common HF column names by default) and the multiple-choice conversion."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not is_pattern(str(path)):
         raise FileNotFoundError(f"prompt data not found: {path}")
     layout = layout if layout is not None else PromptLayout()
-    rows, skipped = _raw_records(path)
+    rows, roots, skipped = _raw_records(path)
     unique = with_unique_ids(rows, layout)
     if unique is not layout:
         logging.getLogger(__name__).info("%s: ids read from the column %r (the first id column repeats)",
@@ -278,6 +301,7 @@ def load_prompt_records(path: str | Path, layout: PromptLayout | None = None) ->
             skipped["duplicate_id"] += 1
             continue
         seen.add(record.id)
+        record.root = roots[row]
         records.append(record)
     if skipped.get("duplicate_id"):  # MME pairs a yes and a no question under one question_id
         logging.getLogger(__name__).warning(
@@ -359,13 +383,15 @@ def image_size(source: Any) -> tuple[int, int]:
 
 def encode_prompt_record(record: PromptRecord, renderer: ChatRenderer, image_root: str | Path | None = None,
                          system_prompt: str | None = None, max_tokens: int | None = None) -> EncodedPrompt:
-    """Render the chat template with a generation prompt and process the images. Raises the
+    """Render the chat template with a generation prompt and process the images (relative paths
+    under `image_root`, data.image_root, else the record's own folder). Raises the
     renderer's BadSample (missing or bad image, placeholders that do not match) or
     PromptRecordError (`prompt_too_long`: over `max_tokens`) — the caller counts and skips."""
     messages = record.messages
     if system_prompt and messages[0].get("role") != "system":
         messages = [{"role": "system", "content": system_prompt}, *messages]
-    rendered = renderer.render_prompt(messages, record.images, record.videos, root=image_root, key=record.id)
+    rendered = renderer.render_prompt(messages, record.images, record.videos, root=image_root or record.root,
+                                      key=record.id)
     if max_tokens is not None and len(rendered.document) > max_tokens:
         raise PromptRecordError("prompt_too_long", f"{record.id}: {len(rendered.document)} tokens")
     if record.info.get("box_units") == "pixels" and rendered.images:
@@ -426,10 +452,20 @@ class DifficultyEntry:
 
 
 def sidecar_path(data_path: str | Path) -> Path:
+    """Where a prompt set's grades go: `train.difficulty.jsonl` beside `train.jsonl` (beside
+    `data/train-*.parquet` for a glob), inside a save_to_disk directory, beside any other folder
+    (inside, it would be read as the folder's records)."""
     data_path = Path(data_path)
     if data_path.is_dir():
-        return data_path / "difficulty.jsonl"
-    return data_path.with_name(data_path.name.rsplit(".", 1)[0] + ".difficulty.jsonl")
+        saved = any((data_path / name).exists() for name in ("dataset_info.json", "dataset_dict.json"))
+        return data_path / "difficulty.jsonl" if saved else data_path.with_name(data_path.name + ".difficulty.jsonl")
+    folder, name = data_path.parent, data_path.name
+    if is_pattern(str(data_path)):
+        while is_pattern(str(folder)):  # MMMU/*/validation-*.parquet: MMMU/validation.difficulty.jsonl
+            folder = folder.parent
+        name = pattern_stem(name) or folder.name
+        return (folder if name != folder.name else folder.parent) / f"{name}.difficulty.jsonl"
+    return data_path.with_name(name.rsplit(".", 1)[0] + ".difficulty.jsonl")
 
 
 def read_sidecar(path: str | Path) -> dict[str, DifficultyEntry]:

@@ -48,6 +48,8 @@ def resolve_records(spec: str, fmt: str = "auto") -> tuple[str, list[Path]]:
         files = [Path(p) for p in expand_paths(spec, "records") if os.path.isfile(p)]
     else:
         files = sorted(Path(p) for p in glob.glob(spec) if os.path.isfile(p))
+    if not path.is_file():  # a folder's or a glob's files, less the difficulty sidecars grading writes
+        files = [p for p in files if not p.name.endswith(".difficulty.jsonl")]
     if fmt == "auto":
         fmt = next((f for f in ("jsonl", "parquet", "json") if any(p.suffix == f".{f}" for p in files)), "")
     chosen = files if path.is_file() else [p for p in files if p.suffix == f".{fmt}"]
@@ -58,8 +60,20 @@ def resolve_records(spec: str, fmt: str = "auto") -> tuple[str, list[Path]]:
     return fmt, chosen
 
 
+def is_pattern(spec: str) -> bool:
+    """A glob or brace pattern: resolve_records checks that it names files."""
+    return glob.has_magic(spec) or "{" in spec
+
+
+def pattern_stem(name: str) -> str:
+    """What a pattern's file name starts with: `testmini-*.parquet` -> `testmini` ("" for `*.jsonl`)."""
+    return re.split(r"[*?\[{]", name)[0].rstrip("-_.")
+
+
 SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")
 SPLIT_FILE = re.compile(rf"({'|'.join(SPLIT_NAMES)})(?=[-_.])")  # the hub's data/<split>-*.parquet
+# a shard of a split whose name starts as a split's does: testmini-00000-of-00001.parquet
+HUB_SHARD_FILE = re.compile(rf"((?:{'|'.join(SPLIT_NAMES)})\w*?)-\d{{5}}-of-\d{{5}}\.")
 
 
 def _split_of(directory: Path, file: Path) -> tuple[str, str] | None:
@@ -70,7 +84,7 @@ def _split_of(directory: Path, file: Path) -> tuple[str, str] | None:
     for depth, part in enumerate(rel.parts[:-1]):
         if part in SPLIT_NAMES:
             return part, str(directory.joinpath(*rel.parts[:depth + 1]))
-    m = SPLIT_FILE.match(rel.name)
+    m = HUB_SHARD_FILE.match(rel.name) or SPLIT_FILE.match(rel.name)
     return (m.group(1), f"{file.parent}/{m.group(1)}*{file.suffix}") if m else None
 
 
@@ -161,7 +175,7 @@ class RecordShards:
         if self.fmt == "disk" or len(self.files) == 1:
             return str(self.files[0] if self.fmt == "disk" else self.files[0].parent)
         if self._row_starts is None:
-            counts = [_rows_in(f, self.fmt) for f in self.files]
+            counts = [rows_in(f, self.fmt) for f in self.files]
             if sum(counts) != len(self._hf()):
                 raise ValueError(f"the {self.fmt} files of {self.files[0].parent} hold {sum(counts)} rows read one by "
                                  f"one and {len(self._hf())} read together; give data.image_root")
@@ -194,7 +208,7 @@ class RecordShards:
         return {**self.__dict__, "_dataset": None}
 
 
-def _rows_in(path: Path, fmt: str) -> int:
+def rows_in(path: Path, fmt: str) -> int:
     """Rows of one parquet (its footer: nothing decoded) or JSON file."""
     if fmt == "parquet":
         import pyarrow.parquet as pq

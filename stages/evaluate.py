@@ -33,6 +33,7 @@ from data_pipelines.chat import ChatRenderer
 from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.prompt_columns import PromptLayout
 from data_pipelines.prompts import PromptRecord, encode_records
+from data_pipelines.records import is_pattern, pattern_stem
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from stages.rl.groups import GroupResult, GroupRoller
 from stages.rl.metrics import p95
@@ -54,7 +55,8 @@ MEDIA_SKIPS = {"missing_image", "missing_video", "remote_image", "undecodable_im
 
 Metrics = dict[str, Any]
 HUB_SHARD = re.compile(r"(\w+)-\d{5}-of-\d{5}")  # a hub dataset's parquet file: <split>-00000-of-00001
-PROMPT_FILE_SUFFIXES = (".jsonl", ".parquet", ".json", ".tsv")  # what load_prompt_records reads (or a directory)
+# What load_prompt_records reads (or a directory, a glob of files)
+PROMPT_FILE_SUFFIXES = (".jsonl", ".parquet", ".json", ".tsv")
 
 
 # A wrong data.domain makes one message per distinct gold answer ("gold '5' is not a letter"): keep
@@ -77,7 +79,7 @@ class EvalDataConfig(PromptLayout):
     # Sets with settings of their own, after `paths`: {path, name?, image_root?, max_prompts?, and any
     # layout setting above: domain, columns, options_in_prompt, ...}; what a set leaves out is data.<key>
     sets: list[dict[str, Any]] = field(default_factory=list)
-    image_root: Optional[str] = None  # relative image paths resolve here; default: each set's own directory
+    image_root: Optional[str] = None  # relative image paths resolve here; default: the folder of each record's file
     system_prompt: Optional[str] = None
     max_prompt_tokens: int = 4096  # longer prompts (images expanded) are skipped and counted
     max_prompts: Optional[int] = None  # per set: only the first N usable records (quick looks); None: all
@@ -115,7 +117,7 @@ class EvalRunConfig:
         paths = [s.path for s in prompt_sets(self.data)]  # checks data.sets' keys
         if not paths:
             raise ValueError("data.paths is empty: give one or more prompt sets, e.g. data.paths=[a.jsonl,b.parquet]")
-        missing = [p for p in paths if not Path(p).exists()]
+        missing = [p for p in paths if not Path(p).exists() and not is_pattern(p)]
         if missing:
             raise ValueError(f"data.paths / data.sets: not found: {missing}")
         unknown = [p for p in paths if Path(p).is_file() and Path(p).suffix not in PROMPT_FILE_SUFFIXES]
@@ -262,16 +264,21 @@ def first_questions(records: list[PromptRecord], limit: int | None) -> list[Prom
 
 def set_names(paths: list[str]) -> list[tuple[str, str]]:
     """(name, path) per prompt set: the file's stem or the directory's name (a split of a saved
-    DatasetDict, or a hub parquet shard `<split>-00000-of-00001`: `<dataset folder>_<split>`), made
-    unique with _2, _3, ..."""
+    DatasetDict, a hub parquet shard `<split>-00000-of-00001` or a glob `<split>-*.parquet`:
+    `<dataset folder>_<split>`, the folder above a hub `data/`), made unique with _2, _3, ..."""
     seen: Counter = Counter()
     out = []
     for path in paths:
         p = Path(path)
         base = p.stem if p.is_file() else p.name
         shard = HUB_SHARD.fullmatch(base)
-        if (p.parent / "dataset_dict.json").is_file() or shard:
-            base = f"{p.parent.name}_{shard.group(1) if shard else p.name}"
+        split = shard.group(1) if shard else pattern_stem(p.name) if is_pattern(p.name) else None
+        if (p.parent / "dataset_dict.json").is_file() or split is not None:
+            folder = p.parent
+            while is_pattern(folder.name):  # MMMU/*/validation-*.parquet: MMMU
+                folder = folder.parent
+            folder = folder.parent if folder.name == "data" else folder
+            base = "_".join(filter(None, (folder.name, p.name if split is None else split)))
         seen[base] += 1
         out.append((base if seen[base] == 1 else f"{base}_{seen[base]}", path))
     return out
@@ -367,8 +374,7 @@ class SetEvaluator:
         started = time.perf_counter()
         records, load_skipped = loaded
         name, path = prompt_set.name, prompt_set.path
-        image_root = prompt_set.image_root or str(Path(path).resolve().parent)
-        everyone = gather(self._run_share(set_index, name, records, image_root), self.info)
+        everyone = gather(self._run_share(set_index, name, records, prompt_set.image_root), self.info)
         failed = {slot: reason for _, fails in everyone for slot, reason in fails}
         evaluated = [r for slot, r in enumerate(records) if slot not in failed]
         # records: every row read (bad ones included); evaluated: those rolled out and scored, with
@@ -391,7 +397,7 @@ class SetEvaluator:
         out["time_s"] = time.perf_counter() - started
         return out
 
-    def _run_share(self, set_index: int, name: str, records: list[PromptRecord], image_root: str
+    def _run_share(self, set_index: int, name: str, records: list[PromptRecord], image_root: str | None
                    ) -> tuple[dict[str, list[PromptOutcome]], list[tuple[int, str]]]:
         """This rank's slots (rank, rank + world, ...) encoded, rolled out and scored a chunk at a time:
         (outcomes by decoding, failed (slot, reason)). Seeds depend on (set, slot) only."""
@@ -511,7 +517,7 @@ def nothing_evaluated(results: Metrics) -> str | None:
     empty = {name: r["skipped"] for name, r in results["sets"].items() if not r["evaluated"]}
     if not empty:
         return None
-    hint = (" Images and videos are read relative to data.image_root (default: the set's directory); "
+    hint = (" Images and videos are read relative to data.image_root (default: the folder of each record's file); "
             "data.columns.images / data.columns.videos name their columns, data.image_path / data.video_path "
             "build a path from a row's columns (Video-MME: data.video_path='data/{videoID}.mp4')."
             if any(MEDIA_SKIPS & set(s) for s in empty.values()) else "")

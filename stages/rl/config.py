@@ -22,7 +22,7 @@ class PromptDataConfig(PromptLayout):
     """Prompt records, and (PromptLayout) where their fields are: columns, domain, mc_to_blank."""
 
     path: str = ""  # JSONL or HF dataset of prompt records (docs/rl.md)
-    image_root: Optional[str] = None  # image paths are relative to this; default: the data's directory
+    image_root: Optional[str] = None  # image paths are relative to this; default: each record's file's folder
     difficulty: Optional[str] = None  # offline pass-rate sidecar; default: next to the data
     system_prompt: Optional[str] = None
     max_prompt_tokens: int = 4096  # longer prompts are skipped (counted)
@@ -42,7 +42,7 @@ class RLBatchConfig:
 @dataclass
 class RLEvalConfig:
     path: Optional[str] = None  # held-out prompt records; None: no evaluation
-    image_root: Optional[str] = None  # their image paths are relative to this; default: eval.path's directory
+    image_root: Optional[str] = None  # their image paths are relative to this; default: each record's file's folder
     every: int = 0  # evaluate after every N steps and the last (0: only the last, if path is set)
     samples: int = 1  # responses per prompt
     temperature: float = 0.0  # 0: greedy

@@ -74,7 +74,7 @@ def grade(cfg: GradeConfig, info: DistInfo) -> dict[str, int]:
     tokenizer = load_tokenizer(hf_dir)
     special = SpecialTokens.from_tokenizer(tokenizer)
     renderer = ChatRenderer(tokenizer, VisionProcessor(cfg.processor))
-    image_root = cfg.data.image_root or str(Path(cfg.data.path).resolve().parent)
+    image_root = cfg.data.image_root  # None: each record's own folder
     engine = build_rollout_engine(cfg.rollout, hf_dir, special, cfg.model, info, cfg.rollout.seed)
     roll_out = GroupRoller(engine, Scorer(cfg.rewards), cfg.rollout, tokenizer, special)
     counts: Counter = Counter({f"skipped/{k}": v for k, v in skipped.items()})

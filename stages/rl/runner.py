@@ -24,6 +24,7 @@ import torch
 from data_pipelines.chat import ChatRenderer
 from data_pipelines.processor import VisionProcessor
 from data_pipelines.prompts import EncodedPrompt, PromptRecord, encode_prompt_record, encode_records, sidecar_path
+from data_pipelines.records import is_pattern
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from trainer.checkpoint import resolve_hf_dir
 from trainer.distributed import DistInfo, all_reduce_sum
@@ -58,7 +59,8 @@ class LoadedPrompts:
     def load(cls, cfg: RLConfig) -> LoadedPrompts:
         for key, path, hint in (("data.path", cfg.data.path, ""),
                                 ("eval.path", cfg.eval.path, "; eval.path=null runs no held-out evaluation")):
-            if path and not Path(path).exists():  # name the recipe key (the recipe's default may be the demo's)
+            # name the recipe key (the recipe's default may be the demo's); a glob's files: at load
+            if path and not Path(path).exists() and not is_pattern(path):
                 raise FileNotFoundError(f"{key}={path} not found (relative to {Path.cwd()}){hint}")
         records, skipped = load_gradable_prompts(cfg.data.path, cfg.data, cfg.rewards)
         held_out = (load_gradable_prompts(cfg.eval.path, cfg.data, cfg.rewards, cfg.eval.max_prompts)[0]
@@ -80,10 +82,9 @@ class RLStage:
         self.renderer = ChatRenderer(self.tokenizer, VisionProcessor(cfg.processor))
         self.records, self.eval_records = prompts.records, prompts.eval_records
         self.skipped: Counter = Counter({f"data/{k}": v for k, v in prompts.skipped.items()})
-        self.image_root = cfg.data.image_root or str(Path(cfg.data.path).resolve().parent)
-        # The held-out set's images live next to it, not next to the training prompts.
-        self.eval_image_root = cfg.eval.image_root or (str(Path(cfg.eval.path).resolve().parent) if cfg.eval.path
-                                                       else None)
+        # None: each record's media resolve in its own file's folder (the held-out set's next to it,
+        # not next to the training prompts)
+        self.image_root, self.eval_image_root = cfg.data.image_root, cfg.eval.image_root
         self.sampler = sampler_for(self.records, cfg.curriculum, cfg.data.difficulty or sidecar_path(cfg.data.path),
                                    cfg.trainer.seed, cfg.trainer.max_steps)
         self.evaluate = self._evaluate if self.eval_records else None
@@ -204,8 +205,8 @@ class RLStage:
         if not results:  # an accuracy of 0 over no prompt would read as a policy that learned nothing
             reasons = Counter(reason for _, reason in failed)
             raise ValueError(f"none of the {len(records)} held-out prompts of eval.path={cfg.eval.path} could be "
-                             f"used ({dict(reasons)}); their images are looked up under {self.eval_image_root} "
-                             "(set eval.image_root)")
+                             f"used ({dict(reasons)}); their images are looked up under "
+                             f"{self.eval_image_root or 'the folder of its file'} (set eval.image_root)")
         return {**eval_metrics(results, records, cfg.curriculum.pass_threshold), "eval/prompts": len(results),
                 "eval/prompts_skipped": len(failed)}
 

@@ -146,8 +146,10 @@ def test_set_names_are_stems_made_unique(tmp_path):
     (tmp_path / "geometry3k" / "test").mkdir(parents=True)  # a split of a saved DatasetDict
     (tmp_path / "geometry3k" / "dataset_dict.json").write_text('{"splits": ["test"]}')
     paths = [str(tmp_path / p) for p in ("a/eval.jsonl", "b/eval.jsonl", "c.parquet", "a", "geometry3k/test",
-                                         "videomme/test-00000-of-00001.parquet")]  # a hub parquet shard
-    assert [n for n, _ in set_names(paths)] == ["eval", "eval_2", "c", "a", "geometry3k_test", "videomme_test"]
+                                         "videomme/test-00000-of-00001.parquet",  # a hub parquet shard
+                                         "MathVista/data/testmini-*.parquet", "MMMU/*/validation-*.parquet")]
+    assert [n for n, _ in set_names(paths)] == ["eval", "eval_2", "c", "a", "geometry3k_test", "videomme_test",
+                                                "MathVista_testmini", "MMMU_validation"]
 
 
 def test_sets_with_settings_of_their_own(tmp_path):

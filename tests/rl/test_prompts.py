@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -78,7 +80,7 @@ def test_encoding_expands_images_and_keeps_raw_ids_for_vllm(tokenizer, tmp_path)
 def test_sidecar_append_resume_and_rewrite(tmp_path):
     data = tmp_path / "train.jsonl"
     path = sidecar_path(data)
-    assert path.name == "train.difficulty.jsonl" and sidecar_path(tmp_path) == tmp_path / "difficulty.jsonl"
+    assert path.name == "train.difficulty.jsonl"
     append_sidecar(path, [DifficultyEntry("a", 3, 8, "m1"), DifficultyEntry("b", 0, 8, "m1", human="hard", pass_rate=0.1)])
     append_sidecar(path, [DifficultyEntry("a", 8, 8, "m2")])
     with path.open("a") as f:
@@ -146,3 +148,73 @@ def test_forced_answer_off_leaves_truncated_responses(tokenizer):
     [group] = rollout(engine, [prompt], cfg, sp, seeds=[0])
     assert len(engine.requests) == 1 and all(c.truncated and not c.forced for c in group)
     assert isinstance(engine.requests[0][0][0], GenerationRequest) and engine.requests[0][0][0].n == 2
+
+
+def _hub_folder(root, splits=("train",), shards=2, rows=3):
+    """A dataset as `huggingface-cli download` leaves it: README.md, data/<split>-0000k-of-0000n.parquet."""
+    import datasets
+
+    (root / "data").mkdir(parents=True)
+    (root / "README.md").write_text("---\nconfigs:\n- config_name: default\n---\n")
+    for split in splits:
+        for k in range(shards):
+            rows_k = [{"problem": f"{split} {k}.{i}: 2+{i}?", "answer": str(2 + i)} for i in range(rows)]
+            shard = root / "data" / f"{split}-0000{k}-of-0000{shards}.parquet"
+            datasets.Dataset.from_list(rows_k).to_parquet(str(shard))
+    return root
+
+
+def test_a_downloaded_hub_folder_or_a_glob_of_its_shards_is_one_prompt_set(tmp_path):
+    """ThinkLite-VL, MMK12, R1-Onevision, MathVista's test: the hub publishes parquet shards under
+    data/. Given as published (the folder, or a glob), every shard's rows are read, in order."""
+    from data_pipelines.prompt_columns import PromptLayout
+
+    hub = _hub_folder(tmp_path / "ThinkLite")
+    expected = [f"train {k}.{i}: 2+{i}?" for k in range(2) for i in range(3)]
+    for source in (hub, hub / "data", str(hub / "data" / "train-*.parquet")):
+        records, skipped = load_prompt_records(source, PromptLayout(domain="math"))
+        assert [r.user_text() for r in records] == expected and not skipped
+        assert {r.root for r in records} == {str((hub / "data").resolve())}
+    # grades are written beside the folder or the glob's split, never inside a folder read as records
+    assert sidecar_path(hub) == tmp_path / "ThinkLite.difficulty.jsonl"
+    assert sidecar_path(hub / "data" / "train-*.parquet") == hub / "data" / "train.difficulty.jsonl"
+    write_sidecar(hub / "data" / "train.difficulty.jsonl", {"x": DifficultyEntry("x", 1, 4, "m")})
+    (hub / "data" / "stray.difficulty.jsonl").write_text('{"id": "y", "passes": 0, "samples": 4}\n')
+    assert len(load_prompt_records(hub, PromptLayout(domain="math"))[0]) == 6
+
+
+def test_a_hub_folder_with_several_splits_asks_for_one(tmp_path):
+    from data_pipelines.prompt_columns import PromptLayout
+
+    hub = _hub_folder(tmp_path / "MathVista", splits=("testmini", "test"), shards=1)
+    with pytest.raises(ValueError, match=r"splits test, testmini; point at one, e\.g\. '.*/data/test\*\.parquet'"):
+        load_prompt_records(hub, PromptLayout(domain="math"))
+    records, _ = load_prompt_records(str(hub / "data" / "testmini*.parquet"), PromptLayout(domain="math"))
+    assert [r.user_text()[:10] for r in records] == ["testmini 0"] * 3
+    with pytest.raises(FileNotFoundError, match="no .jsonl, .parquet or .json records"):
+        load_prompt_records(str(hub / "data" / "validation-*.parquet"), PromptLayout(domain="math"))
+
+
+def test_each_file_of_a_glob_over_folders_reads_its_own_images(tmp_path, renderer):
+    """Two folders, each a JSONL beside its own `img.png` (other sizes): a glob over both reads each
+    record's image from its own folder, not the first file's (data.image_root still wins)."""
+    from data_pipelines.prompt_columns import PromptLayout
+
+    for name, size in (("a", (56, 28)), ("b", (28, 84))):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", size, "red").save(tmp_path / name / "img.png")
+        row = {"id": name, "domain": "counting", "question": "How many?", "answer": "1", "images": ["img.png"]}
+        (tmp_path / name / "part.jsonl").write_text(json.dumps(row) + "\n")
+    records, _ = load_prompt_records(str(tmp_path / "*" / "part.jsonl"), PromptLayout())
+    sizes = {r.id: encode_prompt_record(r, renderer).document.images[0].grid_thw.tolist() for r in records}
+    assert sizes["a"] != sizes["b"]
+    assert records[0].id == "a"  # data.image_root wins over the record's folder
+    elsewhere = encode_prompt_record(records[0], renderer, image_root=tmp_path / "b")
+    assert elsewhere.document.images[0].grid_thw.tolist() == sizes["b"]
+    for name in ("a", "b"):  # parquet files in two folders: the same, by each file's row count
+        import datasets
+
+        row = json.loads((tmp_path / name / "part.jsonl").read_text())
+        datasets.Dataset.from_list([row, {**row, "id": name + "2"}]).to_parquet(str(tmp_path / name / "part.parquet"))
+    records, _ = load_prompt_records(str(tmp_path / "*" / "part.parquet"), PromptLayout())
+    assert [(r.id, Path(r.root).name) for r in records] == [("a", "a"), ("a2", "a"), ("b", "b"), ("b2", "b")]
