@@ -85,17 +85,32 @@ def _split_of(directory: Path, file: Path) -> tuple[str, str] | None:
         if part in SPLIT_NAMES:
             return part, str(directory.joinpath(*rel.parts[:depth + 1]))
     m = HUB_SHARD_FILE.match(rel.name) or SPLIT_FILE.match(rel.name)
-    return (m.group(1), f"{file.parent}/{m.group(1)}*{file.suffix}") if m else None
+    if not m:
+        return None
+    separator = rel.name[m.end(1)]  # test-*.parquet, not test*.parquet (which takes testmini's too)
+    return m.group(1), str(file) if separator == "." else f"{file.parent}/{m.group(1)}{separator}*{file.suffix}"
 
 
 def _refuse_mixed_splits(directory: Path, files: list[Path]) -> None:
     """A downloaded hub folder holds every split (data/train-*.parquet beside data/test-*.parquet,
     or train/ beside test/): reading the folder would train on its test rows. Ask for one split."""
-    found = {split_glob[0]: split_glob[1] for f in files if (split_glob := _split_of(directory, f))}
+    found: dict[str, set[str]] = {}
+    for f in files:
+        if split_glob := _split_of(directory, f):
+            found.setdefault(split_glob[0], set()).add(split_glob[1])
     if len(found) > 1:
         split = "train" if "train" in found else sorted(found)[0]
         raise ValueError(f"{directory} holds the splits {', '.join(sorted(found))}; point at one, "
-                         f"e.g. '{found[split]}'")
+                         f"e.g. '{_one_glob(sorted(found[split]))}'")
+
+
+def _one_glob(paths: list[str]) -> str:
+    """One pattern for a split's files in several folders (MMMU's <subject>/validation-*.parquet:
+    MMMU/*/validation-*.parquet): the parts in which they differ become `*`."""
+    parts = [Path(p).parts for p in paths]
+    if len({len(x) for x in parts}) > 1:
+        return paths[0]
+    return str(Path(*(x[0] if len(set(x)) == 1 else "*" for x in zip(*parts))))
 
 
 def undecoded_videos(dataset: Any) -> Any:

@@ -165,9 +165,9 @@ def test_a_hub_folder_of_several_splits_asks_for_one(tmp_path):
     (tmp_path / "hub" / "data").mkdir(parents=True)
     for split in ("train", "test"):
         datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "hub" / "data" / f"{split}-00000-of-00001.parquet"))
-    with pytest.raises(ValueError, match=r"holds the splits test, train; point at one, e\.g\. '.*/data/train\*\.parquet'"):
+    with pytest.raises(ValueError, match=r"holds the splits test, train; point at one, e\.g\. '.*/data/train-\*\.parquet'"):
         resolve_records(str(tmp_path / "hub"))
-    assert RecordShards(str(tmp_path / "hub" / "data" / "train*.parquet"), 4).num_records == 1
+    assert RecordShards(str(tmp_path / "hub" / "data" / "train-*.parquet"), 4).num_records == 1
     for split in ("train", "test"):  # the hub's parquet conversion: a folder per split
         (tmp_path / "converted" / "default" / split).mkdir(parents=True)
         datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "converted" / "default" / split / "0000.parquet"))

@@ -187,10 +187,21 @@ def test_a_hub_folder_with_several_splits_asks_for_one(tmp_path):
     from data_pipelines.prompt_columns import PromptLayout
 
     hub = _hub_folder(tmp_path / "MathVista", splits=("testmini", "test"), shards=1)
-    with pytest.raises(ValueError, match=r"splits test, testmini; point at one, e\.g\. '.*/data/test\*\.parquet'"):
+    with pytest.raises(ValueError, match=r"splits test, testmini; point at one, e\.g\. '.*/data/test-\*\.parquet'") as err:
         load_prompt_records(hub, PromptLayout(domain="math"))
-    records, _ = load_prompt_records(str(hub / "data" / "testmini*.parquet"), PromptLayout(domain="math"))
+    suggested = str(err.value).split("'")[1]
+    records, _ = load_prompt_records(suggested, PromptLayout(domain="math"))  # test's shards, not testmini's
+    assert [r.user_text()[:6] for r in records] == ["test 0"] * 3
+    records, _ = load_prompt_records(str(hub / "data" / "testmini-*.parquet"), PromptLayout(domain="math"))
     assert [r.user_text()[:10] for r in records] == ["testmini 0"] * 3
+    # MMMU: a folder per subject, each with its dev / validation / test shards: one glob over them
+    for subject in ("Art", "Math"):
+        _hub_folder(tmp_path / "MMMU" / subject, splits=("dev", "validation"), shards=1)
+    one_glob = r"splits dev, validation; point at one, e\.g\. '.*/MMMU/\*/data/dev-\*\.parquet'"
+    with pytest.raises(ValueError, match=one_glob) as err:
+        load_prompt_records(tmp_path / "MMMU", PromptLayout(domain="math"))
+    records, _ = load_prompt_records(str(err.value).split("'")[1], PromptLayout(domain="math"))
+    assert len(records) == 6 and all(r.user_text().startswith("dev") for r in records)
     with pytest.raises(FileNotFoundError, match="no .jsonl, .parquet or .json records"):
         load_prompt_records(str(hub / "data" / "validation-*.parquet"), PromptLayout(domain="math"))
 
