@@ -187,7 +187,8 @@ def test_a_hub_folder_with_several_splits_asks_for_one(tmp_path):
     from data_pipelines.prompt_columns import PromptLayout
 
     hub = _hub_folder(tmp_path / "MathVista", splits=("testmini", "test"), shards=1)
-    with pytest.raises(ValueError, match=r"splits test, testmini; point at one, e\.g\. '.*/data/test-\*\.parquet'") as err:
+    test_shards = r"splits test, testmini; point at one, e\.g\. '.*/data/test-\*\.parquet'"
+    with pytest.raises(ValueError, match=test_shards) as err:
         load_prompt_records(hub, PromptLayout(domain="math"))
     suggested = str(err.value).split("'")[1]
     records, _ = load_prompt_records(suggested, PromptLayout(domain="math"))  # test's shards, not testmini's
