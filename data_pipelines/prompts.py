@@ -36,7 +36,7 @@ from .chat import DEFAULT_VIDEO_FPS, ChatRenderer, media_payload
 from .chat_formats import PLACEHOLDER, PLACEHOLDERS, image_mark_is_video, placeholder_items
 from .processor import BadSample
 from .prompt_columns import PromptLayout, normalize_row, with_unique_ids
-from .records import is_pattern, pattern_stem, resolve_records, rows_in, undecoded_videos
+from .records import is_pattern, is_saved_dataset, pattern_stem, resolve_records, rows_in, undecoded_videos
 from .video import VideoClip, clip_bounds
 from .vlmeval_tsv import read_tsv_rows
 from .document import Document, Visual
@@ -233,18 +233,20 @@ def _raw_records(path: Path) -> tuple[list[Any], list[str], Counter]:
     VLMEvalKit's TSV rows, or the rows of an HF dataset: a `save_to_disk` directory, .parquet or
     .json files, or a downloaded hub folder or glob of them (`data/train-*.parquet`: one split;
     records.resolve_records refuses a folder holding several)."""
+    if path.is_file() and path.suffix not in (".jsonl", ".parquet", ".json", ".tsv"):
+        raise ValueError(f"prompt data {path}: expected .jsonl, .parquet, .json, .tsv, a folder of them, a glob "
+                         "or a save_to_disk directory")
     if path.is_file() and path.suffix == ".tsv":
         rows = read_tsv_rows(path)
-        return rows, [str(path.resolve().parent)] * len(rows), Counter()
-    saved = path.is_dir() and any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json"))
-    fmt, files = ("disk", [path]) if saved else (("jsonl", [path]) if path.is_file() and path.suffix == ".jsonl"
-                                                   else resolve_records(str(path)))
+        return rows, [_folder(path)] * len(rows), Counter()
+    fmt, files = ("disk", [path]) if is_saved_dataset(path) else (
+        ("jsonl", [path]) if path.is_file() and path.suffix == ".jsonl" else resolve_records(str(path)))
     if fmt == "jsonl":
         rows, roots, bad = [], [], Counter()
         for file in files:
             before = len(rows)
             rows += _jsonl_rows(file, bad)
-            roots += [str(file.resolve().parent)] * (len(rows) - before)
+            roots += [_folder(file)] * (len(rows) - before)
         return rows, roots, bad
     import datasets  # only for HF datasets: it is slow to import
 
@@ -253,9 +255,14 @@ def _raw_records(path: Path) -> tuple[list[Any], list[str], Counter]:
         if isinstance(dataset, datasets.DatasetDict):
             raise ValueError(f"prompt data {path} holds several splits ({list(dataset)}); point at one")
         rows = list(undecoded_videos(dataset))
-        return rows, [str(path.resolve().parent)] * len(rows), Counter()
-    rows = list(undecoded_videos(datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")))
-    folders = [str(f.resolve().parent) for f in files]
+        return rows, [_folder(path)] * len(rows), Counter()
+    try:
+        rows = list(undecoded_videos(datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")))
+    except datasets.exceptions.DatasetGenerationError as exc:  # files whose columns differ
+        why = str(exc.__cause__ or exc.__context__ or exc).strip().splitlines()[0][:200]
+        raise ValueError(f"prompt data {path}: its {len(files)} {fmt} files could not be read as one table ({why}); "
+                         "point at the files of one layout") from exc
+    folders = [_folder(f) for f in files]
     if len(set(folders)) == 1:
         return rows, folders[:1] * len(rows), Counter()
     counts = [rows_in(f, fmt) for f in files]  # files in several folders: each row resolves in its own
@@ -263,6 +270,12 @@ def _raw_records(path: Path) -> tuple[list[Any], list[str], Counter]:
         raise ValueError(f"prompt data {path}: its {fmt} files hold {sum(counts)} rows read one by one and "
                          f"{len(rows)} read together; point at one folder's files or give data.image_root")
     return rows, [folder for folder, n in zip(folders, counts) for _ in range(n)], Counter()
+
+
+def _folder(path: Path) -> str:
+    """The folder a file's relative media paths resolve in: where the file is named, not where a
+    symlink points (the hub cache's snapshots/<rev>/x.jsonl links to blobs/<sha>)."""
+    return os.path.dirname(os.path.abspath(path))
 
 
 def _jsonl_rows(path: Path, bad: Counter) -> list[Any]:
@@ -281,7 +294,7 @@ def load_prompt_records(path: str | Path, layout: PromptLayout | None = None) ->
     """All usable records of a prompt file, and counts of the skipped ones by reason. `layout`:
     where the fields are (common HF column names by default) and the multiple-choice conversion."""
     path = Path(path)
-    if not path.exists() and not is_pattern(str(path)):
+    if not path.exists() and not is_pattern(path):
         raise FileNotFoundError(f"prompt data not found: {path}")
     layout = layout if layout is not None else PromptLayout()
     rows, roots, skipped = _raw_records(path)
@@ -457,10 +470,10 @@ def sidecar_path(data_path: str | Path) -> Path:
     (inside, it would be read as the folder's records)."""
     data_path = Path(data_path)
     if data_path.is_dir():
-        saved = any((data_path / name).exists() for name in ("dataset_info.json", "dataset_dict.json"))
-        return data_path / "difficulty.jsonl" if saved else data_path.with_name(data_path.name + ".difficulty.jsonl")
-    folder, name = data_path.parent, data_path.name
-    if is_pattern(str(data_path)):
+        return (data_path / "difficulty.jsonl" if is_saved_dataset(data_path)
+                else data_path.with_name(data_path.name + ".difficulty.jsonl"))
+    folder, name = Path(os.path.abspath(data_path.parent)), data_path.name
+    if is_pattern(data_path):
         while is_pattern(str(folder)):  # MMMU/*/validation-*.parquet: MMMU/validation.difficulty.jsonl
             folder = folder.parent
         name = pattern_stem(name) or folder.name

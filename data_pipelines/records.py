@@ -15,6 +15,7 @@ and a list in the next; `.parquet` / `.json` files or directories go through
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ def resolve_records(spec: str, fmt: str = "auto") -> tuple[str, list[Path]]:
     if not spec:
         raise ValueError("no record source given: a .jsonl/.parquet/.json file, a directory or a glob")
     path = Path(spec)
-    saved = path.is_dir() and (path / "dataset_info.json").exists() and (path / "state.json").exists()
+    saved = is_saved_dataset(path)
     if fmt == "disk" or (fmt == "auto" and saved):
         if not saved:
             raise FileNotFoundError(f"{spec!r} is not a datasets.save_to_disk directory")
@@ -55,14 +56,25 @@ def resolve_records(spec: str, fmt: str = "auto") -> tuple[str, list[Path]]:
     chosen = files if path.is_file() else [p for p in files if p.suffix == f".{fmt}"]
     if not fmt or not chosen:
         raise FileNotFoundError(f"no .jsonl, .parquet or .json records found for {spec!r}")
+    if others := [p.name for p in files if p.suffix in (".jsonl", ".parquet", ".json") and p.suffix != f".{fmt}"]:
+        logging.getLogger(__name__).warning("%s: reading its %d .%s files; %d files of other record formats are "
+                                            "not read (e.g. %s): point at one format's files", spec, len(chosen),
+                                            fmt, len(others), others[0])
     if path.is_dir():
         _refuse_mixed_splits(path, chosen)
     return fmt, chosen
 
 
-def is_pattern(spec: str) -> bool:
-    """A glob or brace pattern: resolve_records checks that it names files."""
-    return glob.has_magic(spec) or "{" in spec
+def is_pattern(spec: str | Path) -> bool:
+    """A glob or brace pattern (not a file whose name holds `[` or `{`): resolve_records checks
+    that it names files."""
+    return (glob.has_magic(str(spec)) or "{" in str(spec)) and not os.path.exists(spec)
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A `datasets` save_to_disk directory (a Dataset, or a DatasetDict of splits)."""
+    return path.is_dir() and ((path / "dataset_info.json").exists() and (path / "state.json").exists()
+                              or (path / "dataset_dict.json").exists())
 
 
 def pattern_stem(name: str) -> str:
@@ -73,7 +85,8 @@ def pattern_stem(name: str) -> str:
 SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")
 SPLIT_FILE = re.compile(rf"({'|'.join(SPLIT_NAMES)})(?=[-_.])")  # the hub's data/<split>-*.parquet
 # a shard of a split whose name starts as a split's does: testmini-00000-of-00001.parquet
-HUB_SHARD_FILE = re.compile(rf"((?:{'|'.join(SPLIT_NAMES)})\w*?)-\d{{5}}-of-\d{{5}}\.")
+# (older uploads add a hash: test-00000-of-00002-6b81bd7f7e2065e6.parquet)
+HUB_SHARD_FILE = re.compile(rf"((?:{'|'.join(SPLIT_NAMES)})\w*?)-\d{{5}}-of-\d{{5}}(?:-[0-9a-f]+)?\.")
 
 
 def _split_of(directory: Path, file: Path) -> tuple[str, str] | None:
@@ -99,7 +112,7 @@ def _refuse_mixed_splits(directory: Path, files: list[Path]) -> None:
         if split_glob := _split_of(directory, f):
             found.setdefault(split_glob[0], set()).add(split_glob[1])
     if len(found) > 1:
-        split = "train" if "train" in found else sorted(found)[0]
+        split = next((name for name in ("train", "validation", "test") if name in found), sorted(found)[0])
         raise ValueError(f"{directory} holds the splits {', '.join(sorted(found))}; point at one, "
                          f"e.g. '{_one_glob(sorted(found[split]))}'")
 

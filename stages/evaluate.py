@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import time
 from collections import Counter, defaultdict
@@ -54,7 +55,7 @@ MEDIA_SKIPS = {"missing_image", "missing_video", "remote_image", "undecodable_im
                "image_count_mismatch"}
 
 Metrics = dict[str, Any]
-HUB_SHARD = re.compile(r"(\w+)-\d{5}-of-\d{5}")  # a hub dataset's parquet file: <split>-00000-of-00001
+HUB_SHARD = re.compile(r"(\w+)-\d{5}-of-\d{5}(?:-[0-9a-f]+)?")  # a hub parquet file: <split>-00000-of-00001[-hash]
 # What load_prompt_records reads (or a directory, a glob of files)
 PROMPT_FILE_SUFFIXES = (".jsonl", ".parquet", ".json", ".tsv")
 
@@ -272,13 +273,13 @@ def set_names(paths: list[str]) -> list[tuple[str, str]]:
         p = Path(path)
         base = p.stem if p.is_file() else p.name
         shard = HUB_SHARD.fullmatch(base)
-        split = shard.group(1) if shard else pattern_stem(p.name) if is_pattern(p.name) else None
+        split = shard.group(1) if shard else pattern_stem(p.name) if is_pattern(p) else None
         if (p.parent / "dataset_dict.json").is_file() or split is not None:
             folder = p.parent
-            while is_pattern(folder.name):  # MMMU/*/validation-*.parquet: MMMU
+            while is_pattern(folder):  # MMMU/*/validation-*.parquet: MMMU
                 folder = folder.parent
             folder = folder.parent if folder.name == "data" else folder
-            base = "_".join(filter(None, (folder.name, p.name if split is None else split)))
+            base = "_".join(filter(None, (Path(os.path.abspath(folder)).name, p.name if split is None else split)))
         seen[base] += 1
         out.append((base if seen[base] == 1 else f"{base}_{seen[base]}", path))
     return out

@@ -187,6 +187,8 @@ def test_a_hub_folder_with_several_splits_asks_for_one(tmp_path):
     from data_pipelines.prompt_columns import PromptLayout
 
     hub = _hub_folder(tmp_path / "MathVista", splits=("testmini", "test"), shards=1)
+    for shard in (hub / "data").iterdir():  # older uploads' names end in a hash
+        shard.rename(shard.with_name(shard.stem + "-6b81bd7f7e2065e6.parquet"))
     test_shards = r"splits test, testmini; point at one, e\.g\. '.*/data/test-\*\.parquet'"
     with pytest.raises(ValueError, match=test_shards) as err:
         load_prompt_records(hub, PromptLayout(domain="math"))
@@ -198,11 +200,11 @@ def test_a_hub_folder_with_several_splits_asks_for_one(tmp_path):
     # MMMU: a folder per subject, each with its dev / validation / test shards: one glob over them
     for subject in ("Art", "Math"):
         _hub_folder(tmp_path / "MMMU" / subject, splits=("dev", "validation"), shards=1)
-    one_glob = r"splits dev, validation; point at one, e\.g\. '.*/MMMU/\*/data/dev-\*\.parquet'"
+    one_glob = r"splits dev, validation; point at one, e\.g\. '.*/MMMU/\*/data/validation-\*\.parquet'"
     with pytest.raises(ValueError, match=one_glob) as err:
         load_prompt_records(tmp_path / "MMMU", PromptLayout(domain="math"))
     records, _ = load_prompt_records(str(err.value).split("'")[1], PromptLayout(domain="math"))
-    assert len(records) == 6 and all(r.user_text().startswith("dev") for r in records)
+    assert len(records) == 6 and all(r.user_text().startswith("validation") for r in records)
     with pytest.raises(FileNotFoundError, match="no .jsonl, .parquet or .json records"):
         load_prompt_records(str(hub / "data" / "validation-*.parquet"), PromptLayout(domain="math"))
 
@@ -230,3 +232,26 @@ def test_each_file_of_a_glob_over_folders_reads_its_own_images(tmp_path, rendere
         datasets.Dataset.from_list([row, {**row, "id": name + "2"}]).to_parquet(str(tmp_path / name / "part.parquet"))
     records, _ = load_prompt_records(str(tmp_path / "*" / "part.parquet"), PromptLayout())
     assert [(r.id, Path(r.root).name) for r in records] == [("a", "a"), ("a2", "a"), ("b", "b"), ("b2", "b")]
+
+
+def test_files_in_the_hub_cache_read_their_media_where_they_are_named(tmp_path):
+    """The hub cache's snapshots/<rev>/train.jsonl is a symlink to blobs/<sha>: relative media
+    resolve beside the name (where images/ is), for the file, its folder and a glob alike. A file
+    whose name holds brackets is a file, not a pattern; a file of another format is refused."""
+    import os
+
+    from data_pipelines.prompt_columns import PromptLayout
+
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "snap" / "images").mkdir(parents=True)
+    row = {"id": "a", "domain": "counting", "question": "How many?", "answer": "1", "images": ["images/a.png"]}
+    (tmp_path / "blobs" / "abc").write_text(json.dumps(row) + "\n")
+    os.symlink("../blobs/abc", tmp_path / "snap" / "train.jsonl")
+    for source in (tmp_path / "snap" / "train.jsonl", tmp_path / "snap", str(tmp_path / "snap" / "*.jsonl")):
+        assert load_prompt_records(source, PromptLayout())[0][0].root == str(tmp_path / "snap")
+    (tmp_path / "set[1].jsonl").write_text(json.dumps(row) + "\n")
+    assert len(load_prompt_records(tmp_path / "set[1].jsonl", PromptLayout())[0]) == 1
+    assert sidecar_path(tmp_path / "set[1].jsonl") == tmp_path / "set[1].difficulty.jsonl"
+    (tmp_path / "set.csv").write_text("id,question\n")
+    with pytest.raises(ValueError, match=r"expected \.jsonl, \.parquet, \.json, \.tsv"):
+        load_prompt_records(tmp_path / "set.csv", PromptLayout())
