@@ -179,3 +179,15 @@ def test_a_hub_folder_of_several_splits_asks_for_one(tmp_path):
     (tmp_path / "llava" / "b.json").write_text(json.dumps([{"id": "2", "model": "x", "conversations": []}]))
     with pytest.raises(ValueError, match="could not be read as one table"):
         RecordShards(str(tmp_path / "llava"), 4)
+
+
+def test_a_saved_datasetdict_is_read_by_its_train_split(tmp_path):
+    """docs/data.md: a save_to_disk DatasetDict is read by its `train` split (its folder holds
+    dataset_dict.json and one folder per split, whose .json metadata are no records)."""
+    import datasets
+
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": s}]} for s in "ab"]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows[:1])}
+                         ).save_to_disk(str(tmp_path / "dd"))
+    assert resolve_records(str(tmp_path / "dd")) == ("disk", [tmp_path / "dd"])
+    assert RecordShards(str(tmp_path / "dd"), 4).num_records == 2
