@@ -36,7 +36,7 @@ from .chat import DEFAULT_VIDEO_FPS, ChatRenderer, media_payload
 from .chat_formats import PLACEHOLDER, PLACEHOLDERS, image_mark_is_video, placeholder_items
 from .processor import BadSample
 from .prompt_columns import PromptLayout, normalize_row, with_unique_ids
-from .records import is_pattern, is_saved_dataset, pattern_stem, resolve_records, rows_in, undecoded_videos
+from .records import is_pattern, is_saved_dataset, load_table, pattern_stem, resolve_records, rows_in, undecoded_videos
 from .video import VideoClip, clip_bounds
 from .vlmeval_tsv import read_tsv_rows
 from .document import Document, Visual
@@ -239,8 +239,7 @@ def _raw_records(path: Path) -> tuple[list[Any], list[str], Counter]:
     if path.is_file() and path.suffix == ".tsv":
         rows = read_tsv_rows(path)
         return rows, [_folder(path)] * len(rows), Counter()
-    fmt, files = ("disk", [path]) if is_saved_dataset(path) else (
-        ("jsonl", [path]) if path.is_file() and path.suffix == ".jsonl" else resolve_records(str(path)))
+    fmt, files = resolve_records(str(path))
     if fmt == "jsonl":
         rows, roots, bad = [], [], Counter()
         for file in files:
@@ -248,20 +247,15 @@ def _raw_records(path: Path) -> tuple[list[Any], list[str], Counter]:
             rows += _jsonl_rows(file, bad)
             roots += [_folder(file)] * (len(rows) - before)
         return rows, roots, bad
-    import datasets  # only for HF datasets: it is slow to import
-
     if fmt == "disk":
+        import datasets  # only for HF datasets: it is slow to import
+
         dataset = datasets.load_from_disk(str(path))
         if isinstance(dataset, datasets.DatasetDict):
             raise ValueError(f"prompt data {path} holds several splits ({list(dataset)}); point at one")
         rows = list(undecoded_videos(dataset))
         return rows, [_folder(path)] * len(rows), Counter()
-    try:
-        rows = list(undecoded_videos(datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")))
-    except datasets.exceptions.DatasetGenerationError as exc:  # files whose columns differ
-        why = str(exc.__cause__ or exc.__context__ or exc).strip().splitlines()[0][:200]
-        raise ValueError(f"prompt data {path}: its {len(files)} {fmt} files could not be read as one table ({why}); "
-                         "point at the files of one layout") from exc
+    rows = list(undecoded_videos(load_table(fmt, files)))
     folders = [_folder(f) for f in files]
     if len(set(folders)) == 1:
         return rows, folders[:1] * len(rows), Counter()

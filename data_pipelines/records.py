@@ -221,19 +221,26 @@ class RecordShards:
                         raise ValueError(f"{self.files[0]} holds splits {list(loaded)}, none named train")
                     loaded = loaded["train"]
             else:
-                try:
-                    loaded = datasets.load_dataset(self.fmt, data_files=[str(f) for f in self.files], split="train")
-                except datasets.exceptions.DatasetGenerationError as exc:  # files whose columns differ
-                    why = str(exc.__cause__ or exc.__context__ or exc).strip().splitlines()[0][:200]
-                    raise ValueError(f"the {len(self.files)} {self.fmt} files under {self.files[0].parent} could not be "
-                                     f"read as one table ({why}); point at the files of one layout (a file or a "
-                                     "glob)") from exc
+                loaded = load_table(self.fmt, self.files)
             self._dataset = undecoded_videos(loaded)
         return self._dataset
 
     def __getstate__(self) -> dict:
         # Workers reopen the dataset themselves (it is memory-mapped; cheap to reopen).
         return {**self.__dict__, "_dataset": None}
+
+
+def load_table(fmt: str, files: list[Path]) -> Any:
+    """Parquet or JSON files as one `datasets` table; files whose columns differ (LLaVA-Instruct's
+    several .json) stop here, saying what to point at, not deep inside `datasets`."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")
+    except datasets.exceptions.DatasetGenerationError as exc:
+        why = str(exc.__cause__ or exc.__context__ or exc).strip().splitlines()[0][:200]
+        raise ValueError(f"the {len(files)} {fmt} files under {files[0].parent} could not be read as one table "
+                         f"({why}); point at the files of one layout (a file or a glob)") from exc
 
 
 def rows_in(path: Path, fmt: str) -> int:
