@@ -152,7 +152,8 @@ def parse_record(raw: dict[str, Any]) -> PromptRecord:
         raise PromptRecordError("missing_domain", f"{rid}: no domain (set data.domain for rows without one)")
     if not isinstance(domain, str) or not domain:
         raise PromptRecordError("malformed_record", f"{rid}: domain must be a non-empty string")
-    if raw.get("answer") is None:
+    answer = raw.get("answer")
+    if answer is None or isinstance(answer, str) and not answer.strip():  # MathVista's test: golds withheld as ""
         raise PromptRecordError("missing_answer", f"{rid}: no answer")
     images = raw.get("images") or []
     if not isinstance(images, list):

@@ -189,14 +189,19 @@ def test_a_hub_folder_with_several_splits_asks_for_one(tmp_path):
     hub = _hub_folder(tmp_path / "MathVista", splits=("testmini", "test"), shards=1)
     for shard in (hub / "data").iterdir():  # older uploads' names end in a hash
         shard.rename(shard.with_name(shard.stem + "-6b81bd7f7e2065e6.parquet"))
-    test_shards = r"splits test, testmini; point at one, e\.g\. '.*/data/test-\*\.parquet'"
-    with pytest.raises(ValueError, match=test_shards) as err:
+    # the suggestion is testmini's shards (a hub's `test` often hides its answers), not test*, which
+    # would take testmini's too
+    mini_shards = r"splits test, testmini; point at one, e\.g\. '.*/data/testmini-\*\.parquet'"
+    with pytest.raises(ValueError, match=mini_shards) as err:
         load_prompt_records(hub, PromptLayout(domain="math"))
-    suggested = str(err.value).split("'")[1]
-    records, _ = load_prompt_records(suggested, PromptLayout(domain="math"))  # test's shards, not testmini's
-    assert [r.user_text()[:6] for r in records] == ["test 0"] * 3
-    records, _ = load_prompt_records(str(hub / "data" / "testmini-*.parquet"), PromptLayout(domain="math"))
+    records, _ = load_prompt_records(str(err.value).split("'")[1], PromptLayout(domain="math"))
     assert [r.user_text()[:10] for r in records] == ["testmini 0"] * 3
+    records, _ = load_prompt_records(str(hub / "data" / "test-*.parquet"), PromptLayout(domain="math"))
+    assert [r.user_text()[:6] for r in records] == ["test 0"] * 3
+    # VIM-Bench names its splits vim_mathvista_testmini / vim_mathvista_test: a split all the same
+    vim = _hub_folder(tmp_path / "VIM", splits=("vim_mathvista_testmini", "vim_mathvista_test"), shards=1)
+    with pytest.raises(ValueError, match="splits vim_mathvista_test, vim_mathvista_testmini"):
+        load_prompt_records(vim, PromptLayout(domain="math"))
     # MMMU: a folder per subject, each with its dev / validation / test shards: one glob over them
     for subject in ("Art", "Math"):
         _hub_folder(tmp_path / "MMMU" / subject, splits=("dev", "validation"), shards=1)
@@ -255,3 +260,15 @@ def test_files_in_the_hub_cache_read_their_media_where_they_are_named(tmp_path):
     (tmp_path / "set.csv").write_text("id,question\n")
     with pytest.raises(ValueError, match=r"expected \.jsonl, \.parquet, \.json, \.tsv"):
         load_prompt_records(tmp_path / "set.csv", PromptLayout())
+
+
+def test_golds_withheld_as_empty_text_are_missing_answers(tmp_path):
+    """MathVista's test split (answers withheld) holds "" golds: skipped and counted, never graded
+    as prompts no answer can pass."""
+    from data_pipelines.prompt_columns import PromptLayout
+
+    rows = [{"id": "1", "question": "2+2?", "answer": "4"}, {"id": "2", "question": "3+3?", "answer": ""},
+            {"id": "3", "question": "4+4?", "answer": "  "}]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records, skipped = load_prompt_records(tmp_path / "test.jsonl", PromptLayout(domain="math"))
+    assert [r.id for r in records] == ["1"] and skipped == {"missing_answer": 2}
