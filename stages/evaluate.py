@@ -34,7 +34,7 @@ from data_pipelines.chat import ChatRenderer
 from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.prompt_columns import PromptLayout
 from data_pipelines.prompts import PromptRecord, encode_records
-from data_pipelines.records import is_pattern, pattern_stem
+from data_pipelines.records import HUB_SHARD_FILE, is_pattern, pattern_stem
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from stages.rl.groups import GroupResult, GroupRoller
 from stages.rl.metrics import p95
@@ -55,7 +55,6 @@ MEDIA_SKIPS = {"missing_image", "missing_video", "remote_image", "undecodable_im
                "image_count_mismatch"}
 
 Metrics = dict[str, Any]
-HUB_SHARD = re.compile(r"(\w+)-\d{5}-of-\d{5}(?:-[0-9a-f]+)?")  # a hub parquet file: <split>-00000-of-00001[-hash]
 # What load_prompt_records reads (or a directory, a glob of files)
 PROMPT_FILE_SUFFIXES = (".jsonl", ".parquet", ".json", ".tsv")
 
@@ -272,7 +271,7 @@ def set_names(paths: list[str]) -> list[tuple[str, str]]:
     for path in paths:
         p = Path(path)
         base = p.stem if p.is_file() else p.name
-        shard = HUB_SHARD.fullmatch(base)
+        shard = HUB_SHARD_FILE.match(p.name) if p.is_file() else None
         split = shard.group(1) if shard else pattern_stem(p.name) if is_pattern(p) else None
         if (p.parent / "dataset_dict.json").is_file() or split is not None:
             folder = p.parent

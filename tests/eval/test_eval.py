@@ -141,15 +141,18 @@ def test_set_names_are_stems_made_unique(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     (tmp_path / "videomme").mkdir()
-    for p in ("a/eval.jsonl", "b/eval.jsonl", "c.parquet", "videomme/test-00000-of-00001.parquet"):
+    (tmp_path / "MathVista" / "data").mkdir(parents=True)
+    for p in ("a/eval.jsonl", "b/eval.jsonl", "c.parquet", "videomme/test-00000-of-00001.parquet",
+              "MathVista/data/testmini-00000-of-00001-725687bf7a18d64b.parquet"):  # an older upload's hash
         (tmp_path / p).write_text("")
     (tmp_path / "geometry3k" / "test").mkdir(parents=True)  # a split of a saved DatasetDict
     (tmp_path / "geometry3k" / "dataset_dict.json").write_text('{"splits": ["test"]}')
     paths = [str(tmp_path / p) for p in ("a/eval.jsonl", "b/eval.jsonl", "c.parquet", "a", "geometry3k/test",
                                          "videomme/test-00000-of-00001.parquet",  # a hub parquet shard
-                                         "MathVista/data/testmini-*.parquet", "MMMU/*/validation-*.parquet")]
+                                         "MathVista/data/testmini-*.parquet", "MMMU/*/validation-*.parquet",
+                                         "MathVista/data/testmini-00000-of-00001-725687bf7a18d64b.parquet")]
     assert [n for n, _ in set_names(paths)] == ["eval", "eval_2", "c", "a", "geometry3k_test", "videomme_test",
-                                                "MathVista_testmini", "MMMU_validation"]
+                                                "MathVista_testmini", "MMMU_validation", "MathVista_testmini_2"]
 
 
 def test_sets_with_settings_of_their_own(tmp_path):
