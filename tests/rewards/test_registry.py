@@ -50,6 +50,9 @@ def test_kinds_of_question_as_public_sets_name_them():
                      "Free-Form": get_verifier("vqa"), "Math": get_verifier("math")}
     assert score("multiple choice", respond("B"), "B", options=["x", "y"]).reward == 1.0
     assert resolve_verifier("free-form", RewardConfig()) is get_verifier("rouge")  # Video-R1's reward for it
+    # Video-R1's own OCR reward, the word error rate, is one mapping away (docs/data.md)
+    assert resolve_verifier("OCR", RewardConfig(domain_verifiers={"ocr": "wer"})) is get_verifier("wer")
+    assert score("OCR", respond("EXIT 12"), "EXIT 13", config=RewardConfig(domain_verifiers={"ocr": "wer"})).reward == 0.5
     with pytest.raises(UnknownVerifierError):
         resolve_verifier("essay", RewardConfig())
     # exact names come first: a mapping for "Math" leaves the registered domain "math" to its verifier

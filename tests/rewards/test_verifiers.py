@@ -9,7 +9,7 @@ import pytest
 
 from stages.rl.rewards import RewardConfig, score
 from stages.rl.rewards.verifiers.boxes import iou
-from stages.rl.rewards.verifiers.ocr import levenshtein
+from stages.rl.rewards.verifiers.ocr import levenshtein, word_error_rate
 
 from .helpers import respond
 
@@ -257,6 +257,42 @@ def test_anls_is_case_blind_and_cuts_at_half():
     assert reward("anls", "1979", "March 3, 1979") == 0.0  # 9 of 13 characters away: another answer
     assert reward("ocr", "1979", "March 3, 1979") == pytest.approx(4 / 13)
     assert reward("anls", "3/3/79", {"any_of": ["March 3, 1979", "3/3/79"]}) == 1.0
+
+
+def _word_edits(hypothesis: list[str], reference: list[str]) -> int:
+    """The textbook dynamic programme, row by row: the reference the fast path must equal."""
+    row = list(range(len(hypothesis) + 1))
+    for i, ref_word in enumerate(reference, 1):
+        previous, row = row, [i] + [0] * len(hypothesis)
+        for j, hyp_word in enumerate(hypothesis, 1):
+            row[j] = min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (ref_word != hyp_word))
+    return row[-1]
+
+
+def test_wer_is_video_r1s_ocr_reward():
+    """1 - word edits / the gold's words, floored at 0: per word, not per character."""
+    gold = "STOP ahead 200 m"
+    assert reward("wer", gold, gold) == 1.0
+    assert reward("wer", "STOP  ahead\n200 m", gold) == 1.0  # whitespace only splits words
+    assert reward("wer", "STOP ahead 300 m", gold) == pytest.approx(0.75)  # one word of four wrong
+    assert reward("ocr", "STOP ahead 300 m", gold) == pytest.approx(1 - 1 / 16)  # one character of 16
+    assert reward("wer", "STOP ahead", gold) == pytest.approx(0.5)  # two words missing
+    assert reward("wer", "STOP now ahead 200 m", gold) == pytest.approx(0.75)  # one extra
+    assert reward("wer", "stop ahead 200 m", gold) == pytest.approx(0.75)  # case counts by default
+    assert reward("wer", "stop ahead 200 m", gold, config=RewardConfig(ocr_case_sensitive=False)) == 1.0
+    assert reward("wer", "a b c d e f g h i", "x") == 0.0  # nine edits for one word: floored at 0
+    assert reward("wer", "2024", 2024) == 1.0
+    assert reward("wer", "EXIT", {"any_of": ["Exit", "EXIT"]}) == 1.0
+    assert reason("wer", "STOP", ["STOP"]).startswith("bad_ground_truth")
+
+
+def test_word_error_rate_equals_the_textbook_programme():
+    rng = random.Random(0)
+    words = ["a", "b", "c", "ab", "猫", "b."]
+    for _ in range(300):
+        hyp = [rng.choice(words) for _ in range(rng.randint(0, 12))]
+        ref = [rng.choice(words) for _ in range(rng.randint(0, 12))]
+        assert word_error_rate(" ".join(hyp), " ".join(ref)) == _word_edits(hyp, ref) / max(1, len(ref))
 
 
 def test_ocr_padding_the_answer_costs_reward():

@@ -1,5 +1,6 @@
 """OCR: reward = 1 - levenshtein(pred, gold) / max(len(pred), len(gold)), after collapsing whitespace;
-ANLS (`anls`): the same, case-insensitive, and 0 from a normalised distance of 0.5 on.
+ANLS (`anls`): the same, case-insensitive, and 0 from a normalised distance of 0.5 on;
+word error rate (`wer`, Video-R1's OCR reward): 1 - word-level edit distance / the gold's word count, at least 0.
 
 Levenshtein uses the bit-parallel algorithm of Myers (1999) as formulated by Hyyrö (2001), on Python
 integers as bit vectors: O(len(a) * len(b) / 64) word operations, so page-long texts cost milliseconds.
@@ -76,3 +77,26 @@ def verify_anls(answer: str, ground_truth: Any, config: RewardConfig, **info: An
         raise GroundTruthError(f"ANLS gold must be a string, got {type(ground_truth).__name__}")
     similarity = _similarity(_normalize(answer, False), _normalize(str(ground_truth), False))
     return _verdict(similarity if similarity > 0.5 else 0.0)  # a distance of 0.5 or more scores 0
+
+
+def word_error_rate(hypothesis: str, reference: str) -> float:
+    """Word-level edit distance (words split on whitespace) / the reference's word count (at least 1):
+    each distinct word becomes one character, so `levenshtein` counts word edits."""
+    codes: dict[str, str] = {}
+
+    def spell(text: str) -> str:
+        return "".join(codes.setdefault(word, chr(len(codes))) for word in text.split())
+
+    reference_words = spell(reference)
+    return levenshtein(spell(hypothesis), reference_words) / max(1, len(reference_words))
+
+
+@register_verifier("wer")
+def verify_wer(answer: str, ground_truth: Any, config: RewardConfig, **info: Any) -> Verdict:  # noqa: ARG001
+    """Video-R1's OCR reward: max(0, 1 - WER) against the gold (case as `ocr_case_sensitive` says).
+    Credit falls per wrong, missing or extra word, not per character."""
+    if isinstance(ground_truth, bool) or not isinstance(ground_truth, (str, int, float)):
+        raise GroundTruthError(f"WER gold must be a string, got {type(ground_truth).__name__}")
+    error = word_error_rate(_normalize(answer, config.ocr_case_sensitive),
+                            _normalize(str(ground_truth), config.ocr_case_sensitive))
+    return _verdict(max(0.0, 1.0 - error))
