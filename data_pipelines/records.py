@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from . import hub_card
+
 FORMATS = ("auto", "jsonl", "parquet", "json", "disk")
 
 
@@ -106,11 +108,15 @@ def _split_of(directory: Path, file: Path) -> tuple[str, str] | None:
 
 def _refuse_mixed_splits(directory: Path, files: list[Path]) -> None:
     """A downloaded hub folder holds every split (data/train-*.parquet beside data/test-*.parquet,
-    or train/ beside test/): reading the folder would train on its test rows. Ask for one split."""
+    or train/ beside test/): reading the folder would train on its test rows. Ask for one split.
+    A file's split is what the folder's card says (hub_card.py), else what its name says; configs
+    sharing a split's name (MMMU's subjects) are one set."""
+    card_root, card = hub_card.card_splits(directory)
     found: dict[str, set[str]] = {}
     for f in files:
-        if split_glob := _split_of(directory, f):
-            found.setdefault(split_glob[0], set()).add(split_glob[1])
+        named = hub_card.splits_of(card_root, card, f) if card else []
+        for split, target in named or filter(None, [_split_of(directory, f)]):
+            found.setdefault(split, set()).add(target)
     if len(found) > 1:
         split = min(found, key=lambda name: (SUGGESTED_FIRST.get(name, 2), name))
         raise ValueError(f"{directory} holds the splits {', '.join(sorted(found))}; point at one, "

@@ -34,6 +34,7 @@ from data_pipelines.chat import ChatRenderer
 from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.prompt_columns import PromptLayout
 from data_pipelines.prompts import PromptRecord, encode_records
+from data_pipelines.hub_card import card_splits
 from data_pipelines.records import HUB_SHARD_FILE, is_pattern, pattern_stem
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from stages.rl.groups import GroupResult, GroupRoller
@@ -264,8 +265,9 @@ def first_questions(records: list[PromptRecord], limit: int | None) -> list[Prom
 
 def set_names(paths: list[str]) -> list[tuple[str, str]]:
     """(name, path) per prompt set: the file's stem or the directory's name (a split of a saved
-    DatasetDict, a hub parquet shard `<split>-00000-of-00001` or a glob `<split>-*.parquet`:
-    `<dataset folder>_<split>`, the folder above a hub `data/`), made unique with _2, _3, ..."""
+    DatasetDict, a hub parquet shard `<split>-00000-of-00001`, a glob `<split>-*.parquet` or a file
+    beside a hub card: `<dataset folder>_<split>`, the folder above a hub `data/`), made unique with
+    _2, _3, ..."""
     seen: Counter = Counter()
     out = []
     for path in paths:
@@ -273,6 +275,8 @@ def set_names(paths: list[str]) -> list[tuple[str, str]]:
         base = p.stem if p.is_file() else p.name
         shard = HUB_SHARD_FILE.match(p.name) if p.is_file() else None
         split = shard.group(1) if shard else pattern_stem(p.name) if is_pattern(p) else None
+        if split is None and p.is_file() and card_splits(p.parent)[1]:  # a hub card's file: MathVerse/testmini.parquet
+            split = p.stem
         if (p.parent / "dataset_dict.json").is_file() or split is not None:
             folder = p.parent
             while is_pattern(folder):  # MMMU/*/validation-*.parquet: MMMU

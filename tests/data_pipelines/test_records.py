@@ -181,6 +181,73 @@ def test_a_hub_folder_of_several_splits_asks_for_one(tmp_path):
         RecordShards(str(tmp_path / "llava"), 4)
 
 
+MATHVERSE_CARD = """---
+task_categories:
+- visual-question-answering
+configs:
+- config_name: testmini
+  data_files:
+  - split: testmini
+    path: testmini.parquet
+- config_name: testmini_text_only
+  data_files:
+  - split: testmini_text_only
+    path: testmini_text_only.parquet
+dataset_info:
+- config_name: testmini
+  features:
+  - name: sample_index
+    dtype: string
+---
+# MathVerse
+"""
+
+
+def test_a_hub_folder_is_split_as_its_card_says(tmp_path):
+    """File names alone do not split MathVerse (testmini.parquet beside testmini_text_only.parquet,
+    the same problems without their images); its card (README.md's YAML header, as the hub
+    publishes it) does. Configs sharing a split are one set; a card above `data/` counts; a card
+    whose YAML is broken is ignored, not fatal."""
+    import datasets
+
+    from data_pipelines.hub_card import matches
+
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}]
+    (tmp_path / "MathVerse").mkdir()
+    for name in ("testmini", "testmini_text_only"):
+        datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "MathVerse" / f"{name}.parquet"))
+    (tmp_path / "MathVerse" / "README.md").write_text(MATHVERSE_CARD)
+    with pytest.raises(ValueError, match=r"holds the splits testmini, testmini_text_only; point at one, "
+                                         r"e\.g\. '.*MathVerse/testmini\.parquet'"):
+        resolve_records(str(tmp_path / "MathVerse"))
+    (tmp_path / "MathVerse" / "README.md").write_text("---\nconfigs: [unclosed\n---\n")
+    assert len(resolve_records(str(tmp_path / "MathVerse"))[1]) == 2  # names alone: one set, as before
+
+    # languages as configs of one split: names would say two splits (en-..., de-...), the card says one
+    (tmp_path / "langs" / "data").mkdir(parents=True)
+    for lang in ("en", "de"):
+        datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "langs" / "data" / f"{lang}-00000-of-00001.parquet"))
+    with pytest.raises(ValueError, match="holds the splits de, en"):
+        resolve_records(str(tmp_path / "langs"))
+    (tmp_path / "langs" / "README.md").write_text(
+        "---\nconfigs:\n- config_name: en\n  data_files:\n  - split: train\n    path: data/en-*\n"
+        "- config_name: de\n  data_files: data/de-*\n---\n")
+    assert RecordShards(str(tmp_path / "langs"), 4).num_records == 2
+    assert RecordShards(str(tmp_path / "langs" / "data"), 4).num_records == 2  # the card above data/
+
+    # a card above data/ that splits it: the suggestion is the card's own pattern
+    (tmp_path / "langs" / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n    validation: data/en-*\n    test: [data/de-*]\n---\n")
+    with pytest.raises(ValueError, match=r"holds the splits test, validation; point at one, e\.g\. '.*langs/data/en-\*'"):
+        resolve_records(str(tmp_path / "langs" / "data"))
+    assert RecordShards(str(tmp_path / "langs" / "data" / "en-*"), 4).num_records == 1
+
+    assert matches("data/train-00000-of-00002.parquet", "data/train-*")
+    assert not matches("data/x/train-0.parquet", "data/train-*")  # `*` stays within a folder
+    assert matches("Art/x/validation-0.parquet", "**/validation-*") and matches("validation-0.parquet", "**/validation-*")
+    assert not matches("testmini_text_only.parquet", "testmini.parquet")
+
+
 def test_a_saved_datasetdict_is_read_by_its_train_split(tmp_path):
     """docs/data.md: a save_to_disk DatasetDict is read by its `train` split (its folder holds
     dataset_dict.json and one folder per split, whose .json metadata are no records)."""

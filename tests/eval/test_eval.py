@@ -145,14 +145,20 @@ def test_set_names_are_stems_made_unique(tmp_path):
     for p in ("a/eval.jsonl", "b/eval.jsonl", "c.parquet", "videomme/test-00000-of-00001.parquet",
               "MathVista/data/testmini-00000-of-00001-725687bf7a18d64b.parquet"):  # an older upload's hash
         (tmp_path / p).write_text("")
+    (tmp_path / "MathVerse").mkdir()  # split by its card (README.md's configs), not by file names
+    (tmp_path / "MathVerse" / "testmini.parquet").write_text("")
+    (tmp_path / "MathVerse" / "README.md").write_text(
+        "---\nconfigs:\n- config_name: testmini\n  data_files:\n  - split: testmini\n    path: testmini.parquet\n---\n")
     (tmp_path / "geometry3k" / "test").mkdir(parents=True)  # a split of a saved DatasetDict
     (tmp_path / "geometry3k" / "dataset_dict.json").write_text('{"splits": ["test"]}')
     paths = [str(tmp_path / p) for p in ("a/eval.jsonl", "b/eval.jsonl", "c.parquet", "a", "geometry3k/test",
                                          "videomme/test-00000-of-00001.parquet",  # a hub parquet shard
                                          "MathVista/data/testmini-*.parquet", "MMMU/*/validation-*.parquet",
-                                         "MathVista/data/testmini-00000-of-00001-725687bf7a18d64b.parquet")]
+                                         "MathVista/data/testmini-00000-of-00001-725687bf7a18d64b.parquet",
+                                         "MathVerse/testmini.parquet")]
     assert [n for n, _ in set_names(paths)] == ["eval", "eval_2", "c", "a", "geometry3k_test", "videomme_test",
-                                                "MathVista_testmini", "MMMU_validation", "MathVista_testmini_2"]
+                                                "MathVista_testmini", "MMMU_validation", "MathVista_testmini_2",
+                                                "MathVerse_testmini"]
 
 
 def test_sets_with_settings_of_their_own(tmp_path):
