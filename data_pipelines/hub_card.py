@@ -8,14 +8,16 @@ one split when a folder holds several, and reads the card first, file names afte
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 CARD = "README.md"
-_HEADER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.S)
+_HEADER = re.compile(r"\A\s*---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.S)  # as the hub reads it
 
 
 @dataclass(frozen=True)
@@ -26,9 +28,10 @@ class CardSplit:
 
 
 def card_splits(directory: Path) -> tuple[Path, list[CardSplit]]:
-    """(the card's folder, its splits): the card in `directory` or, for a hub `data/` folder, in
-    the one above it. No card, or one without `configs`: ([directory], [])."""
-    for root in (directory, directory.parent):
+    """(the card's folder, its splits): the card in `directory` or in the folder above it (a hub
+    `data/`, one of MMMU's subjects; `..` when `directory` is `.`). No card, or one without
+    `configs`: (directory, [])."""
+    for root in (directory, Path(os.path.normpath(os.path.join(directory, "..")))):
         if splits := read_card(root / CARD):
             return root, splits
     return directory, []
@@ -38,7 +41,7 @@ def read_card(card: Path) -> list[CardSplit]:
     """Every config's splits; [] for a missing file, a card without configs or unreadable YAML (a
     card is documentation: it never stops a run)."""
     try:
-        header = _HEADER.match(card.read_text(encoding="utf-8"))
+        header = _HEADER.match(card.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError):
         return []
     if not header:
@@ -46,7 +49,7 @@ def read_card(card: Path) -> list[CardSplit]:
     import yaml
 
     try:
-        meta = yaml.safe_load(header.group(1))
+        meta = yaml.load(header.group(1), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # a corpus card: MBs
     except yaml.YAMLError as exc:
         logging.getLogger(__name__).warning("%s: its YAML header is not read (%s)", card, exc)
         return []
@@ -72,13 +75,18 @@ def _paths(value: Any) -> list[str]:
 
 
 def matches(relative_path: str, pattern: str) -> bool:
-    """The hub's glob: `*` and `?` within one folder, `**` across folders."""
+    """The hub's glob: `*` and `?` within one folder, `**` across folders (`[...]` is literal)."""
+    return _compiled(pattern).fullmatch(relative_path) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(pattern: str) -> re.Pattern:
     parts = re.split(r"(\*\*/?|\*|\?)", pattern)
     wildcards = {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
-    return re.fullmatch("".join(wildcards.get(p, re.escape(p)) for p in parts), relative_path) is not None
+    return re.compile("".join(wildcards.get(p, re.escape(p)) for p in parts))
 
 
 def splits_of(root: Path, splits: list[CardSplit], file: Path) -> list[tuple[str, str]]:
     """(split, the card's pattern under `root` that names it) for every card split holding `file`."""
-    relative = file.relative_to(root).as_posix()
+    relative = Path(os.path.relpath(file, root)).as_posix()
     return [(s.split, str(root / pattern)) for s in splits for pattern in s.patterns if matches(relative, pattern)]

@@ -82,7 +82,7 @@ def expand_paths(spec: str, what: str) -> list[str]:
     exist and every glob must match, else FileNotFoundError lists what is missing."""
     paths, missing = [], []
     for pattern in braceexpand.braceexpand(spec):
-        found = glob.glob(pattern) if glob.has_magic(pattern) else ([pattern] if os.path.isfile(pattern) else [])
+        found = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else ([pattern] if os.path.isfile(pattern) else [])
         if not found:
             missing.append(pattern)
         paths += found

@@ -50,7 +50,7 @@ def resolve_records(spec: str, fmt: str = "auto") -> tuple[str, list[Path]]:
 
         files = [Path(p) for p in expand_paths(spec, "records") if os.path.isfile(p)]
     else:
-        files = sorted(Path(p) for p in glob.glob(spec) if os.path.isfile(p))
+        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p))  # `**`: any depth
     if not path.is_file():  # a folder's or a glob's files, less the difficulty sidecars grading writes
         files = [p for p in files if not p.name.endswith(".difficulty.jsonl")]
     if fmt == "auto":
@@ -109,14 +109,21 @@ def _split_of(directory: Path, file: Path) -> tuple[str, str] | None:
 def _refuse_mixed_splits(directory: Path, files: list[Path]) -> None:
     """A downloaded hub folder holds every split (data/train-*.parquet beside data/test-*.parquet,
     or train/ beside test/): reading the folder would train on its test rows. Ask for one split.
-    A file's split is what the folder's card says (hub_card.py), else what its name says; configs
-    sharing a split's name (MMMU's subjects) are one set."""
+    A file's splits are what the folder's card says (hub_card.py) and what its name says; beside a
+    card, only a split word (train, test, ...) in a name counts, so configs sharing a split's name
+    (languages as en-00000-of-00001, MMMU's subjects) are one set, and a card's catch-all `*.jsonl`
+    does not merge train.jsonl with test.jsonl."""
     card_root, card = hub_card.card_splits(directory)
-    found: dict[str, set[str]] = {}
+    by_card: dict[str, set[str]] = {}
+    by_name: dict[str, set[str]] = {}
     for f in files:
-        named = hub_card.splits_of(card_root, card, f) if card else []
-        for split, target in named or filter(None, [_split_of(directory, f)]):
-            found.setdefault(split, set()).add(target)
+        for split, target in hub_card.splits_of(card_root, card, f) if card else []:
+            by_card.setdefault(split, set()).add(target)
+        named = _split_of(directory, f)
+        if named and (not card or named[0] in SPLIT_NAMES):
+            by_name.setdefault(named[0], set()).add(named[1])
+    # what to point at: the files' own split glob, else the card's pattern (a catch-all `*.jsonl` would take every split)
+    found = {split: by_name.get(split) or by_card[split] for split in {*by_card, *by_name}}
     if len(found) > 1:
         split = min(found, key=lambda name: (SUGGESTED_FIRST.get(name, 2), name))
         raise ValueError(f"{directory} holds the splits {', '.join(sorted(found))}; point at one, "
@@ -130,10 +137,13 @@ SUGGESTED_FIRST = {"train": 0, "validation": 1, "dev": 3, "test": 4}
 
 def _one_glob(paths: list[str]) -> str:
     """One pattern for a split's files in several folders (MMMU's <subject>/validation-*.parquet:
-    MMMU/*/validation-*.parquet): the parts in which they differ become `*`."""
+    MMMU/*/validation-*.parquet): the parts in which they differ become `*`; files of one name at
+    several depths, `<their common folder>/**/<name>`."""
     parts = [Path(p).parts for p in paths]
-    if len({len(x) for x in parts}) > 1:
-        return paths[0]
+    if len({len(x) for x in parts}) > 1:  # at several depths: `**` (any depth, records.py globs recursively)
+        names = {x[-1] for x in parts}
+        common = os.path.commonpath([os.path.dirname(p) for p in paths])
+        return str(Path(common, "**", names.pop())) if len(names) == 1 else paths[0]
     return str(Path(*(x[0] if len(set(x)) == 1 else "*" for x in zip(*parts))))
 
 

@@ -281,8 +281,9 @@ def set_names(paths: list[str]) -> list[tuple[str, str]]:
             folder = p.parent
             while is_pattern(folder):  # MMMU/*/validation-*.parquet: MMMU
                 folder = folder.parent
+            folder = Path(os.path.abspath(folder))  # `.` inside a hub data/ names its dataset too
             folder = folder.parent if folder.name == "data" else folder
-            base = "_".join(filter(None, (Path(os.path.abspath(folder)).name, p.name if split is None else split)))
+            base = "_".join(filter(None, (folder.name, p.name if split is None else split)))
         seen[base] += 1
         out.append((base if seen[base] == 1 else f"{base}_{seen[base]}", path))
     return out

@@ -203,7 +203,7 @@ dataset_info:
 """
 
 
-def test_a_hub_folder_is_split_as_its_card_says(tmp_path):
+def test_a_hub_folder_is_split_as_its_card_says(tmp_path, monkeypatch):
     """File names alone do not split MathVerse (testmini.parquet beside testmini_text_only.parquet,
     the same problems without their images); its card (README.md's YAML header, as the hub
     publishes it) does. Configs sharing a split are one set; a card above `data/` counts; a card
@@ -241,6 +241,37 @@ def test_a_hub_folder_is_split_as_its_card_says(tmp_path):
     with pytest.raises(ValueError, match=r"holds the splits test, validation; point at one, e\.g\. '.*langs/data/en-\*'"):
         resolve_records(str(tmp_path / "langs" / "data"))
     assert RecordShards(str(tmp_path / "langs" / "data" / "en-*"), 4).num_records == 1
+
+    # a card's catch-all (`data_files: '*.jsonl'`, every file "train") does not merge train with test
+    (tmp_path / "star").mkdir()
+    for split in ("train", "test"):
+        (tmp_path / "star" / f"{split}.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    (tmp_path / "star" / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files: '*.jsonl'\n---\n")
+    with pytest.raises(ValueError, match=r"holds the splits test, train; point at one, e\.g\. '.*star/train\.jsonl'"):
+        resolve_records(str(tmp_path / "star"))
+
+    # a card with a byte-order mark and `..` from inside data/ (pointing at `.`) are read as the hub reads them
+    (tmp_path / "MathVerse" / "README.md").write_text("\ufeff\n" + MATHVERSE_CARD)
+    with pytest.raises(ValueError, match="holds the splits testmini, testmini_text_only"):
+        resolve_records(str(tmp_path / "MathVerse"))
+    (tmp_path / "MathVerse" / "data").mkdir()
+    for name in ("testmini", "testmini_text_only"):
+        (tmp_path / "MathVerse" / f"{name}.parquet").rename(tmp_path / "MathVerse" / "data" / f"{name}.parquet")
+    (tmp_path / "MathVerse" / "README.md").write_text(MATHVERSE_CARD.replace("path: testmini", "path: data/testmini"))
+    monkeypatch.chdir(tmp_path / "MathVerse" / "data")
+    with pytest.raises(ValueError, match=r"point at one, e\.g\. '\.\./data/testmini\.parquet'"):
+        resolve_records(".")
+
+    # a split at several depths: the suggestion reads every depth
+    (tmp_path / "deep" / "a" / "b").mkdir(parents=True)
+    for i, sub in enumerate(("", "a", "a/b")):
+        for split in ("train", "test"):
+            (tmp_path / "deep" / sub / f"{split}-{i}.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    (tmp_path / "deep" / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n"
+                                                 "    train: '**/train-*'\n    test: '**/test-*'\n---\n")
+    with pytest.raises(ValueError, match=r"point at one, e\.g\. '(.*/deep/\*\*/train-\*\.jsonl)'") as stop:
+        resolve_records(str(tmp_path / "deep"))
+    assert RecordShards(str(stop.value).split("'")[1], 4, shuffle=False).num_records == 3
 
     assert matches("data/train-00000-of-00002.parquet", "data/train-*")
     assert not matches("data/x/train-0.parquet", "data/train-*")  # `*` stays within a folder
