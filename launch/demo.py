@@ -74,9 +74,13 @@ TINY_MODEL = ["trainer.zero_stage=0"]
 # frozen, Dr. GRPO advantages (not divided by the group std), 20 warmup steps (without warmup,
 # 5e-4 collapsed; after 10, one RL seed of ten broke right after the warmup) to lr 4e-4, cosine
 # decay to 4e-5 over 100 steps (60 steps at 6e-4 gained 4.6 to 13.8 points over seeds and hosts,
-# and lowered greedy accuracy; 100 at 4e-4 held it).
+# and lowered greedy accuracy; 100 at 4e-4 held it). RLCS draws 70% of its prompts from the medium
+# tier (the default 50%): over five seeds it gained +9.7 to +12.3 (mean +11.3) where the default
+# weights gave +4.6 to +14.7 (mean +10.5).
 RL_SETTINGS = ["trainer.freeze_vision=true", "policy.advantage_scale=none", "trainer.optim.lr=4e-4",
-               "trainer.optim.warmup_steps=20", "trainer.optim.schedule=cosine", "trainer.optim.min_lr_ratio=0.1"]
+               "trainer.optim.warmup_steps=20", "trainer.optim.schedule=cosine", "trainer.optim.min_lr_ratio=0.1",
+               *(f"curriculum.tier_weights.{tier}={weight}" for tier, weight in
+                 {"very_easy": 0.05, "easy": 0.15, "medium": 0.7, "hard": 0.1, "very_hard": 0.0}.items())]
 # Uniform sampling's own learning rate: at 6e-4 it collapsed by step 20 (its batches hold few groups
 # that carry a gradient); at 2e-4 it gained 12.6 points.
 UNIFORM_LR = "trainer.optim.lr=2e-4"
