@@ -3,7 +3,7 @@
 
 File names alone cannot tell MathVerse's `testmini.parquet` from its `testmini_text_only.parquet`
 (the same problems without their images): the card names them as two splits. records.py asks for
-one split when a folder holds several, and reads the card first, file names after.
+one split when a folder holds several: the card's, and the split words in file names beside it.
 """
 
 from __future__ import annotations

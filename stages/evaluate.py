@@ -31,10 +31,10 @@ from typing import Any, Optional
 import torch.distributed as dist
 
 from data_pipelines.chat import ChatRenderer
+from data_pipelines.hub_card import card_splits
 from data_pipelines.processor import ProcessorConfig, VisionProcessor
 from data_pipelines.prompt_columns import PromptLayout
 from data_pipelines.prompts import PromptRecord, encode_records
-from data_pipelines.hub_card import card_splits
 from data_pipelines.records import HUB_SHARD_FILE, is_pattern, pattern_stem
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from stages.rl.groups import GroupResult, GroupRoller
