@@ -263,8 +263,9 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         out.update(media_by_kind(out, layout.columns.media))
     for media in ("images", "videos"):  # one per row (a video: a file, bytes, or {frames, fps}) or a list
         value = out.get(media)
-        if value is not None:
-            out[media] = [v for v in value if v is not None] if isinstance(value, list) else [value]
+        if value is not None:  # "" is no medium (MathVerse's text-only split: a string column of "")
+            out[media] = [v for v in (value if isinstance(value, list) else [value])
+                          if v is not None and not (isinstance(v, str) and not v.strip())]
     if out.get("videos") and (layout.columns.video_start or layout.columns.video_end or layout.frames_fps):
         out["videos"] = [_as_clip(v, raw, layout) for v in out["videos"]]
     if _given(out.get("context")) and isinstance(out.get("question"), str):  # MMBench's hint

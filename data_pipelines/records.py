@@ -63,8 +63,18 @@ def resolve_records(spec: str, fmt: str = "auto") -> tuple[str, list[Path]]:
                                             "not read (e.g. %s): point at one format's files", spec, len(chosen),
                                             fmt, len(others), others[0])
     if path.is_dir():
-        _refuse_mixed_splits(path, chosen)
+        _refuse_mixed_splits(path, chosen, f"{spec} holds")
+    elif not path.is_file() and "{" not in spec:  # a glob; a brace list names its files one by one
+        _refuse_mixed_splits(_glob_base(spec), chosen, f"{spec!r} matches files of")
     return fmt, chosen
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folder a glob's matches lie under: its parts before the first wildcard
+    (`MMMU/*/validation-*.parquet`: MMMU)."""
+    parts = Path(pattern).parent.parts
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    return Path(*parts[:fixed]) if fixed else Path(".")
 
 
 def is_pattern(spec: str | Path) -> bool:
@@ -106,9 +116,10 @@ def _split_of(directory: Path, file: Path) -> tuple[str, str] | None:
     return m.group(1), str(file) if separator == "." else f"{file.parent}/{m.group(1)}{separator}*{file.suffix}"
 
 
-def _refuse_mixed_splits(directory: Path, files: list[Path]) -> None:
+def _refuse_mixed_splits(directory: Path, files: list[Path], what: str) -> None:
     """A downloaded hub folder holds every split (data/train-*.parquet beside data/test-*.parquet,
-    or train/ beside test/): reading the folder would train on its test rows. Ask for one split.
+    or train/ beside test/): reading the folder would train on its test rows. Ask for one split; the
+    same for a glob's files (`MathVerse/testmini*.parquet` takes testmini_text_only's too).
     A file's splits are what the folder's card says (hub_card.py) and what its name says; beside a
     card, only a split word (train, test, ...) in a name counts, so configs sharing a split's name
     (languages as en-00000-of-00001, MMMU's subjects) are one set, and a card's catch-all `*.jsonl`
@@ -126,7 +137,7 @@ def _refuse_mixed_splits(directory: Path, files: list[Path]) -> None:
     found = {split: by_name.get(split) or by_card[split] for split in {*by_card, *by_name}}
     if len(found) > 1:
         split = min(found, key=lambda name: (SUGGESTED_FIRST.get(name, 2), name))
-        raise ValueError(f"{directory} holds the splits {', '.join(sorted(found))}; point at one, "
+        raise ValueError(f"{what} the splits {', '.join(sorted(found))}; point at one, "
                          f"e.g. '{_one_glob(sorted(found[split]))}'")
 
 

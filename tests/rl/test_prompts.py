@@ -214,6 +214,44 @@ def test_a_hub_folder_with_several_splits_asks_for_one(tmp_path):
         load_prompt_records(str(hub / "data" / "validation-*.parquet"), PromptLayout(domain="math"))
 
 
+def test_mathverse_as_published_its_text_only_split_and_a_glob_over_both(tmp_path, renderer):
+    """MathVerse (AI4Math/MathVerse): testmini.parquet (embedded images) beside
+    testmini_text_only.parquet, whose `image` is a string column of "" (no image), split by the
+    card. "" is no image (it was a missing_image skip for every row), and a glob that takes both
+    files stops as the folder does (it crashed inside `datasets` casting "" to an image)."""
+    import datasets
+
+    from data_pipelines.prompt_columns import PromptColumns, PromptLayout
+    from tests.data_pipelines.test_records import MATHVERSE_CARD
+    from tests.public_layouts import png
+
+    root = tmp_path / "MathVerse"
+    root.mkdir()
+    (root / "README.md").write_text(MATHVERSE_CARD)
+    rows = [{"sample_index": str(i + 1), "problem_index": str(i + 1), "problem_version": "Text Lite",
+             "question": "What is the degree of angle BOC?\nChoices:\nA:20°\nB:40°\nC:60°\nD:80°" if i % 2 else
+             "What is the length of AB?", "answer": "B" if i % 2 else "5",
+             "question_type": "multi-choice" if i % 2 else "free-form",
+             "metadata": {"split": "testmini", "source": "GeoQA", "subject": "Plane Geometry", "subfield": "Angle"}}
+            for i in range(4)]
+    datasets.Dataset.from_list([{**r, "image": {"bytes": png("red"), "path": None}} for r in rows]).cast_column(
+        "image", datasets.Image()).to_parquet(str(root / "testmini.parquet"))
+    datasets.Dataset.from_list([{**r, "problem_version": "Text Only", "image": ""} for r in rows]).to_parquet(
+        str(root / "testmini_text_only.parquet"))
+    layout = PromptLayout(columns=PromptColumns(domain="question_type", id="sample_index"))
+    with_images, skipped = load_prompt_records(root / "testmini.parquet", layout)
+    assert not skipped and [len(r.images) for r in with_images] == [1] * 4
+    assert [r.domain for r in with_images] == ["free-form", "multi-choice"] * 2
+    assert with_images[1].info["options"] == {"A": "20°", "B": "40°", "C": "60°", "D": "80°"}
+    text_only, skipped = load_prompt_records(root / "testmini_text_only.parquet", layout)
+    assert not skipped and [r.images for r in text_only] == [[]] * 4 and [r.id for r in text_only] == ["1", "2", "3", "4"]
+    assert [kind for _, _, kind in encode_prompt_record(text_only[0], renderer).document.atomic_spans] == []
+    for spec in (root, f"{root}/*.parquet", f"{root}/testmini*.parquet"):
+        with pytest.raises(ValueError, match=r"the splits testmini, testmini_text_only; point at one, "
+                                             r"e\.g\. '.*MathVerse/testmini\.parquet'"):
+            load_prompt_records(spec, layout)
+
+
 def test_each_file_of_a_glob_over_folders_reads_its_own_images(tmp_path, renderer):
     """Two folders, each a JSONL beside its own `img.png` (other sizes): a glob over both reads each
     record's image from its own folder, not the first file's (data.image_root still wins)."""
