@@ -35,6 +35,8 @@ def reason(domain, box, gold, **info):
     ("\\{3, 1, 2\\}", "\\{1,2,3\\}"), ("1, 2", "2, 1"), ("x = 2, y = 3", "x=2, y=3"), ("(2, 3)", "(2,3)"),
     ("x \\leq 5", "x \\le 5"), ("\\frac{-1 \\pm \\sqrt{5}}{2}", "\\frac{-1 \\pm \\sqrt{5}}{2}"), ("\\text{Monday}", "Monday"),
     ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
+    ("2√3", "2\\sqrt{3}"), ("√3/2", "\\frac{\\sqrt{3}}{2}"), ("√(12)", "2\\sqrt{3}"), ("√{x+1}", "\\sqrt{x+1}"),
+    ("√2.25", "1.5"),  # the radical sign of plain-text answers (MathVerse)
 ])
 def test_math_equivalent_forms_score_1(box, gold):
     assert reward("math", box, gold) == 1.0
@@ -43,7 +45,7 @@ def test_math_equivalent_forms_score_1(box, gold):
 @pytest.mark.parametrize("box, gold", [
     ("\\frac{4}{3}", "0.75"), ("0.33", "\\frac13"), ("0.7", "0.75"), ("3.1416", "3.14159"), ("3.14", "\\pi"),
     ("[0, 1]", "(0, 1]"), ("(0, 1)", "(0,1]"), ("\\{1, 2\\}", "\\{1, 2, 3\\}"), ("-42", "42"), ("x^2+2x+2", "(x+1)^2"),
-    ("2.0000001", "2"), ("12\\%", "13\\%"), ("Tuesday", "Monday"),
+    ("2.0000001", "2"), ("12\\%", "13\\%"), ("Tuesday", "Monday"), ("3√2", "2\\sqrt{3}"), ("√3", "3"),
 ])
 def test_math_wrong_answers_score_0(box, gold):
     assert reward("math", box, gold) == 0.0
@@ -145,6 +147,17 @@ def test_choice_realistic_answers_score_1(box):
 def test_choice_adversarial_answers_score_0(box, why):
     r = score("multiple_choice", respond(box), "B", options=OPTIONS)
     assert (r.reward, r.reason) == (0.0, why)
+
+
+def test_choice_option_texts_with_degree_marks():
+    """MathVerse's angle options ("B:40°"): the number names the option, as `math` reads 40 as 40°."""
+    angles = {"A": "20°", "B": "40°", "C": "60°", "D": "80°"}
+    for box in ("40", "40°", "40^\\circ", "40^{\\circ}", "40 degrees", "B:40", "B. 40°", "B"):
+        assert reward("multiple_choice", box, "B", options=angles) == 1.0, box
+    for box, why in (("60", "wrong"), ("A:40", "wrong:text_contradicts_letter"), ("B:60", "wrong:text_contradicts_letter")):
+        r = score("multiple_choice", respond(box), "B", options=angles)
+        assert (r.reward, r.reason) == (0.0, why), box
+    assert reward("multiple_choice", "to a high", "B", options=["low", "to a high degree"]) == 0.0  # words stay
 
 
 def test_choice_gold_forms_and_multi_select():

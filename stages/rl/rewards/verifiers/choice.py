@@ -31,8 +31,12 @@ _GOLD_LIST = re.compile(r"[A-Z](?:\s*(?:[,;&]\s*)?[A-Z])*")
 _LETTER_RUN = re.compile(r"[A-Z]{2}")
 
 
+# A degree mark after a number: "40" names the option "40°" (MathVerse's angles; math grades the same)
+_DEGREES = re.compile(r"(?<=\d)\s*(?:°|\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree\b|degrees?\b)", re.I)
+
+
 def _norm(text: str) -> str:
-    return " ".join(strip_wrappers(text).casefold().split())
+    return " ".join(_DEGREES.sub("", strip_wrappers(text)).casefold().split())
 
 
 def _options(info: Mapping[str, Any]) -> dict[str, str]:

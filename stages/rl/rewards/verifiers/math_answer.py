@@ -11,7 +11,8 @@ math-verify's extraction on purpose: it searches the text for the last parseable
 - look-alike digits (fullwidth, Arabic-Indic, bold, superscript) score 0;
 - an equation is accepted only as an assignment `x = value` or `f(2) = value` (math-verify keeps the
   right-hand side of any equation, so "43 = 42" would pass);
-The degree sign (°, \\degree) is read as ^{\\circ} on both sides, so "60°" equals "60^\\circ" and "60".
+The degree sign (°, \\degree) is read as ^{\\circ} on both sides, so "60°" equals "60^\\circ" and "60";
+the radical sign as \\sqrt ("2√3", "√(x+1)").
 No Python eval anywhere: latex2sympy is a grammar-based parser.
 """
 
@@ -48,9 +49,14 @@ _MINUS = str.maketrans({"\u2212": "-"})  # the typographic minus is a rendering 
 _DEGREE = re.compile(r"\^\{\s*(?:°|\\degree)\s*\}|\^?(?:°|\\degree(?![A-Za-z]))")
 
 
+# The radical sign, as plain-text answers write roots (MathVerse's "2√3"): √3, √(x+1), √{x} are \sqrt{...}
+_ROOT = re.compile(r"√\s*(?:\(([^()]*)\)|\{([^{}]*)\}|(\d+(?:\.\d+)?|[A-Za-z]))")
+
+
 def _canonical(text: str) -> str:
-    """Typographic minus and degree signs written the way the LaTeX parser reads them."""
-    return _DEGREE.sub(lambda _: "^{\\circ}", text.translate(_MINUS))
+    """Typographic minus, degree and root signs written the way the LaTeX parser reads them."""
+    text = _ROOT.sub(lambda m: f"\\sqrt{{{next(g for g in m.groups() if g is not None)}}}", text.translate(_MINUS))
+    return _DEGREE.sub(lambda _: "^{\\circ}", text)
 
 
 @lru_cache(maxsize=4096)
