@@ -36,7 +36,8 @@ from .chat import DEFAULT_VIDEO_FPS, ChatRenderer, media_payload
 from .chat_formats import PLACEHOLDER, PLACEHOLDERS, image_mark_is_video, placeholder_items
 from .processor import BadSample
 from .prompt_columns import PromptLayout, normalize_row, with_unique_ids
-from .records import is_pattern, is_saved_dataset, load_table, pattern_stem, resolve_records, rows_in, undecoded_videos
+from .records import (RecordsNotFound, is_pattern, is_saved_dataset, load_table, pattern_stem, resolve_records, rows_in,
+                      undecoded_videos)
 from .video import VideoClip, clip_bounds
 from .vlmeval_tsv import read_tsv_rows
 from .document import Document, Visual
@@ -290,7 +291,7 @@ def load_prompt_records(path: str | Path, layout: PromptLayout | None = None) ->
     where the fields are (common HF column names by default) and the multiple-choice conversion."""
     path = Path(path)
     if not path.exists() and not is_pattern(path):
-        raise FileNotFoundError(f"prompt data not found: {path}")
+        raise RecordsNotFound(f"prompt data not found: {path}")
     layout = layout if layout is not None else PromptLayout()
     rows, roots, skipped = _raw_records(path)
     unique = with_unique_ids(rows, layout)

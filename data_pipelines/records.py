@@ -29,6 +29,15 @@ from . import hub_card
 FORMATS = ("auto", "jsonl", "parquet", "json", "disk")
 
 
+class DataSourceError(ValueError):
+    """Data that cannot be read as given (several splits, columns that differ): the entry points
+    print it as one `ponder:` line, not a traceback."""
+
+
+class RecordsNotFound(DataSourceError, FileNotFoundError):
+    """No records where the run was pointed."""
+
+
 def resolve_records(spec: str, fmt: str = "auto") -> tuple[str, list[Path]]:
     """(format, files) of a file, directory or glob; a `save_to_disk` directory is one "file"."""
     if fmt not in FORMATS:
@@ -39,7 +48,7 @@ def resolve_records(spec: str, fmt: str = "auto") -> tuple[str, list[Path]]:
     saved = is_saved_dataset(path)
     if fmt == "disk" or (fmt == "auto" and saved):
         if not saved:
-            raise FileNotFoundError(f"{spec!r} is not a datasets.save_to_disk directory")
+            raise RecordsNotFound(f"{spec!r} is not a datasets.save_to_disk directory")
         return "disk", [path]
     if path.is_file():
         files = [path]
@@ -57,7 +66,7 @@ def resolve_records(spec: str, fmt: str = "auto") -> tuple[str, list[Path]]:
         fmt = next((f for f in ("jsonl", "parquet", "json") if any(p.suffix == f".{f}" for p in files)), "")
     chosen = files if path.is_file() else [p for p in files if p.suffix == f".{fmt}"]
     if not fmt or not chosen:
-        raise FileNotFoundError(f"no .jsonl, .parquet or .json records found for {spec!r}")
+        raise RecordsNotFound(f"no .jsonl, .parquet or .json records found for {spec!r}")
     if others := [p.name for p in files if p.suffix in (".jsonl", ".parquet", ".json") and p.suffix != f".{fmt}"]:
         logging.getLogger(__name__).warning("%s: reading its %d .%s files; %d files of other record formats are "
                                             "not read (e.g. %s): point at one format's files", spec, len(chosen),
@@ -137,7 +146,7 @@ def _refuse_mixed_splits(directory: Path, files: list[Path], what: str) -> None:
     found = {split: by_name.get(split) or by_card[split] for split in {*by_card, *by_name}}
     if len(found) > 1:
         split = min(found, key=lambda name: (SUGGESTED_FIRST.get(name, 2), name))
-        raise ValueError(f"{what} the splits {', '.join(sorted(found))}; point at one, "
+        raise DataSourceError(f"{what} the splits {', '.join(sorted(found))}; point at one, "
                          f"e.g. '{_one_glob(sorted(found[split]))}'")
 
 
@@ -271,7 +280,7 @@ def load_table(fmt: str, files: list[Path]) -> Any:
         return datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")
     except datasets.exceptions.DatasetGenerationError as exc:
         why = str(exc.__cause__ or exc.__context__ or exc).strip().splitlines()[0][:200]
-        raise ValueError(f"the {len(files)} {fmt} files under {files[0].parent} could not be read as one table "
+        raise DataSourceError(f"the {len(files)} {fmt} files under {files[0].parent} could not be read as one table "
                          f"({why}); point at the files of one layout (a file or a glob)") from exc
 
 

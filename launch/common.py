@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 # `torchrun launch/x.py` puts launch/ on sys.path, not the repo root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 import torch.distributed as dist  # noqa: E402
 
+from data_pipelines.records import DataSourceError  # noqa: E402
 from trainer import lifetime  # noqa: E402
 from trainer.distributed import DistInfo, init_distributed, shared_run_dir  # noqa: E402
 from trainer.logging import log, setup_log_lines  # noqa: E402
@@ -29,6 +31,20 @@ lifetime.follow_parent()
 
 # DeepSpeed still calls torch.distributed's renamed collectives; one warning per call drowns the log.
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+
+
+def plain_data_errors(main: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
+    """Data that cannot be read as given (a folder of several splits, no records found) stops the
+    run with its one-line reason, as a bad recipe value does, not with a traceback."""
+
+    @functools.wraps(main)
+    def run(raw: DictConfig) -> None:
+        try:
+            main(raw)
+        except DataSourceError as exc:
+            sys.exit(f"ponder: {exc}")
+
+    return run
 
 
 def register(name: str, schema: type) -> None:

@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from launch.common import register, start  # also puts the repo root on sys.path
+from launch.common import plain_data_errors, register, start  # also puts the repo root on sys.path
 from stages.evaluate import EvalRunConfig, evaluate, nothing_evaluated, write_report
 from trainer.distributed import leave_distributed
 
@@ -21,11 +21,13 @@ FAILED: list[str] = []  # a multirun's jobs with nothing evaluated: the others s
 
 
 @hydra.main(config_path="../recipes", config_name="eval", version_base="1.3")
+@plain_data_errors
 def main(raw: DictConfig) -> None:
     cfg, run_dir, info = start(raw)
     results = evaluate(cfg, info, run_dir / "responses.jsonl" if info.is_main else None)
     if info.is_main:
         print(write_report(results, run_dir), flush=True)
+        print(f"eval.json and eval.md{' and responses.jsonl' if cfg.save_responses else ''} are in {run_dir}", flush=True)
     leave_distributed()
     if error := nothing_evaluated(results):  # the same on every rank; the report is written
         if HydraConfig.get().mode != RunMode.MULTIRUN:

@@ -10,7 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from launch.common import exit_on_sigterm, register  # also puts the repo root on sys.path
+from launch.common import exit_on_sigterm, plain_data_errors, register  # also puts the repo root on sys.path
 from stages.rl.grading import GradeConfig, grade, local_info
 from trainer.logging import setup_log_lines
 
@@ -18,6 +18,7 @@ register("grade_schema", GradeConfig)
 
 
 @hydra.main(config_path="../recipes", config_name="grade", version_base="1.3")
+@plain_data_errors
 def main(raw: DictConfig) -> None:
     try:
         cfg = OmegaConf.to_object(raw)

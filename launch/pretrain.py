@@ -5,13 +5,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from launch.common import register, start
+from launch.common import plain_data_errors, register, start
 from stages.pretrain import PretrainConfig, run
 
 register("pretrain_schema", PretrainConfig)
 
 
 @hydra.main(config_path="../recipes", config_name="pretrain", version_base="1.3")
+@plain_data_errors
 def main(raw: DictConfig) -> None:
     cfg, run_dir, info = start(raw)
     run(cfg, run_dir, info)

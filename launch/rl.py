@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from launch.common import register, start
+from launch.common import plain_data_errors, register, start
 from stages.rl.config import RLConfig
 from stages.rl.runner import run
 
@@ -13,6 +13,7 @@ register("rl_schema", RLConfig)
 
 
 @hydra.main(config_path="../recipes", config_name="rl", version_base="1.3")
+@plain_data_errors
 def main(raw: DictConfig) -> None:
     cfg, run_dir, info = start(raw)
     run(cfg, run_dir, info)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from launch.common import register, start
+from launch.common import plain_data_errors, register, start
 from stages.sft import SFTConfig, run
 
 register("sft_schema", SFTConfig)
 
 
 @hydra.main(config_path="../recipes", config_name="sft", version_base="1.3")
+@plain_data_errors
 def main(raw: DictConfig) -> None:
     cfg, run_dir, info = start(raw)
     run(cfg, run_dir, info)

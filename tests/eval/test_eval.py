@@ -465,6 +465,25 @@ def test_grading_errors_keep_the_commonest_messages():
     assert _most_common(Counter(a=2), MAX_GRADING_ERRORS) == {"a": 2}
 
 
+def test_a_folder_of_several_splits_stops_with_one_line(policy_run, tmp_path):
+    """A new user's `data.paths=[MathVerse]` (two splits by its card, docs/data.md): one `ponder:`
+    line naming the file to point at, not a traceback per rank."""
+    from tests.data_pipelines.test_records import MATHVERSE_CARD
+
+    (tmp_path / "MathVerse").mkdir()
+    (tmp_path / "MathVerse" / "README.md").write_text(MATHVERSE_CARD)
+    import datasets
+
+    for name in ("testmini", "testmini_text_only"):
+        datasets.Dataset.from_list([{"id": name, "domain": "max", "question": "Largest: 2 8", "answer": "8"}]
+                                   ).to_parquet(str(tmp_path / "MathVerse" / f"{name}.parquet"))
+    proc = launch("eval.py", ["recipe=eval_tiny", f"model.init={policy_run}", f"data.paths=[{tmp_path / 'MathVerse'}]",
+                              f"hydra.run.dir={tmp_path / 'run'}", *TASK_VERIFIERS], timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "ponder: " in proc.stderr and "holds the splits testmini, testmini_text_only; point at one, e.g. " \
+        f"'{tmp_path / 'MathVerse' / 'testmini.parquet'}'" in proc.stderr
+
+
 def test_a_multirun_evaluates_every_checkpoint_then_fails_for_an_empty_set(policy_run, tmp_path):
     """`-m model.init=a,b` (docs/eval.md): a set with nothing evaluated fails the run, but only
     after every checkpoint's report is written (a SystemExit in the first job ended the sweep)."""
