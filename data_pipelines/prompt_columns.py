@@ -35,9 +35,9 @@ CANDIDATES = {
     "domain": ("domain",),
     "question": ("question", "problem", "prompt", "query"),
     "answer": ("answer", "solution", "ground_truth", "gt_answer", "label", "answers"),
-    "images": ("images", "image", "decoded_image"),
+    "images": ("images", "image", "decoded_image", "image_path"),
     "videos": ("videos", "video"),
-    "options": ("options", "choices", "candidates"),
+    "options": ("options", "choices", "candidates", "option"),
     "context": ("context", "hint"),
     "difficulty": ("difficulty",),
 }
@@ -76,7 +76,7 @@ class PromptColumns:
     domain: Optional[str] = None  # default: domain; else data.domain
     question: Optional[str] = None  # default: question, problem, prompt, query (a list of chat turns = messages)
     answer: Optional[str] = None  # default: answer, solution, ground_truth, gt_answer, label, answers
-    images: Optional[str] = None  # default: images, image, decoded_image (one image or a list)
+    images: Optional[str] = None  # default: images, image, decoded_image, image_path (one image or a list)
     videos: Optional[str] = None  # default: videos, video (one video or a list)
     options: Optional[str] = None  # default: options, choices, candidates (a list, a dict by letter, or its Python text);
     # else one column per option by letter (A, B, ...; choice_a, ...; option_a, ...)
@@ -279,6 +279,8 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
     options = out.get("options")
     if isinstance(options, str) and options.strip().startswith(("[", "{")):
         out["options"] = python_text(options)  # MMMU / MathVerse store the list's Python text
+    elif isinstance(options, str):  # We-Math: "A. 200.96;B. 3215.36;...; E. No correct answer"
+        out["options"] = _listed_options(options).get("options")
     if out.get("options") is not None:
         lettered, out["options"] = out["options"], _without_own_letters(out["options"])
         if out["options"] is not lettered:  # a gold written as the whole option ("A. Apples.") follows it
@@ -456,6 +458,15 @@ def _inline_options(question: str) -> dict[str, Any]:
     else:
         return {}
     return _as_options(letters, texts)
+
+
+def _listed_options(text: str) -> dict[str, Any]:
+    """{"options": {letter: text}} from one cell that lists them, "A. x; B. y" (or on lines, or
+    "A: x"), letters in order from A; {} for anything else (the row then has no options)."""
+    parts = re.split(r"(?:^|[;\n]\s*)\(?([A-H])\s*[.:)]\s*", text.strip())
+    if parts[0].strip():
+        return {}
+    return _as_options(parts[1::2], [t.strip().rstrip(";").strip() for t in parts[2::2]])
 
 
 def _trailing_options(question: str, answer: Any) -> dict[str, Any]:

@@ -149,6 +149,16 @@ def test_choice_adversarial_answers_score_0(box, why):
     assert (r.reward, r.reason) == (0.0, why)
 
 
+def test_choice_letter_and_a_roman_numeral_option():
+    """DynaMath's options I..IV: "(B) II" is B with its text, not the letters B, I, I."""
+    numerals = ["I", "II", "III", "IV"]
+    for box in ("(B) II", "B II", "B. II", "II", "B"):
+        assert reward("multiple_choice", box, "B", options=numerals) == 1.0, box
+    for box, why in (("(B) III", "wrong:text_contradicts_letter"), ("A C", "wrong:multiple_answers"), ("III", "wrong")):
+        r = score("multiple_choice", respond(box), "B", options=numerals)
+        assert (r.reward, r.reason) == (0.0, why), box
+
+
 def test_choice_option_texts_with_degree_marks():
     """MathVerse's angle options ("B:40°"): the number names the option, as `math` reads 40 as 40°."""
     angles = {"A": "20°", "B": "40°", "C": "60°", "D": "80°"}
@@ -503,6 +513,21 @@ def test_grounding_malformed_boxes_score_0(box):
 def test_grounding_box_count_cap_and_string_gold():
     assert reward("grounding", str([CAT] * 101), [CAT], config=RewardConfig(max_boxes=100)) == 0.0
     assert reward("grounding", "[[100,200,300,400]]", "[[100,200,300,400]]") == 1.0
+
+
+def test_click_is_screenspots_point_in_box():
+    """ScreenSpot: the click (a point, or a box's centre) inside the gold box; pixel golds scaled."""
+    gold = [100, 200, 300, 400]
+    for box in ("[150, 250]", "[[150, 250]]", "[100, 400]", "[120, 220, 280, 380]", "[[0, 0, 400, 600]]"):
+        assert reward("click", box, [gold]) == 1.0, box  # edges count; a box 4x the gold's, centred, too
+    assert reward("click", "[99, 250]", [gold]) == 0.0 and reward("grounding", "[[0, 0, 400, 600]]", [gold]) == 0.0
+    for box in ("[150]", "[150, 1000]", "[true, 250]", "[NaN, 250]", "click at [150, 250]", '{"x": 150, "y": 250}'):
+        r = score("click", respond(box), [gold])
+        assert r.reward == 0.0 and r.reason.startswith("wrong:malformed_point"), box
+    pixels = {"box_units": "pixels", "image_size": [320, 200]}  # ScreenSpot's bbox: [x1, y1, x2, y2] in pixels
+    assert reward("click", "[187, 125]", [20, 10, 100, 40], **pixels) == 1.0  # (60, 25) px is (187.5, 125)
+    assert reward("click", "[600, 600]", [20, 10, 100, 40], **pixels) == 0.0
+    assert reason("click", "[150, 250]", [gold, gold]).startswith("bad_ground_truth")
 
 
 # GUI ---------------------------------------------------------------------------------------------

@@ -252,6 +252,38 @@ def test_mathverse_as_published_its_text_only_split_and_a_glob_over_both(tmp_pat
             load_prompt_records(spec, layout)
 
 
+def test_we_math_options_in_one_cell_and_its_image_path_column(tmp_path, renderer):
+    """We-Math (We-Math/We-Math, testmini): `option` holds "A. x;B. y;...; E. No correct answer" in
+    one cell and the pixels sit under `image_path`. Both were missed: the prompt asked for a letter
+    with no choices, the image was never read, and naming the column made every row ungradable."""
+    import datasets
+
+    from data_pipelines.prompt_columns import PromptColumns, PromptLayout
+    from stages.rl.rewards import score
+    from tests.public_layouts import png
+
+    rows = [{"ID": "3steps_165", "split": "testmini", "knowledge concept": "Area of circles",
+             "question": "What is the area of the shaded part?", "option": "A. 200.96;B. 3215.36;C. 15.1; D. 9 cm²; E. No correct answer",
+             "answer": "D", "key": "3steps_3", "image_path": {"bytes": png("red"), "path": None}},
+            {"ID": "3steps_165", "split": "testmini", "knowledge concept": "Radius",
+             "question": "What is the radius?", "option": "A. 1;B. 2;C. 3", "answer": "B", "key": "3steps_1",
+             "image_path": {"bytes": png("blue"), "path": None}}]
+    datasets.Dataset.from_list(rows).cast_column("image_path", datasets.Image()).to_parquet(str(tmp_path / "we.parquet"))
+    layout = PromptLayout(domain="multiple_choice", options_in_prompt=True, columns=PromptColumns(id="ID,key"))
+    records, skipped = load_prompt_records(tmp_path / "we.parquet", layout)
+    assert not skipped and [r.id for r in records] == ["3steps_165/3steps_3", "3steps_165/3steps_1"]
+    assert records[0].info["options"] == {"A": "200.96", "B": "3215.36", "C": "15.1", "D": "9 cm²", "E": "No correct answer"}
+    assert records[1].user_text() == "What is the radius?\nA. 1\nB. 2\nC. 3"
+    assert [len(r.images) for r in records] == [1, 1]
+    assert [kind for _, _, kind in encode_prompt_record(records[0], renderer).document.atomic_spans] == ["image"]
+
+    def grade(record, box):
+        response = f"<think>x</think><answer><|begin_of_box|>{box}<|end_of_box|></answer>"
+        return score(record.domain, response, record.answer, **record.info).reward
+
+    assert [grade(records[0], box) for box in ("D", "9 cm²", "D. 9 cm²", "E", "No correct answer")] == [1, 1, 1, 0, 0]
+
+
 def test_each_file_of_a_glob_over_folders_reads_its_own_images(tmp_path, renderer):
     """Two folders, each a JSONL beside its own `img.png` (other sizes): a glob over both reads each
     record's image from its own folder, not the first file's (data.image_root still wins)."""

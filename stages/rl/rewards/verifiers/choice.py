@@ -83,8 +83,9 @@ def _predicted_letters(text: str, options: dict[str, str]) -> frozenset[str] | s
     by_text = [k for k, v in options.items() if _norm(v) == _norm(text)]
     if len(by_text) == 1:
         return frozenset(by_text)
-    if _LETTER_LIST.fullmatch(text):
-        return frozenset(re.findall(r"[A-Z]", text))
+    listed = frozenset(re.findall(r"[A-Z]", text)) if _LETTER_LIST.fullmatch(text) else None
+    if listed and (not options or listed <= options.keys()):  # "(B) II" is B and its text, not B, I, I
+        return listed
     match = _LETTER_ANSWER.fullmatch(text)
     if match is None:
         return "no_choice"
