@@ -251,6 +251,8 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         out["answer"] = _mapped(out.get("answer"), layout.answer_map)
     if out.get("domain") is None and layout.domain:
         out["domain"] = layout.domain
+    elif isinstance(out.get("domain"), int) and not isinstance(out["domain"], bool):
+        out["domain"] = str(out["domain"])  # a category column of numbers (CharXiv's reasoning_a_type): map "1", "2"
     if layout.box_units == "pixels":
         out["box_units"] = "pixels"  # the verifier scales the gold by the image size (encode_prompt_record)
     question = out.get("question")

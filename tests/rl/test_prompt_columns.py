@@ -68,6 +68,13 @@ def test_rows_without_a_domain_need_data_domain(sets):
     assert records == [] and skipped == {"missing_domain": 3}
 
 
+def test_a_domain_column_of_numbers_is_text():
+    """CharXiv's reasoning_a_type (1..4) as the domain: each number a domain to map, not a malformed row."""
+    row = normalize_row({"question": "q", "answer": "a", "reasoning_a_type": 2}, 0,
+                        PromptLayout(columns=PromptColumns(domain="reasoning_a_type")))
+    assert parse_record(row).domain == "2"
+
+
 def test_mathvista_save_to_disk(sets, renderer):
     records, skipped = load_prompt_records(sets["mathvista"], PromptLayout(domain="math", mc_to_blank=True))
     assert not skipped and [r.id for r in records] == ["1", "2"]
