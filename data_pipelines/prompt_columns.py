@@ -167,7 +167,8 @@ def _column(raw: dict, name: str, layout: PromptLayout) -> Optional[str]:
     chosen = getattr(layout.columns, name)
     if chosen is not None:
         return chosen or None  # "": no column
-    present = [c for c in CANDIDATES[name] if raw.get(c) is not None]
+    present = [c for c in CANDIDATES[name] if raw.get(c) is not None
+               and not (name in ("images", "videos", "options") and isinstance(raw[c], str) and not raw[c].strip())]
     if name in ("images", "videos"):  # MathVision: `image` holds a relative path, `decoded_image` the pixels
         present.sort(key=lambda c: _only_text(raw[c]))
     return present[0] if present else None
@@ -272,17 +273,17 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
         out["videos"] = [_as_clip(v, raw, layout) for v in out["videos"]]
     if _given(out.get("context")) and isinstance(out.get("question"), str):  # MMBench's hint
         out["question"] = f"{out.pop('context').strip()}\n{out['question']}"
+    options = out.get("options")
+    if isinstance(options, str) and options.strip().startswith(("[", "{")):
+        out["options"] = python_text(options)  # MMMU / MathVerse store the list's Python text
+    elif isinstance(options, str):  # We-Math: "A. 200.96;B. 3215.36;...; E. No correct answer"
+        out["options"] = _listed_options(options).get("options")
     if out.get("options") is None and layout.columns.options is None:
         out.update(_option_columns(out))
         if out.get("options") is None and isinstance(out.get("question"), str):
             inline = _inline_options(out["question"]) or _trailing_options(out["question"], out.get("answer"))
             if not _letter_outside(out.get("answer"), inline.get("options", {})):
                 out.update(inline)  # a letter gold the parsed list lacks: the list is partial, not the options
-    options = out.get("options")
-    if isinstance(options, str) and options.strip().startswith(("[", "{")):
-        out["options"] = python_text(options)  # MMMU / MathVerse store the list's Python text
-    elif isinstance(options, str):  # We-Math: "A. 200.96;B. 3215.36;...; E. No correct answer"
-        out["options"] = _listed_options(options).get("options")
     if out.get("options") is not None:
         lettered, out["options"] = out["options"], _without_own_letters(out["options"])
         if out["options"] is not lettered:  # a gold written as the whole option ("A. Apples.") follows it

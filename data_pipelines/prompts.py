@@ -36,7 +36,7 @@ from .chat import DEFAULT_VIDEO_FPS, ChatRenderer, media_payload
 from .chat_formats import PLACEHOLDER, PLACEHOLDERS, image_mark_is_video, placeholder_items
 from .processor import BadSample
 from .prompt_columns import PromptLayout, normalize_row, with_unique_ids
-from .records import (RecordsNotFound, is_pattern, is_saved_dataset, load_table, pattern_stem, resolve_records, rows_in,
+from .records import (DataSourceError, RecordsNotFound, is_pattern, is_saved_dataset, load_table, pattern_stem, resolve_records, rows_in,
                       undecoded_videos)
 from .video import VideoClip, clip_bounds
 from .vlmeval_tsv import read_tsv_rows
@@ -325,7 +325,7 @@ def require_records(path: str | Path, records: list[PromptRecord], skipped: Coun
     if not records:
         hint = (" (set data.domain=<verifier> for rows without a domain)" if skipped.get("missing_domain") else
                 " (data.columns.answer=<column> names the answer's column)" if skipped.get("missing_answer") else "")
-        raise ValueError(f"prompt set {path}: no usable record; skipped: {dict(skipped)}{hint}")
+        raise DataSourceError(f"prompt set {path}: no usable record; skipped: {dict(skipped)}{hint}")
 
 
 # ---- encoding ----------------------------------------------------------------------------------

@@ -30,8 +30,8 @@ FORMATS = ("auto", "jsonl", "parquet", "json", "disk")
 
 
 class DataSourceError(ValueError):
-    """Data that cannot be read as given (several splits, columns that differ): the entry points
-    print it as one `ponder:` line, not a traceback."""
+    """Data that cannot be read as given (several splits, none found): the entry points print it as
+    one `ponder:` line, not a traceback."""
 
 
 class RecordsNotFound(DataSourceError, FileNotFoundError):
@@ -73,8 +73,9 @@ def resolve_records(spec: str, fmt: str = "auto") -> tuple[str, list[Path]]:
                                             fmt, len(others), others[0])
     if path.is_dir():
         _refuse_mixed_splits(path, chosen, f"{spec} holds")
-    elif not path.is_file() and "{" not in spec:  # a glob; a brace list names its files one by one
-        _refuse_mixed_splits(_glob_base(spec), chosen, f"{spec!r} matches files of")
+    elif not path.is_file() and "{" not in spec:  # a glob (its shard prefixes may be sources: c4/*-of-*.jsonl
+        # over en- and fr- shards); a brace list names its files one by one
+        _refuse_mixed_splits(_glob_base(spec), chosen, f"{spec!r} matches files of", split_words_only=True)
     return fmt, chosen
 
 
@@ -104,6 +105,7 @@ def pattern_stem(name: str) -> str:
 
 
 SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")
+SAME_SPLIT = {"valid": "validation", "val": "validation"}  # val-0.jsonl beside validation-1.jsonl: one split
 SPLIT_FILE = re.compile(rf"({'|'.join(SPLIT_NAMES)})(?=[-_.])")  # the hub's data/<split>-*.parquet
 # a split's shard as the hub names it, whatever the split's name (testmini-00000-of-00001.parquet,
 # VIM-Bench's vim_mathvista_testmini-...; older uploads add a hash: test-00000-of-00002-6b81bd7f.parquet)
@@ -125,7 +127,7 @@ def _split_of(directory: Path, file: Path) -> tuple[str, str] | None:
     return m.group(1), str(file) if separator == "." else f"{file.parent}/{m.group(1)}{separator}*{file.suffix}"
 
 
-def _refuse_mixed_splits(directory: Path, files: list[Path], what: str) -> None:
+def _refuse_mixed_splits(directory: Path, files: list[Path], what: str, split_words_only: bool = False) -> None:
     """A downloaded hub folder holds every split (data/train-*.parquet beside data/test-*.parquet,
     or train/ beside test/): reading the folder would train on its test rows. Ask for one split; the
     same for a glob's files (`MathVerse/testmini*.parquet` takes testmini_text_only's too).
@@ -140,8 +142,8 @@ def _refuse_mixed_splits(directory: Path, files: list[Path], what: str) -> None:
         for split, target in hub_card.splits_of(card_root, card, f) if card else []:
             by_card.setdefault(split, set()).add(target)
         named = _split_of(directory, f)
-        if named and (not card or named[0] in SPLIT_NAMES):
-            by_name.setdefault(named[0], set()).add(named[1])
+        if named and (not (card or split_words_only) or named[0] in SPLIT_NAMES):
+            by_name.setdefault(SAME_SPLIT.get(named[0], named[0]), set()).add(named[1])
     # what to point at: the files' own split glob, else the card's pattern (a catch-all `*.jsonl` would take every split)
     found = {split: by_name.get(split) or by_card[split] for split in {*by_card, *by_name}}
     if len(found) > 1:
@@ -280,7 +282,7 @@ def load_table(fmt: str, files: list[Path]) -> Any:
         return datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")
     except datasets.exceptions.DatasetGenerationError as exc:
         why = str(exc.__cause__ or exc.__context__ or exc).strip().splitlines()[0][:200]
-        raise DataSourceError(f"the {len(files)} {fmt} files under {files[0].parent} could not be read as one table "
+        raise ValueError(f"the {len(files)} {fmt} files under {files[0].parent} could not be read as one table "
                          f"({why}); point at the files of one layout (a file or a glob)") from exc
 
 

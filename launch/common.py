@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hydra.core.config_store import ConfigStore  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 import torch.distributed as dist  # noqa: E402
@@ -42,6 +43,8 @@ def plain_data_errors(main: Callable[[DictConfig], None]) -> Callable[[DictConfi
         try:
             main(raw)
         except DataSourceError as exc:
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise  # Hydra reports it after the sweep's other jobs; an exit would end the sweep here
             sys.exit(f"ponder: {exc}")
 
     return run

@@ -24,7 +24,7 @@ import torch
 from data_pipelines.chat import ChatRenderer
 from data_pipelines.processor import VisionProcessor
 from data_pipelines.prompts import EncodedPrompt, PromptRecord, encode_prompt_record, encode_records, sidecar_path
-from data_pipelines.records import is_pattern
+from data_pipelines.records import RecordsNotFound, is_pattern
 from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from trainer.checkpoint import resolve_hf_dir
 from trainer.distributed import DistInfo, all_reduce_sum
@@ -61,7 +61,7 @@ class LoadedPrompts:
                                 ("eval.path", cfg.eval.path, "; eval.path=null runs no held-out evaluation")):
             # name the recipe key (the recipe's default may be the demo's); a glob's files: at load
             if path and not Path(path).exists() and not is_pattern(path):
-                raise FileNotFoundError(f"{key}={path} not found (relative to {Path.cwd()}){hint}")
+                raise RecordsNotFound(f"{key}={path} not found (relative to {Path.cwd()}){hint}")
         records, skipped = load_gradable_prompts(cfg.data.path, cfg.data, cfg.rewards)
         held_out = (load_gradable_prompts(cfg.eval.path, cfg.data, cfg.rewards, cfg.eval.max_prompts)[0]
                     if cfg.eval.path else [])

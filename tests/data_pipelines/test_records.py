@@ -273,6 +273,15 @@ def test_a_hub_folder_is_split_as_its_card_says(tmp_path, monkeypatch):
         resolve_records(str(tmp_path / "deep"))
     assert RecordShards(str(stop.value).split("'")[1], 4, shuffle=False).num_records == 3
 
+    # a glob's shard prefixes may be sources, not splits (c4's en- and fr- shards); val and validation are one split
+    (tmp_path / "c4").mkdir()
+    for prefix in ("en", "fr", "val", "validation"):
+        (tmp_path / "c4" / f"{prefix}-00000-of-00001.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    assert len(resolve_records(str(tmp_path / "c4" / "[ef]*-of-*.jsonl"))[1]) == 2
+    assert len(resolve_records(str(tmp_path / "c4" / "val*.jsonl"))[1]) == 2
+    with pytest.raises(ValueError, match="holds the splits en, fr, validation"):
+        resolve_records(str(tmp_path / "c4"))  # a folder: every shard prefix is a split, as before
+
     assert matches("data/train-00000-of-00002.parquet", "data/train-*")
     assert not matches("data/x/train-0.parquet", "data/train-*")  # `*` stays within a folder
     assert matches("Art/x/validation-0.parquet", "**/validation-*") and matches("validation-0.parquet", "**/validation-*")

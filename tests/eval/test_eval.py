@@ -482,6 +482,12 @@ def test_a_folder_of_several_splits_stops_with_one_line(policy_run, tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "ponder: " in proc.stderr and "holds the splits testmini, testmini_text_only; point at one, e.g. " \
         f"'{tmp_path / 'MathVerse' / 'testmini.parquet'}'" in proc.stderr
+    # in a sweep every job still runs (an exit in the first would end it), then the sweep fails
+    sweep = tmp_path / "sweep"
+    proc = launch("eval.py", ["-m", "recipe=eval_tiny", f"model.init={policy_run},{policy_run / 'checkpoints' / 'step_3'}",
+                              f"data.paths=[{tmp_path / 'MathVerse'}]", f"hydra.sweep.dir={sweep}", *TASK_VERIFIERS],
+                  timeout=300)
+    assert proc.returncode != 0 and sorted(p.parent.name for p in sweep.glob("*/config.yaml")) == ["0", "1"]
 
 
 def test_a_multirun_evaluates_every_checkpoint_then_fails_for_an_empty_set(policy_run, tmp_path):

@@ -36,7 +36,7 @@ def reason(domain, box, gold, **info):
     ("x \\leq 5", "x \\le 5"), ("\\frac{-1 \\pm \\sqrt{5}}{2}", "\\frac{-1 \\pm \\sqrt{5}}{2}"), ("\\text{Monday}", "Monday"),
     ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
     ("2√3", "2\\sqrt{3}"), ("√3/2", "\\frac{\\sqrt{3}}{2}"), ("√(12)", "2\\sqrt{3}"), ("√{x+1}", "\\sqrt{x+1}"),
-    ("√2.25", "1.5"),  # the radical sign of plain-text answers (MathVerse)
+    ("√2.25", "1.5"), ("√ab", "\\sqrt{ab}"),  # the radical sign of plain-text answers (MathVerse)
 ])
 def test_math_equivalent_forms_score_1(box, gold):
     assert reward("math", box, gold) == 1.0
@@ -45,7 +45,7 @@ def test_math_equivalent_forms_score_1(box, gold):
 @pytest.mark.parametrize("box, gold", [
     ("\\frac{4}{3}", "0.75"), ("0.33", "\\frac13"), ("0.7", "0.75"), ("3.1416", "3.14159"), ("3.14", "\\pi"),
     ("[0, 1]", "(0, 1]"), ("(0, 1)", "(0,1]"), ("\\{1, 2\\}", "\\{1, 2, 3\\}"), ("-42", "42"), ("x^2+2x+2", "(x+1)^2"),
-    ("2.0000001", "2"), ("12\\%", "13\\%"), ("Tuesday", "Monday"), ("3√2", "2\\sqrt{3}"), ("√3", "3"),
+    ("2.0000001", "2"), ("12\\%", "13\\%"), ("Tuesday", "Monday"), ("3√2", "2\\sqrt{3}"), ("√3", "3"), ("b\\sqrt{a}", "√ab"),
 ])
 def test_math_wrong_answers_score_0(box, gold):
     assert reward("math", box, gold) == 0.0
@@ -168,6 +168,9 @@ def test_choice_option_texts_with_degree_marks():
         r = score("multiple_choice", respond(box), "B", options=angles)
         assert (r.reward, r.reason) == (0.0, why), box
     assert reward("multiple_choice", "to a high", "B", options=["low", "to a high degree"]) == 0.0  # words stay
+    both = {"A": "40", "B": "40°"}  # the exact text first: each names its own option
+    assert [reward("multiple_choice", box, gold, options=both) for box, gold in (("40", "A"), ("40°", "B"))] == [1.0, 1.0]
+    assert reason("math", "√2 3", "3\\sqrt{2}") == "wrong:multiple_answers"  # two numbers, as "2 3" is
 
 
 def test_choice_gold_forms_and_multi_select():

@@ -68,6 +68,15 @@ def test_rows_without_a_domain_need_data_domain(sets):
     assert records == [] and skipped == {"missing_domain": 3}
 
 
+def test_blank_media_and_option_cells_leave_the_other_columns_read():
+    """An empty `option` or `image` cell is no column: the question's options and `image_path` are read."""
+    layout = PromptLayout(domain="multiple_choice")
+    for option in ("", "open"):
+        row = normalize_row({"question": "Which?\nA. cat\nB. dog", "answer": "A", "option": option}, 0, layout)
+        assert row["options"] == {"A": "cat", "B": "dog"}, option
+    assert normalize_row({"question": "q", "answer": "A", "image": "", "image_path": "a.png"}, 0, layout)["images"] == ["a.png"]
+
+
 def test_a_domain_column_of_numbers_is_text():
     """CharXiv's reasoning_a_type (1..4) as the domain: each number a domain to map, not a malformed row."""
     row = normalize_row({"question": "q", "answer": "a", "reasoning_a_type": 2}, 0,

@@ -36,7 +36,17 @@ _DEGREES = re.compile(r"(?<=\d)\s*(?:°|\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree\
 
 
 def _norm(text: str) -> str:
-    return " ".join(_DEGREES.sub("", strip_wrappers(text)).casefold().split())
+    return " ".join(strip_wrappers(text).casefold().split())
+
+
+def _by_text(options: dict[str, str], text: str) -> list[str]:
+    """The letters whose option reads `text`: exactly (case, spacing, wrappers aside), else without a
+    degree mark after a number ("40" is the option "40°" unless "40" is an option too)."""
+    exact = [k for k, v in options.items() if _norm(v) == _norm(text)]
+    if exact:
+        return exact
+    bare = _norm(_DEGREES.sub("", text))
+    return [k for k, v in options.items() if _norm(_DEGREES.sub("", v)) == bare]
 
 
 def _options(info: Mapping[str, Any]) -> dict[str, str]:
@@ -56,7 +66,7 @@ def _gold_letters(ground_truth: Any, options: dict[str, str]) -> frozenset[str] 
         letters = frozenset(str(x).strip().strip("()").upper() for x in ground_truth)
     elif isinstance(ground_truth, str):
         gold = ground_truth.strip().strip("()")
-        by_text = [k for k, v in options.items() if _norm(v) == _norm(gold)]
+        by_text = _by_text(options, gold)
         if len(by_text) == 1 and not (len(gold) == 1 and gold.upper() in options):
             return frozenset(by_text)
         letters = frozenset(re.findall(r"[A-Z]", gold.upper()))
@@ -80,7 +90,7 @@ def _gold_letters(ground_truth: Any, options: dict[str, str]) -> frozenset[str] 
 
 def _predicted_letters(text: str, options: dict[str, str]) -> frozenset[str] | str:
     """The letters the answer names, or a reason string why it names none unambiguously."""
-    by_text = [k for k, v in options.items() if _norm(v) == _norm(text)]
+    by_text = _by_text(options, text)
     if len(by_text) == 1:
         return frozenset(by_text)
     listed = frozenset(re.findall(r"[A-Z]", text)) if _LETTER_LIST.fullmatch(text) else None
@@ -95,7 +105,7 @@ def _predicted_letters(text: str, options: dict[str, str]) -> frozenset[str] | s
     letter = letter.upper()
     if options and letter not in options:
         return "letter_out_of_range"
-    if rest and (not options or _norm(rest) != _norm(options[letter])):
+    if rest and (not options or _by_text({letter: options[letter]}, rest) != [letter]):
         return "text_contradicts_letter" if options else "unverifiable_text"
     return frozenset({letter})
 

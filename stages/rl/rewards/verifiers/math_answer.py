@@ -50,7 +50,7 @@ _DEGREE = re.compile(r"\^\{\s*(?:°|\\degree)\s*\}|\^?(?:°|\\degree(?![A-Za-z])
 
 
 # The radical sign, as plain-text answers write roots (MathVerse's "2√3"): √3, √(x+1), √{x} are \sqrt{...}
-_ROOT = re.compile(r"√\s*(?:\(([^()]*)\)|\{([^{}]*)\}|(\d+(?:\.\d+)?|[A-Za-z]))")
+_ROOT = re.compile(r"√\s*(?:\(([^()]*)\)|\{([^{}]*)\}|(\d+(?:\.\d+)?|[A-Za-z]+))")
 
 
 def _canonical(text: str) -> str:
@@ -106,13 +106,13 @@ def verify_math(answer: str, ground_truth: Any, config: RewardConfig, **info: An
     gold = _canonical(gold_text(ground_truth))
     if len(text) > config.math_max_answer_chars:
         return Verdict(0.0, "wrong:too_long")
-    text = _canonical(text)
+    written, text = text, _canonical(text)
     if has_lookalike_digits(text):
         return Verdict(0.0, "wrong:lookalike_digits")
     hedge = hedge_in(text, gold)
     if hedge is not None:
         return Verdict(0.0, f"wrong:hedged({hedge})")
-    if has_juxtaposed_numbers(text) and not has_juxtaposed_numbers(gold):
+    if (has_juxtaposed_numbers(text) or has_juxtaposed_numbers(written)) and not has_juxtaposed_numbers(gold):
         return Verdict(0.0, "wrong:multiple_answers")
     return _compare(gold, text, config.math_float_rounding, config.math_numeric_precision)
 
