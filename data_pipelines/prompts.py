@@ -36,8 +36,8 @@ from .chat import DEFAULT_VIDEO_FPS, ChatRenderer, media_payload
 from .chat_formats import PLACEHOLDER, PLACEHOLDERS, image_mark_is_video, placeholder_items
 from .processor import BadSample
 from .prompt_columns import PromptLayout, normalize_row, with_unique_ids
-from .records import (DataSourceError, RecordsNotFound, is_pattern, is_saved_dataset, load_table, pattern_stem, resolve_records, rows_in,
-                      undecoded_videos)
+from .records import (DataSourceError, RecordsNotFound, is_pattern, is_saved_dataset, load_table, pattern_stem,
+                      resolve_records, rows_in, undecoded_videos)
 from .video import VideoClip, clip_bounds
 from .vlmeval_tsv import read_tsv_rows
 from .document import Document, Visual
