@@ -167,8 +167,8 @@ def _column(raw: dict, name: str, layout: PromptLayout) -> Optional[str]:
     chosen = getattr(layout.columns, name)
     if chosen is not None:
         return chosen or None  # "": no column
-    present = [c for c in CANDIDATES[name] if raw.get(c) is not None
-               and not (name in ("images", "videos", "options") and isinstance(raw[c], str) and not raw[c].strip())]
+    present = [c for c in CANDIDATES[name]
+               if not (_blank(raw.get(c)) if name in ("images", "videos", "options") else raw.get(c) is None)]
     if name in ("images", "videos"):  # MathVision: `image` holds a relative path, `decoded_image` the pixels
         present.sort(key=lambda c: _only_text(raw[c]))
     return present[0] if present else None
@@ -267,8 +267,7 @@ def normalize_row(raw: Any, row: int, layout: PromptLayout) -> Any:
     for media in ("images", "videos"):  # one per row (a video: a file, bytes, or {frames, fps}) or a list
         value = out.get(media)
         if value is not None:  # "" is no medium (MathVerse's text-only split: a string column of "")
-            out[media] = [v for v in (value if isinstance(value, list) else [value])
-                          if v is not None and not (isinstance(v, str) and not v.strip())]
+            out[media] = [v for v in (value if isinstance(value, list) else [value]) if not _blank(v)]
     if out.get("videos") and (layout.columns.video_start or layout.columns.video_end or layout.frames_fps):
         out["videos"] = [_as_clip(v, raw, layout) for v in out["videos"]]
     if _given(out.get("context")) and isinstance(out.get("question"), str):  # MMBench's hint
@@ -415,6 +414,11 @@ def _mapped(answer: Any, answer_map: dict[str, str]) -> Any:
     if isinstance(answer, (str, int, float)) and not isinstance(answer, bool):
         return answer_map.get(str(answer).strip(), answer)
     return answer
+
+
+def _blank(value: Any) -> bool:
+    """No value: null, or text of nothing but spaces (a media or options cell left empty)."""
+    return value is None or isinstance(value, str) and not value.strip()
 
 
 def _given(text: Any) -> bool:

@@ -149,7 +149,7 @@ def _refuse_mixed_splits(directory: Path, files: list[Path], what: str, split_wo
     if len(found) > 1:
         split = min(found, key=lambda name: (SUGGESTED_FIRST.get(name, 2), name))
         raise DataSourceError(f"{what} the splits {', '.join(sorted(found))}; point at one, "
-                         f"e.g. '{_one_glob(sorted(found[split]))}'")
+                              f"e.g. '{_one_glob(sorted(found[split]))}'")
 
 
 # Which split a refusal suggests: train, then validation; a hub's `test` (MathVista, MMMU) and `dev`
