@@ -95,6 +95,19 @@ class SpecialTokens:
         return cls(**{field: vocab[s] for field, s in names.items()})
 
     @property
+    def turn_ends(self) -> tuple[int, int, int]:
+        """Where an assistant turn ends: end of text, or the next user or observation turn. A fresh
+        model's generation_config declares these; a response's text drops its final one."""
+        return (self.eos, self.user, self.observation)
+
+    def stop_ids(self, declared: int | list[int] | None = None) -> list[int]:
+        """Where generation stops: the turn ends plus the eos ids a checkpoint's generation_config
+        declares (the released GLM-4.1V adds 151348). vLLM stops at the declared ones by itself;
+        naming them for HF generate and SFT's evaluation too keeps every engine stopping alike."""
+        extra = [declared] if isinstance(declared, int) else list(declared or [])
+        return list(dict.fromkeys([*self.turn_ends, *extra]))
+
+    @property
     def vision_ids(self) -> tuple[int, ...]:
         """Image/video placeholders and markers, which only the processor may place. Engines and
         decoders must never generate them: transformers and vLLM count `<|image|>` by id, so a

@@ -132,7 +132,8 @@ class SFTEvaluator:
         """`source`: the held-out records (unshuffled, the first `cfg.max_records`)."""
         self.cfg, self.chat, self.ds, self.info = cfg, chat, ds, info
         self.pad_id = chat.special.eos
-        self.stop_ids = {chat.special.eos, chat.special.user, chat.special.observation}
+        generation = getattr(ds.module.model, "generation_config", None)  # the HF model inside the forward
+        self.stop_ids = set(chat.special.stop_ids(getattr(generation, "eos_token_id", None)))
         packer = Packer(PackingConfig(packing.seq_len, packing.buffer_docs, split_documents=False))
         self.skipped: Counter = Counter()
         prompts: list[Document] = []
@@ -196,7 +197,8 @@ class SFTEvaluator:
             for (tokens, stopped), (_, counts) in zip(results, chunk):
                 if not counts:
                     continue
-                text = self.chat.tokenizer.decode(tokens[:-1] if stopped else tokens, skip_special_tokens=False)
+                ends_turn = stopped and tokens[-1] in self.chat.special.turn_ends  # a declared `</answer>` stays
+                text = self.chat.tokenizer.decode(tokens[:-1] if ends_turn else tokens, skip_special_tokens=False)
                 problem = format_violation(text, self.chat.cfg.require_box) if stopped else "unfinished"
                 answered += 1
                 passed += problem is None

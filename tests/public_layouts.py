@@ -725,3 +725,103 @@ def _write_video_rl_sets(root: Path, clip, text) -> dict[str, Path]:
                                    features=datasets.Features({c: text for c in ("video_id", "question", "answer", "dim")}),
                                    ).to_parquet(str(out[f"tempcompass_{task}"]))
     return out
+
+
+# The chat template of zai-org/GLM-4.1V-9B-Thinking's `chat_template.jinja`, whitespace as published.
+RELEASED_CHAT_TEMPLATE = (
+    "[gMASK]<sop>\n{%- for msg in messages %}\n    {%- if msg.role == 'system' %}\n<|system|>\n{{ msg.content }}\n"
+    "    {%- elif msg.role == 'user' %}\n<|user|>{{ '\\n' }}\n\n        {%- if msg.content is string %}\n{{ msg.content }}\n"
+    "        {%- else %}\n            {%- for item in msg.content %}\n"
+    "                {%- if item.type == 'video' or 'video' in item %}\n<|begin_of_video|><|video|><|end_of_video|>\n"
+    "                {%- elif item.type == 'image' or 'image' in item %}\n<|begin_of_image|><|image|><|end_of_image|>\n"
+    "                {%- elif item.type == 'text' %}\n{{ item.text }}\n                {%- endif %}\n"
+    "            {%- endfor %}\n        {%- endif %}\n    {%- elif msg.role == 'assistant' %}\n"
+    "        {%- if msg.metadata %}\n<|assistant|>{{ msg.metadata }}\n{{ msg.content }}\n"
+    "        {%- else %}\n<|assistant|>\n{{ msg.content }}\n        {%- endif %}\n    {%- endif %}\n"
+    "{%- endfor %}\n{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+# The released tokenizer's specials, in id order from 151329 (the order after `<|video|>` is not
+# confirmed from a public copy); its generation_config also stops at 151348, taken here as `</answer>`.
+RELEASED_SPECIALS = [
+    "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>", "<|assistant|>",
+    "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>",
+    "<|image|>", "<|video|>", "<|begin_of_box|>", "<|end_of_box|>", "<answer>", "</answer>", "<think>", "</think>",
+]
+
+
+def write_released_glm41v(out: Path, vocab_size: int = 2048, bpe_size: int = 1900) -> Path:
+    """A tiny `zai-org/GLM-4.1V-9B-Thinking` folder as the hub publishes it: config.json with a
+    `text_config` (rope_scaling, partial rotary) and bf16 weights in `model-0000K-of-0000N`
+    shards with their index, generation_config.json (four eos ids, sampling defaults), a
+    tokenizer.json whose specials follow a byte-level BPE (their ids are not ponder's tiny
+    tokenizer's), tokenizer_config.json, the published chat_template.jinja and both processor
+    configs. The model is ponder's tiny preset in size."""
+    import shutil
+
+    import torch
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Glm4vConfig, Glm4vForConditionalGeneration
+
+    from data_pipelines.tokenizer import ASSETS
+
+    out.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([  # GLM-4's split, then bytes
+        pre_tokenizers.Split(Regex(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                                   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train([str(ASSETS / "corpus.txt")], trainers.BpeTrainer(
+        vocab_size=bpe_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    bpe.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in RELEASED_SPECIALS])
+    ids = {s: bpe.token_to_id(s) for s in RELEASED_SPECIALS}
+    bpe.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "added_tokens_decoder": {str(ids[s]): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
+                                               "single_word": False, "special": True} for s in RELEASED_SPECIALS},
+        "clean_up_tokenization_spaces": False, "do_lower_case": False, "eos_token": "<|endoftext|>",
+        "extra_special_tokens": {}, "model_max_length": 128000, "pad_token": "<|endoftext|>",
+        "padding_side": "left", "remove_space": False, "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2))
+    (out / "chat_template.jinja").write_text(RELEASED_CHAT_TEMPLATE)
+    media = {f"{name}_token_id": ids[token] for name, token in [
+        ("image_start", "<|begin_of_image|>"), ("image_end", "<|end_of_image|>"), ("video_start", "<|begin_of_video|>"),
+        ("video_end", "<|end_of_video|>"), ("image", "<|image|>"), ("video", "<|video|>")]}
+    eos = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"], ids["</answer>"]]
+    config = {
+        "architectures": ["Glm4vForConditionalGeneration"], "model_type": "glm4v", **media,
+        "text_config": {
+            "model_type": "glm4v_text", "vocab_size": vocab_size, "pad_token_id": eos[0], "eos_token_id": eos[:3],
+            "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 32, "partial_rotary_factor": 0.5, "attention_bias": True,
+            "rope_scaling": {"rope_type": "default", "mrope_section": [2, 3, 3]}, "rope_theta": 10000.0,
+            "max_position_embeddings": 65536, "rms_norm_eps": 1e-05, "hidden_act": "silu", "attention_dropout": 0.0,
+            "initializer_range": 0.02, "tie_word_embeddings": False, "use_cache": True, "torch_dtype": "bfloat16",
+            **media},
+        "vision_config": {
+            "model_type": "glm4v", "depth": 2, "hidden_size": 64, "num_heads": 2, "out_hidden_size": 128,
+            "intermediate_size": 256, "patch_size": 14, "image_size": 336, "spatial_merge_size": 2,
+            "temporal_patch_size": 2, "in_channels": 3, "hidden_act": "silu", "rms_norm_eps": 1e-05,
+            "attention_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02},
+        "torch_dtype": "bfloat16", "transformers_version": "4.53.0dev"}
+    torch.manual_seed(0)
+    model = Glm4vForConditionalGeneration._from_config(Glm4vConfig.from_dict(json.loads(json.dumps(config))),
+                                                       dtype=torch.bfloat16)
+    staging = out / "_save"
+    model.save_pretrained(str(staging), max_shard_size="1MB")
+    for file in [*staging.glob("model-*.safetensors"), staging / "model.safetensors.index.json"]:
+        shutil.move(str(file), out / file.name)
+    shutil.rmtree(staging)
+    (out / "config.json").write_text(json.dumps(config, indent=2))  # the published file, not transformers 5's
+    (out / "generation_config.json").write_text(json.dumps({
+        "_from_model_config": True, "do_sample": True, "eos_token_id": eos, "pad_token_id": eos[0],
+        "temperature": 0.8, "top_k": 2, "top_p": 0.6, "transformers_version": "4.53.0dev"}, indent=2))
+    processing = {"do_rescale": True, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+                  "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+                  "processor_class": "Glm4vProcessor"}
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "size": {"shortest_edge": 12544, "longest_edge": 9633792}, "image_processor_type": "Glm4vImageProcessor",
+        **processing}, indent=2))
+    (out / "video_preprocessor_config.json").write_text(json.dumps({
+        "size": {"shortest_edge": 12544, "longest_edge": 47040000}, "video_processor_type": "Glm4vVideoProcessor",
+        **processing}, indent=2))
+    return out

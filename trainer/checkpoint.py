@@ -120,11 +120,15 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 def resolve_model_init(cfg: ModelConfig) -> ModelConfig:
     """cfg with `init` resolved to its HF directory (any of the three forms, as `resolve_hf_dir`)
-    and, when `tokenizer` is unset, the tokenizer saved in that directory."""
+    and, when `tokenizer` is unset or the built-in `tiny`, the tokenizer saved in that directory:
+    a checkpoint's embeddings were trained against its own tokenizer, so the tiny presets'
+    `tokenizer: tiny` must not pair a released checkpoint (GLM's ids) with ponder's built-in ids.
+    A tokenizer directory given by name still wins."""
     init = str(resolve_hf_dir(cfg.init)) if cfg.init else cfg.init
+    carries_tokenizer = bool(init) and any((Path(init) / name).is_file() for name in TOKENIZER_FILES)
     tokenizer = cfg.tokenizer
-    if tokenizer is None:
-        if not init or not any((Path(init) / name).is_file() for name in TOKENIZER_FILES):
+    if tokenizer is None or (tokenizer == "tiny" and carries_tokenizer):
+        if not carries_tokenizer:
             raise FileNotFoundError(f"model.tokenizer is unset and model.init={cfg.init} carries no tokenizer "
                                     f"(no {' or '.join(TOKENIZER_FILES)}): set model.tokenizer=<directory>")
         tokenizer = init

@@ -63,9 +63,10 @@ class ModelConfig:
     init: str | None = None
     vision_init: str | None = None
     language_init: str | None = None
-    # "tiny" (the 2,048-token test tokenizer), a tokenizer directory, or None: the tokenizer saved
-    # with model.init's checkpoint. Presets with the real 151,552-token vocabulary set None, so one
-    # of the two must be given (checked here, at config time).
+    # "tiny" (the 2,048-token test tokenizer; with a model.init that carries a tokenizer, that one),
+    # a tokenizer directory, or None: the tokenizer saved with model.init's checkpoint. Presets with
+    # the real 151,552-token vocabulary set None, so one of the two must be given (checked here, at
+    # config time).
     tokenizer: str | None = "tiny"
     attn_implementation: str = "sdpa"  # any transformers name, or "ponder_varlen" (trainer/attention.py)
     dtype: str = "float32"
@@ -276,7 +277,7 @@ def _random_model(cfg: ModelConfig, special: SpecialTokens, dtype: str) -> Glm4v
         glm4v_config(cfg, special), dtype=DTYPES[dtype], attn_implementation=cfg.attn_implementation
     )
     # GLM-4.1V stops at <|endoftext|>, or when it would start the next user/observation turn.
-    model.generation_config.eos_token_id = [special.eos, special.user, special.observation]
+    model.generation_config.eos_token_id = list(special.turn_ends)
     model.generation_config.pad_token_id = special.eos
     return model
 

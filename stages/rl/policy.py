@@ -30,9 +30,9 @@ def text_policy(cfg: ModelConfig, special: SpecialTokens) -> Glm4ForCausalLM:
         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta,
                          "partial_rotary_factor": cfg.partial_rotary_factor},
         attention_bias=True, tie_word_embeddings=False, pad_token_id=special.eos,
-        eos_token_id=[special.eos, special.user, special.observation],
+        eos_token_id=list(special.turn_ends),
     )
     model = Glm4ForCausalLM._from_config(config, dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation)
-    model.generation_config.eos_token_id = [special.eos, special.user, special.observation]
+    model.generation_config.eos_token_id = list(special.turn_ends)
     model.generation_config.pad_token_id = special.eos
     return model

@@ -81,9 +81,12 @@ def test_every_init_form_names_the_same_weights_and_tokenizer(run_dir, tokenizer
         cfg = resolve_model_init(ModelConfig(init=str(form), tokenizer=None))
         assert (cfg.init, cfg.tokenizer) == (str(hf), str(hf))
         assert len(load_tokenizer(cfg.tokenizer)) == len(tokenizer)
-    # a given tokenizer wins; no init leaves the config as it was (pretraining from scratch)
+    # no init leaves the config as it was (pretraining from scratch); a tokenizer directory given by
+    # name wins over the checkpoint's, the built-in `tiny` does not (test_released_layout.py)
     assert resolve_model_init(load_preset("tiny")) == load_preset("tiny")
-    assert resolve_model_init(ModelConfig(init=str(run_dir), tokenizer="tiny")).tokenizer == "tiny"
+    assert resolve_model_init(ModelConfig(init=str(run_dir), tokenizer="tiny")).tokenizer == str(hf)
+    elsewhere = str(run_dir / "checkpoints" / "step_2" / "hf")
+    assert resolve_model_init(ModelConfig(init=str(run_dir), tokenizer=elsewhere)).tokenizer == elsewhere
 
 
 def test_rl_policy_loads_from_every_init_form(run_dir):

@@ -123,7 +123,7 @@ class RolloutEngine(ABC):
 
 def completion_text(token_ids: list[int], tokenizer, special: SpecialTokens) -> str:
     """The response as the reward system reads it: special tokens kept, the final stop token dropped."""
-    if token_ids and token_ids[-1] in (special.eos, special.user, special.observation):
+    if token_ids and token_ids[-1] in special.turn_ends:  # a declared eos such as `</answer>` stays
         token_ids = token_ids[:-1]
     return tokenizer.decode(token_ids, skip_special_tokens=False)
 

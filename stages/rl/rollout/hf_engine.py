@@ -29,7 +29,7 @@ class HFEngine(RolloutEngine):
     def __init__(self, model: PreTrainedModel, special: SpecialTokens, batch_size: int = 64):
         self.model = model.eval().requires_grad_(False)
         self.special = special
-        self.stop_ids = [special.eos, special.user, special.observation]
+        self.stop_ids = special.stop_ids(model.generation_config.eos_token_id)
         self.suppressed = list(special.vision_ids)
         self.batch_size = batch_size
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from PIL import Image
+from transformers import GenerationConfig
 
 from data_pipelines.prompts import open_image
 from data_pipelines.tokenizer import SpecialTokens
@@ -49,7 +50,9 @@ class VLLMEngine(RolloutEngine):
                  seed: int = 0):
         from vllm import LLM  # heavy import; only where this engine is used
 
-        self.stop_ids = [special.eos, special.user, special.observation]
+        declared = Path(model_dir) / "generation_config.json"
+        self.stop_ids = special.stop_ids(GenerationConfig.from_pretrained(str(model_dir)).eos_token_id
+                                         if declared.is_file() else None)
         self.suppress = {token: float("-inf") for token in special.vision_ids}
         tp = cfg.tensor_parallel_size
         self.joined = joined = dist.is_available() and dist.is_initialized()
