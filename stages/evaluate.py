@@ -451,7 +451,7 @@ def evaluate(cfg: EvalRunConfig, info: DistInfo, responses_path: Path | None = N
     finally:
         evaluator.close()
     return {
-        "checkpoint": str(hf_dir.resolve()), "model_init": cfg.model.init, "engine": cfg.rollout.engine,
+        "checkpoint": str(hf_dir.resolve()), "model_init": cfg.model.init, "engine": evaluator.roller.engine.name,
         "world_size": info.world_size, "pass_threshold": cfg.pass_threshold,
         "decodings": {d.name: {"n": d.n, "temperature": d.temperature, "top_p": cfg.rollout.top_p if d.temperature
                                else None, "ks": list(d.ks), "max_new_tokens": cfg.rollout.max_new_tokens}

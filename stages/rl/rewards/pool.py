@@ -114,8 +114,10 @@ class RewardPool:
 
     def __init__(self, config: RewardConfig | None = None, num_workers: int | None = None):
         self.config = config or DEFAULT_CONFIG
-        if num_workers is None:
-            num_workers = self.config.num_workers or os.cpu_count() or 1
+        if num_workers is None:  # the recipe's size, at most one worker per CPU this process may use
+            # (eval_9b's 16 per rank took 34 s to start on a 2-core machine, for no faster scoring)
+            usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            num_workers = min(self.config.num_workers or usable, usable)
         if num_workers < 1:
             raise ValueError("RewardPool needs num_workers >= 1 (use score_batch(num_workers=0) to score inline)")
         self._ctx = multiprocessing.get_context(self.config.start_method)
@@ -257,10 +259,8 @@ def score_batch(items: Sequence[RewardItem], config: RewardConfig | None = None,
     """Score a batch once. num_workers=0 scores inline in this process (no crash isolation; the time
     limit holds only in the main thread). Training loops should keep one RewardPool instead."""
     config = config or DEFAULT_CONFIG
-    if num_workers is None:
-        num_workers = config.num_workers if config.num_workers is not None else os.cpu_count() or 1
-    if num_workers == 0:
+    if (config.num_workers if num_workers is None else num_workers) == 0:
         return [score_with(resolve_verifier(it.domain, config), it.domain, it.response, it.ground_truth,
                            config, it.info) for it in items]
-    with RewardPool(config, num_workers) as pool:
+    with RewardPool(config, num_workers) as pool:  # None: the config's size (RewardPool)
         return pool.score_batch(items)

@@ -3,7 +3,12 @@ transformers `generate` (where vLLM cannot load the model)."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import logging
 from pathlib import Path
+
+import torch
 
 from data_pipelines.tokenizer import SpecialTokens
 from trainer.distributed import DistInfo
@@ -11,13 +16,30 @@ from trainer.model import ModelConfig
 
 from .base import Completion, RolloutConfig, RolloutEngine, rollout
 
-__all__ = ["Completion", "RolloutConfig", "RolloutEngine", "build_rollout_engine", "rollout"]
+__all__ = ["Completion", "RolloutConfig", "RolloutEngine", "build_rollout_engine", "rollout", "vllm_unavailable"]
+
+log = logging.getLogger(__name__)
+
+
+def vllm_unavailable(hf_dir: str | Path) -> str | None:
+    """Why vLLM cannot serve the checkpoint on this machine, or None. vLLM's CPU build serves the
+    text-only GLM-4 only; its Glm4v needs CUDA (on CPU the engine stops in its model inspection)."""
+    if importlib.util.find_spec("vllm") is None:
+        return "vllm is not installed"
+    architectures = json.loads((Path(hf_dir) / "config.json").read_text()).get("architectures") or []
+    if not torch.cuda.is_available() and architectures != ["Glm4ForCausalLM"]:
+        return f"vLLM's CPU build cannot serve {'/'.join(architectures) or 'this model'} (it needs CUDA)"
+    return None
 
 
 def build_rollout_engine(cfg: RolloutConfig, hf_dir: str | Path, special: SpecialTokens, model: ModelConfig,
                          info: DistInfo, seed: int) -> RolloutEngine:
-    """This rank's engine, holding its own copy of the policy from `hf_dir`."""
-    if cfg.engine == "vllm":
+    """This rank's engine, holding its own copy of the policy from `hf_dir`: vLLM where it can
+    serve the model, transformers `generate` otherwise (said once, on rank 0)."""
+    reason = vllm_unavailable(hf_dir) if cfg.engine == "vllm" else None
+    if reason and info.is_main:
+        log.warning("rollout.engine=vllm: %s; generating with the HF engine instead", reason)
+    if cfg.engine == "vllm" and not reason:
         from .vllm_engine import VLLMEngine
 
         return VLLMEngine(hf_dir, cfg, special, dtype=model.dtype, seed=seed)  # + its engine index

@@ -98,6 +98,7 @@ class Completion:
 class RolloutEngine(ABC):
     """Generates from its own copy of the policy; `load_weights` replaces that copy's weights."""
 
+    name = ""  # the rollout.engine value that builds it
     #: True: weights arrive as a directory of safetensors (vLLM); False: as a state dict.
     loads_from_files = False
     #: Images handed to the model with the prompts so far (one per image per sequence): metrics.

@@ -26,6 +26,8 @@ from .base import GenerationRequest, RawCompletion, RolloutEngine, SamplingSpec
 
 
 class HFEngine(RolloutEngine):
+    name = "hf"
+
     def __init__(self, model: PreTrainedModel, special: SpecialTokens, batch_size: int = 64):
         self.model = model.eval().requires_grad_(False)
         self.special = special

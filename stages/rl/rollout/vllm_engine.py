@@ -43,6 +43,7 @@ from .base import GenerationRequest, RawCompletion, RolloutConfig, RolloutEngine
 
 
 class VLLMEngine(RolloutEngine):
+    name = "vllm"
     loads_from_files = True
     takes_videos = False  # vLLM's Glm4v video input (frames + sampling metadata) is not wired yet
 
