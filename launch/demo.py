@@ -5,7 +5,9 @@ make the data, pretrain (2 ranks), evaluate, SFT, evaluate, grade difficulty, RL
 prompts (2 ranks, HF engine), evaluate, then write <out>/REPORT.md with a table (stage x held-out
 accuracy, pass@k, format compliance) and PNG plots. Every step is a real command of the README
 (printed before it runs); each one's output lands in <out>/<step>/. Run it again and finished steps
-are skipped, an interrupted training step resumes where it stopped (resume=auto).
+are skipped, an interrupted training step resumes from its last checkpoint (resume=auto, a fifth
+of its steps apart), and a step that runs again (its output deleted, or never finished) makes every
+later step that reads it run again too.
 `--quick` is the test suite's shortened variant: fewer records and steps, same path.
 """
 
@@ -14,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -48,6 +52,7 @@ class Budget:
     sft_eval_records: int = 32
     sft_eval_generations: int = 16
     uniform: bool = True  # also RL with uniform sampling at the same rollout budget
+    saves: int = 5  # checkpoints per training stage: where a rerun after a kill resumes
     # The demo's tasks answer in at most 35 tokens (SFT records, end token included); a batch of
     # sampled responses runs until its longest stops, so a tighter cut makes rollouts faster. The
     # quick variant's barely trained policies never stop early: it cuts them at 32.
@@ -62,7 +67,7 @@ class Budget:
 FULL = Budget()
 QUICK = Budget(train_records=100, rl_records=40, eval_records=16, grade_k=2, pretrain_steps=4, sft_steps=6,
                rl_steps=3, rl_eval_every=3, sft_eval_records=8, sft_eval_generations=4, uniform=False,
-               max_new_tokens=32)
+               saves=1, max_new_tokens=32)
 
 PROMPTS_PER_STEP = 16  # P: groups trained per RL step
 # Every training step of the demo: the ~1M-parameter model's states fit on each rank many times
@@ -91,6 +96,8 @@ class Step:
     name: str
     done: Callable[[], bool]
     commands: Callable[[], list[list[str]]]  # built when the step runs (it may read earlier steps' output)
+    outputs: tuple[Path, ...] = ()  # removed when an earlier step it reads from runs again
+    feeds_later: bool = True  # later steps read its output (an evaluation's only the report does)
 
 
 def python() -> list[str]:
@@ -106,14 +113,37 @@ def finished(run_dir: Path, steps: int) -> bool:
     return (run_dir / "checkpoints" / f"step_{steps}" / "COMPLETE").exists()
 
 
+def save_every(steps: int, b: Budget) -> str:
+    return f"trainer.save_every={max(1, -(-steps // b.saves))}"
+
+
+def graded(prompts: Path, sidecar: Path, grader: str, k: int) -> bool:
+    """Every prompt has its k samples from `grader` in the sidecar (grading appends a chunk at a time)."""
+    from data_pipelines.prompts import read_sidecar  # torch: only when the check runs
+
+    done = {i for i, e in read_sidecar(sidecar).items() if e.samples >= k and e.grader == grader}
+    return sidecar.exists() and all(json.loads(line)["id"] in done for line in prompts.read_text().splitlines()
+                                    if line.strip())
+
+
+def evaluated(run: Path) -> bool:
+    """An evaluation that wrote its report and evaluated a prompt of every set (eval.py writes the
+    report of a run with an empty set too, then fails)."""
+    try:
+        return all(s["evaluated"] for s in json.loads((run / "eval.json").read_text())["sets"].values())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def plan(out: Path, b: Budget) -> list[Step]:
     data = out / "data"
     vis = [sys.executable, "-m", "data_pipelines.visual_tasks", "--tasks", b.tasks, "--difficulty", b.levels]
     rl_train, rl_eval = data / "rl" / "train.jsonl", data / "rl" / "eval.jsonl"
     control = data / "rl" / "eval_other_image.jsonl"  # the held-out prompts, each with another one's image
     pretrain, sft, rl, uniform = out / "pretrain", out / "sft", out / "rlcs", out / "rl_uniform"
+    sidecar, grader = rl_train.with_name("train.difficulty.jsonl"), f"{sft}/checkpoints/step_{b.sft_steps}"
     steps = [
-        Step("data", lambda: (data / "shards" / "index.json").exists(), lambda: [
+        Step("data", lambda: (data / "shards" / "index.json").exists(), outputs=(data,), commands=lambda: [
             vis + ["--out", str(data), "--num", str(b.train_records), "--seed", "0", "--stage", "pretrain"],
             vis + ["--out", str(data), "--num", str(b.train_records), "--seed", "0", "--stage", "sft"],
             vis + ["--out", str(data), "--num", str(b.rl_records), "--seed", "0", "--stage", "rl"],
@@ -122,23 +152,25 @@ def plan(out: Path, b: Budget) -> list[Step]:
             [sys.executable, "-m", "data_pipelines.shards", "write", "--input", str(data / "pretrain" / "train.jsonl"),
              "--image-root", str(data / "pretrain"), "--out", str(data / "shards"), "--samples-per-shard", "50",
              "--overwrite"]]),
-        Step("pretrain", lambda: finished(pretrain, b.pretrain_steps), lambda: [torchrun("pretrain.py", [
-            "recipe=pretrain_tiny", f"data.shards={data / 'shards'}", "data.packing.seq_len=512",
-            f"trainer.max_steps={b.pretrain_steps}", f"trainer.save_every={b.pretrain_steps}",
-            "trainer.optim.warmup_steps=5", *TINY_MODEL, f"hydra.run.dir={pretrain}"])]),
+        Step("pretrain", lambda: finished(pretrain, b.pretrain_steps), outputs=(pretrain,), commands=lambda: [
+            torchrun("pretrain.py", [
+                "recipe=pretrain_tiny", f"data.shards={data / 'shards'}", "data.packing.seq_len=512",
+                f"trainer.max_steps={b.pretrain_steps}", save_every(b.pretrain_steps, b),
+                "trainer.optim.warmup_steps=5", *TINY_MODEL, f"hydra.run.dir={pretrain}"])]),
         eval_step(out, b, "eval_pretrain", pretrain / "checkpoints" / f"step_{b.pretrain_steps}", rl_eval, control),
-        Step("sft", lambda: finished(sft, b.sft_steps), lambda: [torchrun("sft.py", [
+        Step("sft", lambda: finished(sft, b.sft_steps), outputs=(sft,), commands=lambda: [torchrun("sft.py", [
             "recipe=sft_tiny", f"model.init={pretrain}", f"data.train={data / 'sft' / 'train.jsonl'}",
             f"data.eval={data / 'sft' / 'eval.jsonl'}", "data.records_per_shard=16", "data.packing.seq_len=512",
-            f"trainer.max_steps={b.sft_steps}", f"trainer.save_every={b.sft_steps}",
+            f"trainer.max_steps={b.sft_steps}", save_every(b.sft_steps, b),
             f"eval.every={b.sft_steps}", f"eval.max_records={b.sft_eval_records}",
             f"eval.generations={b.sft_eval_generations}",
             f"eval.max_new_tokens={b.max_new_tokens}", *TINY_MODEL,
             f"hydra.run.dir={sft}"])]),
         eval_step(out, b, "eval_sft", sft / "checkpoints" / f"step_{b.sft_steps}", rl_eval, control),
-        Step("grade", lambda: rl_train.with_name("train.difficulty.jsonl").exists(), lambda: [python() + [
-            str(REPO / "launch" / "grade.py"), "recipe=grade_tiny", f"model.init={sft}/checkpoints/step_{b.sft_steps}",
-            f"data.path={rl_train}", f"k={b.grade_k}", *b.lengths, f"hydra.run.dir={out / 'grade'}"]]),
+        Step("grade", lambda: graded(rl_train, sidecar, grader, b.grade_k), outputs=(sidecar, out / "grade"),
+             commands=lambda: [python() + [
+                 str(REPO / "launch" / "grade.py"), "recipe=grade_tiny", f"model.init={grader}",
+                 f"data.path={rl_train}", f"k={b.grade_k}", *b.lengths, f"hydra.run.dir={out / 'grade'}"]]),
         rl_step("rlcs", rl, sft / "checkpoints" / f"step_{b.sft_steps}", rl_train, rl_eval, b, lambda: b.rl_steps, []),
         eval_step(out, b, "eval_rlcs", rl / "checkpoints" / f"step_{b.rl_steps}", rl_eval, control),
     ]
@@ -168,29 +200,69 @@ def rl_step(name: str, run: Path, init: Path, train: Path, held_out: Path, b: Bu
         return [torchrun("rl.py", [
             "recipe=rlcs_tiny", f"model.init={init}", f"data.path={train}", f"eval.path={held_out}",
             f"eval.every={max(1, round(n / evaluations))}", "eval.samples=4", "eval.temperature=1.0",
-            f"trainer.max_steps={n}", f"trainer.save_every={n}", f"batch.prompts_per_step={PROMPTS_PER_STEP}",
+            f"trainer.max_steps={n}", save_every(n, b), f"batch.prompts_per_step={PROMPTS_PER_STEP}",
             *RL_SETTINGS, *TINY_MODEL, "batch.micro_tokens=1024", *b.lengths, f"hydra.run.dir={run}", *extra])]
 
-    return Step(name, lambda: finished(run, steps()), commands)
+    return Step(name, lambda: finished(run, steps()), commands, outputs=(run,))
 
 
 def eval_step(out: Path, b: Budget, name: str, checkpoint: Path, held_out: Path, control: Path) -> Step:
     run = out / name
-    return Step(name, lambda: (run / "eval.json").exists(), lambda: [torchrun("eval.py", [
+    return Step(name, lambda: evaluated(run), lambda: [torchrun("eval.py", [
         "recipe=eval_tiny", f"model.init={checkpoint}", f"data.paths=[{held_out},{control}]", "samples=8", "ks=[1,4,8]",
-        *b.lengths, f"hydra.run.dir={run}"])])
+        *b.lengths, f"hydra.run.dir={run}"])], outputs=(run,), feeds_later=False)
+
+
+class Interrupted(Exception):
+    """SIGTERM (a scheduler's preemption, `kill`), turned into an exception like Ctrl-C's."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
 
 
 def tee(command: list[str], log_path: Path) -> int:
-    """Run `command`, its output shown as it comes (progress bars included) and kept in `log_path`."""
+    """Run `command`, its output shown as it comes (progress bars included) and kept in `log_path`.
+    Interrupted, it hands the signal on (a terminal's Ctrl-C reaches the child by itself; a `kill`
+    of this process alone does not), keeps the child's last lines and waits for it to stop."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     with log_path.open("ab") as log:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        while chunk := os.read(proc.stdout.fileno(), 4096):
+
+        def show(chunk: bytes) -> None:
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
             log.write(chunk)
-        return proc.wait()
+
+        try:
+            while chunk := os.read(proc.stdout.fileno(), 4096):
+                show(chunk)
+            return proc.wait()
+        except (KeyboardInterrupt, Interrupted) as exc:
+            stop_child(proc, getattr(exc, "signum", signal.SIGINT))
+            os.set_blocking(proc.stdout.fileno(), False)  # what is left in the pipe; workers may hold it open
+            try:
+                while chunk := os.read(proc.stdout.fileno(), 4096):
+                    show(chunk)
+            except BlockingIOError:
+                pass
+            raise
+
+
+def stop_child(proc: subprocess.Popen, signum: int) -> None:
+    """Let the child stop on the signal its process group got; else send it; else kill it."""
+    for send in (None, signum, signal.SIGKILL):
+        if send is not None:
+            proc.send_signal(send)
+        try:
+            proc.wait(timeout=5 if send is None else 30)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def run_step(step: Step, index: int, total: int, log_dir: Path) -> float:
@@ -205,6 +277,19 @@ def run_step(step: Step, index: int, total: int, log_dir: Path) -> float:
     return time.perf_counter() - started
 
 
+def read_timings(path: Path) -> dict[str, float]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or torn by a kill before writes were atomic
+        return {}
+
+
+def write_timings(path: Path, timings: dict[str, float]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(timings, indent=1))
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "demo")
@@ -214,16 +299,30 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     steps = plan(out, budget)
-    timings: dict[str, float] = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
+    timings = read_timings(out / "timings.json")
     started = time.perf_counter()
-    for i, step in enumerate(steps, 1):
-        if step.done():
-            print(f"[demo {i}/{len(steps)}] {step.name}: done already, skipped", flush=True)
-            continue
-        timings[step.name] = run_step(step, i, len(steps), out / "logs")
-        (out / "timings.json").write_text(json.dumps(timings, indent=1))
-        print(f"[demo {i}/{len(steps)}] {step.name}: {timings[step.name]:.0f} s "
-              f"(demo so far {time.perf_counter() - started:.0f} s)", flush=True)
+    signal.signal(signal.SIGTERM, _interrupted)
+    ran_again = None  # the first step run here whose output later steps read: those run again too
+    step = steps[0]
+    try:
+        for i, step in enumerate(steps, 1):
+            if ran_again is None and step.done():
+                print(f"[demo {i}/{len(steps)}] {step.name}: done already, skipped", flush=True)
+                continue
+            if ran_again is not None and (stale := [p for p in step.outputs if p.exists()]):
+                print(f"[demo {i}/{len(steps)}] {step.name}: {ran_again} ran again, so its earlier output goes: "
+                      + ", ".join(str(p) for p in stale), flush=True)
+                for path in stale:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            timings[step.name] = run_step(step, i, len(steps), out / "logs")
+            write_timings(out / "timings.json", timings)
+            print(f"[demo {i}/{len(steps)}] {step.name}: {timings[step.name]:.0f} s "
+                  f"(demo so far {time.perf_counter() - started:.0f} s)", flush=True)
+            ran_again = ran_again or (step.name if step.feeds_later else None)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        print(f"\n[demo] interrupted ({exc or 'SIGINT'}) in step {step.name}: run the same command again to "
+              "go on (finished steps are skipped, training resumes from its last checkpoint)", file=sys.stderr)
+        return 130
     report = write_report(out, budget.rl_steps, timings)
     print(f"\n{report.read_text()}\nreport: {report}")
     return 0

@@ -40,7 +40,7 @@ from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from stages.rl.groups import GroupResult, GroupRoller
 from stages.rl.metrics import p95
 from stages.rl.pass_at_k import mean_pass_at_k
-from trainer.checkpoint import resolve_hf_dir
+from trainer.checkpoint import resolve_hf_dir, write_text_atomic
 from stages.rl.prompt_sets import letter_of_unseen_options, load_gradable_prompts
 from stages.rl.rewards import RewardConfig
 from stages.rl.rewards.types import GRADING_ERRORS
@@ -530,8 +530,9 @@ def nothing_evaluated(results: Metrics) -> str | None:
 
 
 def write_report(results: Metrics, run_dir: Path) -> str:
-    """eval.json (every number) and eval.md (the tables) in the run directory; returns the markdown."""
+    """eval.md (the tables) and eval.json (every number) in the run directory, each whole or not at
+    all, eval.json last: its presence means the run's report is written. Returns the markdown."""
     report = markdown_report(results)
-    (run_dir / "eval.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    (run_dir / "eval.md").write_text(report)
+    write_text_atomic(run_dir / "eval.md", report)
+    write_text_atomic(run_dir / "eval.json", json.dumps(results, indent=1, sort_keys=True) + "\n")
     return report

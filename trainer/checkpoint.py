@@ -55,10 +55,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """`path` holds either its old content or all of `text`, whatever kills the process when."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def complete_steps(root: Path) -> list[int]:

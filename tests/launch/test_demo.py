@@ -1,20 +1,37 @@
 """The demo's shortened variant (`launch/demo.py --quick`): every stage runs as a real command on the
-visual tasks, REPORT.md has a row per stage with numbers and the plots exist, and a second run
-skips every finished step."""
+visual tasks, REPORT.md has a row per stage with numbers and the plots exist; a killed run goes on
+where it stopped, a second run skips every finished step, and a step that runs again makes the
+steps that read its output run again."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import signal
 import subprocess
 import sys
 
-from tests.trainer.launching import REPO, launch_env
+from launch.demo import evaluated, graded
+from tests.trainer.launching import REPO, launch_env, tagged_processes
 
 
-def test_quick_demo_runs_every_stage_and_reruns_as_skips(tmp_path):
+def test_quick_demo_runs_every_stage_resumes_after_a_kill_and_reruns_what_a_rerun_step_feeds(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, str(REPO / "launch" / "demo.py"), "--quick", "--out", str(out)]
-    first = subprocess.run(cmd, env=launch_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
+    env = launch_env(PONDER_TEST_TAG=str(tmp_path))
+    # SIGTERM to the demo alone (a `kill`, a scheduler) during pretraining: the child gets it handed
+    # on, stops, and the demo says how to go on. Before, it died with its children left running.
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("[demo 2/8] pretrain:"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "run the same command again" in err, err[-2000:]
+    assert tagged_processes(str(tmp_path)) == []
+    first = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert first.stdout.count("done already, skipped") == 1  # the data
     report = (out / "REPORT.md").read_text()
     for stage in ("pretrain", "sft", "rlcs"):
         row = next(line for line in report.splitlines() if line.startswith(f"| {stage} |"))
@@ -23,8 +40,43 @@ def test_quick_demo_runs_every_stage_and_reruns_as_skips(tmp_path):
         assert (out / "plots" / plot).stat().st_size > 10_000
     # The RL run saw images: its prompts carry them and the image tokens reached the forward.
     assert (out / "rlcs" / "metrics.jsonl").read_text().count('"prompts_rolled_out"') == 3
-    again = subprocess.run(cmd, env=launch_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("done already, skipped") == 8
+    # SFT's output gone: SFT runs again, and so does everything made from it (before, only SFT
+    # ran and the report mixed the new SFT with evaluations, grades and RL of the old one).
+    shutil.rmtree(out / "sft")
+    graded_before = (out / "grade").stat().st_mtime_ns
+    third = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert third.stdout.count("done already, skipped") == 3  # data, pretrain, its evaluation
+    for name in ("eval_sft", "grade", "rlcs", "eval_rlcs"):
+        assert f"{name}: sft ran again, so its earlier output goes" in third.stdout
+    assert (out / "grade").stat().st_mtime_ns > graded_before
+
+
+def test_a_step_is_done_only_when_its_output_is_whole(tmp_path):
+    """A grading killed between chunks, an empty or torn eval.json, and the report of an evaluation
+    that failed (nothing evaluated) are not finished steps (each was skipped on rerun before)."""
+    prompts = tmp_path / "train.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}"}) + "\n" for i in range(3)))
+    sidecar = tmp_path / "train.difficulty.jsonl"
+    line = {"passes": 1, "samples": 4, "pass_rate": 0.25, "grader": "/sft"}
+    sidecar.write_text("".join(json.dumps({"id": f"p{i}", **line}) + "\n" for i in range(2)))
+    assert not graded(prompts, sidecar, "/sft", 4)  # a chunk still to grade
+    with sidecar.open("a") as f:
+        f.write(json.dumps({"id": "p2", **line}) + "\n")
+    assert graded(prompts, sidecar, "/sft", 4)
+    assert not graded(prompts, sidecar, "/sft", 8) and not graded(prompts, sidecar, "/other", 4)
+    run = tmp_path / "eval"
+    run.mkdir()
+    assert not evaluated(run)
+    for torn in ("", '{"sets": {"a": {"evaluated": 3}'):
+        (run / "eval.json").write_text(torn)
+        assert not evaluated(run)
+    (run / "eval.json").write_text(json.dumps({"sets": {"a": {"evaluated": 3}, "b": {"evaluated": 0}}}))
+    assert not evaluated(run)
+    (run / "eval.json").write_text(json.dumps({"sets": {"a": {"evaluated": 3}, "b": {"evaluated": 1}}}))
+    assert evaluated(run)
 
 
 def test_uniform_run_matches_rlcs_rollouts_and_evaluation_count(tmp_path):
