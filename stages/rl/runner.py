@@ -97,7 +97,7 @@ class RLStage:
 
     def describe(self) -> str:
         return (f"{len(self.records)} prompts, P={self.cfg.batch.prompts_per_step}, "
-                f"G={self.cfg.rollout.group_size}")
+                f"G={self.cfg.rollout.group_size}, rollouts by the {self.roll_out.engine.name} engine")
 
     # -- one step --------------------------------------------------------------------------------
     def plan(self, step: int) -> StepPlan:

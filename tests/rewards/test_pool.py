@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -10,6 +11,7 @@ from stages.rl.rewards import (
     RewardConfig, RewardConfigError, RewardItem, RewardPool, UnknownVerifierError, register_verifier, score,
     score_batch,
 )
+from stages.rl.rewards.pool import cpus_per_rank
 
 from .helpers import respond
 
@@ -122,3 +124,13 @@ def test_closed_pool_refuses_work():
         assert one.score_batch(MIXED[:1])[0].reward == 1.0
     with pytest.raises(RuntimeError, match="closed"):
         one.score_batch(MIXED[:1])
+
+
+def test_a_recipes_pool_takes_at_most_this_ranks_share_of_the_cpus(monkeypatch):
+    """eval_9b asks for 16 workers per rank: on 2 cores they took 34 s to start, for no faster
+    scoring. An explicit size is taken as asked."""
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert cpus_per_rank() == share
+    with RewardPool(RewardConfig(num_workers=10**6)) as capped, RewardPool(RewardConfig(), num_workers=3) as asked:
+        assert (capped.num_workers, asked.num_workers) == (share, 3)

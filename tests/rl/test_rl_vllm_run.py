@@ -41,6 +41,7 @@ def test_two_rank_vllm_run_follows_every_update_and_resumes_exactly(tmp_path):
     # Killed while saving the last step, after logging it: its checkpoint never completes.
     killed = _run(args, fault=f"kill_in_save:{STEPS}")
     assert killed.returncode != 0 and (run / "checkpoints" / "latest").read_text() == f"step_{STEPS - 1}"
+    assert "rollouts by the vllm engine" in killed.stdout + killed.stderr  # not the HF fallback
     first = metrics(run)
     assert [m["step"] for m in first] == list(range(1, STEPS + 1))
     trained = [m["step"] for m in first if m["tokens_trained"] > 0]

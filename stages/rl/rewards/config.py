@@ -28,7 +28,7 @@ class RewardConfig:
     # Time and isolation
     time_limit_s: float = 5.0  # per item; the verifier is interrupted after this
     kill_grace_s: float = 1.0  # batch workers still busy after time_limit_s + this are killed
-    num_workers: Optional[int] = None  # batch pool size, at most the usable CPUs; None: those; 0: score inline
+    num_workers: Optional[int] = None  # pool size, at most this rank's share of the CPUs (None: all of it); 0: inline
     start_method: str = "forkserver"
     worker_memory_mb: Optional[int] = 4096  # address space a worker may add after start; None: no cap
     # Math

@@ -109,15 +109,21 @@ def _stop_all(workers: list[_Worker]) -> None:
     workers.clear()
 
 
+def cpus_per_rank() -> int:
+    """This rank's share of the CPUs it may use, the node's ranks (torchrun's LOCAL_WORLD_SIZE)
+    sharing them: a recipe's pool is at most this (eval_9b's 16 workers per rank took 34 s to start
+    on a 2-core machine, for no faster scoring)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, usable // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 class RewardPool:
     """Reusable pool of scoring workers; use as a context manager or call close()."""
 
     def __init__(self, config: RewardConfig | None = None, num_workers: int | None = None):
         self.config = config or DEFAULT_CONFIG
-        if num_workers is None:  # the recipe's size, at most one worker per CPU this process may use
-            # (eval_9b's 16 per rank took 34 s to start on a 2-core machine, for no faster scoring)
-            usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            num_workers = min(self.config.num_workers or usable, usable)
+        if num_workers is None:
+            num_workers = min(self.config.num_workers or cpus_per_rank(), cpus_per_rank())
         if num_workers < 1:
             raise ValueError("RewardPool needs num_workers >= 1 (use score_batch(num_workers=0) to score inline)")
         self._ctx = multiprocessing.get_context(self.config.start_method)

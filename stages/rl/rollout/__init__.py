@@ -12,7 +12,7 @@ import torch
 
 from data_pipelines.tokenizer import SpecialTokens
 from trainer.distributed import DistInfo
-from trainer.model import ModelConfig
+from trainer.model import TEXT_ONLY, ModelConfig
 
 from .base import Completion, RolloutConfig, RolloutEngine, rollout
 
@@ -26,9 +26,9 @@ def vllm_unavailable(hf_dir: str | Path) -> str | None:
     text-only GLM-4 only; its Glm4v needs CUDA (on CPU the engine stops in its model inspection)."""
     if importlib.util.find_spec("vllm") is None:
         return "vllm is not installed"
-    architectures = json.loads((Path(hf_dir) / "config.json").read_text()).get("architectures") or []
-    if not torch.cuda.is_available() and architectures != ["Glm4ForCausalLM"]:
-        return f"vLLM's CPU build cannot serve {'/'.join(architectures) or 'this model'} (it needs CUDA)"
+    architectures = json.loads((Path(hf_dir) / "config.json").read_text()).get("architectures") or [""]
+    if not torch.cuda.is_available() and architectures[0] != TEXT_ONLY:  # load_model's rule
+        return f"vLLM's CPU build cannot serve {architectures[0] or 'this model'} (it needs CUDA)"
     return None
 
 
@@ -38,7 +38,10 @@ def build_rollout_engine(cfg: RolloutConfig, hf_dir: str | Path, special: Specia
     serve the model, transformers `generate` otherwise (said once, on rank 0)."""
     reason = vllm_unavailable(hf_dir) if cfg.engine == "vllm" else None
     if reason and info.is_main:
-        log.warning("rollout.engine=vllm: %s; generating with the HF engine instead", reason)
+        unused = [name for name, on in [("tensor_parallel_size", cfg.tensor_parallel_size > 1),
+                                        ("sleep_between_steps", cfg.sleep_between_steps)] if on]
+        log.warning("rollout.engine=vllm: %s; generating with the HF engine instead%s", reason,
+                    f" (rollout.{' and rollout.'.join(unused)} apply to vLLM only)" if unused else "")
     if cfg.engine == "vllm" and not reason:
         from .vllm_engine import VLLMEngine
 

@@ -34,12 +34,20 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from PIL import Image
-from transformers import GenerationConfig
+from transformers import AutoConfig, GenerationConfig
 
 from data_pipelines.prompts import open_image
 from data_pipelines.tokenizer import SpecialTokens
 
 from .base import GenerationRequest, RawCompletion, RolloutConfig, RolloutEngine, SamplingSpec
+
+
+def declared_eos(model_dir: str | Path) -> int | list[int] | None:
+    """The eos ids the checkpoint declares, as transformers' `model.generation_config` (HF engine,
+    SFT evaluator) holds them: generation_config.json, else derived from config.json."""
+    if (Path(model_dir) / "generation_config.json").is_file():
+        return GenerationConfig.from_pretrained(str(model_dir)).eos_token_id
+    return GenerationConfig.from_model_config(AutoConfig.from_pretrained(str(model_dir))).eos_token_id
 
 
 class VLLMEngine(RolloutEngine):
@@ -51,9 +59,7 @@ class VLLMEngine(RolloutEngine):
                  seed: int = 0):
         from vllm import LLM  # heavy import; only where this engine is used
 
-        declared = Path(model_dir) / "generation_config.json"
-        self.stop_ids = special.stop_ids(GenerationConfig.from_pretrained(str(model_dir)).eos_token_id
-                                         if declared.is_file() else None)
+        self.stop_ids = special.stop_ids(declared_eos(model_dir))
         self.suppress = {token: float("-inf") for token in special.vision_ids}
         tp = cfg.tensor_parallel_size
         self.joined = joined = dist.is_available() and dist.is_initialized()
