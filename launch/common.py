@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
+import logging
+import os
 import signal
 import sys
 import warnings
@@ -52,6 +55,18 @@ def plain_data_errors(main: Callable[[DictConfig], None]) -> Callable[[DictConfi
 
 def register(name: str, schema: type) -> None:
     ConfigStore.instance().store(name=name, node=schema)
+
+
+def exit_after_last_job() -> None:
+    """Every job's results are on disk and every rank is past its last collective: run Python's exit
+    handlers (the run lock, wandb), then leave without the interpreter's teardown. There, C++
+    threads of the gloo groups and DeepSpeed engines left behind aborted a rank now and then
+    ("terminate called without an active exception": in eval, and in the quick demo's RL under load)."""
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def exit_on_sigterm() -> None:

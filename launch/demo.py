@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from launch.demo_report import write_report  # noqa: E402
+from trainer.manifest import write_text_atomic  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -284,12 +285,6 @@ def read_timings(path: Path) -> dict[str, float]:
         return {}
 
 
-def write_timings(path: Path, timings: dict[str, float]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(timings, indent=1))
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "demo")
@@ -315,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                 for path in stale:
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
             timings[step.name] = run_step(step, i, len(steps), out / "logs")
-            write_timings(out / "timings.json", timings)
+            write_text_atomic(out / "timings.json", json.dumps(timings, indent=1))
             print(f"[demo {i}/{len(steps)}] {step.name}: {timings[step.name]:.0f} s "
                   f"(demo so far {time.perf_counter() - started:.0f} s)", flush=True)
             ran_again = ran_again or (step.name if step.feeds_later else None)

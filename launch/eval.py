@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from launch.common import plain_data_errors, register, start  # also puts the repo root on sys.path
+from launch.common import exit_after_last_job, plain_data_errors, register, start  # also puts the repo root on sys.path
 from stages.evaluate import EvalRunConfig, evaluate, nothing_evaluated, write_report
 from trainer.distributed import leave_distributed
 
@@ -40,3 +40,4 @@ if __name__ == "__main__":
     main()
     if FAILED:  # `-m model.init=runA,runB`: every checkpoint evaluated, then the run fails
         sys.exit("\n".join(FAILED))
+    exit_after_last_job()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from launch.common import plain_data_errors, register, start
+from launch.common import exit_after_last_job, plain_data_errors, register, start
 from stages.pretrain import PretrainConfig, run
 
 register("pretrain_schema", PretrainConfig)
@@ -20,3 +20,4 @@ def main(raw: DictConfig) -> None:
 
 if __name__ == "__main__":
     main()
+    exit_after_last_job()

@@ -40,7 +40,8 @@ from data_pipelines.tokenizer import SpecialTokens, load_tokenizer
 from stages.rl.groups import GroupResult, GroupRoller
 from stages.rl.metrics import p95
 from stages.rl.pass_at_k import mean_pass_at_k
-from trainer.checkpoint import resolve_hf_dir, write_text_atomic
+from trainer.checkpoint import resolve_hf_dir
+from trainer.manifest import write_text_atomic
 from stages.rl.prompt_sets import letter_of_unseen_options, load_gradable_prompts
 from stages.rl.rewards import RewardConfig
 from stages.rl.rewards.types import GRADING_ERRORS

@@ -34,7 +34,7 @@ from transformers import PreTrainedTokenizerBase
 from . import faults
 from .distributed import DistInfo
 from .logging import log
-from .manifest import check_share, digest_share, list_files, write_manifest
+from .manifest import check_share, digest_share, list_files, write_manifest, write_text_atomic
 from .model import ModelConfig, save_hf_checkpoint
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -53,13 +53,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """`path` holds either its old content or all of `text`, whatever kills the process when."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -245,9 +238,7 @@ class Checkpointer:
                 os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
-            pointer = self.root / "latest.tmp"
-            pointer.write_text(final.name)
-            os.replace(pointer, self.root / "latest")
+            write_text_atomic(self.root / "latest", final.name)
             for old_step in self.complete_steps()[: -self.keep_last]:
                 shutil.rmtree(self.root / f"step_{old_step}", ignore_errors=True)
         dist.barrier()

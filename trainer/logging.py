@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import logging
 import math
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import LoggingConfig
+from .manifest import write_text_atomic
 
 log = logging.getLogger("ponder")
 
@@ -74,9 +74,7 @@ class MetricsLogger:
             return
         kept = [line for line in self.path.read_text(errors="replace").splitlines()
                 if (record := _parse(line)) is not None and record["step"] <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")  # a kill now leaves the old log, never half of it
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))  # a kill leaves the old log
 
     def log(self, metrics: dict[str, Any]) -> None:
         if not self.is_main:

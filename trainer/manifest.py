@@ -39,10 +39,15 @@ def digest_share(root: Path, files: list[str], rank: int, world: int) -> dict[st
             for rel in files[rank::world]}
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """`path` holds either its old content or all of `text`, whatever kills the process when."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_manifest(root: Path, entries: dict[str, dict[str, Any]]) -> None:
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"files": dict(sorted(entries.items()))}, indent=1))
-    os.replace(tmp, root / MANIFEST)
+    write_text_atomic(root / MANIFEST, json.dumps({"files": dict(sorted(entries.items()))}, indent=1))
 
 
 def read_manifest(root: Path) -> dict[str, dict[str, Any]] | None:
