@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(demo so far {time.perf_counter() - started:.0f} s)", flush=True)
             ran_again = ran_again or (step.name if step.feeds_later else None)
     except (KeyboardInterrupt, Interrupted) as exc:
-        print(f"\n[demo] interrupted ({exc or 'SIGINT'}) in step {step.name}: run the same command again to "
+        print(f"\n[demo] interrupted ({str(exc) or 'SIGINT'}) in step {step.name}: run the same command again to "
               "go on (finished steps are skipped, training resumes from its last checkpoint)", file=sys.stderr)
         return 130
     report = write_report(out, budget.rl_steps, timings)
