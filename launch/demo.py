@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -101,6 +102,14 @@ class Step:
     feeds_later: bool = True  # later steps read its output (an evaluation's only the report does)
 
 
+def q(path: Path | str) -> str:
+    """A path as a quoted Hydra override value: an output folder such as `my demo, v2` or `runs
+    (old)` is read as one string, not a list, a sweep or a grammar error."""
+    # Hydra reads a backslash as an escape only before a quote (or the closing one): double those.
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", str(path))
+    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text) + "'"
+
+
 def python() -> list[str]:
     return [sys.executable]
 
@@ -155,23 +164,23 @@ def plan(out: Path, b: Budget) -> list[Step]:
              "--overwrite"]]),
         Step("pretrain", lambda: finished(pretrain, b.pretrain_steps), outputs=(pretrain,), commands=lambda: [
             torchrun("pretrain.py", [
-                "recipe=pretrain_tiny", f"data.shards={data / 'shards'}", "data.packing.seq_len=512",
+                "recipe=pretrain_tiny", f"data.shards={q(data / 'shards')}", "data.packing.seq_len=512",
                 f"trainer.max_steps={b.pretrain_steps}", save_every(b.pretrain_steps, b),
-                "trainer.optim.warmup_steps=5", *TINY_MODEL, f"hydra.run.dir={pretrain}"])]),
+                "trainer.optim.warmup_steps=5", *TINY_MODEL, f"hydra.run.dir={q(pretrain)}"])]),
         eval_step(out, b, "eval_pretrain", pretrain / "checkpoints" / f"step_{b.pretrain_steps}", rl_eval, control),
         Step("sft", lambda: finished(sft, b.sft_steps), outputs=(sft,), commands=lambda: [torchrun("sft.py", [
-            "recipe=sft_tiny", f"model.init={pretrain}", f"data.train={data / 'sft' / 'train.jsonl'}",
-            f"data.eval={data / 'sft' / 'eval.jsonl'}", "data.records_per_shard=16", "data.packing.seq_len=512",
+            "recipe=sft_tiny", f"model.init={q(pretrain)}", f"data.train={q(data / 'sft' / 'train.jsonl')}",
+            f"data.eval={q(data / 'sft' / 'eval.jsonl')}", "data.records_per_shard=16", "data.packing.seq_len=512",
             f"trainer.max_steps={b.sft_steps}", save_every(b.sft_steps, b),
             f"eval.every={b.sft_steps}", f"eval.max_records={b.sft_eval_records}",
             f"eval.generations={b.sft_eval_generations}",
             f"eval.max_new_tokens={b.max_new_tokens}", *TINY_MODEL,
-            f"hydra.run.dir={sft}"])]),
+            f"hydra.run.dir={q(sft)}"])]),
         eval_step(out, b, "eval_sft", sft / "checkpoints" / f"step_{b.sft_steps}", rl_eval, control),
         Step("grade", lambda: graded(rl_train, sidecar, grader, b.grade_k), outputs=(sidecar, out / "grade"),
              commands=lambda: [python() + [
-                 str(REPO / "launch" / "grade.py"), "recipe=grade_tiny", f"model.init={grader}",
-                 f"data.path={rl_train}", f"k={b.grade_k}", *b.lengths, f"hydra.run.dir={out / 'grade'}"]]),
+                 str(REPO / "launch" / "grade.py"), "recipe=grade_tiny", f"model.init={q(grader)}",
+                 f"data.path={q(rl_train)}", f"k={b.grade_k}", *b.lengths, f"hydra.run.dir={q(out / 'grade')}"]]),
         rl_step("rlcs", rl, sft / "checkpoints" / f"step_{b.sft_steps}", rl_train, rl_eval, b, lambda: b.rl_steps, []),
         eval_step(out, b, "eval_rlcs", rl / "checkpoints" / f"step_{b.rl_steps}", rl_eval, control),
     ]
@@ -199,10 +208,10 @@ def rl_step(name: str, run: Path, init: Path, train: Path, held_out: Path, b: Bu
     def commands() -> list[list[str]]:
         n = steps()  # uniform's count reads RLCS's metrics: once per command
         return [torchrun("rl.py", [
-            "recipe=rlcs_tiny", f"model.init={init}", f"data.path={train}", f"eval.path={held_out}",
+            "recipe=rlcs_tiny", f"model.init={q(init)}", f"data.path={q(train)}", f"eval.path={q(held_out)}",
             f"eval.every={max(1, round(n / evaluations))}", "eval.samples=4", "eval.temperature=1.0",
             f"trainer.max_steps={n}", save_every(n, b), f"batch.prompts_per_step={PROMPTS_PER_STEP}",
-            *RL_SETTINGS, *TINY_MODEL, "batch.micro_tokens=1024", *b.lengths, f"hydra.run.dir={run}", *extra])]
+            *RL_SETTINGS, *TINY_MODEL, "batch.micro_tokens=1024", *b.lengths, f"hydra.run.dir={q(run)}", *extra])]
 
     return Step(name, lambda: finished(run, steps()), commands, outputs=(run,))
 
@@ -210,8 +219,8 @@ def rl_step(name: str, run: Path, init: Path, train: Path, held_out: Path, b: Bu
 def eval_step(out: Path, b: Budget, name: str, checkpoint: Path, held_out: Path, control: Path) -> Step:
     run = out / name
     return Step(name, lambda: evaluated(run), lambda: [torchrun("eval.py", [
-        "recipe=eval_tiny", f"model.init={checkpoint}", f"data.paths=[{held_out},{control}]", "samples=8", "ks=[1,4,8]",
-        *b.lengths, f"hydra.run.dir={run}"])], outputs=(run,), feeds_later=False)
+        "recipe=eval_tiny", f"model.init={q(checkpoint)}", f"data.paths=[{q(held_out)},{q(control)}]", "samples=8", "ks=[1,4,8]",
+        *b.lengths, f"hydra.run.dir={q(run)}"])], outputs=(run,), feeds_later=False)
 
 
 class Interrupted(Exception):

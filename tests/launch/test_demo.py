@@ -11,12 +11,14 @@ import signal
 import subprocess
 import sys
 
-from launch.demo import evaluated, graded
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from launch.demo import evaluated, graded, q
 from tests.trainer.launching import REPO, launch_env, tagged_processes
 
 
 def test_quick_demo_runs_every_stage_resumes_after_a_kill_and_reruns_what_a_rerun_step_feeds(tmp_path):
-    out = tmp_path / "demo"
+    out = tmp_path / "my demo, v2 (old)"  # a comma made Hydra read the paths as lists ("Ambiguous value")
     cmd = [sys.executable, str(REPO / "launch" / "demo.py"), "--quick", "--out", str(out)]
     env = launch_env(PONDER_TEST_TAG=str(tmp_path))
     # SIGTERM to the demo alone (a `kill`, a scheduler) during pretraining: the child gets it handed
@@ -94,3 +96,10 @@ def test_uniform_run_matches_rlcs_rollouts_and_evaluation_count(tmp_path):
     assert "trainer.max_steps=100" in rlcs and "eval.every=20" in rlcs
     assert "trainer.max_steps=261" in uniform and "eval.every=52" in uniform  # 4,177 / 16; 261 / 5
     assert uniform[-2:] == ["curriculum.enabled=false", "trainer.optim.lr=2e-4"]
+
+
+def test_paths_reach_hydra_as_one_string_each():
+    parser = OverridesParser.create()
+    for path in ["/runs/my demo, v2 (old)", "/r/it's", "/r/a\\", "/r/x\\'y", "/r/[a]{b}=c:d*?~"]:
+        assert parser.parse_override(f"k={q(path)}").value() == path
+        assert parser.parse_override(f"k=[{q(path)},{q(path)}]").value() == [path, path]
