@@ -127,13 +127,10 @@ def save_every(steps: int, b: Budget) -> str:
     return f"trainer.save_every={max(1, -(-steps // b.saves))}"
 
 
-def graded(prompts: Path, sidecar: Path, grader: str, k: int) -> bool:
-    """Every prompt has its k samples from `grader` in the sidecar (grading appends a chunk at a time)."""
-    from data_pipelines.prompts import read_sidecar  # torch: only when the check runs
-
-    done = {i for i, e in read_sidecar(sidecar).items() if e.samples >= k and e.grader == grader}
-    return sidecar.exists() and all(json.loads(line)["id"] in done for line in prompts.read_text().splitlines()
-                                    if line.strip())
+def graded(run: Path, sidecar: Path) -> bool:
+    """A grading that finished: grade.py writes its counts (grade.json) last. A killed one holds the
+    chunks graded so far in the sidecar (appended 64 prompts at a time), and no grade.json."""
+    return sidecar.exists() and (run / "grade.json").exists()
 
 
 def evaluated(run: Path) -> bool:
@@ -177,7 +174,7 @@ def plan(out: Path, b: Budget) -> list[Step]:
             f"eval.max_new_tokens={b.max_new_tokens}", *TINY_MODEL,
             f"hydra.run.dir={q(sft)}"])]),
         eval_step(out, b, "eval_sft", sft / "checkpoints" / f"step_{b.sft_steps}", rl_eval, control),
-        Step("grade", lambda: graded(rl_train, sidecar, grader, b.grade_k), outputs=(sidecar, out / "grade"),
+        Step("grade", lambda: graded(out / "grade", sidecar), outputs=(sidecar, out / "grade"),
              commands=lambda: [python() + [
                  str(REPO / "launch" / "grade.py"), "recipe=grade_tiny", f"model.init={q(grader)}",
                  f"data.path={q(rl_train)}", f"k={b.grade_k}", *b.lengths, f"hydra.run.dir={q(out / 'grade')}"]]),

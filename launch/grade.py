@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from launch.common import exit_on_sigterm, plain_data_errors, register  # also puts the repo root on sys.path
 from stages.rl.grading import GradeConfig, grade, local_info
 from trainer.logging import setup_log_lines
+from trainer.manifest import write_text_atomic
 
 register("grade_schema", GradeConfig)
 
@@ -26,7 +29,10 @@ def main(raw: DictConfig) -> None:
         sys.exit(f"ponder: bad recipe value: {exc}")
     exit_on_sigterm()
     setup_log_lines(True)
-    print(json.dumps(grade(cfg, local_info()), sort_keys=True))
+    counts = json.dumps(grade(cfg, local_info()), sort_keys=True)
+    # Last, whole or not at all: a run directory with grade.json holds a finished grading.
+    write_text_atomic(Path(HydraConfig.get().runtime.output_dir) / "grade.json", counts + "\n")
+    print(counts)
 
 
 if __name__ == "__main__":

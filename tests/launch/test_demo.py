@@ -47,28 +47,24 @@ def test_quick_demo_runs_every_stage_resumes_after_a_kill_and_reruns_what_a_reru
     # SFT's output gone: SFT runs again, and so does everything made from it (before, only SFT
     # ran and the report mixed the new SFT with evaluations, grades and RL of the old one).
     shutil.rmtree(out / "sft")
-    graded_before = (out / "grade").stat().st_mtime_ns
+    graded_before = (out / "grade" / "grade.json").stat().st_mtime_ns
     third = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     assert third.stdout.count("done already, skipped") == 3  # data, pretrain, its evaluation
     for name in ("eval_sft", "grade", "rlcs", "eval_rlcs"):
         assert f"{name}: sft ran again, so its earlier output goes" in third.stdout
-    assert (out / "grade").stat().st_mtime_ns > graded_before
+    assert (out / "grade" / "grade.json").stat().st_mtime_ns > graded_before
 
 
 def test_a_step_is_done_only_when_its_output_is_whole(tmp_path):
     """A grading killed between chunks, an empty or torn eval.json, and the report of an evaluation
     that failed (nothing evaluated) are not finished steps (each was skipped on rerun before)."""
-    prompts = tmp_path / "train.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"p{i}"}) + "\n" for i in range(3)))
-    sidecar = tmp_path / "train.difficulty.jsonl"
-    line = {"passes": 1, "samples": 4, "pass_rate": 0.25, "grader": "/sft"}
-    sidecar.write_text("".join(json.dumps({"id": f"p{i}", **line}) + "\n" for i in range(2)))
-    assert not graded(prompts, sidecar, "/sft", 4)  # a chunk still to grade
-    with sidecar.open("a") as f:
-        f.write(json.dumps({"id": "p2", **line}) + "\n")
-    assert graded(prompts, sidecar, "/sft", 4)
-    assert not graded(prompts, sidecar, "/sft", 8) and not graded(prompts, sidecar, "/other", 4)
+    sidecar, grading = tmp_path / "train.difficulty.jsonl", tmp_path / "grade"
+    sidecar.write_text(json.dumps({"id": "p0", "passes": 1, "samples": 4, "pass_rate": 0.25}) + "\n")
+    grading.mkdir()
+    assert not graded(grading, sidecar)  # a chunk graded, then killed: grade.py writes grade.json last
+    (grading / "grade.json").write_text('{"graded": 3}\n')
+    assert graded(grading, sidecar) and not graded(grading, tmp_path / "other.difficulty.jsonl")
     run = tmp_path / "eval"
     run.mkdir()
     assert not evaluated(run)
