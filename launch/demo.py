@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -30,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from launch.demo_report import write_report  # noqa: E402
+from trainer import lifetime  # noqa: E402
 from trainer.manifest import write_text_atomic  # noqa: E402
 
 
@@ -234,11 +236,13 @@ def _interrupted(signum: int, _frame: object) -> None:
 
 def tee(command: list[str], log_path: Path) -> int:
     """Run `command`, its output shown as it comes (progress bars included) and kept in `log_path`.
-    Interrupted, it hands the signal on (a terminal's Ctrl-C reaches the child by itself; a `kill`
-    of this process alone does not), keeps the child's last lines and waits for it to stop."""
+    The child has a session of its own, so exactly one signal reaches it: the one this process hands
+    on when interrupted (a second one inside torchrun's shutdown re-signals workers still cleaning
+    up); it dies with this process all the same (PDEATHSIG). Its last lines are kept."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=lambda: lifetime.die_with_parent(signal.SIGTERM))
 
         def show(chunk: bytes) -> None:
             sys.stdout.buffer.write(chunk)
@@ -261,21 +265,21 @@ def tee(command: list[str], log_path: Path) -> int:
 
 
 def stop_child(proc: subprocess.Popen, signum: int) -> None:
-    """Let the child stop on the signal its process group got; else send it; else kill it."""
-    for send in (None, signum, signal.SIGKILL):
-        if send is not None:
-            proc.send_signal(send)
+    """Hand the signal on and wait past torchrun's own 30 s close; then SIGKILL. Another Ctrl-C or
+    SIGTERM meanwhile moves on to SIGKILL: the child is never left behind."""
+    for send, wait_s in ((signum, 40), (signal.SIGKILL, 10)):
         try:
-            proc.wait(timeout=5 if send is None else 30)
+            proc.send_signal(send)
+            proc.wait(timeout=wait_s)
             return
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, KeyboardInterrupt, Interrupted):
             continue
 
 
 def run_step(step: Step, index: int, total: int, log_dir: Path) -> float:
     started = time.perf_counter()
     for command in step.commands():
-        print(f"\n[demo {index}/{total}] {step.name}: {' '.join(command)}", flush=True)
+        print(f"\n[demo {index}/{total}] {step.name}: {shlex.join(command)}", flush=True)  # pastes into a shell
         returncode = tee(command, log_dir / f"{step.name}.log")
         if returncode != 0:
             tail = (log_dir / f"{step.name}.log").read_text(errors="replace").splitlines()[-30:]
@@ -303,23 +307,26 @@ def main(argv: list[str] | None = None) -> int:
     timings = read_timings(out / "timings.json")
     started = time.perf_counter()
     signal.signal(signal.SIGTERM, _interrupted)
-    ran_again = None  # the first step run here whose output later steps read: those run again too
+    runs_again = False  # a step whose output later steps read runs here: they all run again
     step = steps[0]
     try:
         for i, step in enumerate(steps, 1):
-            if ran_again is None and step.done():
+            if not runs_again and step.done():
                 print(f"[demo {i}/{len(steps)}] {step.name}: done already, skipped", flush=True)
                 continue
-            if ran_again is not None and (stale := [p for p in step.outputs if p.exists()]):
-                print(f"[demo {i}/{len(steps)}] {step.name}: {ran_again} ran again, so its earlier output goes: "
-                      + ", ".join(str(p) for p in stale), flush=True)
+            if not runs_again and step.feeds_later:
+                # Before it runs: a kill from here on brings the next run back to this step, which
+                # removes again; after it ran, the old later outputs would pass as done.
+                runs_again = True
+                if stale := [p for later in steps[i:] for p in later.outputs if p.exists()]:
+                    print(f"[demo {i}/{len(steps)}] {step.name} runs again, so the steps made from it do too; "
+                          "removing " + ", ".join(str(p) for p in stale), flush=True)
                 for path in stale:
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
             timings[step.name] = run_step(step, i, len(steps), out / "logs")
             write_text_atomic(out / "timings.json", json.dumps(timings, indent=1))
             print(f"[demo {i}/{len(steps)}] {step.name}: {timings[step.name]:.0f} s "
                   f"(demo so far {time.perf_counter() - started:.0f} s)", flush=True)
-            ran_again = ran_again or (step.name if step.feeds_later else None)
     except (KeyboardInterrupt, Interrupted) as exc:
         print(f"\n[demo] interrupted ({str(exc) or 'SIGINT'}) in step {step.name}: run the same command again to "
               "go on (finished steps are skipped, training resumes from its last checkpoint)", file=sys.stderr)
