@@ -123,7 +123,8 @@ class RewardPool:
     def __init__(self, config: RewardConfig | None = None, num_workers: int | None = None):
         self.config = config or DEFAULT_CONFIG
         if num_workers is None:
-            num_workers = min(self.config.num_workers or cpus_per_rank(), cpus_per_rank())
+            share = cpus_per_rank()
+            num_workers = min(self.config.num_workers or share, share)
         if num_workers < 1:
             raise ValueError("RewardPool needs num_workers >= 1 (use score_batch(num_workers=0) to score inline)")
         self._ctx = multiprocessing.get_context(self.config.start_method)
