@@ -106,9 +106,10 @@ class Step:
 
 def q(path: Path | str) -> str:
     """A path as a quoted Hydra override value: an output folder such as `my demo, v2` or `runs
-    (old)` is read as one string, not a list, a sweep or a grammar error."""
-    # Hydra reads a backslash as an escape only before a quote (or the closing one): double those.
-    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", str(path))
+    (old)` is read as one string, not a list, a sweep or a grammar error, and `${x}` in it stays
+    text, not an interpolation."""
+    # A backslash escapes only before a quote, the closing one, or `${` (OmegaConf): double those.
+    text = re.sub(r"(\\*)('|\$\{)", lambda m: m.group(1) * 2 + "\\" + m.group(2), str(path))
     return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text) + "'"
 
 
@@ -276,8 +277,7 @@ def stop_child(proc: subprocess.Popen, signum: int) -> None:
             continue
 
 
-def run_step(step: Step, index: int, total: int, log_dir: Path) -> float:
-    started = time.perf_counter()
+def run_step(step: Step, index: int, total: int, log_dir: Path) -> None:
     for command in step.commands():
         print(f"\n[demo {index}/{total}] {step.name}: {shlex.join(command)}", flush=True)  # pastes into a shell
         returncode = tee(command, log_dir / f"{step.name}.log")
@@ -285,7 +285,6 @@ def run_step(step: Step, index: int, total: int, log_dir: Path) -> float:
             tail = (log_dir / f"{step.name}.log").read_text(errors="replace").splitlines()[-30:]
             sys.exit(f"demo step {step.name} failed (exit {returncode}); last lines of "
                      f"{log_dir / (step.name + '.log')}:\n" + "\n".join(tail))
-    return time.perf_counter() - started
 
 
 def read_timings(path: Path) -> dict[str, float]:
@@ -323,8 +322,16 @@ def main(argv: list[str] | None = None) -> int:
                           "removing " + ", ".join(str(p) for p in stale), flush=True)
                 for path in stale:
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
-            timings[step.name] = run_step(step, i, len(steps), out / "logs")
-            write_text_atomic(out / "timings.json", json.dumps(timings, indent=1))
+                for later in steps[i:]:
+                    timings.pop(later.name, None)
+            # A step's time counts every run since its output was last removed: a resumed one adds on.
+            spent = timings.get(step.name, 0.0) if any(p.exists() for p in step.outputs) else 0.0
+            step_started = time.perf_counter()
+            try:
+                run_step(step, i, len(steps), out / "logs")
+            finally:
+                timings[step.name] = spent + time.perf_counter() - step_started
+                write_text_atomic(out / "timings.json", json.dumps(timings, indent=1))
             print(f"[demo {i}/{len(steps)}] {step.name}: {timings[step.name]:.0f} s "
                   f"(demo so far {time.perf_counter() - started:.0f} s)", flush=True)
     except (KeyboardInterrupt, Interrupted) as exc:

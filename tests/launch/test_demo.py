@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 from launch.demo import evaluated, graded, q
 from tests.trainer.launching import REPO, launch_env, tagged_processes
@@ -97,6 +98,50 @@ def test_uniform_run_matches_rlcs_rollouts_and_evaluation_count(tmp_path):
 
 def test_paths_reach_hydra_as_one_string_each():
     parser = OverridesParser.create()
-    for path in ["/runs/my demo, v2 (old)", "/r/it's", "/r/a\\", "/r/x\\'y", "/r/[a]{b}=c:d*?~"]:
-        assert parser.parse_override(f"k={q(path)}").value() == path
-        assert parser.parse_override(f"k=[{q(path)},{q(path)}]").value() == [path, path]
+    for path in ["/runs/my demo, v2 (old)", "/r/it's", "/r/a\\", "/r/x\\'y", "/r/[a]{b}=c:d*?~", "/r/${x}/$HOME",
+                 "/r/a\\${b}", "/r/${"]:
+        # OmegaConf reads the value last: it resolves `${x}`, and `\${x}` is its escape for the text
+        one = OmegaConf.create({"k": parser.parse_override(f"k={q(path)}").value()})
+        both = OmegaConf.create({"k": parser.parse_override(f"k=[{q(path)},{q(path)}]").value()})
+        assert one.k == path and list(both.k) == [path, path]
+
+
+def test_a_resumed_step_counts_the_time_of_every_run_and_a_rerun_one_starts_over(tmp_path, monkeypatch):
+    """REPORT.md's wall time of a step interrupted and resumed is the sum of its runs (before, only the
+    last run counted); a step whose output was removed, and every step made from it, start from 0."""
+    import launch.demo as demo
+
+    clock = [0.0]
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: clock[0])
+    interrupt_in = {"train"}
+    durations = {"train": 30.0, "eval": 5.0}
+
+    def run_step(step: demo.Step, index: int, total: int, log_dir) -> None:
+        step.outputs[0].mkdir(exist_ok=True)
+        clock[0] += durations[step.name]
+        if step.name in interrupt_in:
+            interrupt_in.discard(step.name)
+            raise KeyboardInterrupt
+        (step.outputs[0] / "done").touch()
+
+    def steps(out, budget) -> list[demo.Step]:
+        def step(name: str) -> demo.Step:
+            return demo.Step(name, lambda: (out / name / "done").exists(), lambda: [], outputs=(out / name,))
+        return [step("train"), step("eval")]
+
+    reported = []
+
+    def write_report(out, rl_steps: int, timings: dict[str, float]):
+        reported.append(dict(timings))
+        (out / "REPORT.md").write_text("report")
+        return out / "REPORT.md"
+
+    monkeypatch.setattr(demo, "run_step", run_step)
+    monkeypatch.setattr(demo, "plan", steps)
+    monkeypatch.setattr(demo, "write_report", write_report)
+    out = ["--out", str(tmp_path)]
+    assert demo.main(out) == 130 and not reported
+    assert demo.main(out) == 0 and reported[-1] == {"train": 60.0, "eval": 5.0}  # 30 s killed + 30 s resumed
+    assert demo.main(out) == 0 and reported[-1] == {"train": 60.0, "eval": 5.0}  # all skipped
+    shutil.rmtree(tmp_path / "train")
+    assert demo.main(out) == 0 and reported[-1] == {"train": 30.0, "eval": 5.0}
