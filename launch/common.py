@@ -53,6 +53,12 @@ def plain_data_errors(main: Callable[[DictConfig], None]) -> Callable[[DictConfi
     return run
 
 
+def hydra_output_dir() -> Path:
+    """This job's output directory, as Hydra made it. Read unresolved: Hydra resolved `hydra.run.dir`
+    once already, so a folder named with an escaped `\${x}` holds a literal `${x}` here."""
+    return Path(OmegaConf.to_container(HydraConfig.get().runtime, resolve=False)["output_dir"])
+
+
 def register(name: str, schema: type) -> None:
     ConfigStore.instance().store(name=name, node=schema)
 
@@ -85,7 +91,7 @@ def start(raw: DictConfig) -> tuple[Any, Path, DistInfo]:
         sys.exit(f"ponder: bad recipe value: {exc}")
     info = init_distributed()
     setup_log_lines(info.is_main)
-    run_dir = shared_run_dir(HydraConfig.get().runtime.output_dir, info)
+    run_dir = shared_run_dir(hydra_output_dir(), info)
     lock_run_dir(run_dir, info)
     if info.is_main:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(raw, resolve=True))

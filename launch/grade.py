@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from launch.common import exit_on_sigterm, plain_data_errors, register  # also puts the repo root on sys.path
+from launch.common import exit_on_sigterm, hydra_output_dir, plain_data_errors, register  # also puts the repo root on sys.path
 from stages.rl.grading import GradeConfig, grade, local_info
 from trainer.logging import setup_log_lines
 from trainer.manifest import write_text_atomic
@@ -31,7 +29,7 @@ def main(raw: DictConfig) -> None:
     setup_log_lines(True)
     counts = json.dumps(grade(cfg, local_info()), sort_keys=True)
     # Last, whole or not at all: a run directory with grade.json holds a finished grading.
-    write_text_atomic(Path(HydraConfig.get().runtime.output_dir) / "grade.json", counts + "\n")
+    write_text_atomic(hydra_output_dir() / "grade.json", counts + "\n")
     print(counts)
 
 

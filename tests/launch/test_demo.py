@@ -19,7 +19,8 @@ from tests.trainer.launching import REPO, launch_env, tagged_processes
 
 
 def test_quick_demo_runs_every_stage_resumes_after_a_kill_and_reruns_what_a_rerun_step_feeds(tmp_path):
-    out = tmp_path / "my demo, v2 (old)"  # a comma made Hydra read the paths as lists ("Ambiguous value")
+    # A comma made Hydra read the paths as lists ("Ambiguous value"); `${x}` was an interpolation.
+    out = tmp_path / "my demo, v2 (old) ${x}"
     cmd = [sys.executable, str(REPO / "launch" / "demo.py"), "--quick", "--out", str(out)]
     env = launch_env(PONDER_TEST_TAG=str(tmp_path))
     # SIGTERM to the demo alone (a `kill`, a scheduler) during pretraining: the child gets it handed
