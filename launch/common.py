@@ -55,7 +55,7 @@ def plain_data_errors(main: Callable[[DictConfig], None]) -> Callable[[DictConfi
 
 def hydra_output_dir() -> Path:
     """This job's output directory, as Hydra made it. Read unresolved: Hydra resolved `hydra.run.dir`
-    once already, so a folder named with an escaped `\${x}` holds a literal `${x}` here."""
+    once already, so a folder named with an escaped `\\${x}` holds a literal `${x}` here."""
     return Path(OmegaConf.to_container(HydraConfig.get().runtime, resolve=False)["output_dir"])
 
 

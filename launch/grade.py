@@ -10,7 +10,8 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from launch.common import exit_on_sigterm, hydra_output_dir, plain_data_errors, register  # also puts the repo root on sys.path
+# launch.common also puts the repo root on sys.path
+from launch.common import exit_on_sigterm, hydra_output_dir, plain_data_errors, register
 from stages.rl.grading import GradeConfig, grade, local_info
 from trainer.logging import setup_log_lines
 from trainer.manifest import write_text_atomic
