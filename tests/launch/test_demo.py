@@ -92,7 +92,7 @@ def test_uniform_run_matches_rlcs_rollouts_and_evaluation_count(tmp_path):
     steps = {s.name: s for s in plan(tmp_path, FULL)}
     rlcs, = steps["rlcs"].commands()
     uniform, = steps["rl_uniform"].commands()
-    assert "trainer.max_steps=100" in rlcs and "eval.every=20" in rlcs
+    assert "trainer.max_steps=80" in rlcs and "eval.every=16" in rlcs
     assert "trainer.max_steps=261" in uniform and "eval.every=52" in uniform  # 4,177 / 16; 261 / 5
     assert uniform[-2:] == ["curriculum.enabled=false", "trainer.optim.lr=2e-4"]
 
