@@ -2,8 +2,9 @@
 
 On a 2-core CPU, with the tiny Glm4v and the visual verifiable tasks (data_pipelines/visual_tasks.py):
 make the data, pretrain (2 ranks), evaluate, SFT, evaluate, grade difficulty, RLCS with image
-prompts (2 ranks, HF engine), evaluate, then write <out>/REPORT.md with a table (stage x held-out
-accuracy, pass@k, format compliance) and PNG plots. Every step is a real command of the README
+prompts (2 ranks, HF engine), evaluate; then RL with uniform sampling at RLCS's rollout budget, and
+its evaluation; then write <out>/REPORT.md with a table (stage x held-out accuracy, pass@k, format
+compliance) and PNG plots. Every step is a real command of the README
 (printed before it runs); each one's output lands in <out>/<step>/. Run it again and finished steps
 are skipped, an interrupted training step resumes from its last checkpoint (resume=auto, a fifth
 of its steps apart), and a step that runs again (its output deleted, or never finished) makes every
@@ -195,6 +196,7 @@ def plan(out: Path, b: Budget) -> list[Step]:
         steps.append(rl_step("rl_uniform", uniform, sft / "checkpoints" / f"step_{b.sft_steps}", rl_train, rl_eval,
                              b, lambda: steps_for_prompts(rl, PROMPTS_PER_STEP),
                              ["curriculum.enabled=false", UNIFORM_LR]))
+        steps.append(eval_step(out, b, "eval_rl_uniform", uniform, rl_eval, control))  # the run dir: its latest
     return steps
 
 

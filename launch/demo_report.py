@@ -16,6 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 STAGES = (("pretrain", "eval_pretrain"), ("sft", "eval_sft"), ("rlcs", "eval_rlcs"))
+# Rows shown when their evaluation ran: uniform sampling from the same SFT checkpoint, as many prompts
+# rolled out as RLCS (the demo's `--quick` variant skips it).
+OPTIONAL_STAGES = (("uniform RL", "eval_rl_uniform"),)
 TIERS = ("very_easy", "easy", "medium", "hard", "very_hard")
 RL_RUNS = (("RLCS", "rlcs"), ("uniform", "rl_uniform"))  # label, run directory under the demo's output
 
@@ -38,11 +41,16 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
+def stages(out: Path) -> tuple[tuple[str, str], ...]:
+    """(row name, eval step) of the report's rows: every stage, and the optional ones that ran."""
+    return STAGES + tuple(row for row in OPTIONAL_STAGES if (out / row[1] / "eval.json").exists())
+
+
 def table(out: Path) -> list[str]:
     lines = ["| after stage | greedy accuracy | sampled accuracy | pass@1 | pass@4 | pass@8 | format ok (sampled) "
              "| sampled accuracy, another prompt's image |",
              "|---|---|---|---|---|---|---|---|"]
-    for stage, eval_name in STAGES:
+    for stage, eval_name in stages(out):
         s, control = _eval(out, eval_name), _eval(out, eval_name, "eval_other_image")
         if s is None:
             lines.append(f"| {stage} | not evaluated |  |  |  |  |  |  |")
@@ -55,10 +63,10 @@ def table(out: Path) -> list[str]:
 
 
 def domain_table(out: Path) -> list[str]:
-    evals = {stage: _eval(out, name) for stage, name in STAGES}
+    evals = {stage: _eval(out, name) for stage, name in stages(out)}
     domains = sorted({d for s in evals.values() if s for d in s["sampled"]["domains"]})
-    lines = ["| domain | " + " | ".join(f"{stage} (sampled acc)" for stage, _ in STAGES) + " |",
-             "|---|" + "---|" * len(STAGES)]
+    lines = ["| domain | " + " | ".join(f"{stage} (sampled acc)" for stage in evals) + " |",
+             "|---|" + "---|" * len(evals)]
     for d in domains:
         cells = [_pct(s["sampled"]["domains"].get(d, {}).get("accuracy")) if s else "—" for s in evals.values()]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
