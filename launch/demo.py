@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -25,13 +24,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import GrammarParseError
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from launch.demo_report import write_report  # noqa: E402
+from launch.job import hydra_quote as q  # noqa: E402
 from trainer import lifetime  # noqa: E402
 from trainer.manifest import write_text_atomic  # noqa: E402
 
@@ -109,15 +112,7 @@ class Step:
     commands: Callable[[], list[list[str]]]  # built when the step runs (it may read earlier steps' output)
     outputs: tuple[Path, ...] = ()  # removed when an earlier step it reads from runs again
     feeds_later: bool = True  # later steps read its output (an evaluation's only the report does)
-
-
-def q(path: Path | str) -> str:
-    """A path as a quoted Hydra override value: an output folder such as `my demo, v2` or `runs
-    (old)` is read as one string, not a list, a sweep or a grammar error, and `${x}` in it stays
-    text, not an interpolation."""
-    # A backslash escapes only before a quote, the closing one, or `${` (OmegaConf): double those.
-    text = re.sub(r"(\\*)('|\$\{)", lambda m: m.group(1) * 2 + "\\" + m.group(2), str(path))
-    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text) + "'"
+    resumes: bool = False  # run again after a kill, it goes on from its output (training, grading)
 
 
 def python() -> list[str]:
@@ -158,7 +153,7 @@ def plan(out: Path, b: Budget) -> list[Step]:
     rl_train, rl_eval = data / "rl" / "train.jsonl", data / "rl" / "eval.jsonl"
     control = data / "rl" / "eval_other_image.jsonl"  # the held-out prompts, each with another one's image
     pretrain, sft, rl, uniform = out / "pretrain", out / "sft", out / "rlcs", out / "rl_uniform"
-    sidecar, grader = rl_train.with_name("train.difficulty.jsonl"), f"{sft}/checkpoints/step_{b.sft_steps}"
+    sidecar, sft_final = rl_train.with_name("train.difficulty.jsonl"), sft / "checkpoints" / f"step_{b.sft_steps}"
     steps = [
         Step("data", lambda: (data / "shards" / "index.json").exists(), outputs=(data,), commands=lambda: [
             vis + ["--out", str(data), "--num", str(b.train_records), "--seed", "0", "--stage", "pretrain"],
@@ -169,31 +164,32 @@ def plan(out: Path, b: Budget) -> list[Step]:
             [sys.executable, "-m", "data_pipelines.shards", "write", "--input", str(data / "pretrain" / "train.jsonl"),
              "--image-root", str(data / "pretrain"), "--out", str(data / "shards"), "--samples-per-shard", "50",
              "--overwrite"]]),
-        Step("pretrain", lambda: finished(pretrain, b.pretrain_steps), outputs=(pretrain,), commands=lambda: [
-            torchrun("pretrain.py", [
+        Step("pretrain", lambda: finished(pretrain, b.pretrain_steps), outputs=(pretrain,), resumes=True,
+             commands=lambda: [torchrun("pretrain.py", [
                 "recipe=pretrain_tiny", f"data.shards={q(data / 'shards')}", "data.packing.seq_len=512",
                 f"trainer.max_steps={b.pretrain_steps}", save_every(b.pretrain_steps, b),
                 "trainer.optim.warmup_steps=5", *TINY_MODEL, f"hydra.run.dir={q(pretrain)}"])]),
         eval_step(out, b, "eval_pretrain", pretrain / "checkpoints" / f"step_{b.pretrain_steps}", rl_eval, control),
-        Step("sft", lambda: finished(sft, b.sft_steps), outputs=(sft,), commands=lambda: [torchrun("sft.py", [
-            "recipe=sft_tiny", f"model.init={q(pretrain)}", f"data.train={q(data / 'sft' / 'train.jsonl')}",
-            f"data.eval={q(data / 'sft' / 'eval.jsonl')}", "data.records_per_shard=16", "data.packing.seq_len=512",
-            f"trainer.max_steps={b.sft_steps}", save_every(b.sft_steps, b),
-            f"eval.every={b.sft_steps}", f"eval.max_records={b.sft_eval_records}",
-            f"eval.generations={b.sft_eval_generations}",
-            f"eval.max_new_tokens={b.max_new_tokens}", *TINY_MODEL,
-            f"hydra.run.dir={q(sft)}"])]),
-        eval_step(out, b, "eval_sft", sft / "checkpoints" / f"step_{b.sft_steps}", rl_eval, control),
-        Step("grade", lambda: graded(out / "grade", sidecar), outputs=(sidecar, out / "grade"),
+        Step("sft", lambda: finished(sft, b.sft_steps), outputs=(sft,), resumes=True, commands=lambda: [
+            torchrun("sft.py", [
+                "recipe=sft_tiny", f"model.init={q(pretrain)}", f"data.train={q(data / 'sft' / 'train.jsonl')}",
+                f"data.eval={q(data / 'sft' / 'eval.jsonl')}", "data.records_per_shard=16", "data.packing.seq_len=512",
+                f"trainer.max_steps={b.sft_steps}", save_every(b.sft_steps, b),
+                f"eval.every={b.sft_steps}", f"eval.max_records={b.sft_eval_records}",
+                f"eval.generations={b.sft_eval_generations}",
+                f"eval.max_new_tokens={b.max_new_tokens}", *TINY_MODEL,
+                f"hydra.run.dir={q(sft)}"])]),
+        eval_step(out, b, "eval_sft", sft_final, rl_eval, control),
+        Step("grade", lambda: graded(out / "grade", sidecar), outputs=(sidecar, out / "grade"), resumes=True,
              commands=lambda: [python() + [
-                 str(REPO / "launch" / "grade.py"), "recipe=grade_tiny", f"model.init={q(grader)}",
+                 str(REPO / "launch" / "grade.py"), "recipe=grade_tiny", f"model.init={q(sft_final)}",
                  f"data.path={q(rl_train)}", f"k={b.grade_k}", *b.lengths, f"hydra.run.dir={q(out / 'grade')}"]]),
-        rl_step("rlcs", rl, sft / "checkpoints" / f"step_{b.sft_steps}", rl_train, rl_eval, b, lambda: b.rl_steps, []),
+        rl_step("rlcs", rl, sft_final, rl_train, rl_eval, b, lambda: b.rl_steps, []),
         eval_step(out, b, "eval_rlcs", rl / "checkpoints" / f"step_{b.rl_steps}", rl_eval, control),
     ]
     if b.uniform:
         # The same rollout budget: as many prompts rolled out as RLCS (whose expansion draws more per step).
-        steps.append(rl_step("rl_uniform", uniform, sft / "checkpoints" / f"step_{b.sft_steps}", rl_train, rl_eval,
+        steps.append(rl_step("rl_uniform", uniform, sft_final, rl_train, rl_eval,
                              b, lambda: steps_for_prompts(rl, PROMPTS_PER_STEP),
                              ["curriculum.enabled=false", UNIFORM_LR]))
         steps.append(eval_step(out, b, "eval_rl_uniform", uniform, rl_eval, control))  # the run dir: its latest
@@ -221,13 +217,14 @@ def rl_step(name: str, run: Path, init: Path, train: Path, held_out: Path, b: Bu
             f"trainer.max_steps={n}", save_every(n, b), f"batch.prompts_per_step={PROMPTS_PER_STEP}",
             *RL_SETTINGS, *TINY_MODEL, "batch.micro_tokens=1024", *b.lengths, f"hydra.run.dir={q(run)}", *extra])]
 
-    return Step(name, lambda: finished(run, steps()), commands, outputs=(run,))
+    return Step(name, lambda: finished(run, steps()), commands, outputs=(run,), resumes=True)
 
 
-def eval_step(out: Path, b: Budget, name: str, checkpoint: Path, held_out: Path, control: Path) -> Step:
+def eval_step(out: Path, b: Budget, name: str, init: Path, held_out: Path, control: Path) -> Step:
+    """Evaluate `init` (a checkpoint, or a run directory: its latest) on the held-out set and its control."""
     run = out / name
     return Step(name, lambda: evaluated(run), lambda: [torchrun("eval.py", [
-        "recipe=eval_tiny", f"model.init={q(checkpoint)}", f"data.paths=[{q(held_out)},{q(control)}]", "samples=8", "ks=[1,4,8]",
+        "recipe=eval_tiny", f"model.init={q(init)}", f"data.paths=[{q(held_out)},{q(control)}]", "samples=8", "ks=[1,4,8]",
         *b.lengths, f"hydra.run.dir={q(run)}"])], outputs=(run,), feeds_later=False)
 
 
@@ -295,6 +292,21 @@ def run_step(step: Step, index: int, total: int, log_dir: Path) -> None:
                      f"{log_dir / (step.name + '.log')}:\n" + "\n".join(tail))
 
 
+def sizes_differ(out: Path, budget: Budget) -> str:
+    """How the run in `out` was sized otherwise ('' when it was not, or there is none): a folder of
+    other levels or step counts holds finished steps that are not this run's (`finished` checks a
+    step number, `evaluated` a report). A folder of a ponder that did not record its sizes counts as
+    sized otherwise when it holds output."""
+    try:
+        made = json.loads((out / "budget.json").read_text())
+    except FileNotFoundError:
+        held = [p for step in plan(out, budget) for p in step.outputs if p.exists()]
+        return "sizes not recorded" if held else ""
+    except ValueError:
+        return "budget.json unreadable"
+    return ", ".join(f"{k} {made.get(k)!r} here, {v!r} now" for k, v in asdict(budget).items() if made.get(k) != v)
+
+
 def read_timings(path: Path) -> dict[str, float]:
     try:
         return json.loads(path.read_text())
@@ -309,7 +321,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     budget = QUICK if args.quick else FULL
     out = args.out.resolve()
+    try:
+        OmegaConf.create({"out": str(out)})
+    except GrammarParseError:
+        parser.error(f"--out {out}: Hydra would read its '${{' as an interpolation that does not close; "
+                     "name the folder without it")
+    if mismatch := sizes_differ(out, budget):
+        parser.error(f"{out} holds a demo run of other sizes ({mismatch}): its finished steps would pass as "
+                     "this run's. Use another --out, or delete it")
     (out / "logs").mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "budget.json", json.dumps(asdict(budget), indent=1))
     steps = plan(out, budget)
     timings = read_timings(out / "timings.json")
     started = time.perf_counter()
@@ -332,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
                 for later in steps[i:]:
                     timings.pop(later.name, None)
-            # A step's time counts every run since its output was last removed: a resumed one adds on.
-            spent = timings.get(step.name, 0.0) if any(p.exists() for p in step.outputs) else 0.0
+            # A resumed step's time counts every run since its output was last removed.
+            spent = timings.get(step.name, 0.0) if step.resumes and any(p.exists() for p in step.outputs) else 0.0
             step_started = time.perf_counter()
             try:
                 run_step(step, i, len(steps), out / "logs")

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 STAGES = (("pretrain", "eval_pretrain"), ("sft", "eval_sft"), ("rlcs", "eval_rlcs"))
 # Rows shown when their evaluation ran: uniform sampling from the same SFT checkpoint, as many prompts
 # rolled out as RLCS (the demo's `--quick` variant skips it).
-OPTIONAL_STAGES = (("uniform RL", "eval_rl_uniform"),)
+OPTIONAL_STAGES = (("uniform RL (from SFT, RLCS's rollouts)", "eval_rl_uniform"),)
 TIERS = ("very_easy", "easy", "medium", "hard", "very_hard")
 RL_RUNS = (("RLCS", "rlcs"), ("uniform", "rl_uniform"))  # label, run directory under the demo's output
 

@@ -19,6 +19,7 @@ The job process imports only this module and submitit; the heavy imports happen 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -67,6 +68,14 @@ class Placement:
         return PORT_BASE + int(digits) % PORT_SPAN
 
 
+def hydra_quote(text: Path | str) -> str:
+    """A path as a quoted Hydra override value: a folder such as `my demo, v2` or `runs (old)` is read
+    as one string, not a list, a sweep or a grammar error, and a complete `${x}` in it stays text."""
+    # A backslash escapes only before a quote, the closing one, or `${` (OmegaConf): double those.
+    escaped = re.sub(r"(\\*)('|\$\{)", lambda m: m.group(1) * 2 + "\\" + m.group(2), str(text))
+    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
+
+
 def torchrun_command(script: str, overrides: list[str], run_dir: Path, nproc_per_node: int,
                      place: Placement, rendezvous_timeout_s: int = 1800) -> list[str]:
     if place.num_nodes == 1:
@@ -79,7 +88,7 @@ def torchrun_command(script: str, overrides: list[str], run_dir: Path, nproc_per
                       "--master_addr", place.master_addr, "--master_port", str(place.master_port),
                       "--rdzv_conf", f"timeout={rendezvous_timeout_s}"]
     return [sys.executable, "-m", "torch.distributed.run", *rendezvous,
-            "--nproc_per_node", str(nproc_per_node), script, *overrides, f"hydra.run.dir={run_dir}"]
+            "--nproc_per_node", str(nproc_per_node), script, *overrides, f"hydra.run.dir={hydra_quote(run_dir)}"]
 
 
 def torchrun_env(nproc_per_node: int, extra: dict[str, str] | None = None, preempt_signal: str = "USR2",

@@ -11,10 +11,12 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from launch.demo import evaluated, graded, q
+from launch.demo import evaluated, graded
+from launch.job import hydra_quote
 from tests.trainer.launching import REPO, launch_env, tagged_processes
 
 
@@ -86,14 +88,14 @@ def test_uniform_run_matches_rlcs_rollouts_and_evaluation_count(tmp_path):
     from launch.demo import FULL, plan
 
     (tmp_path / "rlcs").mkdir()
-    rolled = [16, 20, 60] + [42] * 96 + [49]  # 4,177 prompts in RLCS's 100 steps (the fresh-clone demo's)
+    rolled = [16, 20, 60] + [42] * 76 + [3]  # 3,291 prompts in RLCS's 80 steps, as in the fresh-clone demo
     (tmp_path / "rlcs" / "metrics.jsonl").write_text(
         "".join(f'{{"step": {i + 1}, "prompts_rolled_out": {n}}}\n' for i, n in enumerate(rolled)))
     steps = {s.name: s for s in plan(tmp_path, FULL)}
     rlcs, = steps["rlcs"].commands()
     uniform, = steps["rl_uniform"].commands()
     assert "trainer.max_steps=80" in rlcs and "eval.every=16" in rlcs
-    assert "trainer.max_steps=261" in uniform and "eval.every=52" in uniform  # 4,177 / 16; 261 / 5
+    assert "trainer.max_steps=206" in uniform and "eval.every=41" in uniform  # 3,291 / 16; 206 / 5
     assert uniform[-2:] == ["curriculum.enabled=false", "trainer.optim.lr=2e-4"]
 
 
@@ -102,19 +104,20 @@ def test_paths_reach_hydra_as_one_string_each():
     for path in ["/runs/my demo, v2 (old)", "/r/it's", "/r/a\\", "/r/x\\'y", "/r/[a]{b}=c:d*?~", "/r/${x}/$HOME",
                  "/r/a\\${b}", "/r/${"]:
         # OmegaConf reads the value last: it resolves `${x}`, and `\${x}` is its escape for the text
-        one = OmegaConf.create({"k": parser.parse_override(f"k={q(path)}").value()})
-        both = OmegaConf.create({"k": parser.parse_override(f"k=[{q(path)},{q(path)}]").value()})
+        one = OmegaConf.create({"k": parser.parse_override(f"k={hydra_quote(path)}").value()})
+        both = OmegaConf.create({"k": parser.parse_override(f"k=[{hydra_quote(path)},{hydra_quote(path)}]").value()})
         assert one.k == path and list(both.k) == [path, path]
 
 
 def test_a_resumed_step_counts_the_time_of_every_run_and_a_rerun_one_starts_over(tmp_path, monkeypatch):
-    """REPORT.md's wall time of a step interrupted and resumed is the sum of its runs (before, only the
-    last run counted); a step whose output was removed, and every step made from it, start from 0."""
+    """REPORT.md's wall time of a training step interrupted and resumed is the sum of its runs (before,
+    only the last run counted); an evaluation run again starts over, and so does a step whose output
+    was removed."""
     import launch.demo as demo
 
     clock = [0.0]
     monkeypatch.setattr(demo.time, "perf_counter", lambda: clock[0])
-    interrupt_in = {"train"}
+    interrupt_in = {"train", "eval"}
     durations = {"train": 30.0, "eval": 5.0}
 
     def run_step(step: demo.Step, index: int, total: int, log_dir) -> None:
@@ -126,9 +129,10 @@ def test_a_resumed_step_counts_the_time_of_every_run_and_a_rerun_one_starts_over
         (step.outputs[0] / "done").touch()
 
     def steps(out, budget) -> list[demo.Step]:
-        def step(name: str) -> demo.Step:
-            return demo.Step(name, lambda: (out / name / "done").exists(), lambda: [], outputs=(out / name,))
-        return [step("train"), step("eval")]
+        def step(name: str, resumes: bool) -> demo.Step:
+            return demo.Step(name, lambda: (out / name / "done").exists(), lambda: [], outputs=(out / name,),
+                             resumes=resumes)
+        return [step("train", True), step("eval", False)]
 
     reported = []
 
@@ -141,8 +145,33 @@ def test_a_resumed_step_counts_the_time_of_every_run_and_a_rerun_one_starts_over
     monkeypatch.setattr(demo, "plan", steps)
     monkeypatch.setattr(demo, "write_report", write_report)
     out = ["--out", str(tmp_path)]
-    assert demo.main(out) == 130 and not reported
+    assert demo.main(out) == 130 and demo.main(out) == 130 and not reported  # killed in train, then in eval
     assert demo.main(out) == 0 and reported[-1] == {"train": 60.0, "eval": 5.0}  # 30 s killed + 30 s resumed
     assert demo.main(out) == 0 and reported[-1] == {"train": 60.0, "eval": 5.0}  # all skipped
     shutil.rmtree(tmp_path / "train")
     assert demo.main(out) == 0 and reported[-1] == {"train": 30.0, "eval": 5.0}
+
+
+def test_the_demo_refuses_a_folder_whose_steps_are_not_its_own(tmp_path, capsys):
+    """A folder of a demo of other sizes (levels, steps) would pass its finished steps as this run's: a
+    run of 100 RL steps has a COMPLETE step_80 checkpoint. And a folder named with an unclosed `${`
+    cannot reach Hydra as text."""
+    from dataclasses import asdict
+
+    from launch.demo import FULL, QUICK, main, sizes_differ
+
+    assert sizes_differ(tmp_path, FULL) == ""  # nothing there yet
+    (tmp_path / "budget.json").write_text(json.dumps(asdict(FULL)))
+    assert sizes_differ(tmp_path, FULL) == ""
+    (tmp_path / "budget.json").write_text(json.dumps({**asdict(FULL), "levels": "1-3", "rl_steps": 100}))
+    assert sizes_differ(tmp_path, FULL) == "levels '1-3' here, '1-2' now, rl_steps 100 here, 80 now"
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path)])
+    assert "holds a demo run of other sizes" in capsys.readouterr().err
+    assert "rl_steps 100 here, 3 now" in sizes_differ(tmp_path, QUICK)
+    older = tmp_path / "older"
+    (older / "sft").mkdir(parents=True)  # output of a ponder that did not record its sizes
+    assert sizes_differ(older, FULL) == "sizes not recorded"
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "runs ${x")])
+    assert "does not close" in capsys.readouterr().err and not (tmp_path / "runs ${x").exists()

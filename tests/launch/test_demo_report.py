@@ -38,9 +38,10 @@ def test_the_uniform_run_has_a_row_when_it_was_evaluated(tmp_path: Path) -> None
     for step, accuracy in (("eval_pretrain", 0.0), ("eval_sft", 0.367), ("eval_rlcs", 0.526)):
         _evaluated(tmp_path, step, accuracy)
     report = write_report(tmp_path, rl_steps=2, timings={}).read_text()
-    assert "| rlcs | 52.6 | 52.6 |" in report and "uniform RL" not in report  # the quick demo has no uniform run
+    assert "| rlcs | 52.6 | 52.6 |" in report and "uniform" not in report  # the quick demo has no uniform run
     _evaluated(tmp_path, "eval_rl_uniform", 0.49)
     report = write_report(tmp_path, rl_steps=2, timings={}).read_text()
-    assert "| uniform RL | 49.0 | 49.0 | 49.0 | 49.0 | 49.0 | 100.0 | 49.0 |" in report
-    assert "| domain | pretrain (sampled acc) | sft (sampled acc) | rlcs (sampled acc) | uniform RL (sampled acc) |" in report
+    uniform = "uniform RL (from SFT, RLCS's rollouts)"
+    assert f"| {uniform} | 49.0 | 49.0 | 49.0 | 49.0 | 49.0 | 100.0 | 49.0 |" in report
+    assert f"| domain | pretrain (sampled acc) | sft (sampled acc) | rlcs (sampled acc) | {uniform} (sampled acc) |" in report
     assert "| visual_count | 0.0 | 36.7 | 52.6 | 49.0 |" in report

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 import launch.pretrain  # noqa: F401  registers the pretrain schema the primary config names
 from launch.job import Placement, SweepJob, TorchrunFailed, _own_group_deaf_to_preemption, torchrun_command
@@ -26,7 +28,13 @@ def test_torchrun_command_single_and_multi_node(tmp_path):
     one = torchrun_command("/r/launch/rl.py", ["recipe=rlcs_tiny", "curriculum.schedule=flat"], tmp_path / "0", 8,
                            Placement(1, 0, "node-a", "41_2"))
     assert one == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "8",
-                   "/r/launch/rl.py", "recipe=rlcs_tiny", "curriculum.schedule=flat", f"hydra.run.dir={tmp_path / '0'}"]
+                   "/r/launch/rl.py", "recipe=rlcs_tiny", "curriculum.schedule=flat", f"hydra.run.dir='{tmp_path / '0'}'"]
+    # A sweep folder with a comma, a quote or `${x}` reaches Hydra as one string (it was a list of choices,
+    # a token error, an interpolation): quoted as the demo quotes its paths.
+    odd = tmp_path / "sweep, it's ${x}" / "0"
+    override = torchrun_command("/r/launch/rl.py", [], odd, 1, Placement(1, 0, "a", "1"))[-1]
+    value = OverridesParser.create().parse_override(override).value()
+    assert OmegaConf.create({"k": value}).k == str(odd)
     place = Placement(4, 3, "node-a", "41_2")
     assert place.master_port == 15000 + 412  # the same on every node: derived from the job id
     many = torchrun_command("/r/launch/rl.py", ["recipe=rlcs_tiny"], tmp_path / "1", 8, place, 1200)
@@ -90,7 +98,7 @@ def test_job_runs_the_stage_under_torchrun_and_reports_failure(tmp_path, monkeyp
     stage = tmp_path / "stage.py"
     stage.write_text(
         "import json, os, sys\n"
-        "out = [a.split('=', 1)[1] for a in sys.argv if a.startswith('hydra.run.dir=')][0]\n"
+        "out = [a.split('=', 1)[1].strip(\"'\") for a in sys.argv if a.startswith('hydra.run.dir=')][0]\n"
         "os.makedirs(out, exist_ok=True)\n"
         "keys = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'OMP_NUM_THREADS')\n"
         "json.dump({'argv': sys.argv[1:], 'env': {k: os.environ[k] for k in keys}},"
@@ -101,7 +109,7 @@ def test_job_runs_the_stage_under_torchrun_and_reports_failure(tmp_path, monkeyp
     seen = [json.loads((run_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [s["env"] for s in seen] == [{"RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r),
                                          "OMP_NUM_THREADS": "2"} for r in (0, 1)]
-    assert seen[0]["argv"] == ["a.b=1", f"hydra.run.dir={run_dir}"]
+    assert seen[0]["argv"] == ["a.b=1", f"hydra.run.dir='{run_dir}'"]
     with pytest.raises(TorchrunFailed, match="torchrun exited with 1"):
         SweepJob(str(stage), ["fail=1"], tmp_path / "sweep" / "1", nproc_per_node=1)()
 

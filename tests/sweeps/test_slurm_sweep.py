@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 
 import pytest
@@ -19,6 +20,7 @@ from data_pipelines.prompts import DifficultyEntry, sidecar_path, write_sidecar
 from data_pipelines.shards import write_shards
 from data_pipelines.synthetic import make_interleaved_corpus
 from launch import compare
+from launch.job import hydra_quote
 from tests.rl.helpers import save_policy, task_data, tiny_policy
 from tests.sweeps.slurm import array_job_id, completed_steps, finish_sweep, job_log, local_slurm, metrics, start_sweep, wait_for
 
@@ -73,7 +75,7 @@ def test_schedule_sweep_runs_every_job_to_the_end_and_compares(slurm, rl_base, t
         assert config["curriculum"]["schedule"] == name
         log = job_log(sweep_dir, num)
         assert "torch.distributed.run --standalone --nproc_per_node 1" in log
-        assert f"hydra.run.dir={run_dir}" in log and "Job completed successfully" in log
+        assert shlex.quote(f"hydra.run.dir={hydra_quote(run_dir)}") in log and "Job completed successfully" in log
         # The first half of the run (>= 16 prompts, 13 per tier available) leans the schedule's way.
         early = [m for m in lines if m["step"] in (1, 2) and "reward_mean" in m]
         easy, hard = (sum(m[f"tier_count/{t}"] for m in early for t in side)
